@@ -1,0 +1,116 @@
+"""A model bundle: everything `noscope train` learned for one (video, object, reference).
+
+    .noscope/models/NAME/
+      bundle.yaml        readable summary: object, reference, training video, candidates, costs
+      heldout.npz        held-out labels and every candidate's scores on them (for the optimizer)
+      models/*.pt        specialized CNN weights (tensors only)
+      diff/*.npy         difference-detector images
+
+Bundles may come from elsewhere, so loading never executes code: YAML is read with
+safe_load, tensors with torch.load(weights_only=True), arrays with allow_pickle=False; every
+file named in bundle.yaml must stay inside the bundle directory and match its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import __version__
+from .errors import NoscopeError
+from .paths import models_dir
+
+FORMAT = 1
+
+
+def bundle_path(name_or_path: str | Path) -> Path:
+    """A bare name lives under the models directory; anything with a slash is a path."""
+    s = str(name_or_path)
+    return Path(s) if ("/" in s or s.startswith(".")) else models_dir() / s
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz(path: Path, **arrays) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def inside(root: Path, rel: str) -> Path:
+    """Resolve a path named in a bundle, refusing anything that leaves the bundle."""
+    if os.path.isabs(rel):
+        raise NoscopeError(f"bundle {root} names an absolute path {rel!r}; refusing to load it")
+    p = (root / rel).resolve()
+    if not p.is_relative_to(root.resolve()):
+        raise NoscopeError(f"bundle {root} names a path outside itself ({rel!r}); refusing to load it")
+    return p
+
+
+def write_manifest(root: Path, meta: dict) -> None:
+    """Write bundle.yaml last, with checksums of every file, so a bundle is complete or absent."""
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "bundle.yaml" and not p.name.startswith(".tmp-") and p.parent.name != "work":
+            files[p.relative_to(root).as_posix()] = sha256(p)
+    meta = dict(meta, format=FORMAT, noscope_version=__version__, files=files)
+    atomic_write_bytes(root / "bundle.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
+
+
+def load_manifest(root: Path) -> dict:
+    """Read and check bundle.yaml and the files it names; raise one clear line when unusable."""
+    path = root / "bundle.yaml"
+    if not path.is_file():
+        if root.is_dir() and (root / "work").is_dir():
+            raise NoscopeError(f"model bundle {root} is incomplete (training was interrupted); run `noscope train` again to resume")
+        raise NoscopeError(f"no model bundle at {root} (train one with `noscope train VIDEO --object OBJ --name NAME`)")
+    try:
+        meta = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml is not valid YAML ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml lacks its format field")
+    if meta["format"] != FORMAT:
+        raise NoscopeError(
+            f"model bundle {root} has format {meta['format']} but this noscope ({__version__}) reads format {FORMAT}; retrain it"
+        )
+    for rel, digest in (meta.get("files") or {}).items():
+        p = inside(root, rel)
+        if not p.is_file():
+            raise NoscopeError(f"model bundle {root} is missing {rel}")
+        if sha256(p) != digest:
+            raise NoscopeError(f"model bundle {root} is corrupt: {rel} does not match its checksum")
+    return meta
+
+
+def load_npz(root: Path, rel: str) -> dict[str, np.ndarray]:
+    with np.load(inside(root, rel), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,230 @@
+"""Run a chosen cascade over a video: skip -> difference detector -> specialized CNN -> reference.
+
+    model = load_bundle(".noscope/models/store")
+    plan = choose_plan(model, Targets(0.01, 0.01))
+    result = run_cascade(video, model, plan, reference, start, end)
+    result.labels, result.decided_by                 # one entry per frame of [start, end)
+
+Semantics are those of `optimizer.simulate`, so what the optimizer promised on held-out
+frames is what runs here:
+  * only every `skip`-th frame is decoded (the others are grabbed, not converted) and the rest
+    copy the last processed frame's answer;
+  * a processed frame the difference detector calls unchanged copies the previous processed
+    frame's answer ("prev" detectors) or is answered no (empty-scene "ref" detectors);
+  * the specialized CNN answers no below c_low, yes above c_high;
+  * everything else goes to the reference, in one sparse second pass over the video that also
+    fills the label cache, so repeated queries never pay twice for a reference call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import bundle as B
+from . import difference, specialized
+from .errors import NoscopeError
+from .labels import label_frames
+from .metrics import smooth
+from .optimizer import Costs, HeldOut, Plan, Targets, optimize
+from .progress import progress_bar
+from .video import Video
+
+STAGES = ("skip", "diff", "model", "reference")
+# per processed frame, before the reference pass
+_COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
+
+
+@dataclass
+class TrainedBundle:
+    root: Path
+    meta: dict
+    heldout: HeldOut
+    costs: Costs
+    _models: dict = field(default_factory=dict)
+
+    @property
+    def object(self) -> str:
+        return self.meta["object"]
+
+    def model(self, name: str, device):
+        if name not in self._models:
+            c = next(c for c in self.meta["candidates"] if c["name"] == name)
+            self._models[name] = specialized.load_model(B.inside(self.root, c["file"]), device=device)
+        return self._models[name]
+
+    def diff(self, name: str) -> difference.DiffDetector:
+        d = next(d for d in self.meta["diffs"] if d["name"] == name)
+        det = difference.DiffDetector.from_dict({k: v for k, v in d.items() if k not in ("cost_s", "size", "reference_image_file")})
+        if d.get("reference_image_file"):
+            det.reference_image = difference.load_npy(B.inside(self.root, d["reference_image_file"]))
+        return det
+
+    def diff_size(self, name: str) -> int:
+        return int(next(d for d in self.meta["diffs"] if d["name"] == name)["size"])
+
+
+def load_bundle(root: Path) -> TrainedBundle:
+    meta = B.load_manifest(root)
+    z = B.load_npz(root, meta["heldout"]["file"])
+    model_scores = {k[len("model__"):]: v for k, v in z.items() if k.startswith("model__")}
+    diff_scores: dict[str, dict[int, np.ndarray]] = {}
+    for k, v in z.items():
+        if k.startswith("diff__"):
+            name, skip = k[len("diff__"):].rsplit("@", 1)
+            diff_scores.setdefault(name, {})[int(skip)] = v
+    kinds = {d["name"]: d["kind"] for d in meta["diffs"]}
+    heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
+                      diff_scores=diff_scores, diff_kinds=kinds)
+    c = meta["costs"]
+    costs = Costs(decode=c["decode"], convert=c["convert"], diff=dict(c["diff"]), model=dict(c["model"]), reference=c["reference"])
+    return TrainedBundle(root, meta, heldout, costs)
+
+
+def choose_plan(tb: TrainedBundle, targets: Targets) -> Plan:
+    ocfg = tb.meta.get("optimizer", {})
+    skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
+    n_thr = int(ocfg.get("diff_thresholds", 12))
+    diff_thresholds = {}
+    for name, by_skip in tb.heldout.diff_scores.items():
+        vals = np.concatenate([v[np.isfinite(v)] for v in by_skip.values()])
+        diff_thresholds[name] = np.unique(np.quantile(vals, np.linspace(0.02, 0.9, n_thr))) if len(vals) else np.array([])
+    return optimize(tb.heldout, tb.costs, targets, skips=skips, diff_thresholds=diff_thresholds)
+
+
+@dataclass
+class CascadeResult:
+    frames: np.ndarray  # int64 (N,) frame numbers
+    times: np.ndarray  # float64 (N,) seconds
+    labels: np.ndarray  # bool (N,)
+    decided_by: np.ndarray  # str (N,) one of STAGES
+    reference_scores: dict[int, float]  # frame -> reference score, where the reference ran
+    seconds: float
+    stage_seconds: dict[str, float]
+    stopped_at: int | None = None
+
+    def fractions(self) -> dict[str, float]:
+        n = max(len(self.frames), 1)
+        return {s: float((self.decided_by == s).sum()) / n for s in STAGES}
+
+
+def run_cascade(
+    video: Video,
+    tb: TrainedBundle,
+    plan: Plan,
+    reference,
+    ref_key: str,
+    start: int,
+    end: int,
+    *,
+    batch_size: int = 256,
+    use_label_cache: bool = True,
+    quiet: bool = False,
+) -> CascadeResult:
+    t0 = time.perf_counter()
+    stage_t = {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}
+    device = reference.device
+    skip = max(1, int(plan.skip))
+    min_score = tb.meta["labels"]["min_score"]
+    cls = tb.meta["class_index"]
+
+    sizes: dict[str, tuple[int, int]] = {}
+    det = model = None
+    if plan.diff:
+        det = tb.diff(plan.diff)
+        dz = tb.diff_size(plan.diff)
+        sizes["diff"] = (dz, dz)
+    if plan.model:
+        model, arch, mean = tb.model(plan.model, device)
+        sizes["model"] = (arch.size, arch.size)
+
+    processed = np.arange(start, end, skip, dtype=np.int64)
+    state = np.full(len(processed), _REF, np.int8)
+    if sizes:
+        prev_last = None  # last processed frame of the previous batch, for "prev" difference detectors
+        i = 0
+        with progress_bar(total=len(processed), desc="query", quiet=quiet) as bar:
+            t_dec = time.perf_counter()
+            for batch in video.batches(sizes, start, end, stride=skip, batch_size=batch_size):
+                stage_t["decode"] += time.perf_counter() - t_dec
+                n = len(batch)
+                st = np.full(n, _REF, np.int8)
+                todo = np.ones(n, bool)
+                if det is not None:
+                    t = time.perf_counter()
+                    x = batch.frames["diff"]
+                    if det.kind == "prev":
+                        prev = np.concatenate([prev_last[None] if prev_last is not None else x[:1], x[:-1]])
+                        sc = det.score(x, prev)
+                        if prev_last is None:
+                            sc[0] = np.nan  # first frame of the segment has nothing to compare with
+                        prev_last = x[-1]
+                        unchanged = sc < plan.diff_threshold  # NaN compares False: changed
+                        st[unchanged] = _COPY
+                    else:
+                        sc = det.score(x)
+                        unchanged = sc < plan.diff_threshold
+                        st[unchanged] = _EMPTY
+                    todo &= ~unchanged
+                    stage_t["diff"] += time.perf_counter() - t
+                if model is not None and todo.any():
+                    t = time.perf_counter()
+                    p = specialized.predict_scores(model, batch.frames["model"][todo], mean, device=device)
+                    sub = np.full(len(p), _REF, np.int8)
+                    sub[p < plan.c_low] = _NO
+                    sub[p > plan.c_high] = _YES
+                    st[todo] = sub
+                    stage_t["model"] += time.perf_counter() - t
+                state[i : i + n] = st
+                i += n
+                bar.update(n)
+                t_dec = time.perf_counter()
+        if i < len(processed):  # the file ended early
+            processed, state = processed[:i], state[:i]
+    stopped_at = video.stopped_at
+
+    # reference pass over the frames nobody else could decide
+    t = time.perf_counter()
+    need = processed[state == _REF]
+    ref_scores: dict[int, float] = {}
+    if len(need):
+        lab = label_frames(video, reference, ref_key, need, use_cache=use_label_cache, quiet=quiet, desc="reference")
+        ref_scores = dict(zip(lab.frames.tolist(), lab.score_of(cls).astype(float).tolist()))
+        if video.stopped_at is not None:
+            stopped_at = video.stopped_at if stopped_at is None else min(stopped_at, video.stopped_at)
+    stage_t["reference"] = time.perf_counter() - t
+
+    # resolve processed-frame answers in order (copies take the previous processed answer)
+    plabel = np.zeros(len(processed), bool)
+    pdec = np.empty(len(processed), dtype=object)
+    last = False
+    for j, (f, s) in enumerate(zip(processed.tolist(), state.tolist())):
+        if s == _COPY:
+            plabel[j], pdec[j] = last, "diff"
+        elif s == _EMPTY:
+            plabel[j], pdec[j] = False, "diff"
+        elif s == _NO:
+            plabel[j], pdec[j] = False, "model"
+        elif s == _YES:
+            plabel[j], pdec[j] = True, "model"
+        else:
+            if f not in ref_scores:  # frame vanished on the second pass (file damaged in between)
+                processed, plabel, pdec = processed[:j], plabel[:j], pdec[:j]
+                break
+            plabel[j], pdec[j] = ref_scores[f] >= min_score, "reference"
+        last = plabel[j]
+    # expand to every frame: skipped frames copy the last processed frame
+    last_frame = (processed[-1] + skip) if len(processed) else start
+    end_eff = min(end, last_frame if stopped_at is None else max(stopped_at, start))
+    frames = np.arange(start, end_eff, dtype=np.int64)
+    pos = np.clip((frames - start) // skip, 0, max(len(processed) - 1, 0))
+    labels = plabel[pos] if len(processed) else np.zeros(len(frames), bool)
+    decided = pdec[pos].astype(str) if len(processed) else np.full(len(frames), "reference")
+    decided[(frames - start) % skip != 0] = "skip"
+    k = int(tb.meta["labels"].get("smooth", 1))
+    if k > 1:
+        labels = smooth(labels, k)
+    return CascadeResult(frames, frames / video.fps, labels, decided, ref_scores, time.perf_counter() - t0, stage_t, stopped_at)

@@ -1,0 +1,364 @@
+"""Command line: thin click commands over the pipeline modules.
+
+    noscope weights                                   # fetch the default detector (once)
+    noscope label VIDEO --object person               # reference on every frame, cached
+    noscope train VIDEO --object person --end 60% --name store
+    noscope query VIDEO --model store --target-fpr 0.01 --target-fnr 0.01 --out out/
+    noscope evaluate VIDEO --model store --start 60% --json
+    noscope config --set train.epochs=5               # print the effective configuration
+
+Exit codes: 0 success, 1 an error in the input or the run (one line on stderr), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import NoscopeError, UsageError
+
+log = logging.getLogger("noscope")
+
+
+class Group(click.Group):
+    """Turns our errors into one line and an exit code instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NoscopeError as e:
+            click.echo(f"noscope: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                click.echo(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
+                           "nothing finished was lost, free space and run again", err=True)
+                sys.exit(1)
+            raise
+        except KeyboardInterrupt:
+            click.echo("noscope: interrupted; finished work is kept, run the same command to resume", err=True)
+            sys.exit(130)
+
+
+def common(f):
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/default.yaml.")(f)
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key, e.g. train.epochs=5.")(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="No progress bars or chatter.")(f)
+    f = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(f)
+    return f
+
+
+def setup(config_file, sets, quiet, verbose) -> dict:
+    from .config import load_config
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return load_config(config_file, list(sets))
+
+
+def segment_options(f):
+    f = click.option("--end", default=None, help="End: seconds (90, 1:30), a frame (2700f) or a share (60%).")(f)
+    f = click.option("--start", default=None, help="Start: seconds (12.5, 0:12.5), a frame (300f) or a share (60%).")(f)
+    return f
+
+
+def reference_options(f):
+    f = click.option("--reference", "reference_name", default=None, help="Reference detector (see `noscope references`).")(f)
+    f = click.option("--reference-weights", default=None, type=click.Path(), help="Weights file for the reference.")(f)
+    f = click.option("--reference-cfg", default=None, type=click.Path(), help="Darknet .cfg (with --reference darknet).")(f)
+    return f
+
+
+def apply_reference_options(cfg, reference_name, reference_weights, reference_cfg):
+    r = cfg["reference"]
+    if reference_name:
+        r["name"] = reference_name
+    if reference_weights:
+        r["weights"] = reference_weights
+    if reference_cfg:
+        r["cfg"] = reference_cfg
+
+
+def make_reference(cfg):
+    from .reference import load_reference, reference_key
+    from .train import _device
+
+    r = cfg["reference"]
+    ref = load_reference(r["name"], device=_device(cfg), weights=r["weights"], cfg=r["cfg"], names=r["names"],
+                         input_size=tuple(r["input_size"]) if r["input_size"] else None, batch_size=r["batch_size"])
+    return ref, reference_key(ref)
+
+
+@click.group(cls=Group, context_settings=dict(help_option_names=["-h", "--help"]))
+@click.version_option(package_name="noscope")
+def cli():
+    """Which frames of this video contain an object? Fast, within a stated error of a detector."""
+
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Only check that the weights are in place.")
+def weights(check):
+    """Fetch the default reference detector (YOLOv3-tiny, COCO) into the cache."""
+    from .reference.weights import fetch_yolov3_tiny, yolov3_tiny_files
+
+    if check:
+        cfg, w, names = yolov3_tiny_files(fetch=False)
+        click.echo(f"ok: {w.parent}")
+    else:
+        click.echo(f"ok: {fetch_yolov3_tiny()}")
+
+
+@cli.command()
+def references():
+    """List the reference detectors."""
+    from .reference import REFERENCES
+
+    for name in REFERENCES:
+        click.echo(name)
+
+
+@cli.command("config")
+@common
+def config_cmd(config_file, sets, quiet, verbose):
+    """Print the effective configuration (defaults + --config + --set)."""
+    from .config import dump
+
+    click.echo(dump(setup(config_file, sets, quiet, verbose)), nl=False)
+
+
+@cli.command()
+@click.argument("video", type=click.Path())
+@click.option("--object", "object_name", required=True, help="COCO class name, e.g. car, person, bus.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Label every Nth frame.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@segment_options
+@reference_options
+@common
+def label(video, object_name, every, as_json, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+    """Run the reference detector on the frames of VIDEO and cache its answers."""
+    from .labels import label_frames
+    from .video import open_video, stop_is_truncation
+
+    cfg = setup(config_file, sets, quiet, verbose)
+    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
+    v = open_video(video)
+    s, e = v.segment(start, end)
+    ref, key = make_reference(cfg)
+    cls = ref.class_index(object_name)
+    t0 = time.perf_counter()
+    labels = label_frames(v, ref, key, np.arange(s, e, every), quiet=quiet or as_json)
+    wall = time.perf_counter() - t0
+    min_score = cfg["labels"]["min_score"]
+    pos = int((labels.score_of(cls) >= min_score).sum())
+    n = len(labels.frames)
+    fresh = n - labels.from_cache
+    summary = dict(video=str(v.path), object=object_name, reference=key, frames=n, from_cache=labels.from_cache,
+                   positives=pos, min_score=min_score, seconds=round(wall, 3),
+                   frames_per_s=round(fresh / labels.seconds, 2) if fresh and labels.seconds else None)
+    if stop_is_truncation(v):
+        summary["stopped_at"] = v.stopped_at
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    rate = f"{summary['frames_per_s']:.1f} frames/s" if summary["frames_per_s"] else "all from cache"
+    click.echo(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
+               f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
+    if "stopped_at" in summary:
+        click.echo(f"warning: the video stops decoding at frame {v.stopped_at} of {v.frame_count}; labelled what decoded", err=True)
+
+
+@cli.command()
+@click.argument("video", type=click.Path())
+@click.option("--object", "object_name", required=True, help="COCO class name, e.g. car, person, bus.")
+@click.option("--name", default=None, help="Bundle name (default: VIDEOSTEM-OBJECT) or a path.")
+@click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: config seed).")
+@segment_options
+@reference_options
+@common
+def train(video, object_name, name, force, seed, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+    """Train specialized models and difference detectors for OBJECT on VIDEO."""
+    from .bundle import bundle_path
+    from .train import train as run_train
+
+    cfg = setup(config_file, sets, quiet, verbose)
+    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
+    if seed is not None:
+        cfg["seed"] = seed
+    out = bundle_path(name or default_name(video, object_name))
+    say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
+    meta = run_train(video, object_name, out, cfg, start, end, quiet=quiet, force=force, say=say)
+    best = max(meta["candidates"], key=lambda c: c["heldout_auc"], default=None)
+    click.echo(f"trained {out}: {len(meta['candidates'])} specialized models"
+               + (f" (best held-out AUC {best['heldout_auc']:.3f}, {best['name']})" if best else "")
+               + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
+               f"{meta['train']['seconds']:.0f} s")
+
+
+def default_name(video, object_name) -> str:
+    return f"{Path(video).stem}-{object_name}"
+
+
+def targets_options(f):
+    f = click.option("--target-fpr", type=float, default=None, help="Most false positives allowed (share of negative frames).")(f)
+    f = click.option("--target-fnr", type=float, default=None, help="Most false negatives allowed (share of positive frames).")(f)
+    f = click.option("--metric", type=click.Choice(["frames", "windows"]), default=None, help="Count errors per frame or per window (NoScope).")(f)
+    return f
+
+
+def make_targets(cfg, fpr, fnr, metric):
+    from .optimizer import Targets
+
+    fpr = cfg["query"]["target_fpr"] if fpr is None else fpr
+    fnr = cfg["query"]["target_fnr"] if fnr is None else fnr
+    for what, v in (("FPR", fpr), ("FNR", fnr)):
+        if not 0 < v < 1:
+            raise UsageError(f"target {what} must be between 0 and 1 (exclusive), got {v}")
+    return Targets(fpr=fpr, fnr=fnr, metric=metric or cfg["optimizer"]["metric"], window=int(cfg["optimizer"]["window"]))
+
+
+def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None):
+    """Load the bundle; with --object and no bundle, train one on this video first."""
+    from .bundle import bundle_path
+    from .cascade import load_bundle
+    from .train import train as run_train
+
+    if model is None and object_name is None:
+        raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one on this video first)")
+    root = bundle_path(model or default_name(video, object_name))
+    if not (root / "bundle.yaml").is_file() and object_name and video:
+        if not quiet:
+            click.echo(f"no bundle at {root}; training one on {video} for {object_name}", err=True)
+        say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
+        run_train(video, object_name, root, cfg, start, end, quiet=quiet, say=say)
+    tb = load_bundle(root)
+    if object_name and object_name != tb.object:
+        raise NoscopeError(f"bundle {root} was trained for {tb.object!r}, not {object_name!r}")
+    return tb
+
+
+def check_reference_matches(tb, ref_key):
+    if tb.meta["reference"]["key"] != ref_key:
+        raise NoscopeError(f"bundle {tb.root} was trained with reference {tb.meta['reference']['key']}, "
+                           f"but this run uses {ref_key}; retrain or pass the same --reference")
+
+
+def bundle_reference_cfg(cfg, tb, reference_name):
+    """Use the reference the bundle was trained with unless the user names one."""
+    if not reference_name:
+        r = tb.meta["reference"]
+        cfg["reference"].update(name=r["name"] if r["name"] in _known_refs() else cfg["reference"]["name"])
+        for k in ("weights", "cfg", "names"):
+            if r.get(k) and not cfg["reference"].get(k):
+                cfg["reference"][k] = r[k]
+        if r.get("input_size"):
+            cfg["reference"]["input_size"] = r["input_size"]
+
+
+def _known_refs():
+    from .reference import REFERENCES
+
+    return REFERENCES
+
+
+@cli.command()
+@click.argument("video", type=click.Path(), required=False)
+@click.option("--model", default=None, help="Trained bundle name or path.")
+@click.option("--object", "object_name", default=None, help="Object to find; trains a bundle on VIDEO if none exists.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output folder (default noscope-out/VIDEOSTEM-OBJECT).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--no-plot", is_flag=True, help="Skip timeline.png.")
+@targets_options
+@segment_options
+@reference_options
+@common
+def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, target_fnr, metric, start, end,
+          reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+    """Answer, for every frame of VIDEO, whether the object is there, within the error targets."""
+    from .cascade import choose_plan, run_cascade
+    from .optimizer import plan_summary
+    from .report import write_result
+    from .video import open_video, stop_is_truncation
+
+    cfg = setup(config_file, sets, quiet, verbose)
+    targets = make_targets(cfg, target_fpr, target_fnr, metric)
+    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
+    tb = resolve_model(cfg, video, model, object_name, quiet or as_json)
+    video = video or tb.meta["video"]["path"]
+    v = open_video(video)
+    s, e = v.segment(start, end)
+    bundle_reference_cfg(cfg, tb, reference_name)
+    ref, key = make_reference(cfg)
+    check_reference_matches(tb, key)
+    plan = choose_plan(tb, targets)
+    if not (quiet or as_json):
+        click.echo(f"cascade: {plan_summary(plan)}", err=True)
+    result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"], quiet=quiet or as_json)
+    out = Path(out_dir) if out_dir else Path("noscope-out") / default_name(video, tb.object)
+    n = len(result.frames)
+    summary = dict(
+        video=str(v.path), object=tb.object, model=str(tb.root), segment=[s, e], frames=n,
+        positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
+        frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
+        reference_calls=len(result.reference_scores), fractions=result.fractions(),
+        stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
+        cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
+        min_score=tb.meta["labels"]["min_score"], reference=key,
+    )
+    if stop_is_truncation(v) or (result.stopped_at is not None and e - result.stopped_at > 0.05 * (e - s) + 3):
+        summary["stopped_at"] = int(result.stopped_at)
+        click.echo(f"warning: the video stops decoding at frame {result.stopped_at}; answered the frames before it", err=True)
+    summary = write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=not no_plot)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"{v.path.name}: {tb.object} in {summary['positives']} of {n} frames ({summary['intervals']} intervals), "
+                   f"{summary['frames_per_s']} frames/s, {summary['reference_calls']} reference calls -> {out}")
+
+
+@cli.command()
+@click.argument("video", type=click.Path(), required=False)
+@click.option("--model", required=True, help="Trained bundle name or path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@targets_options
+@segment_options
+@reference_options
+@common
+def evaluate(video, model, as_json, target_fpr, target_fnr, metric, start, end,
+             reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+    """Measure the cascade's errors and speed-up against the reference on every frame."""
+    from .evaluate import evaluate as run_evaluate
+
+    cfg = setup(config_file, sets, quiet, verbose)
+    targets = make_targets(cfg, target_fpr, target_fnr, metric)
+    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
+    tb = resolve_model(cfg, video, model, None, quiet)
+    video = video or tb.meta["video"]["path"]
+    bundle_reference_cfg(cfg, tb, reference_name)
+    ref, key = make_reference(cfg)
+    check_reference_matches(tb, key)
+    report = run_evaluate(video, tb, ref, key, targets, cfg, start, end, quiet=quiet or as_json)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    f, w = report["frames"], report["windows"]
+    click.echo(
+        f"{Path(video).name} [{report['segment'][0]}, {report['segment'][1]}) {tb.object} @ targets "
+        f"{targets.fpr}/{targets.fnr}: frames FPR {f['fpr']:.4f} FNR {f['fnr']:.4f}; windows FPR {w['fpr']:.4f} "
+        f"FNR {w['fnr']:.4f}; reference {report['reference_fps']:.1f} frames/s, cascade {report['cascade_fps']:.1f} "
+        f"frames/s, speed-up {report['speedup']:.1f}x ({report['reference_calls']} reference calls)"
+    )
+
+
+def main():
+    cli(prog_name="noscope")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Run the reference detector on frames of a video and cache what it says.
+
+    from noscope.labels import label_frames
+    labels = label_frames(video, reference, frames=np.arange(0, 1000))
+    labels.scores[:, reference.class_index("car")]     # per-frame max confidence of "car"
+
+The cache keeps, for every labelled frame, the max confidence of *every* class plus the boxes,
+so one labelling pass serves queries for any object. It lives in
+`<cache>/labels/<video content hash>/<reference key>/` as chunk files of consecutive work
+(`chunk-<first>-<last>.npz`), each written atomically as soon as it is finished: an
+interrupted run loses at most one chunk, a second run only labels what is missing, and a
+different segment or stride reuses every frame already labelled. A chunk that fails to load
+(corrupt, half-copied) is set aside and its frames are labelled again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from .paths import cache_dir
+from .progress import progress_bar
+from .reference.base import Detections, Reference
+from .video import Video
+
+log = logging.getLogger(__name__)
+
+CHUNK_FRAMES = 256  # frames per cache file: small enough that an interruption loses little
+
+
+@dataclass
+class Labels:
+    """The reference's answers for a set of frames (sorted by frame number)."""
+
+    frames: np.ndarray  # int64 (N,)
+    scores: np.ndarray  # float32 (N, num_classes)
+    detections: list[Detections]
+    from_cache: int = 0  # how many of the N came from the cache
+    seconds: float = 0.0  # wall time spent labelling the rest
+
+    def score_of(self, class_index: int) -> np.ndarray:
+        return self.scores[:, class_index]
+
+
+def store_dir(video: Video, ref_key: str) -> Path:
+    return cache_dir() / "labels" / video.hash / ref_key
+
+
+def _write_npz_atomic(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _pack(frames: list[int], scores: list[np.ndarray], dets: list[Detections]) -> dict[str, np.ndarray]:
+    owner = np.concatenate([np.full(len(d.scores), i, np.int32) for i, d in enumerate(dets)]) if dets else np.zeros(0, np.int32)
+    return dict(
+        frames=np.asarray(frames, np.int64),
+        scores=np.stack(scores).astype(np.float32),
+        det_frame=owner.astype(np.int32),
+        det_boxes=np.concatenate([d.boxes for d in dets]).astype(np.float32).reshape(-1, 4),
+        det_scores=np.concatenate([d.scores for d in dets]).astype(np.float32),
+        det_classes=np.concatenate([d.classes for d in dets]).astype(np.int64),
+    )
+
+
+def _unpack(z) -> tuple[np.ndarray, np.ndarray, list[Detections]]:
+    frames, scores = z["frames"], z["scores"]
+    owner = z["det_frame"]
+    dets = []
+    for i in range(len(frames)):
+        m = owner == i
+        dets.append(Detections(z["det_boxes"][m], z["det_scores"][m], z["det_classes"][m]))
+    return frames, scores, dets
+
+
+def load_cached(directory: Path, num_classes: int) -> dict[int, tuple[np.ndarray, Detections]]:
+    """Everything cached for one (video, reference): frame -> (class scores, detections)."""
+    out: dict[int, tuple[np.ndarray, Detections]] = {}
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob("chunk-*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                frames, scores, dets = _unpack(z)
+            if scores.ndim != 2 or scores.shape[1] != num_classes or len(frames) != len(scores):
+                raise ValueError("wrong shape")
+        except Exception as e:  # corrupt or foreign file: relabel those frames rather than fail
+            log.warning("label cache file %s is unreadable (%s); moving it aside and relabelling", path, e)
+            try:
+                os.replace(path, path.with_suffix(".corrupt"))
+            except OSError:
+                pass
+            continue
+        for f, s, d in zip(frames.tolist(), scores, dets):
+            out[f] = (s, d)
+    return out
+
+
+def label_frames(
+    video: Video,
+    reference: Reference,
+    ref_key: str,
+    frames: np.ndarray,
+    *,
+    use_cache: bool = True,
+    refresh: bool = False,
+    quiet: bool = False,
+    desc: str = "label",
+) -> Labels:
+    """Reference answers for the given frame numbers, labelling only what the cache lacks.
+
+    use_cache=False neither reads nor writes the cache; refresh=True labels every frame again
+    (for honest timings) and writes the results.
+    """
+    frames = np.unique(np.asarray(frames, np.int64))
+    directory = store_dir(video, ref_key)
+    n_classes = len(reference.class_names)
+    cached = load_cached(directory, n_classes) if use_cache and not refresh else {}
+    missing = np.array([f for f in frames.tolist() if f not in cached], np.int64)
+    from_cache = len(frames) - len(missing)
+
+    t0 = time.perf_counter()
+    if len(missing):
+        size = reference.input_size or (video.width, video.height)
+        lock = FileLock(str(directory) + ".lock") if use_cache else None
+        pend_f: list[int] = []
+        pend_s: list[np.ndarray] = []
+        pend_d: list[Detections] = []
+
+        def flush():
+            if use_cache and pend_f:
+                with lock:
+                    _write_npz_atomic(directory / f"chunk-{pend_f[0]:09d}-{pend_f[-1]:09d}-{len(pend_f)}.npz", **_pack(pend_f, pend_s, pend_d))
+            pend_f.clear(), pend_s.clear(), pend_d.clear()
+
+        with progress_bar(total=len(missing), desc=desc, unit="frame", quiet=quiet) as bar:
+            for batch in video.batches({"det": size}, frames=missing, batch_size=reference.batch_size):
+                scores, dets = reference.predict(batch.frames["det"])
+                for f, s, d in zip(batch.indices.tolist(), scores, dets):
+                    cached[f] = (s, d)
+                    pend_f.append(f), pend_s.append(s), pend_d.append(d)
+                if len(pend_f) >= CHUNK_FRAMES:
+                    flush()
+                bar.update(len(batch))
+        flush()
+    seconds = time.perf_counter() - t0
+
+    have = np.array([f for f in frames.tolist() if f in cached], np.int64)
+    scores = np.stack([cached[f][0] for f in have.tolist()]) if len(have) else np.zeros((0, n_classes), np.float32)
+    dets = [cached[f][1] for f in have.tolist()]
+    return Labels(have, scores.astype(np.float32), dets, from_cache=from_cache, seconds=seconds)

@@ -1,0 +1,529 @@
+"""Specialized models: tiny CNNs trained to mimic the reference detector on one video.
+
+NoScope's key idea: for one fixed camera and one object class, a few-layer CNN on 50x50
+frames reproduces the expensive reference detector's per-frame answer most of the time, at
+a tiny fraction of the cost. A grid of such candidates is trained, and the optimizer keeps
+whichever gives the cheapest cascade at the target accuracy.
+
+    import numpy as np
+    from noscope import specialized as sp
+
+    m = sp.mean_frame(x_train)                                  # float32 (50, 50, 3)
+    arch = sp.Arch.parse("c2f32d128s50")
+    model, info = sp.train_candidate(arch, x_train, y_train, x_val, y_val, m, seed=0)
+    print(info["val_auc"], info["epochs"], info["train_seconds"])
+    p = sp.predict_scores(model, frames, m)                     # float32 (N,) in [0, 1]
+    cost = sp.measure_cost(model, arch.size)                    # seconds per frame
+    sp.save_model(model, arch, m, "bundle/specialized.pt")
+    model, arch, m = sp.load_model("bundle/specialized.pt")
+
+Frames are always uint8 RGB (N, S, S, 3) as the video decoder produces them; the conversion
+to the network's float input happens on the device (see `to_input`), so only bytes cross
+the host/device bus. Models run in channels_last memory everywhere; on CUDA inference runs
+under fp16 autocast (training under bf16), on CPU everything is plain float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import pickle
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import NoscopeError
+
+# Pixel deviations from the mean frame are divided by this: a car against the road is a
+# deviation of tens to a hundred grey levels, so inputs land roughly in [-2, 2].
+INPUT_SCALE = 64.0
+
+# Marks a file written by save_model, so an unrelated torch checkpoint is refused clearly.
+_BUNDLE_FORMAT = "noscope-specialized-v1"
+
+# Training keeps the whole uint8 training set on the GPU when it is at most this big (the
+# per-batch host->device copies would otherwise dominate for these tiny models).
+_GPU_STAGE_BYTES = 2 << 30
+
+_ARCH_RE = re.compile(r"c(\d+)f(\d+)d(\d+)s(\d+)")
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One point of the architecture grid.
+
+    convs: 3x3 conv layers (2 or 4, in pairs; a 2x2 max-pool follows each pair),
+    filters: channels of the first pair (doubled for the second), dense: width of the hidden
+    fully connected layer, size: square input side in pixels.
+    """
+
+    convs: int
+    filters: int
+    dense: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.convs not in (2, 4):
+            raise NoscopeError(f"specialized arch {self.name}: convs must be 2 or 4, not {self.convs}")
+        if self.filters not in (16, 32, 64):
+            raise NoscopeError(f"specialized arch {self.name}: filters must be 16, 32 or 64, not {self.filters}")
+        if not 32 <= self.dense <= 256:
+            raise NoscopeError(f"specialized arch {self.name}: dense must be in 32..256, not {self.dense}")
+        # 50 and 64 are the sizes the grids use; anything from 16 up still pools to >= 4x4.
+        if not 16 <= self.size <= 512:
+            raise NoscopeError(f"specialized arch {self.name}: size must be in 16..512 (50 or 64 usual), not {self.size}")
+
+    @property
+    def name(self) -> str:
+        return f"c{self.convs}f{self.filters}d{self.dense}s{self.size}"
+
+    @staticmethod
+    def parse(name: str) -> "Arch":
+        """'c2f32d128s50' -> Arch(convs=2, filters=32, dense=128, size=50)."""
+        m = _ARCH_RE.fullmatch(str(name).strip().lower())
+        if not m:
+            raise NoscopeError(f"cannot read specialized arch {name!r}: expected e.g. c2f32d128s50 (convs, filters, dense, size)")
+        return Arch(*(int(g) for g in m.groups()))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def default_grid(size: int = 50) -> list[Arch]:
+    """NoScope's search space: {2, 4} convs x {16, 32, 64} filters x {32, 64, 128, 256} dense.
+
+    24 candidates, ordered roughly cheapest first (conv work dominates the cost).
+    """
+    return [Arch(c, f, d, size) for c in (2, 4) for f in (16, 32, 64) for d in (32, 64, 128, 256)]
+
+
+def small_grid(size: int = 50) -> list[Arch]:
+    """Three cheap, different candidates, for tests and quick runs."""
+    return [Arch(2, 16, 32, size), Arch(2, 32, 64, size), Arch(4, 16, 64, size)]
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class SpecializedCNN(nn.Module):
+    """[conv3x3-BN-ReLU] x2 -> maxpool, (again with 2x the filters if convs=4), dense, 1 logit.
+
+    Input: float (N, 3, S, S), already mean-subtracted and scaled (see `to_input`).
+    Output: (N,) logits of "the object is present".
+
+    BatchNorm makes these tiny nets converge in a few epochs from any init and costs only a
+    per-channel affine at inference. The head flattens instead of global pooling because the
+    camera is fixed: *where* something changed (road vs. sky) is most of the signal.
+    """
+
+    def __init__(self, arch: Arch):
+        super().__init__()
+        self.arch = arch
+        layers: list[nn.Module] = []
+        cin, side = 3, arch.size
+        for pair in range(arch.convs // 2):
+            cout = arch.filters * (2**pair)
+            for _ in range(2):
+                layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(cin * side * side, arch.dense),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.25),  # the flattened layer holds most weights; this is where it overfits
+            nn.Linear(arch.dense, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(1)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """None -> CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def mean_frame(frames: np.ndarray) -> np.ndarray:
+    """Per-pixel mean of uint8 frames (N, S, S, 3) -> float32 (S, S, 3).
+
+    Subtracting it (as NoScope does) removes the static scene, so the CNN's inputs are mostly
+    "what is different from usual here".
+    """
+    frames = _check_frames(frames)
+    if len(frames) == 0:
+        raise NoscopeError("cannot compute a mean frame from zero frames")
+    # float64 accumulation: summing ~1e5 values of up to 255 in float32 loses low bits.
+    return frames.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _check_frames(frames: np.ndarray, size: int | None = None) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[1] != frames.shape[2]:
+        raise NoscopeError(f"frames must be uint8 (N, S, S, 3) RGB, got {frames.dtype} {frames.shape}")
+    if size is not None and frames.shape[1] != size:
+        raise NoscopeError(f"frames are {frames.shape[1]}x{frames.shape[2]} but the specialized model expects {size}x{size}")
+    return frames
+
+
+def _check_mean(mean: np.ndarray, size: int) -> np.ndarray:
+    mean = np.asarray(mean, dtype=np.float32)
+    if mean.shape != (size, size, 3):
+        raise NoscopeError(f"mean frame must be ({size}, {size}, 3), got {mean.shape}")
+    return mean
+
+
+def to_input(frames_u8: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, S, S, 3) on the device -> float (N, 3, S, S) network input, on the device.
+
+    The permuted NHWC tensor already has channels_last strides, so no copy is made: both
+    cuDNN and oneDNN (CPU) run these small convs faster in that layout (about 1.7x on CPU).
+    """
+    x = (frames_u8.float() - mean) / INPUT_SCALE
+    return x.permute(0, 3, 1, 2)
+
+
+def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise NoscopeError(f"{what} labels must have shape ({n},), got {y.shape}")
+    y = y.astype(np.float32)
+    if not np.all(np.isfinite(y)) or y.min(initial=0) < 0 or y.max(initial=0) > 1:
+        raise NoscopeError(f"{what} labels must be booleans or scores in [0, 1]")
+    return y
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); labels >= 0.5 are positive. NaN if one class."""
+    scores = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(labels, dtype=np.float64) >= 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # Mann-Whitney U from average ranks, which handles tied scores exactly.
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_candidate(
+    arch: Arch,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    mean_frame: np.ndarray,
+    *,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    patience: int = 3,
+    brightness_jitter: float = 8.0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[SpecializedCNN, dict]:
+    """Train one candidate to predict the reference's label from the frame.
+
+    Labels are bools or soft scores in [0, 1]. Loss: BCE-with-logits with pos_weight =
+    negatives/positives, so a rare object is not ignored (calibration does not matter: the
+    optimizer picks thresholds on held-out scores). Adam; after each epoch the validation loss
+    is computed and the best state is kept; training stops after `patience` epochs without
+    improvement. brightness_jitter adds a random per-frame offset of up to that many grey
+    levels (the camera is fixed, so that is the main nuisance: sun, clouds, auto exposure).
+
+    Deterministic on CPU for a fixed seed (and thread count): all randomness comes from a
+    forked torch RNG seeded here, so the caller's global RNG state is left untouched.
+
+    Returns (model in eval mode on `device`, info) with info keys: arch, epochs, best_epoch,
+    val_loss, val_auc, train_loss, pos_weight, n_train, n_val, train_seconds, device.
+    """
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    x_train = _check_frames(x_train, arch.size)
+    x_val = _check_frames(x_val, arch.size)
+    y_tr = _labels(y_train, len(x_train), "training")
+    y_va = _labels(y_val, len(x_val), "validation")
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise NoscopeError(
+            f"training {arch.name} needs frames for both training and validation "
+            f"(got {len(x_train)} and {len(x_val)}); label more of the video"
+        )
+    mean = _check_mean(mean_frame, arch.size)
+    if epochs < 1 or batch_size < 1:
+        raise NoscopeError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
+    say = log or (lambda msg: None)
+
+    pos, neg = float(y_tr.sum()), float((1.0 - y_tr).sum())
+    # Clamped so a handful of positives in a huge set cannot blow the loss scale up.
+    pos_weight = 1.0 if pos == 0 or neg == 0 else float(np.clip(neg / pos, 0.05, 20.0))
+    if pos == 0 or neg == 0:
+        say(f"{arch.name}: training labels are all {'negative' if pos == 0 else 'positive'}; the model will be useless")
+
+    cuda = dev.type == "cuda"
+    # bf16 needs no loss scaling, so it is the simple way to fast mixed-precision training.
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+
+    fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # shuffling and jitter, on the CPU
+        model = _prepare_model(SpecializedCNN(arch), dev)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=dev))
+        mean_t = torch.from_numpy(mean).to(dev)
+
+        # uint8 on the GPU when it fits (tiny model: copies would dominate); else copied per batch.
+        stage_all = cuda and x_train.nbytes + x_val.nbytes <= _GPU_STAGE_BYTES
+        xt = torch.from_numpy(np.ascontiguousarray(x_train))
+        xv = torch.from_numpy(np.ascontiguousarray(x_val))
+        if stage_all:
+            xt, xv = xt.to(dev), xv.to(dev)
+        yt = torch.from_numpy(y_tr).to(dev)
+        yv = torch.from_numpy(y_va).to(dev)
+
+        def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return to_input(x[idx.to(x.device)].to(dev, non_blocking=True), mean_t)
+
+        def evaluate() -> tuple[float, np.ndarray]:
+            model.eval()
+            total, out = 0.0, []
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                for s in range(0, len(xv), 1024):
+                    idx = torch.arange(s, min(s + 1024, len(xv)))
+                    logits = model(batch_input(xv, idx)).float()
+                    total += float(loss_fn(logits, yv[idx.to(dev)]) * len(idx))
+                    out.append(torch.sigmoid(logits).cpu().numpy())
+            return total / len(xv), np.concatenate(out)
+
+        best_loss, best_state, best_epoch, best_scores = math.inf, None, 0, None
+        epochs_run, train_loss, stale = 0, float("nan"), 0
+        for epoch in range(1, epochs + 1):
+            model.train()
+            perm = torch.randperm(len(xt), generator=gen)
+            running = 0.0
+            for s in range(0, len(perm), batch_size):
+                idx = perm[s : s + batch_size]
+                x = batch_input(xt, idx)
+                if brightness_jitter > 0:
+                    shift = (torch.rand(len(idx), 1, 1, 1, generator=gen) * 2 - 1) * (brightness_jitter / INPUT_SCALE)
+                    x = x + shift.to(dev)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = loss_fn(model(x).float(), yt[idx.to(dev)])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += float(loss.detach()) * len(idx)
+            train_loss = running / len(perm)
+            val_loss, val_scores = evaluate()
+            epochs_run = epoch
+            improved = val_loss < best_loss - 1e-4
+            say(f"{arch.name} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{' *' if improved else ''}")
+            if improved:
+                best_loss, best_epoch, best_scores, stale = val_loss, epoch, val_scores, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+
+        model.load_state_dict(best_state)
+        model.eval()
+
+    info = {
+        "arch": arch.name,
+        "epochs": epochs_run,
+        "best_epoch": best_epoch,
+        "val_loss": float(best_loss),
+        "val_auc": roc_auc(best_scores, y_va),
+        "train_loss": float(train_loss),
+        "pos_weight": pos_weight,
+        "n_train": len(x_train),
+        "n_val": len(x_val),
+        "train_seconds": time.perf_counter() - t0,
+        "device": str(dev),
+    }
+    return model, info
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def predict_scores(
+    model: SpecializedCNN,
+    frames: np.ndarray,
+    mean_frame: np.ndarray,
+    device: str | torch.device | None = None,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """Probability that each frame contains the object: uint8 (N, S, S, 3) -> float32 (N,).
+
+    device None: wherever the model already is. Runs under fp16 autocast on CUDA.
+    """
+    size = model.arch.size
+    frames = _check_frames(frames, size)
+    mean = _check_mean(mean_frame, size)
+    dev = _model_device(model) if device is None else resolve_device(device)
+    model = _prepare_model(model, dev).eval()
+    mean_t = torch.from_numpy(mean).to(dev)
+    cuda = dev.type == "cuda"
+    out = np.empty(len(frames), dtype=np.float32)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        for s in range(0, len(frames), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(frames[s : s + batch_size]))
+            if cuda:
+                batch = batch.pin_memory().to(dev, non_blocking=True)
+            logits = model(to_input(batch, mean_t))
+            out[s : s + len(batch)] = torch.sigmoid(logits.float()).cpu().numpy()
+    return out
+
+
+def measure_cost(
+    model: SpecializedCNN,
+    size: int,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    repeats: int = 5,
+) -> float:
+    """Seconds per frame of inference at `batch_size`, uint8->float normalisation included.
+
+    The uint8 batch already sits on the device (decoding and the copy are charged to the
+    video reader, the same for every cascade). Two warm-up batches first (cuDNN autotuning,
+    allocator, lazy init); the median of `repeats` timed batches is returned. batch_size None:
+    4096 on CUDA (what predict_scores uses), 64 on CPU (larger only makes measuring slow).
+    """
+    dev = _model_device(model) if device is None else resolve_device(device)
+    cuda = dev.type == "cuda"
+    bs = batch_size or (4096 if cuda else 64)
+    model = _prepare_model(model, dev).eval()
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (bs, size, size, 3), dtype=torch.uint8, generator=gen).to(dev)
+    mean_t = torch.full((size, size, 3), 128.0, device=dev)
+
+    def once() -> None:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            torch.sigmoid(model(to_input(batch, mean_t)).float())
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    for _ in range(2):
+        once()
+    times = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) / bs
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def save_model(model: SpecializedCNN, arch: Arch, mean_frame: np.ndarray, path: str | Path) -> None:
+    """Write weights + arch name + mean frame to `path`, atomically.
+
+    Only tensors, strings and dicts are stored, so `load_model` can use weights_only loading.
+    A temp file in the same directory is fsynced then renamed over `path`: a crash leaves the
+    old bundle or the new one, never half of one.
+    """
+    path = Path(path)
+    mean = _check_mean(mean_frame, arch.size)
+    payload = {
+        "format": _BUNDLE_FORMAT,
+        "arch": arch.name,
+        "mean_frame": torch.from_numpy(mean.copy()),
+        # clone: a CPU model's tensors would otherwise be saved with their shared storages' views
+        "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) on every platform.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[SpecializedCNN, Arch, np.ndarray]:
+    """Read a bundle written by save_model -> (model in eval mode on device, arch, mean frame).
+
+    Bundles are untrusted files: weights_only loading refuses anything but tensors and plain
+    containers, so a crafted file cannot run code when unpickled.
+    """
+    path = Path(path)
+    dev = resolve_device(device)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise NoscopeError(f"specialized model {path} not found; train one first") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NoscopeError(f"refusing to load {path}: not a plain-tensor noscope model bundle ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _BUNDLE_FORMAT:
+        raise NoscopeError(f"{path} is not a noscope specialized model bundle (format {_BUNDLE_FORMAT} expected)")
+    try:
+        arch = Arch.parse(payload["arch"])
+        mean = payload["mean_frame"].numpy().astype(np.float32)
+        _check_mean(mean, arch.size)
+        model = SpecializedCNN(arch)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, AttributeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NoscopeError(f"{path} is a damaged specialized model bundle: {first[:200]}") from None
+    return _prepare_model(model, dev).eval(), arch, mean

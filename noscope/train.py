@@ -1,0 +1,322 @@
+"""`noscope train`: label a sample, train specialized CNNs and difference detectors, save a bundle.
+
+    noscope train ../shared/videos/storefront-cctv_people.mp4 --object person --end 60% --name store
+
+Steps, each resumable (labels are cached in chunks, every finished candidate is kept in the
+bundle's work/ folder and reused by the next run with the same settings):
+  1. sample frames of the segment in runs of consecutive frames (frame skip and difference
+     detectors need temporal neighbours) and label them with the reference;
+  2. split the sample into blocks; 40% of the blocks are held out for the optimizer, the rest
+     train the models (with a slice for early stopping), so no held-out frame is ever a
+     near-duplicate neighbour of a training frame within the same block;
+  3. train every specialized CNN of the grid, score it on the held-out frames, time it;
+  4. fit the difference detectors, score them on the held-out frames for every frame skip, time them;
+  5. time decoding and the reference, and write bundle.yaml last (a bundle is complete or absent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import bundle as B
+from . import difference, specialized
+from .errors import NoscopeError
+from .labels import label_frames
+from .metrics import smooth
+from .progress import progress_bar
+from .reference import load_reference, reference_key
+from .video import Video, open_video
+
+log = logging.getLogger(__name__)
+
+MIN_POSITIVES = 10  # fewer positive frames than this and no model can learn the object
+MIN_EXAMPLES_PER_CLASS = 10  # fewer negatives than this: no CNN, cascade uses skip/diff/reference
+
+
+def sample_frames(start: int, end: int, max_frames: int, run_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame numbers to label and the run each belongs to: all of [start, end) if it fits,
+    else evenly spread runs of `run_length` consecutive frames."""
+    n = end - start
+    if n <= max_frames:
+        return np.arange(start, end, dtype=np.int64), np.zeros(n, np.int64)
+    runs = max(1, max_frames // run_length)
+    starts = np.linspace(start, end - run_length, runs).round().astype(np.int64)
+    frames = np.concatenate([np.arange(s, s + run_length) for s in starts])
+    run_ids = np.repeat(np.arange(runs), run_length)
+    return frames, run_ids
+
+
+def split_blocks(
+    run_ids: np.ndarray, truth: np.ndarray, block: int, heldout_fraction: float, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Assign whole blocks of consecutive frames to train / val / held-out.
+
+    Blocks with and without positives are split separately (stratified), so the held-out set
+    sees positives even when the object is rare. Returns (block_ids, train, val, heldout masks).
+    """
+    pos_in_run = np.zeros(len(run_ids), np.int64)
+    for r in np.unique(run_ids):
+        m = run_ids == r
+        pos_in_run[m] = np.arange(m.sum())
+    # block id: unique per (run, position // block)
+    block_ids = run_ids * (1 + len(run_ids) // max(block, 1)) + pos_in_run // block
+    _, block_ids = np.unique(block_ids, return_inverse=True)
+    n_blocks = block_ids.max() + 1
+    has_pos = np.zeros(n_blocks, bool)
+    np.logical_or.at(has_pos, block_ids, truth)
+    rng = np.random.default_rng(seed)
+    role = np.zeros(n_blocks, np.int64)  # 0 train, 1 val, 2 held-out
+    for group in (np.flatnonzero(has_pos), np.flatnonzero(~has_pos)):
+        group = rng.permutation(group)
+        n_hold = int(round(len(group) * heldout_fraction))
+        n_val = int(round((len(group) - n_hold) * val_fraction))
+        role[group[:n_hold]] = 2
+        role[group[n_hold : n_hold + n_val]] = 1
+    r = role[block_ids]
+    return block_ids, r == 0, r == 1, r == 2
+
+
+def object_truth(scores: np.ndarray, min_score: float, smooth_k: int) -> np.ndarray:
+    return smooth(scores >= min_score, smooth_k)
+
+
+def resolve_grid(grid) -> list:
+    if grid == "default":
+        return specialized.default_grid()
+    if grid == "small":
+        return specialized.small_grid()
+    if isinstance(grid, list):
+        return [specialized.Arch.parse(n) for n in grid]
+    raise NoscopeError(f"unknown train.grid {grid!r}: use default, small, or a list like [c2f32d128s50]")
+
+
+def measure_decode_costs(video: Video, start: int, end: int, size: tuple[int, int], n: int = 200) -> tuple[float, float]:
+    """Seconds per frame to demux+decode (grab) and to also convert+resize one frame."""
+    import cv2
+
+    n = max(1, min(n, end - start))
+    cap = cv2.VideoCapture(str(video.path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    t0 = time.perf_counter()
+    grabbed = sum(1 for _ in range(n) if cap.grab())
+    t_grab = (time.perf_counter() - t0) / max(grabbed, 1)
+    cap.release()
+    t0 = time.perf_counter()
+    got = sum(len(b) for b in video.batches({"x": size}, start, start + n))
+    t_full = (time.perf_counter() - t0) / max(got, 1)
+    return t_grab, max(t_full - t_grab, 1e-7)
+
+
+def measure_reference_cost(reference, n: int = 8) -> float:
+    w, h = reference.input_size or (640, 360)
+    frames = np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+    reference.predict(frames[:1])  # warm-up
+    t0 = time.perf_counter()
+    reference.predict(frames)
+    return (time.perf_counter() - t0) / n
+
+
+def _settings_key(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def train(
+    video_path: str | Path,
+    object_name: str,
+    out: Path,
+    cfg: dict,
+    start=None,
+    end=None,
+    quiet: bool = False,
+    force: bool = False,
+    say=print,
+) -> dict:
+    """Train a bundle for `object_name` on a segment of `video_path`, written to `out`."""
+    t_start = time.perf_counter()
+    video = open_video(video_path)
+    s, e = video.segment(start, end)
+    rcfg, tcfg, lcfg = cfg["reference"], cfg["train"], cfg["labels"]
+    reference = load_reference(
+        rcfg["name"], device=_device(cfg), weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"],
+        input_size=tuple(rcfg["input_size"]) if rcfg["input_size"] else None, batch_size=rcfg["batch_size"],
+    )
+    cls = reference.class_index(object_name)
+    ref_key = reference_key(reference)
+
+    # 1. sample + label
+    frames, run_ids = sample_frames(s, e, tcfg["max_frames"], tcfg["run_length"])
+    labels = label_frames(video, reference, ref_key, frames, quiet=quiet, desc="label")
+    if len(labels.frames) < len(frames):
+        keep = np.isin(frames, labels.frames)
+        frames, run_ids = frames[keep], run_ids[keep]
+    if len(frames) < 4 * tcfg["block"]:
+        raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least {4 * tcfg['block']}")
+    scores = labels.score_of(cls)
+    truth = object_truth(scores, lcfg["min_score"], lcfg["smooth"])
+    n_pos = int(truth.sum())
+    if n_pos < MIN_POSITIVES:
+        raise NoscopeError(
+            f"too few positive frames: the reference sees {object_name} (score >= {lcfg['min_score']}) in {n_pos} of "
+            f"{len(frames)} sampled frames, {MIN_POSITIVES} needed; use a longer segment or lower labels.min_score"
+        )
+    ref_cost = labels.seconds / max(len(frames) - labels.from_cache, 1) if labels.seconds > 0 and len(frames) - labels.from_cache >= 32 else None
+
+    # 2. split
+    seed = int(cfg["seed"])
+    block_ids, tr, va, ho = split_blocks(run_ids, truth, tcfg["block"], tcfg["heldout_fraction"], tcfg["val_fraction"], seed)
+    if truth[ho].sum() == 0 or truth[tr].sum() == 0:
+        raise NoscopeError(f"too few positive frames ({n_pos}) to hold some out for the optimizer; use a longer segment")
+
+    archs = resolve_grid(tcfg["grid"])
+    sizes = sorted({a.size for a in archs} | {tcfg["diff_size"]})
+    say(f"decoding {len(frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
+    small = _decode_small(video, frames, sizes, quiet)
+
+    work = out / "work"
+    settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=object_name, labels=lcfg, train=tcfg, seed=seed)
+    skey = _settings_key(settings)
+    if force and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    device = reference.device
+
+    # 3. specialized models
+    candidates = []
+    model_scores: dict[str, np.ndarray] = {}
+    model_costs: dict[str, float] = {}
+    n_neg_train = int((~truth[tr]).sum())
+    if n_neg_train < MIN_EXAMPLES_PER_CLASS or int(truth[tr].sum()) < MIN_EXAMPLES_PER_CLASS:
+        say(f"warning: too few {'negative' if n_neg_train < MIN_EXAMPLES_PER_CLASS else 'positive'} training frames "
+            f"for a specialized model; the cascade will use frame skip, difference detectors and the reference only")
+        archs = []
+    for i, arch in enumerate(archs):
+        path = work / f"{arch.name}-{skey}.pt"
+        x = small[arch.size]
+        if path.is_file():
+            model, _, mean = specialized.load_model(path, device=device)
+            info = {"resumed": True}
+        else:
+            mean = specialized.mean_frame(x[tr])
+            model, info = specialized.train_candidate(
+                arch, x[tr], truth[tr], x[va], truth[va], mean, epochs=tcfg["epochs"], batch_size=tcfg["batch_size"],
+                lr=tcfg["lr"], patience=tcfg["patience"], seed=seed, device=device,
+            )
+            specialized.save_model(model, arch, mean, path)
+        p = specialized.predict_scores(model, x[ho], mean, device=device)
+        cost = specialized.measure_cost(model, arch.size, device=device)
+        model_scores[arch.name] = p
+        model_costs[arch.name] = cost
+        auc = _auc(p, truth[ho])
+        say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}, {cost * 1e6:.1f} us/frame")
+        candidates.append(dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),
+                               heldout_auc=float(auc), train={k: _plain(v) for k, v in info.items()}))
+
+    # 4. difference detectors
+    skips = [int(k) for k in cfg["optimizer"]["skips"]]
+    dsz = tcfg["diff_size"]
+    detectors = difference.fit_detectors(small[dsz][tr], truth[tr], block_ids[tr], skips=skips, grid=tcfg["diff_grid"])
+    diff_scores, diff_costs, diffs_meta = {}, {}, []
+    for d in detectors:
+        scores_by_skip = difference.diff_scores(d, small[dsz][ho], block_ids[ho], skips)
+        for k, v in scores_by_skip.items():
+            diff_scores[f"{d.name}@{k}"] = v
+        diff_costs[d.name] = float(difference.measure_cost(d, dsz))
+        meta = d.to_dict()
+        if d.reference_image is not None:
+            meta["reference_image_file"] = f"diff/{d.name}.npy"
+        diffs_meta.append(dict(meta, cost_s=diff_costs[d.name], size=dsz))
+
+    # 5. costs
+    t_grab, t_convert = measure_decode_costs(video, s, e, (max(sizes), max(sizes)))
+    if ref_cost is None:
+        ref_cost = measure_reference_cost(reference)
+    costs = dict(decode=t_grab, convert=t_convert, reference=float(ref_cost), diff=diff_costs, model=model_costs)
+
+    # write the bundle: files first, manifest last
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(exist_ok=True)
+    for c in candidates:
+        shutil.copyfile(work / f"{c['name']}-{skey}.pt", out / c["file"])
+    (out / "diff").mkdir(exist_ok=True)
+    for d in detectors:
+        if d.reference_image is not None:
+            difference.save_npy(out / f"diff/{d.name}.npy", d.reference_image)
+    B.save_npz(
+        out / "heldout.npz", frames=frames[ho], truth=truth[ho], scores=scores[ho].astype(np.float32), blocks=block_ids[ho],
+        **{f"model__{k}": v.astype(np.float32) for k, v in model_scores.items()},
+        **{f"diff__{k}": v.astype(np.float32) for k, v in diff_scores.items()},
+    )
+    meta = dict(
+        object=object_name, class_index=int(cls),
+        reference=dict(name=reference.name, key=ref_key, input_size=list(reference.input_size) if reference.input_size else None,
+                       weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"]),
+        labels=dict(min_score=float(lcfg["min_score"]), smooth=int(lcfg["smooth"])),
+        video=dict(path=str(video.path), hash=video.hash, fps=video.fps, width=video.width, height=video.height,
+                   segment=[int(s), int(e)], frames_labelled=int(len(frames)), positives=n_pos),
+        seed=seed,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        train=dict(tcfg, seconds=round(time.perf_counter() - t_start, 1)),
+        optimizer=cfg["optimizer"],
+        costs=costs,
+        candidates=candidates,
+        diffs=diffs_meta,
+        heldout=dict(file="heldout.npz", frames=int(ho.sum()), positives=int(truth[ho].sum())),
+    )
+    B.write_manifest(out, meta)
+    shutil.rmtree(work, ignore_errors=True)
+    return meta
+
+
+def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool) -> dict[int, np.ndarray]:
+    out = {z: np.zeros((len(frames), z, z, 3), np.uint8) for z in sizes}
+    pos = {f: i for i, f in enumerate(frames.tolist())}
+    with progress_bar(total=len(frames), desc="decode", quiet=quiet) as bar:
+        for b in video.batches({z: (z, z) for z in sizes}, frames=frames, batch_size=256):
+            idx = [pos[f] for f in b.indices.tolist()]
+            for z in sizes:
+                out[z][idx] = b.frames[z]
+            bar.update(len(b))
+    return out
+
+
+def _auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Probability a random positive outranks a random negative (ties count half)."""
+    pos, neg = scores[truth], scores[~truth]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    # average ranks for ties
+    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
+    cum = np.cumsum(counts)
+    avg = cum - (counts - 1) / 2.0
+    ranks[order] = avg[inv]
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _plain(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _device(cfg: dict):
+    import torch
+
+    d = cfg.get("device", "auto")
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d == "cuda" and not torch.cuda.is_available():
+        raise NoscopeError("device: cuda was asked for but no CUDA GPU is available; use --set device=cpu")
+    return torch.device(d)

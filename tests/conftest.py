@@ -1,0 +1,59 @@
+"""Shared fixtures: real clips from ../shared/videos, generated videos, and an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "videos"
+STOREFRONT = SHARED / "storefront-cctv_people.mp4"
+URBAN = SHARED / "urban-road-cctv_cars-buses-motorbikes.mp4"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own label cache and model folder; detector weights stay shared."""
+    root = tmp_path_factory.mktemp("cache")
+    real_weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
+    if real_weights.is_dir():
+        (root / "weights").symlink_to(real_weights, target_is_directory=True)
+    monkeypatch.setenv("NOSCOPE_CACHE", str(root))
+    monkeypatch.setenv("NOSCOPE_MODELS", str(root / "models"))
+    return root
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 25.0) -> Path:
+    """Write RGB uint8 frames (N, H, W, 3) to an .avi (MJPG, decodes everywhere)."""
+    h, w = frames.shape[1:3]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert vw.isOpened()
+    for f in frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    vw.release()
+    return path
+
+
+def moving_square_frames(n: int = 120, h: int = 72, w: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured static scene; a bright square crosses it in some frames. Returns (frames, present)."""
+    rng = np.random.default_rng(seed)
+    # smooth texture (coarse noise scaled up) so lossy codecs keep it
+    bg = cv2.resize(rng.integers(40, 120, (h // 8, w // 8, 3)).astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
+    frames = np.repeat(bg[None], n, axis=0).copy()
+    present = np.zeros(n, bool)
+    for i in range(n):
+        if (i // 20) % 2 == 1:
+            present[i] = True
+            x = 5 + (i % 20) * 3
+            frames[i, 20:40, x : x + 20] = (250, 240, 30)
+    return frames, present
+
+
+@pytest.fixture
+def square_video(tmp_path):
+    frames, present = moving_square_frames()
+    return write_video(tmp_path / "square.avi", frames), frames, present
