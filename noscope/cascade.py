@@ -28,7 +28,6 @@ from . import bundle as B
 from . import difference, specialized
 from .errors import NoscopeError
 from .labels import label_frames
-from .metrics import smooth
 from .optimizer import Costs, HeldOut, Plan, Targets, optimize
 from .progress import progress_bar
 from .video import Video
@@ -85,14 +84,8 @@ def load_bundle(root: Path) -> TrainedBundle:
 
 
 def choose_plan(tb: TrainedBundle, targets: Targets) -> Plan:
-    ocfg = tb.meta.get("optimizer", {})
-    skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
-    n_thr = int(ocfg.get("diff_thresholds", 12))
-    diff_thresholds = {}
-    for name, by_skip in tb.heldout.diff_scores.items():
-        vals = np.concatenate([v[np.isfinite(v)] for v in by_skip.values()])
-        diff_thresholds[name] = np.unique(np.quantile(vals, np.linspace(0.02, 0.9, n_thr))) if len(vals) else np.array([])
-    return optimize(tb.heldout, tb.costs, targets, skips=skips, diff_thresholds=diff_thresholds)
+    skips = tuple(int(s) for s in tb.meta.get("optimizer", {}).get("skips", (1, 2, 5, 10, 15, 30)))
+    return optimize(tb.heldout, tb.costs, targets, skips=skips)
 
 
 @dataclass
@@ -174,8 +167,10 @@ def run_cascade(
                     t = time.perf_counter()
                     p = specialized.predict_scores(model, batch.frames["model"][todo], mean, device=device)
                     sub = np.full(len(p), _REF, np.int8)
-                    sub[p < plan.c_low] = _NO
-                    sub[p > plan.c_high] = _YES
+                    c_low = -np.inf if plan.c_low is None else plan.c_low  # None: the model never says no
+                    c_high = np.inf if plan.c_high is None else plan.c_high
+                    sub[p < c_low] = _NO
+                    sub[p > c_high] = _YES
                     st[todo] = sub
                     stage_t["model"] += time.perf_counter() - t
                 state[i : i + n] = st
@@ -224,7 +219,4 @@ def run_cascade(
     labels = plabel[pos] if len(processed) else np.zeros(len(frames), bool)
     decided = pdec[pos].astype(str) if len(processed) else np.full(len(frames), "reference")
     decided[(frames - start) % skip != 0] = "skip"
-    k = int(tb.meta["labels"].get("smooth", 1))
-    if k > 1:
-        labels = smooth(labels, k)
     return CascadeResult(frames, frames / video.fps, labels, decided, ref_scores, time.perf_counter() - t0, stage_t, stopped_at)

@@ -283,7 +283,7 @@ def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, targ
     """Answer, for every frame of VIDEO, whether the object is there, within the error targets."""
     from .cascade import choose_plan, run_cascade
     from .optimizer import plan_summary
-    from .report import write_result
+    from .report import json_safe, write_result
     from .video import open_video, stop_is_truncation
 
     cfg = setup(config_file, sets, quiet, verbose)
@@ -316,7 +316,7 @@ def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, targ
         click.echo(f"warning: the video stops decoding at frame {result.stopped_at}; answered the frames before it", err=True)
     summary = write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=not no_plot)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(json_safe(summary)))
     else:
         click.echo(f"{v.path.name}: {tb.object} in {summary['positives']} of {n} frames ({summary['intervals']} intervals), "
                    f"{summary['frames_per_s']} frames/s, {summary['reference_calls']} reference calls -> {out}")
@@ -334,6 +334,7 @@ def evaluate(video, model, as_json, target_fpr, target_fnr, metric, start, end,
              reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Measure the cascade's errors and speed-up against the reference on every frame."""
     from .evaluate import evaluate as run_evaluate
+    from .report import json_safe
 
     cfg = setup(config_file, sets, quiet, verbose)
     targets = make_targets(cfg, target_fpr, target_fnr, metric)
@@ -345,7 +346,7 @@ def evaluate(video, model, as_json, target_fpr, target_fnr, metric, start, end,
     check_reference_matches(tb, key)
     report = run_evaluate(video, tb, ref, key, targets, cfg, start, end, quiet=quiet or as_json)
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(json.dumps(json_safe(report)))
         return
     f, w = report["frames"], report["windows"]
     click.echo(

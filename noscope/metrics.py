@@ -14,7 +14,8 @@ Two ways to count (`evaluate(metric=...)`):
 
 * "frames": every frame counts once.
 * "windows": the video is cut into consecutive, non-overlapping windows of `window` frames
-  (the last one may be shorter) and each window gets one label; rates are over windows. This
+  (the last one may be shorter; with `blocks`, windows restart at every block) and each window
+  gets one label; rates are over windows. This
   forgives what a user watching the video would not care about: a label that flickers for a
   frame, or a cascade that notices a car a few frames late because it skips frames.
 
@@ -91,32 +92,63 @@ def _check_fraction(min_fraction) -> float:
     return float(min_fraction)
 
 
-def window_labels(labels, window: int, min_fraction: float = WINDOW_MIN_FRACTION) -> np.ndarray:
-    """One label per consecutive window of `window` frames: bool (ceil(N / window),).
+def _block_starts(blocks, n: int) -> np.ndarray:
+    """bool (N,): True where a block starts (the block id changes)."""
+    blocks = np.asarray(blocks)
+    if blocks.shape != (n,):
+        raise UsageError(f"blocks must have one entry per frame ({n}), got shape {blocks.shape}")
+    return np.r_[True, blocks[1:] != blocks[:-1]] if n else np.zeros(0, bool)
 
-    A window is positive iff at least `min_fraction` of its frames are positive; the last window
-    may be shorter and is judged on its own length. Monotone in `labels` (see module docstring).
+
+class Windowing:
+    """The windows over N frames, computed once for labelling many label arrays of that length.
+
+    Windows are consecutive runs of `window` frames; with `blocks` (int (N,), equal ids =
+    consecutive frames of the video) they restart at every block, so no window mixes two
+    unrelated stretches of video. The last window of each block may be shorter and is judged on
+    its own length.
+    """
+
+    def __init__(self, n: int, window: int, min_fraction: float = WINDOW_MIN_FRACTION, blocks=None):
+        window = _check_window(window)
+        self.n = n
+        self.min_fraction = _check_fraction(min_fraction)
+        if blocks is None:
+            self.starts = np.arange(0, n, window)
+        else:
+            idx = np.arange(n)
+            block_start = _block_starts(blocks, n)
+            pos = idx - np.maximum.accumulate(np.where(block_start, idx, 0))  # position in block
+            self.starts = np.flatnonzero(block_start | (pos % window == 0))
+        self.lengths = np.diff(np.r_[self.starts, n])
+        # Positive frames needed per window; the slack keeps 28/30 * 30 from needing 28.000000000000004.
+        self.needed = self.min_fraction * self.lengths - 1e-9
+
+    def labels(self, labels) -> np.ndarray:
+        labels = _as_bool(labels, "labels")
+        if len(labels) != self.n:
+            raise UsageError(f"expected {self.n} frame labels, got {len(labels)}")
+        if self.n == 0:
+            return np.zeros(0, bool)
+        return np.add.reduceat(labels, self.starts, dtype=np.int64) >= self.needed
+
+
+def window_labels(labels, window: int, min_fraction: float = WINDOW_MIN_FRACTION, blocks=None) -> np.ndarray:
+    """One label per window of `window` frames: bool (ceil(N / window),) without `blocks`.
+
+    A window is positive iff at least `min_fraction` of its frames are positive; short windows
+    (the last one, or each block's last one when `blocks` is given, see `Windowing`) are judged
+    on their own length. Monotone in `labels` (see module docstring).
     """
     labels = _as_bool(labels, "labels")
-    window = _check_window(window)
-    min_fraction = _check_fraction(min_fraction)
-    n = len(labels)
-    n_windows = -(-n // window)
-    # Pad to whole windows with negatives, then count per window with one reshape.
-    padded = np.zeros(n_windows * window, dtype=np.int32)
-    padded[:n] = labels
-    counts = padded.reshape(n_windows, window).sum(axis=1)
-    lengths = np.full(n_windows, window)
-    if n_windows and n % window:
-        lengths[-1] = n % window
-    # The small slack keeps e.g. 28/30 * 30 from needing 28.000000000000004 frames.
-    return counts >= min_fraction * lengths - 1e-9
+    return Windowing(len(labels), window, min_fraction, blocks).labels(labels)
 
 
-def windowed_rates(pred, truth, window: int, min_fraction: float = WINDOW_MIN_FRACTION) -> tuple[float, float]:
+def windowed_rates(pred, truth, window: int, min_fraction: float = WINDOW_MIN_FRACTION,
+                   blocks=None) -> tuple[float, float]:
     """(FPR, FNR) over windows (`window_labels` applied to both sides)."""
     pred, truth = _pair(pred, truth)
-    return rates(window_labels(pred, window, min_fraction), window_labels(truth, window, min_fraction))
+    return rates(window_labels(pred, window, min_fraction, blocks), window_labels(truth, window, min_fraction, blocks))
 
 
 def smooth(truth, k: int, blocks=None) -> np.ndarray:
@@ -138,10 +170,7 @@ def smooth(truth, k: int, blocks=None) -> np.ndarray:
         raise UsageError(f"smoothing width must be odd, got {k}")
     if blocks is None:
         return _majority(truth, int(k))
-    blocks = np.asarray(blocks)
-    if blocks.shape != truth.shape:
-        raise UsageError(f"blocks must have one entry per frame ({len(truth)}), got shape {blocks.shape}")
-    starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+    starts = np.flatnonzero(_block_starts(blocks, len(truth)))
     ends = np.r_[starts[1:], len(truth)]
     return np.concatenate([_majority(truth[a:b], int(k)) for a, b in zip(starts, ends)])
 
@@ -155,10 +184,11 @@ def _majority(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(pred, truth, metric: str = "frames", window: int = 30,
-             min_fraction: float = WINDOW_MIN_FRACTION) -> tuple[float, float]:
-    """(FPR, FNR) by `metric`: "frames" (per frame) or "windows" (per window of `window` frames)."""
+             min_fraction: float = WINDOW_MIN_FRACTION, blocks=None) -> tuple[float, float]:
+    """(FPR, FNR) by `metric`: "frames" (per frame) or "windows" (per window of `window` frames,
+    restarting at every block when `blocks` is given)."""
     if metric == "frames":
         return rates(pred, truth)
     if metric == "windows":
-        return windowed_rates(pred, truth, window, min_fraction)
+        return windowed_rates(pred, truth, window, min_fraction, blocks)
     raise UsageError(f"unknown accuracy metric {metric!r}; valid: {', '.join(METRICS)}")

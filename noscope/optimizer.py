@@ -19,6 +19,9 @@ frames of the video, in order; block boundaries are where the id changes):
    the difference detector let through: score < c_low -> no, score > c_high -> yes, otherwise
    the reference decides (label = truth). Without a model every such frame goes to the reference.
 
+Accuracy is measured as `Targets` says (noscope.metrics): per frame, or per window of frames,
+windows restarting at every block.
+
 Cost model (seconds per frame, `Costs`): every frame is decoded; processed frames pay colour
 conversion + resize and the difference detector; frames that reach the model pay the model;
 frames that reach the reference pay the reference. `expected_cost` averages this over the
@@ -41,7 +44,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .errors import NoscopeError, UsageError
-from .metrics import METRICS, WINDOW_MIN_FRACTION, evaluate, window_labels
+from .metrics import METRICS, WINDOW_MIN_FRACTION, Windowing, evaluate, rates
 
 # Which stage decided a frame's label; `simulate` returns these codes (int8), STAGES[code] names them.
 SKIP, DIFF, MODEL, REFERENCE = 0, 1, 2, 3
@@ -184,7 +187,7 @@ class Plan:
         kwargs["skip"] = int(kwargs["skip"])
         kwargs["fractions"] = {str(k): float(v) for k, v in dict(kwargs["fractions"]).items()}
         plan = cls(**kwargs)
-        plan.cascade  # validates the knobs
+        _ = plan.cascade  # validates the knobs
         return plan
 
 
@@ -203,6 +206,7 @@ class _Prepared:
         blocks = np.asarray(heldout.blocks)
         if blocks.shape != (n,):
             raise NoscopeError(f"held-out blocks must have one entry per frame ({n}), got shape {blocks.shape}")
+        self.blocks = blocks
         self.idx = np.arange(n)
         starts = np.r_[True, blocks[1:] != blocks[:-1]]
         self.pos = self.idx - np.maximum.accumulate(np.where(starts, self.idx, 0))
@@ -219,8 +223,8 @@ class _Prepared:
             p = np.asarray(self.heldout.model_scores[name], dtype=np.float64)
             if p.shape != (self.n,):
                 raise NoscopeError(f"scores of model {name!r} must have one entry per frame ({self.n}), got {p.shape}")
-            if np.isnan(p).any():
-                raise NoscopeError(f"scores of model {name!r} contain NaN")
+            if not np.isfinite(p).all():
+                raise NoscopeError(f"scores of model {name!r} contain NaN or infinite values")
             self._model_cache[name] = p
         return self._model_cache[name]
 
@@ -237,7 +241,9 @@ class _Prepared:
             return None
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (self.n,):
-            raise NoscopeError(f"scores of difference detector {name!r} must have one entry per frame ({self.n}), got {scores.shape}")
+            raise NoscopeError(
+                f"scores of difference detector {name!r} must have one entry per frame ({self.n}), got {scores.shape}"
+            )
         return scores
 
 
@@ -251,7 +257,6 @@ class _Layout:
     the whole array never crosses a block boundary.
     """
 
-    processed_share: float
     reach: np.ndarray  # indices of frames that reach the model (or the reference, without one)
     src: np.ndarray  # (N,) index of the source each frame takes its label from
     decided: np.ndarray  # (N,) int8 stage codes, with REFERENCE for every frame in `reach`
@@ -268,13 +273,13 @@ def _layout(prep: _Prepared, skip: int, diff_scores: np.ndarray | None, kind: st
         if kind == "prev":
             unchanged &= prep.pos != 0  # nothing earlier in the block to copy from
     reach = processed & ~unchanged
-    source = reach | unchanged if kind == "ref" else reach
+    source = (reach | unchanged) if kind == "ref" else reach
     # Forward fill: each frame points at the latest source at or before it.
     src = np.maximum.accumulate(np.where(source, prep.idx, 0))
     decided = np.full(prep.n, SKIP, dtype=np.int8)
     decided[unchanged] = DIFF
     decided[reach] = REFERENCE
-    return _Layout(float(processed.mean()), np.flatnonzero(reach), src, decided)
+    return _Layout(np.flatnonzero(reach), src, decided)
 
 
 def _assemble(prep: _Prepared, layout: _Layout, reach_labels: np.ndarray) -> np.ndarray:
@@ -302,7 +307,9 @@ def _simulate(prep: _Prepared, cascade: Cascade) -> tuple[np.ndarray, np.ndarray
     if cascade.diff is not None:
         scores = prep.diff_scores(cascade.diff, int(cascade.skip))
         if scores is None:
-            raise NoscopeError(f"no held-out scores for difference detector {cascade.diff!r} at frame skip {cascade.skip}")
+            raise NoscopeError(
+                f"no held-out scores for difference detector {cascade.diff!r} at frame skip {cascade.skip}"
+            )
         kind = prep.heldout.diff_kinds[cascade.diff]
     layout = _layout(prep, int(cascade.skip), scores, kind, cascade.diff_threshold)
     truth_r = prep.truth[layout.reach]
@@ -408,12 +415,12 @@ class _FrameErrors:
 class _WindowErrors:
     """Window-metric (FPR, FNR): assemble the frame labels and window them (O(N))."""
 
-    def __init__(self, prep: _Prepared, layout: _Layout, targets: Targets):
-        self.prep, self.layout, self.targets = prep, layout, targets
+    def __init__(self, prep: _Prepared, layout: _Layout, windowing: Windowing, truth_windows: np.ndarray):
+        self.prep, self.layout, self.windowing, self.truth_windows = prep, layout, windowing, truth_windows
 
     def __call__(self, reach_labels: np.ndarray) -> tuple[float, float]:
         labels = _assemble(self.prep, self.layout, reach_labels)
-        return evaluate(labels, self.prep.truth, "windows", self.targets.window, self.targets.window_min_fraction)
+        return rates(self.windowing.labels(labels), self.truth_windows)
 
 
 def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targets):
@@ -423,10 +430,12 @@ def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targe
     Raising any frame's label can only remove false negatives and add false positives; copying
     labels forward preserves this (a frame's label is its source's), and so does windowing
     (window labels are monotone in frame labels, see noscope.metrics). Hence
-      * FNR(c_low, c_high=+inf) grows with c_low (more frames pushed down to no): binary-search
+      * FNR(c_low, c_high=+inf) grows with c_low (more frames pushed down to no): search for
         the largest c_low* meeting the FNR target;
-      * FPR(c_low=-inf, c_high) shrinks as c_high grows (fewer frames pushed up to yes):
-        binary-search the smallest c_high* meeting the FPR target.
+      * FPR(c_low=-inf, c_high) shrinks as c_high grows (fewer frames pushed up to yes): search
+        for the smallest c_high* meeting the FPR target.
+    (Binary search on simulated errors; for the frame metric the errors are additive over
+    frames, so `_FrameErrors.curves` gives every candidate at once.)
     If c_low* <= c_high*, using both at once only moves labels the helpful way for each target
     compared with its own search (lowering c_high from +inf moves frames up to yes: FN can only
     drop; raising c_low from -inf moves frames down to no: FP can only drop), so both targets
@@ -437,8 +446,8 @@ def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targe
 
     Candidate thresholds lie between consecutive distinct scores (t_0 = -inf, t_j = midpoint of
     scores j-1 and j, t_k = +inf), so "p < t_j" is exactly "p is one of the j lowest scores" and a
-    held-out score never sits on a threshold. Requires the no-model errors (t_0, t_k) to be
-    within target, which the caller checks.
+    held-out score never sits on a threshold. None when even t_0 (FNR) or t_k (FPR), i.e. the
+    reference on every frame that reaches the model, misses its target.
     """
     uniq, rank = np.unique(p, return_inverse=True)
     k = len(uniq)
@@ -457,6 +466,8 @@ def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targe
         j_low = int(np.count_nonzero(fnr <= targets.fnr)) - 1
         j_high = k + 1 - int(np.count_nonzero(fpr <= targets.fpr))
     else:
+        if not (fnr_ok(0) and fpr_ok(k)):
+            return None
         lo, hi = 0, k  # largest j with fnr_ok: fnr_ok(0) holds
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -467,6 +478,8 @@ def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targe
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if fpr_ok(mid) else (mid + 1, hi)
         j_high = lo
+    if j_low < 0 or j_high > k:
+        return None  # even sending every frame to the reference misses a target
     if j_low >= j_high:
         j = (j_low + j_high) // 2  # thresholds crossed: one cut in the middle of the feasible range
         return float(cuts[j]), float(cuts[j]), 0
@@ -507,10 +520,10 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
     """
     targets.validate()
     prep = _Prepared(heldout)
-    skips = sorted({int(s) for s in skips} | {1})
     for s in skips:
-        if s < 1:
-            raise UsageError(f"frame skips must be positive integers, got {s}")
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise UsageError(f"frame skips must be positive integers, got {s!r}")
+    skips = sorted({int(s) for s in skips} | {1})  # skip 1 always: the reference-only fallback lives there
     model_names = list(heldout.model_scores) if models is None else list(models)
     diff_names = list(heldout.diff_scores) if diffs is None else list(diffs)
     model_cost = {m: _cost_of(costs.model, m, "specialized model") for m in model_names}
@@ -520,10 +533,10 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
 
     # Every (skip, diff, threshold) with a cheap lower bound on the cost of any cascade built on
     # it: decode + processed * (convert + diff) + reaching * (model, or reference without one).
-    configs = []  # (key, processed share, reach share, base cost)
+    configs = []  # ((skip, diff, threshold), share of frames reaching model/reference, base cost)
     for s in skips:
         processed = float(np.mean(prep.pos % s == 0))
-        configs.append(((s, None, None), processed, processed, costs.decode + processed * costs.convert))
+        configs.append(((s, None, None), processed, costs.decode + processed * costs.convert))
         for d in diff_names:
             scores = prep.diff_scores(d, s)
             if scores is None:
@@ -538,10 +551,10 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
             for t in candidates:
                 with np.errstate(invalid="ignore"):
                     reach = processed - np.count_nonzero(eligible & (scores < t)) / prep.n
-                configs.append(((s, d, float(t)), processed, reach, base))
+                configs.append(((s, d, float(t)), reach, base))
 
     candidates = []  # (lower bound, config index, model or None)
-    for i, (_, _, reach, base) in enumerate(configs):
+    for i, (_, reach, base) in enumerate(configs):
         candidates.append((base + reach * costs.reference, i, None))  # exact cost without a model
         for m in model_names:
             candidates.append((base + reach * model_cost[m], i, m))
@@ -555,15 +568,23 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
         tol = _COST_RTOL * max(abs(best_cost), 1e-12)
         return cost < best_cost - tol or (cost <= best_cost + tol and ref_share < best_ref - 1e-12)
 
+    windowing, truth_windows = None, None
+    if targets.metric == "windows":
+        windowing = Windowing(prep.n, targets.window, targets.window_min_fraction, prep.blocks)
+        truth_windows = windowing.labels(prep.truth)
+
     cache: dict[int, tuple] = {}  # config index -> (layout, errors, no-model cascade feasible?)
     for lower_bound, i, m in candidates:
         if lower_bound > best_cost + _COST_RTOL * best_cost:
             break  # sorted by lower bound: nothing after this can be cheaper
-        (s, d, t), _, _, base = configs[i]
+        (s, d, t), _, base = configs[i]
         if i not in cache:
             scores = None if d is None else prep.diff_scores(d, s)
             layout = _layout(prep, s, scores, None if d is None else heldout.diff_kinds[d], t)
-            errors = _FrameErrors(prep, layout) if targets.metric == "frames" else _WindowErrors(prep, layout, targets)
+            if windowing is None:
+                errors = _FrameErrors(prep, layout)
+            else:
+                errors = _WindowErrors(prep, layout, windowing, truth_windows)
             fpr, fnr = errors(prep.truth[layout.reach])
             # Without a model every reaching frame gets its true label: the fewest errors this
             # layout allows under our threshold rule (see _model_thresholds), so if that misses
@@ -579,7 +600,10 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
             cascade = Cascade(s, d, t)
         else:
             p = prep.model_scores(m)[layout.reach]
-            c_low, c_high, n_ref = _model_thresholds(errors, prep.truth[layout.reach], p, targets)
+            found = _model_thresholds(errors, prep.truth[layout.reach], p, targets)
+            if found is None:
+                continue
+            c_low, c_high, n_ref = found
             ref_share = n_ref / n
             cost = base + len(layout.reach) / n * model_cost[m] + ref_share * costs.reference
             cascade = Cascade(s, d, t, m, c_low, c_high)
@@ -592,7 +616,7 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
 def _plan(prep: _Prepared, cascade: Cascade, costs: Costs, targets: Targets) -> Plan:
     # Report what simulate (the one definition) says, not what the search computed.
     labels, decided = _simulate(prep, cascade)
-    fpr, fnr = evaluate(labels, prep.truth, targets.metric, targets.window, targets.window_min_fraction)
+    fpr, fnr = evaluate(labels, prep.truth, targets.metric, targets.window, targets.window_min_fraction, prep.blocks)
     fractions = stage_fractions(decided)
     return Plan(
         skip=int(cascade.skip), diff=cascade.diff, diff_threshold=cascade.diff_threshold,
@@ -615,7 +639,7 @@ def plan_summary(plan: Plan) -> str:
         if plan.diff is not None:
             parts.append(f"diff {plan.diff!r} < {plan.diff_threshold:.4g} settles {f.get('diff', 0):.1%}")
         if plan.model is not None:
-            parts.append(f"model {plan.model!r} (no < {plan.c_low:.4g}, yes > {plan.c_high:.4g}) "
+            parts.append(f"model {plan.model!r} (no < {_lo(plan.c_low):.4g}, yes > {_hi(plan.c_high):.4g}) "
                          f"settles {f.get('model', 0):.1%}")
         parts.append(f"reference on {f.get('reference', 0):.1%}")
         stages = " -> ".join(parts)

@@ -36,8 +36,19 @@ def frames_csv(frames, times, labels, decided_by) -> bytes:
     return buf.getvalue().encode()
 
 
+def json_safe(obj):
+    """Strict JSON: infinite thresholds become null (a missing bound, as in a Plan)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
 def timeline_png(path: Path, times, labels, decided_by, ref_times=None, ref_scores=None, min_score=None, title="") -> None:

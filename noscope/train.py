@@ -84,8 +84,10 @@ def split_blocks(
     return block_ids, r == 0, r == 1, r == 2
 
 
-def object_truth(scores: np.ndarray, min_score: float, smooth_k: int) -> np.ndarray:
-    return smooth(scores >= min_score, smooth_k)
+def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:
+    """The reference's answer: score >= min_score, optionally majority-smoothed over time
+    (within runs of consecutive frames). The cascade is judged against this."""
+    return smooth(scores >= min_score, smooth_k, blocks=blocks)
 
 
 def resolve_grid(grid) -> list:
@@ -160,7 +162,7 @@ def train(
     if len(frames) < 4 * tcfg["block"]:
         raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least {4 * tcfg['block']}")
     scores = labels.score_of(cls)
-    truth = object_truth(scores, lcfg["min_score"], lcfg["smooth"])
+    truth = object_truth(scores, lcfg["min_score"], lcfg["smooth"], blocks=run_ids)
     n_pos = int(truth.sum())
     if n_pos < MIN_POSITIVES:
         raise NoscopeError(
@@ -214,7 +216,7 @@ def train(
         cost = specialized.measure_cost(model, arch.size, device=device)
         model_scores[arch.name] = p
         model_costs[arch.name] = cost
-        auc = _auc(p, truth[ho])
+        auc = specialized.roc_auc(p, truth[ho])
         say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}, {cost * 1e6:.1f} us/frame")
         candidates.append(dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),
                                heldout_auc=float(auc), train={k: _plain(v) for k, v in info.items()}))
@@ -285,22 +287,6 @@ def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: boo
                 out[z][idx] = b.frames[z]
             bar.update(len(b))
     return out
-
-
-def _auc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Probability a random positive outranks a random negative (ties count half)."""
-    pos, neg = scores[truth], scores[~truth]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    # average ranks for ties
-    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    cum = np.cumsum(counts)
-    avg = cum - (counts - 1) / 2.0
-    ranks[order] = avg[inv]
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def _plain(v):

@@ -3,6 +3,7 @@ exposure drift, and a small bright "car" that drives through in some frames."""
 
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -44,8 +45,9 @@ def synthetic_video(n: int, seed: int, size: int = S) -> tuple[np.ndarray, np.nd
 
 @pytest.fixture(scope="module")
 def data():
-    x, y = synthetic_video(800, seed=7)
-    return {"xtr": x[:400], "ytr": y[:400], "xva": x[400:500], "yva": y[400:500], "xte": x[500:], "yte": y[500:]}
+    # Small on purpose (the suite must stay fast on two busy cores); still a real train/val/test split.
+    x, y = synthetic_video(720, seed=7)
+    return {"xtr": x[:320], "ytr": y[:320], "xva": x[320:420], "yva": y[320:420], "xte": x[420:], "yte": y[420:]}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def trained(data):
     arch = sp.Arch.parse("c2f16d32s50")
     mean = sp.mean_frame(data["xtr"])
     model, info = sp.train_candidate(
-        arch, data["xtr"], data["ytr"], data["xva"], data["yva"], mean, epochs=4, batch_size=32, seed=0, device="cpu"
+        arch, data["xtr"], data["ytr"], data["xva"], data["yva"], mean, epochs=3, batch_size=32, seed=0, device="cpu"
     )
     return arch, mean, model, info
 
@@ -114,9 +116,9 @@ def test_trained_candidate_is_accurate_on_held_out_frames(data, trained):
     assert np.all((p >= 0) & (p <= 1))
     assert sp.roc_auc(p, data["yte"]) > 0.95
     assert ((p >= 0.5) == data["yte"]).mean() > 0.9
-    assert 1 <= info["epochs"] <= 4 and 1 <= info["best_epoch"] <= info["epochs"]
+    assert 1 <= info["epochs"] <= 3 and 1 <= info["best_epoch"] <= info["epochs"]
     assert info["val_auc"] > 0.95 and math.isfinite(info["val_loss"]) and info["train_seconds"] > 0
-    assert info["device"] == "cpu" and info["n_train"] == 400
+    assert info["device"] == "cpu" and info["n_train"] == 320
 
 
 def test_same_seed_gives_identical_weights_and_leaves_global_rng_alone(data):
@@ -165,6 +167,12 @@ def test_predict_batches_agree_and_empty_input_works(data, trained):
     arch, mean, model, _ = trained
     x = data["xte"][:50]
     np.testing.assert_allclose(sp.predict_scores(model, x, mean, batch_size=7), sp.predict_scores(model, x, mean), atol=1e-6)
+    # Read-only frames (a memory-mapped frame cache) work, without torch's non-writable warning.
+    ro = x.copy()
+    ro.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(sp.predict_scores(model, ro, mean), sp.predict_scores(model, x, mean))
     assert sp.predict_scores(model, x[:0], mean).shape == (0,)
 
 
@@ -203,6 +211,7 @@ class _Evil:
         return (_mark, ("code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_load_refuses_pickled_objects(tmp_path, trained):
     arch, mean, model, _ = trained
     path = tmp_path / "evil.pt"

@@ -102,7 +102,7 @@ def load_reference(
     input_size: (width, height) or "WxH"; None = the detector's own.
     batch_size: None = the detector's default.
     """
-    key = (name or DEFAULT_REFERENCE).strip()
+    key = (name or DEFAULT_REFERENCE).strip().lower()
     if key not in REFERENCES:
         raise NoscopeError(f"unknown reference {name!r}; valid: {', '.join(REFERENCES)}")
     device = _normalize_device(device)

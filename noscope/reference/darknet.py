@@ -95,9 +95,18 @@ def _floats(value: str) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # Layers. Each takes the running tensor and, where the cfg refers back, earlier layer outputs.
 
+def _linear(x):
+    return x
+
+
+def _leaky(x):
+    return F.leaky_relu(x, 0.1)  # darknet's "leaky" slope
+
+
+# Plain functions, not lambdas, so a built net can still be pickled/deep-copied.
 ACTIVATIONS = {
-    "linear": lambda x: x,
-    "leaky": lambda x: F.leaky_relu(x, 0.1),
+    "linear": _linear,
+    "leaky": _leaky,
     "relu": F.relu,
     "logistic": torch.sigmoid,
     "mish": F.mish,
@@ -117,6 +126,11 @@ class ConvLayer(nn.Module):
 
     def __init__(self, in_channels: int, opts: dict):
         super().__init__()
+        for key, default in (("dilation", "1"), ("antialiasing", "0"), ("binary", "0"), ("xnor", "0")):
+            if opts.get(key, default) != default:
+                raise NoscopeError(f"darknet [convolutional] with {key}={opts[key]} is not supported")
+        if "stride_x" in opts or "stride_y" in opts:
+            raise NoscopeError("darknet [convolutional] with stride_x/stride_y is not supported")
         size = int(opts.get("size", 1))
         # "pad=1" means "same" padding (size // 2) and overrides an explicit "padding".
         padding = size // 2 if int(opts.get("pad", 0)) else int(opts.get("padding", 0))
@@ -161,8 +175,8 @@ class MaxPoolLayer(nn.Module):
 
     def __init__(self, opts: dict):
         super().__init__()
-        self.size = int(opts.get("size", 2))
-        self.stride = int(opts.get("stride", self.size))
+        self.stride = int(opts.get("stride", 1))  # darknet's defaults: stride 1, size = stride
+        self.size = int(opts.get("size", self.stride))
         pad = int(opts.get("padding", self.size - 1))
         self.pad = (pad // 2, pad - pad // 2) * 2  # (left, right, top, bottom)
 
@@ -251,7 +265,7 @@ class YoloLayer(nn.Module):
         [cx, cy, w, h (all as fractions of the image), objectness, objectness * p(class)...]."""
         n, _, h, w = raw.shape
         a, c = self.num_anchors, self.classes
-        p = raw.float().view(n, a, 5 + c, h, w).permute(0, 3, 4, 1, 2)  # N, H, W, A, 5+C
+        p = raw.float().reshape(n, a, 5 + c, h, w).permute(0, 3, 4, 1, 2)  # N, H, W, A, 5+C
         gy, gx = torch.meshgrid(
             torch.arange(h, device=raw.device, dtype=torch.float32),
             torch.arange(w, device=raw.device, dtype=torch.float32),
@@ -299,29 +313,34 @@ class DarknetNet(nn.Module):
                     raise NoscopeError(f"darknet layer {i} ([{kind}]) refers to layer {ref}, which does not exist")
                 return j
 
-            if kind == "convolutional":
-                layer = ConvLayer(prev, opts)
-                out = layer.conv.out_channels
-            elif kind == "maxpool":
-                layer, out = MaxPoolLayer(opts), prev
-            elif kind == "upsample":
-                layer, out = UpsampleLayer(opts), prev
-            elif kind == "route":
-                layer = RouteLayer([absolute(r) for r in opts["layers"].split(",") if r.strip()], opts)
-                out = sum(channels[j] // layer.groups for j in layer.sources)
-            elif kind == "shortcut":
-                layer, out = ShortcutLayer(absolute(opts["from"]), opts), prev
-                if channels[layer.source] != prev:
-                    raise NoscopeError(f"darknet [shortcut] at layer {i} adds tensors of different channel counts")
-            elif kind == "yolo":
-                layer, out = YoloLayer(opts), prev
-                if prev != layer.num_anchors * (5 + layer.classes):
-                    raise NoscopeError(
-                        f"darknet [yolo] at layer {i} expects {layer.num_anchors * (5 + layer.classes)} "
-                        f"input channels (anchors x (5 + classes)), gets {prev}"
-                    )
-            else:  # parse_cfg already rejected anything else; [net] may only come first
-                raise NoscopeError(f"darknet cfg has a [{kind}] section at layer {i}")
+            try:
+                if kind == "convolutional":
+                    layer = ConvLayer(prev, opts)
+                    out = layer.conv.out_channels
+                elif kind == "maxpool":
+                    layer, out = MaxPoolLayer(opts), prev
+                elif kind == "upsample":
+                    layer, out = UpsampleLayer(opts), prev
+                elif kind == "route":
+                    layer = RouteLayer([absolute(r) for r in opts["layers"].split(",") if r.strip()], opts)
+                    out = sum(channels[j] // layer.groups for j in layer.sources)
+                elif kind == "shortcut":
+                    layer, out = ShortcutLayer(absolute(opts["from"]), opts), prev
+                    if channels[layer.source] != prev:
+                        raise NoscopeError(f"darknet [shortcut] at layer {i} adds tensors of different channel counts")
+                elif kind == "yolo":
+                    layer, out = YoloLayer(opts), prev
+                    if prev != layer.num_anchors * (5 + layer.classes):
+                        raise NoscopeError(
+                            f"darknet [yolo] at layer {i} expects {layer.num_anchors * (5 + layer.classes)} "
+                            f"input channels (anchors x (5 + classes)), gets {prev}"
+                        )
+                else:  # parse_cfg already rejected anything else; [net] may only come first
+                    raise NoscopeError(f"darknet cfg has a [{kind}] section at layer {i}")
+            except KeyError as e:
+                raise NoscopeError(f"darknet layer {i} ([{kind}]) is missing its {e.args[0]!r} option") from None
+            except ValueError as e:  # int("abc"), a bad anchors list, ...
+                raise NoscopeError(f"darknet layer {i} ([{kind}]) has a bad option value: {e}") from None
             layers.append(layer)
             channels.append(out)
         self.layers = nn.ModuleList(layers)
@@ -390,10 +409,13 @@ def load_darknet_weights(net: DarknetNet, path: str | Path) -> None:
     needed = sum(
         m.conv.weight.numel() + m.conv.out_channels * (4 if m.batch_normalize else 1) for m in convs
     )
-    have = (len(data) - offset) / 4
-    if have != needed:
+    if any(m.batch_normalize and m.bn is None for m in convs):
+        raise RuntimeError("load_darknet_weights needs the net before fuse()")
+    have = len(data) - offset
+    if have != 4 * needed:
         raise NoscopeError(
-            f"{path.name} holds {have:g} parameters but the cfg needs {needed}: weights do not match cfg"
+            f"{path.name} has {have} bytes of parameters but the cfg needs {4 * needed} "
+            f"({needed} float32s): weights do not match cfg"
         )
     values = torch.from_numpy(np.frombuffer(data, "<f4", offset=offset).copy())
     pos = 0
@@ -443,6 +465,7 @@ class DarknetReference(Reference):
         batch_size: int = 16,
     ):
         cfg_path = Path(cfg_path)
+        self.cfg_path, self.weights_path, self.names_path = cfg_path, Path(weights_path), Path(names_path)
         self.name = cfg_path.stem
         self.class_names = read_names(names_path)
         self.net = DarknetNet(parse_cfg(cfg_path))
@@ -461,6 +484,8 @@ class DarknetReference(Reference):
         self.device = torch.device(device) if device is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         )
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise NoscopeError(f"device {self.device} requested but CUDA is not available here; use cpu")
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.dtype = torch.float16 if self.half else torch.float32
         # channels_last lets cuDNN use its fast NHWC (tensor-core) kernels.

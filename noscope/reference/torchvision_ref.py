@@ -110,6 +110,36 @@ def _freeze_batchnorm(module) -> None:
             _freeze_batchnorm(child)
 
 
+def _quiet_random_head(model) -> None:
+    """Bias a randomly initialised classifier towards "nothing here", like a trained detector
+    looking at an empty scene. Untrained heads score every box near 1/91 or their 0.01 prior,
+    right at SCORE_FLOOR, so postprocessing would run NMS over ~10^5 boxes and dominate both
+    test time and any timing taken with random weights. The backbone, RPN and box heads still
+    do all their work; only what survives the score threshold changes."""
+    import torch
+
+    with torch.no_grad():
+        roi_heads = getattr(model, "roi_heads", None)
+        # The final classifier layer gets zero weights (random features through 50 untrained
+        # layers are huge, any random projection of them would saturate) and a bias that
+        # favours background.
+        if roi_heads is not None:  # Faster/Mask R-CNN: softmax with background at index 0
+            layer = roi_heads.box_predictor.cls_score
+            layer.weight.zero_()
+            layer.bias.zero_()
+            layer.bias[0] = 8.0
+            return
+        cls_head = model.head.classification_head
+        if hasattr(cls_head, "cls_logits"):  # RetinaNet, FCOS: per-class sigmoid
+            cls_head.cls_logits.weight.zero_()
+            cls_head.cls_logits.bias.fill_(-12.0)
+            return
+        for block in cls_head.module_list:  # SSDLite: softmax per anchor, channel = anchor * C + class
+            block[-1].weight.zero_()
+            block[-1].bias.zero_()
+            block[-1].bias.view(-1, cls_head.num_columns)[:, 0] = 8.0
+
+
 def _read_state_dict(path: Path, arch: str) -> dict:
     import torch
 
@@ -129,7 +159,17 @@ def _read_state_dict(path: Path, arch: str) -> dict:
 
 
 class TorchvisionReference(Reference):
-    """A torchvision COCO detector behind the `Reference` interface."""
+    """A torchvision COCO detector behind the `Reference` interface.
+
+    arch: one of ARCHS. weights_path: a state dict file (or a {"model": state_dict} training
+    checkpoint); None = torchvision's cache file (see default_weights_path), and when that is
+    missing too, random_weights=True builds a seeded untrained model (tests, timing) instead of
+    raising. device: None/"auto" = CUDA when available (run under fp16 autocast), else CPU.
+    conf_threshold: the lowest score kept in Detections (the score map goes down to
+    min(SCORE_FLOOR, conf_threshold)). input_size: None = frames of any size, resized the model's
+    own way (short side to 800 px for the R-CNNs, RetinaNet and FCOS; SSDLite always 320x320);
+    (w, h) = frames come at that size and the model runs at exactly that resolution.
+    """
 
     def __init__(
         self,
@@ -152,6 +192,8 @@ class TorchvisionReference(Reference):
         self.conf_threshold = float(conf_threshold)
         self.batch_size = max(1, int(batch_size))
         self.input_size = tuple(int(v) for v in input_size) if input_size is not None else None
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
+            raise NoscopeError(f"input size must be two positive numbers (width, height), got {input_size!r}")
         self.device = _resolve_device(device)
         self.score_floor = min(SCORE_FLOOR, self.conf_threshold)
 
@@ -183,6 +225,8 @@ class TorchvisionReference(Reference):
             )
         if frozen_bn:
             _freeze_batchnorm(model.backbone)
+        if path is None:
+            _quiet_random_head(model)
         if path is not None:
             sd = _read_state_dict(path, arch)
             try:
