@@ -26,7 +26,6 @@ import numpy as np
 
 from . import bundle as B
 from . import difference, specialized
-from .errors import NoscopeError
 from .labels import label_frames
 from .optimizer import Costs, HeldOut, Plan, Targets, optimize
 from .progress import progress_bar

@@ -27,8 +27,6 @@ one busy core, ten to a hundred times less than the smallest CNN, so a GPU would
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import NoscopeError
 
 KINDS = ("prev", "ref")
@@ -530,20 +529,7 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     arr = np.asarray(array)
     if arr.dtype == object:
         raise NoscopeError(f"refusing to save an object array to {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def load_npy(path: str | Path) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from .atomic import atomic_write
 from .paths import cache_dir
 from .progress import progress_bar
 from .reference.base import Detections, Reference
@@ -54,18 +54,7 @@ def store_dir(video: Video, ref_key: str) -> Path:
 
 
 def _write_npz_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _pack(frames: list[int], scores: list[np.ndarray], dets: list[Detections]) -> dict[str, np.ndarray]:

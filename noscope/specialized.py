@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import pickle
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import NoscopeError
 
 # Pixel deviations from the mean frame are divided by this: a car against the road is a
@@ -485,35 +484,7 @@ def save_model(model: SpecializedCNN, arch: Arch, mean_frame: np.ndarray, path: 
         # clone: a CPU model's tensors would otherwise be saved with their shared storages' views
         "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[SpecializedCNN, Arch, np.ndarray]:

@@ -57,10 +57,12 @@ def sample_frames(start: int, end: int, max_frames: int, run_length: int) -> tup
 def split_blocks(
     run_ids: np.ndarray, truth: np.ndarray, block: int, heldout_fraction: float, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Assign whole blocks of consecutive frames to train / val / held-out.
+    """Assign whole blocks of consecutive frames to training or held-out.
 
     Blocks with and without positives are split separately (stratified), so the held-out set
-    sees positives even when the object is rare. Returns (block_ids, train, val, heldout masks).
+    sees positives even when the object is rare. The last `val_fraction` of every training
+    block is kept for early stopping (it only picks an epoch, so a little optimism is fine).
+    Returns (block_ids, train, val, heldout masks).
     """
     pos_in_run = np.zeros(len(run_ids), np.int64)
     for r in np.unique(run_ids):
@@ -73,15 +75,18 @@ def split_blocks(
     has_pos = np.zeros(n_blocks, bool)
     np.logical_or.at(has_pos, block_ids, truth)
     rng = np.random.default_rng(seed)
-    role = np.zeros(n_blocks, np.int64)  # 0 train, 1 val, 2 held-out
+    held = np.zeros(n_blocks, bool)
     for group in (np.flatnonzero(has_pos), np.flatnonzero(~has_pos)):
         group = rng.permutation(group)
-        n_hold = int(round(len(group) * heldout_fraction))
-        n_val = int(round((len(group) - n_hold) * val_fraction))
-        role[group[:n_hold]] = 2
-        role[group[n_hold : n_hold + n_val]] = 1
-    r = role[block_ids]
-    return block_ids, r == 0, r == 1, r == 2
+        held[group[: int(round(len(group) * heldout_fraction))]] = True
+    ho = held[block_ids]
+    # position of each frame within its block, as a share of the block's length
+    size = np.bincount(block_ids)
+    first = np.zeros(n_blocks, np.int64)
+    first[block_ids[::-1]] = np.arange(len(block_ids))[::-1]
+    share = (np.arange(len(block_ids)) - first[block_ids]) / size[block_ids]
+    va = ~ho & (share >= 1 - val_fraction)
+    return block_ids, ~ho & ~va, va, ho
 
 
 def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:

@@ -8,7 +8,6 @@ the reference on every frame of that segment.
 import csv
 import json
 
-import numpy as np
 from click.testing import CliRunner
 
 from noscope.cli import cli

@@ -12,7 +12,6 @@ Implementations are imported lazily, so `import noscope.reference` stays cheap.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
