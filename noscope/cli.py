@@ -281,7 +281,7 @@ def _known_refs():
 def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, target_fnr, metric, start, end,
           reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Answer, for every frame of VIDEO, whether the object is there, within the error targets."""
-    from .cascade import choose_plan, run_cascade
+    from .cascade import choose_plan, run_cascade, usable_models
     from .optimizer import plan_summary
     from .report import json_safe, write_result
     from .video import open_video, stop_is_truncation
@@ -296,9 +296,11 @@ def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, targ
     bundle_reference_cfg(cfg, tb, reference_name)
     ref, key = make_reference(cfg)
     check_reference_matches(tb, key)
-    plan = choose_plan(tb, targets)
+    plan = choose_plan(tb, targets, cfg["optimizer"])
     if not (quiet or as_json):
-        click.echo(f"cascade: {plan_summary(plan)}", err=True)
+        offered = len(usable_models(tb, cfg["optimizer"]["min_auc"]))
+        click.echo(f"cascade: {plan_summary(plan)} ({offered} of {len(tb.meta['candidates'])} specialized models "
+                   f"passed the held-out AUC >= {cfg['optimizer']['min_auc']} guard)", err=True)
     result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"], quiet=quiet or as_json)
     out = Path(out_dir) if out_dir else Path("noscope-out") / default_name(video, tb.object)
     n = len(result.frames)

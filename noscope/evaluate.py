@@ -30,7 +30,7 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
     labels = label_frames(video, reference, ref_key, np.arange(s, e), refresh=True, quiet=quiet, desc="reference")
     t_ref = time.perf_counter() - t0
 
-    plan = choose_plan(tb, targets)
+    plan = choose_plan(tb, targets, cfg["optimizer"])
     result = run_cascade(video, tb, plan, reference, ref_key, s, e, batch_size=cfg["query"]["batch_size"],
                          use_label_cache=False, quiet=quiet)
 

@@ -158,6 +158,20 @@ def train(
     cls = reference.class_index(object_name)
     ref_key = reference_key(reference)
 
+    # A finished bundle with the same settings is reused rather than trained again.
+    seed = int(cfg["seed"])
+    settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=object_name, labels=lcfg, train=tcfg, seed=seed)
+    skey = _settings_key(settings)
+    work = out / "work"
+    if not force and (out / "bundle.yaml").is_file():
+        try:
+            meta = B.load_manifest(out)
+        except NoscopeError:
+            meta = {}
+        if meta.get("settings_key") == skey:
+            say(f"{out} is already trained with these settings (use --force to retrain)")
+            return meta
+
     # 1. sample + label
     frames, run_ids = sample_frames(s, e, tcfg["max_frames"], tcfg["run_length"])
     labels = label_frames(video, reference, ref_key, frames, quiet=quiet, desc="label")
@@ -177,7 +191,6 @@ def train(
     ref_cost = labels.seconds / max(len(frames) - labels.from_cache, 1) if labels.seconds > 0 and len(frames) - labels.from_cache >= 32 else None
 
     # 2. split
-    seed = int(cfg["seed"])
     block_ids, tr, va, ho = split_blocks(run_ids, truth, tcfg["block"], tcfg["heldout_fraction"], tcfg["val_fraction"], seed)
     if truth[ho].sum() == 0 or truth[tr].sum() == 0:
         raise NoscopeError(f"too few positive frames ({n_pos}) to hold some out for the optimizer; use a longer segment")
@@ -187,9 +200,6 @@ def train(
     say(f"decoding {len(frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
     small = _decode_small(video, frames, sizes, quiet)
 
-    work = out / "work"
-    settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=object_name, labels=lcfg, train=tcfg, seed=seed)
-    skey = _settings_key(settings)
     if force and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -269,6 +279,7 @@ def train(
         video=dict(path=str(video.path), hash=video.hash, fps=video.fps, width=video.width, height=video.height,
                    segment=[int(s), int(e)], frames_labelled=int(len(frames)), positives=n_pos),
         seed=seed,
+        settings_key=skey,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         train=dict(tcfg, seconds=round(time.perf_counter() - t_start, 1)),
         optimizer=cfg["optimizer"],
