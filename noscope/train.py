@@ -178,8 +178,9 @@ def train(
     if len(labels.frames) < len(frames):
         keep = np.isin(frames, labels.frames)
         frames, run_ids = frames[keep], run_ids[keep]
-    if len(frames) < 4 * tcfg["block"]:
-        raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least {4 * tcfg['block']}")
+    if len(frames) < 2 * tcfg["block"]:
+        raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least "
+                           f"{2 * tcfg['block']} (two blocks of train.block frames)")
     scores = labels.score_of(cls)
     truth = object_truth(scores, lcfg["min_score"], lcfg["smooth"], blocks=run_ids)
     n_pos = int(truth.sum())
