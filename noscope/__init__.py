@@ -5,3 +5,9 @@ difference (cheap models) -> optimizer (pick a cascade) -> cascade (run it) -> r
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# FFmpeg prints its own complaints ("moov atom not found") to stderr; our errors already say
+# what is wrong in one line. Set OPENCV_FFMPEG_LOGLEVEL yourself to see them.
+_os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
