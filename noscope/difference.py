@@ -34,7 +34,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import atomic_write
+from . import atomic
 from .errors import NoscopeError
 
 KINDS = ("prev", "ref")
@@ -529,7 +529,7 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     arr = np.asarray(array)
     if arr.dtype == object:
         raise NoscopeError(f"refusing to save an object array to {path}")
-    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+    atomic.atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def load_npy(path: str | Path) -> np.ndarray:
