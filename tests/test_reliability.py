@@ -2,8 +2,8 @@
 
 Every failure must be one line on stderr and a non-zero exit code, never a traceback:
 1 bad input or a failed run, 2 usage errors, 3 internal errors (a bug; traceback only with -v).
-One small bundle (bus, frames 300-500 of the urban clip, small grid, 2 epochs) is trained once
-per session, twice with the same seed, to check that training is deterministic.
+One small bundle (bus, 100 frames sampled from frames 300-500 of the urban clip, small grid, 2
+epochs) is trained twice per session with the same seed, to check that training is deterministic.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from noscope.errors import NoscopeError
 from .conftest import ROOT, URBAN, moving_square_frames, write_video
 
 FAST = ["--set", "train.grid=small", "--set", "train.epochs=2", "--set", "train.block=50"]
-TRAIN = ["--object", "bus", "--start", "300f", "--end", "500f", "--seed", "7", *FAST, "-q"]
+# Two runs of 50 frames (300-349: no bus, 450-499: a bus), blocks of 25: 100 frames to label.
+TRAIN = ["--object", "bus", "--start", "300f", "--end", "500f", "--seed", "7", *FAST, "--set", "train.block=25",
+         "--set", "train.max_frames=100", "--set", "train.run_length=50", "-q"]
 QUERY_SEG = ["--start", "500f", "--end", "530f", "--target-fpr", "0.05", "--target-fnr", "0.05", "-q", "--no-plot"]
 
 
@@ -140,6 +142,21 @@ def test_truncated_video_label(tmp_path):
     assert f"{n_done} frames labelled" in r.stdout
 
 
+def test_truncated_video_query(trained, tmp_path):
+    """query on a clip cut half-way (frame ~560 of 1190): answers the frames before the cut, exit 0."""
+    data = URBAN.read_bytes()
+    half = tmp_path / "half.mp4"
+    half.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "q"
+    r = run("query", half, "--model", trained["a"], "--start", "545f", "--end", "600f", "--target-fpr", "0.05",
+            "--target-fnr", "0.05", "-q", "--no-plot", "--out", out)
+    line = assert_one_line(r, 0, "warning: the video stops decoding at frame", "answered the frames before it")
+    stop = int(line.split("at frame ")[1].split(";")[0])
+    assert 545 < stop < 600
+    rows = (out / "frames.csv").read_text().splitlines()
+    assert len(rows) == 1 + stop - 545
+
+
 def test_unknown_object(bad_videos, tmp_path):
     frames, _ = moving_square_frames(10)
     v = write_video(tmp_path / "v.avi", frames)
@@ -214,6 +231,19 @@ def test_no_space_left(tmp_path, monkeypatch):
     v = write_video(tmp_path / "v.avi", frames)
     line = assert_one_line(run("label", v, "--object", "car", "-q"), 1, "no space left on device")
     assert "chunk-" in line
+
+
+def test_no_space_left_writing_query_output(trained, shared_cache, tmp_path, monkeypatch):
+    r = run("query", URBAN, "--model", trained["a"], *QUERY_SEG, "--out", tmp_path / "warm")
+    assert r.exit_code == 0, r.output  # labels now cached: only the output writes remain
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(noscope.atomic, "atomic_write", full)
+    assert_one_line(run("query", URBAN, "--model", trained["a"], *QUERY_SEG, "--out", tmp_path / "q"), 1,
+                    "no space left on device")
+    assert not (tmp_path / "q" / "summary.json").exists()
 
 
 def test_internal_error_is_one_line(tmp_path, monkeypatch):
@@ -309,3 +339,15 @@ def test_same_query_same_output(trained, shared_cache, tmp_path):
         outs.append(out)
     for name in ("frames.csv", "intervals.json"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_diff_fit_when_every_block_has_one_class():
+    """Found by the internal-error guard: CV with every block single-class scored no fold."""
+    from noscope.difference import _fit_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 5))
+    y = np.r_[np.ones(20, bool), np.zeros(20, bool)]
+    groups = np.r_[np.zeros(20, int), np.ones(20, int)]
+    w, b = _fit_logistic(x, y, groups)
+    assert np.all(np.isfinite(w)) and np.isfinite(b)
