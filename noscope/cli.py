@@ -45,9 +45,12 @@ class Group(click.Group):
             click.echo("noscope: interrupted; finished work is kept, run the same command to resume", err=True)
             sys.exit(130)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 click.echo(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
                            "nothing finished was lost, free space and run again", err=True)
+                sys.exit(1)
+            if e.filename is not None:  # a file we could not read or write: the environment, not a bug
+                click.echo(f"noscope: error: {e.strerror or type(e).__name__}: {e.filename}", err=True)
                 sys.exit(1)
             self._internal(e, verbose)
         except Exception as e:

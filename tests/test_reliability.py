@@ -246,6 +246,19 @@ def test_no_space_left_writing_query_output(trained, shared_cache, tmp_path, mon
     assert not (tmp_path / "q" / "summary.json").exists()
 
 
+def test_unwritable_output_is_bad_input(trained, shared_cache, tmp_path):
+    """--out under a regular file: an OSError naming a file is the environment's fault, exit 1."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert_one_line(run("query", URBAN, "--model", trained["a"], *QUERY_SEG, "--out", blocker / "q"), 1,
+                    "noscope: error:", str(blocker))
+
+
+def test_missing_bundle(tmp_path):
+    assert_one_line(run("query", URBAN, "--model", tmp_path / "nothing", "-q"), 1, "no model bundle at")
+    assert_one_line(run("query", "-q"), 2, "give --model NAME")
+
+
 def test_internal_error_is_one_line(tmp_path, monkeypatch):
     import noscope.video
 
