@@ -298,9 +298,9 @@ def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
     with pytest.raises(NoscopeError, match="refusing to load"):
         tb.model(meta["candidates"][0]["name"], "cpu")
     assert not marker.exists()
-    # plain pickle would have run it: the test's payload is real
-    with open(bundle_copy / rel, "rb") as f:
-        assert f.read(2) in (b"PK", b"\x80\x02")
+    # the payload is real: unrestricted unpickling runs it (a harmless `touch` in tmp_path)
+    torch.load(bundle_copy / rel, weights_only=False)
+    assert marker.exists()
 
 
 @pytest.mark.parametrize("rel", ["../../etc/passwd", "/etc/passwd", "models/../../x.pt"])
