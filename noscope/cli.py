@@ -7,7 +7,8 @@
     noscope evaluate VIDEO --model store --start 60% --json
     noscope config --set train.epochs=5               # print the effective configuration
 
-Exit codes: 0 success, 1 an error in the input or the run (one line on stderr), 2 usage errors.
+Exit codes: 0 success, 1 an error in the input or the run (one line on stderr), 2 usage errors,
+3 an internal error (a bug: one line, the traceback only with -v), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,20 +32,43 @@ class Group(click.Group):
     """Turns our errors into one line and an exit code instead of a traceback."""
 
     def invoke(self, ctx):
+        args = list(getattr(ctx, "_protected_args", None) or []) + list(ctx.args)
+        verbose = any(a in ("-v", "--verbose") for a in args)
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own: --help, usage errors (exit 2)
         except NoscopeError as e:
-            click.echo(f"noscope: error: {e}", err=True)
+            click.echo(f"noscope: error: {_one_line(e)}", err=True)
             sys.exit(e.exit_code)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                click.echo(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
-                           "nothing finished was lost, free space and run again", err=True)
-                sys.exit(1)
-            raise
         except KeyboardInterrupt:
             click.echo("noscope: interrupted; finished work is kept, run the same command to resume", err=True)
             sys.exit(130)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                click.echo(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
+                           "nothing finished was lost, free space and run again", err=True)
+                sys.exit(1)
+            if e.filename is not None:  # a file we could not read or write: the environment, not a bug
+                click.echo(f"noscope: error: {e.strerror or type(e).__name__}: {e.filename}", err=True)
+                sys.exit(1)
+            self._internal(e, verbose)
+        except Exception as e:
+            self._internal(e, verbose)
+
+    @staticmethod
+    def _internal(e: BaseException, verbose: bool):
+        """Anything unexpected: one line and exit 3; the traceback only with -v."""
+        if verbose:
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
+        click.echo(f"noscope: internal error: {type(e).__name__}: {_one_line(e)}; run with -v for the traceback", err=True)
+        sys.exit(3)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def common(f):
@@ -58,8 +82,28 @@ def common(f):
 def setup(config_file, sets, quiet, verbose) -> dict:
     from .config import load_config
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for h in [h for h in log.handlers if isinstance(h, _EchoHandler)]:
+        log.removeHandler(h)
+    log.addHandler(_EchoHandler(verbose))
+    log.propagate = False
     return load_config(config_file, list(sets))
+
+
+class _EchoHandler(logging.Handler):
+    """Our log records as one stderr line each (`noscope: warning: ...`), through click so
+    they reach whatever stderr is current."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def emit(self, record):
+        try:
+            where = f" ({record.name})" if self.verbose else ""
+            click.echo(f"noscope: {record.levelname.lower()}{where}: {' '.join(record.getMessage().split())}", err=True)
+        except Exception:
+            self.handleError(record)
 
 
 def segment_options(f):

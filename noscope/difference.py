@@ -34,7 +34,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import atomic_write
+from . import atomic
 from .errors import NoscopeError
 
 KINDS = ("prev", "ref")
@@ -365,8 +365,8 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[np.
                 theta = _newton(z[tr], y[tr], weights_for(tr), penalty(cand), lower)
                 oof[~tr] = z[~tr] @ theta
             ok = ~np.isnan(oof)
-            if y[ok].min() == y[ok].max():
-                continue
+            if not ok.any() or y[ok].min() == y[ok].max():
+                continue  # e.g. each block holds one class: no fold could be scored
             # out-of-fold balanced log loss
             loss = weights_for(ok) @ np.logaddexp(0.0, np.where(y[ok] > 0.5, -oof[ok], oof[ok]))
             if loss < best - 1e-9:
@@ -529,7 +529,7 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     arr = np.asarray(array)
     if arr.dtype == object:
         raise NoscopeError(f"refusing to save an object array to {path}")
-    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+    atomic.atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def load_npy(path: str | Path) -> np.ndarray:

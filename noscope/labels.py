@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from .atomic import atomic_write
+from . import atomic
 from .paths import cache_dir
 from .progress import progress_bar
 from .reference.base import Detections, Reference
@@ -54,7 +54,7 @@ def store_dir(video: Video, ref_key: str) -> Path:
 
 
 def _write_npz_atomic(path: Path, **arrays) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _pack(frames: list[int], scores: list[np.ndarray], dets: list[Detections]) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from . import atomic
 from .errors import NoscopeError
 
 # Pixel deviations from the mean frame are divided by this: a car against the road is a
@@ -484,7 +484,7 @@ def save_model(model: SpecializedCNN, arch: Arch, mean_frame: np.ndarray, path: 
         # clone: a CPU model's tensors would otherwise be saved with their shared storages' views
         "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()},
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
+    atomic.atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[SpecializedCNN, Arch, np.ndarray]:

@@ -74,7 +74,8 @@ def content_hash(path: str | Path) -> str:
     h = hashlib.sha256(str(size).encode())
     piece = 1 << 16
     with open(path, "rb") as f:
-        offsets = sorted({min(max(0, size - piece), int(i * (size - piece) / 31)) for i in range(32)})
+        span = max(0, size - piece)  # files under 64 KiB: one slice from the start
+        offsets = sorted({min(span, int(i * span / 31)) for i in range(32)})
         for off in offsets:
             f.seek(off)
             h.update(f.read(piece))

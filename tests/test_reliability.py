@@ -1,0 +1,366 @@
+"""Reliability through the command line: bad input, damaged files, full disks, untrusted bundles.
+
+Every failure must be one line on stderr and a non-zero exit code, never a traceback:
+1 bad input or a failed run, 2 usage errors, 3 internal errors (a bug; traceback only with -v).
+One small bundle (bus, 100 frames sampled from frames 300-500 of the urban clip, small grid, 2
+epochs) is trained twice per session with the same seed, to check that training is deterministic.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import noscope.atomic
+from noscope.bundle import inside
+from noscope.cli import cli
+from noscope.errors import NoscopeError
+
+from .conftest import ROOT, URBAN, moving_square_frames, write_video
+
+FAST = ["--set", "train.grid=small", "--set", "train.epochs=2", "--set", "train.block=50"]
+# Two runs of 50 frames (300-349: no bus, 450-499: a bus), blocks of 25: 100 frames to label.
+TRAIN = ["--object", "bus", "--start", "300f", "--end", "500f", "--seed", "7", *FAST, "--set", "train.block=25",
+         "--set", "train.max_frames=100", "--set", "train.run_length=50", "-q"]
+QUERY_SEG = ["--start", "500f", "--end", "530f", "--target-fpr", "0.05", "--target-fnr", "0.05", "-q", "--no-plot"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line(r, code, *needles):
+    """Exit `code`, exactly one non-empty stderr line containing every needle, no traceback."""
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code == code, (r.exit_code, r.output)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Two bundles trained with the same seed, sharing one label cache (labelled once)."""
+    root = tmp_path_factory.mktemp("reliability")
+    cache = root / "cache"
+    cache.mkdir()
+    real_weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
+    if real_weights.is_dir():
+        (cache / "weights").symlink_to(real_weights, target_is_directory=True)
+    with mock.patch.dict(os.environ, NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(root / "models")):
+        for name in ("bus-a", "bus-b"):
+            r = CliRunner().invoke(cli, ["train", str(URBAN), *TRAIN, "--name", str(root / name)], catch_exceptions=False)
+            assert r.exit_code == 0, r.output
+    return dict(cache=cache, a=root / "bus-a", b=root / "bus-b")
+
+
+@pytest.fixture
+def shared_cache(trained, monkeypatch):
+    """Use the session's label cache, so queries on the urban clip reuse its labels."""
+    monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))
+    return trained["cache"]
+
+
+@pytest.fixture
+def bundle_copy(trained, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(trained["a"], dst)
+    return dst
+
+
+@pytest.fixture
+def bad_videos(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder.mp4"
+    folder.mkdir()
+    return {
+        "missing": (tmp_path / "missing.mp4", "video not found"),
+        "directory": (folder, "is a directory"),
+        "text": (text, "cannot decode"),
+        "empty": (empty, "empty (0 bytes)"),
+    }
+
+
+# ------------------------------------------------------------------ 1. bad input, one line
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text", "empty"])
+def test_bad_video_label_train(bad_videos, kind):
+    path, needle = bad_videos[kind]
+    assert_one_line(run("label", path, "--object", "car", "-q"), 1, "noscope: error:", needle)
+    assert_one_line(run("train", path, "--object", "car", "-q", *FAST), 1, "noscope: error:", needle)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text", "empty"])
+def test_bad_video_query(bad_videos, trained, kind):
+    path, needle = bad_videos[kind]
+    assert_one_line(run("query", path, "--model", trained["a"], "-q"), 1, "noscope: error:", needle)
+
+
+def test_bad_video_subprocess(tmp_path):
+    """The real entry point, in its own process: one line, exit 1."""
+    p = subprocess.run([sys.executable, "-m", "noscope.cli", "label", str(tmp_path / "nope.mp4"), "--object", "car"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [f"noscope: error: video not found: {tmp_path / 'nope.mp4'}"]
+
+
+def test_truncated_video_label(tmp_path):
+    """Exit 0: the frames that decode are labelled and a warning says where decoding stopped."""
+    frames, _ = moving_square_frames(40)
+    full = write_video(tmp_path / "full.avi", frames)
+    data = full.read_bytes()
+    half = tmp_path / "half.avi"
+    half.write_bytes(data[: len(data) // 2])
+    r = run("label", half, "--object", "car", "-q")
+    line = assert_one_line(r, 0, "warning: the video stops decoding at frame")
+    assert "labelled what decoded" in line
+    n_done = int(line.split("at frame ")[1].split()[0])
+    assert 5 < n_done < 40
+    assert f"{n_done} frames labelled" in r.stdout
+
+
+def test_truncated_video_query(trained, tmp_path):
+    """query on a clip cut half-way (frame ~560 of 1190): answers the frames before the cut, exit 0."""
+    data = URBAN.read_bytes()
+    half = tmp_path / "half.mp4"
+    half.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "q"
+    r = run("query", half, "--model", trained["a"], "--start", "545f", "--end", "600f", "--target-fpr", "0.05",
+            "--target-fnr", "0.05", "-q", "--no-plot", "--out", out)
+    line = assert_one_line(r, 0, "warning: the video stops decoding at frame", "answered the frames before it")
+    stop = int(line.split("at frame ")[1].split(";")[0])
+    assert 545 < stop < 600
+    rows = (out / "frames.csv").read_text().splitlines()
+    assert len(rows) == 1 + stop - 545
+
+
+def test_unknown_object(bad_videos, tmp_path):
+    frames, _ = moving_square_frames(10)
+    v = write_video(tmp_path / "v.avi", frames)
+    for cmd in ("label", "train"):
+        line = assert_one_line(run(cmd, v, "--object", "unicorn", "-q"), 1, "unknown object class 'unicorn'")
+        assert "valid:" in line and "person" in line and "bus" in line
+    line = assert_one_line(run("query", v, "--object", "unicorn", "-q", *FAST), 1, "unknown object class 'unicorn'")
+
+
+@pytest.mark.parametrize("flag,value", [("--target-fpr", "0"), ("--target-fpr", "1.5"), ("--target-fnr", "-0.1"), ("--target-fnr", "1")])
+def test_targets_outside_0_1(trained, flag, value):
+    assert_one_line(run("query", URBAN, "--model", trained["a"], flag, value, "-q"), 2, "must be between 0 and 1")
+
+
+def test_start_after_end(trained):
+    for cmd in (["label", URBAN, "--object", "car"], ["train", URBAN, "--object", "car", *FAST],
+                ["query", URBAN, "--model", trained["a"]]):
+        assert_one_line(run(*cmd, "--start", "40f", "--end", "10f", "-q"), 2, "--start (40f) must come before --end (10f)")
+
+
+def test_bundle_for_another_object(trained):
+    assert_one_line(run("query", URBAN, "--object", "person", "--model", trained["a"], "-q"), 1,
+                    "was trained for 'bus', not 'person'")
+
+
+def test_bundle_format_version(bundle_copy):
+    y = bundle_copy / "bundle.yaml"
+    meta = yaml.safe_load(y.read_text())
+    meta["format"] = 99
+    y.write_text(yaml.safe_dump(meta, sort_keys=False))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1, "has format 99", "retrain it")
+
+
+def test_corrupt_bundle_file(bundle_copy):
+    p = bundle_copy / "heldout.npz"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1, "is corrupt: heldout.npz does not match its checksum")
+
+
+def test_corrupt_label_chunk_is_relabelled(tmp_path, isolated_cache):
+    frames, _ = moving_square_frames(12)
+    v = write_video(tmp_path / "v.avi", frames)
+    r = run("label", v, "--object", "car", "-q", "--json")
+    assert r.exit_code == 0, r.output
+    (chunk,) = (isolated_cache / "labels").rglob("chunk-*.npz")
+    with np.load(chunk) as z:
+        before = {k: z[k] for k in z.files}
+    chunk.write_bytes(chunk.read_bytes()[:100] + b"garbage" * 10)
+    r = run("label", v, "--object", "car", "-q", "--json")
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    warnings = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "unreadable" in warnings[0] and "relabelling" in warnings[0], r.stderr
+    assert '"from_cache": 0' in r.stdout
+    assert chunk.with_suffix(".corrupt").is_file()
+    (again,) = (isolated_cache / "labels").rglob("chunk-*.npz")
+    with np.load(again) as z:
+        after = {k: z[k] for k in z.files}
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+
+
+def test_no_space_left(tmp_path, monkeypatch):
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(noscope.atomic, "atomic_write", full)
+    frames, _ = moving_square_frames(6)
+    v = write_video(tmp_path / "v.avi", frames)
+    line = assert_one_line(run("label", v, "--object", "car", "-q"), 1, "no space left on device")
+    assert "chunk-" in line
+
+
+def test_no_space_left_writing_query_output(trained, shared_cache, tmp_path, monkeypatch):
+    r = run("query", URBAN, "--model", trained["a"], *QUERY_SEG, "--out", tmp_path / "warm")
+    assert r.exit_code == 0, r.output  # labels now cached: only the output writes remain
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(noscope.atomic, "atomic_write", full)
+    assert_one_line(run("query", URBAN, "--model", trained["a"], *QUERY_SEG, "--out", tmp_path / "q"), 1,
+                    "no space left on device")
+    assert not (tmp_path / "q" / "summary.json").exists()
+
+
+def test_unwritable_output_is_bad_input(trained, shared_cache, tmp_path):
+    """--out under a regular file: an OSError naming a file is the environment's fault, exit 1."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert_one_line(run("query", URBAN, "--model", trained["a"], *QUERY_SEG, "--out", blocker / "q"), 1,
+                    "noscope: error:", str(blocker))
+
+
+def test_missing_bundle(tmp_path):
+    assert_one_line(run("query", URBAN, "--model", tmp_path / "nothing", "-q"), 1, "no model bundle at")
+    assert_one_line(run("query", "-q"), 2, "give --model NAME")
+
+
+def test_internal_error_is_one_line(tmp_path, monkeypatch):
+    import noscope.video
+
+    def broken(path):
+        raise ValueError("something\nunexpected")
+
+    monkeypatch.setattr(noscope.video, "open_video", broken)
+    line = assert_one_line(run("label", tmp_path / "x.mp4", "--object", "car", "-q"), 3,
+                           "noscope: internal error: ValueError: something unexpected; run with -v for the traceback")
+    r = run("label", tmp_path / "x.mp4", "--object", "car", "-v")
+    assert r.exit_code == 3 and "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1] == line
+
+
+# ------------------------------------------------------------------ 2. untrusted files
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {_RunsCode.marker}",))
+
+
+def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
+    from noscope.cascade import load_bundle
+
+    meta = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
+    assert meta["candidates"], "the fixture bundle should hold specialized models"
+    rel = meta["candidates"][0]["file"]
+    marker = tmp_path / "pwned"
+    _RunsCode.marker = marker
+    import torch
+
+    with open(bundle_copy / rel, "wb") as f:
+        torch.save({"format": 1, "arch": meta["candidates"][0]["name"], "evil": _RunsCode()}, f)
+    meta["files"][rel] = sha(bundle_copy / rel)  # the checksum passes: only weights_only stops it
+    (bundle_copy / "bundle.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    tb = load_bundle(bundle_copy)
+    with pytest.raises(NoscopeError, match="refusing to load"):
+        tb.model(meta["candidates"][0]["name"], "cpu")
+    assert not marker.exists()
+    # the payload is real: unrestricted unpickling runs it (a harmless `touch` in tmp_path)
+    torch.load(bundle_copy / rel, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("rel", ["../../etc/passwd", "/etc/passwd", "models/../../x.pt"])
+def test_bundle_paths_stay_inside(tmp_path, rel):
+    with pytest.raises(NoscopeError, match="refusing to load"):
+        inside(tmp_path, rel)
+    assert inside(tmp_path, "models/a.pt") == (tmp_path / "models" / "a.pt").resolve()
+
+
+def test_bundle_yaml_naming_outside_file_is_refused(bundle_copy):
+    y = bundle_copy / "bundle.yaml"
+    meta = yaml.safe_load(y.read_text())
+    meta["files"]["../../etc/passwd"] = "0" * 64
+    y.write_text(yaml.safe_dump(meta, sort_keys=False))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1, "outside itself", "refusing to load")
+
+
+# ------------------------------------------------------------------ 3. determinism
+
+
+def test_same_seed_same_bundle(trained):
+    a, b = trained["a"], trained["b"]
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file() and p.name != "bundle.yaml")
+    assert "heldout.npz" in files and any(f.startswith("models/") for f in files)
+    assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file() and p.name != "bundle.yaml")
+    for f in files:
+        assert sha(a / f) == sha(b / f), f
+    ma, mb = (yaml.safe_load((x / "bundle.yaml").read_text()) for x in (a, b))
+    assert ma["files"] == mb["files"]
+    # Measured timings (cost_s, train_seconds, train.seconds, costs) and `created` may differ;
+    # everything else in bundle.yaml is the same.
+    for m in (ma, mb):
+        for k in ("created", "costs"):
+            m.pop(k)
+        m["train"].pop("seconds")
+        for c in m["candidates"]:
+            c.pop("cost_s"), c["train"].pop("train_seconds")
+        for d in m["diffs"]:
+            d.pop("cost_s")
+    assert ma == mb
+
+
+def test_same_query_same_output(trained, shared_cache, tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"q{i}"
+        r = run("query", URBAN, "--model", trained["a"], *QUERY_SEG, "--out", out)
+        assert r.exit_code == 0, r.output
+        outs.append(out)
+    for name in ("frames.csv", "intervals.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_diff_fit_when_every_block_has_one_class():
+    """Found by the internal-error guard: CV with every block single-class scored no fold."""
+    from noscope.difference import _fit_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 5))
+    y = np.r_[np.ones(20, bool), np.zeros(20, bool)]
+    groups = np.r_[np.zeros(20, int), np.ones(20, int)]
+    w, b = _fit_logistic(x, y, groups)
+    assert np.all(np.isfinite(w)) and np.isfinite(b)
