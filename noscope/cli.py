@@ -404,7 +404,20 @@ def evaluate(video, model, as_json, target_fpr, target_fnr, metric, start, end,
 
 
 def main():
-    cli(prog_name="noscope")
+    """Entry point: click's usage errors become one line too (exit 2), like ours."""
+    try:
+        rc = cli.main(prog_name="noscope", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f"; see `{e.ctx.command_path} --help`" if e.ctx else ""
+        click.echo(f"noscope: error: {' '.join(e.format_message().split()).rstrip('.')}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"noscope: error: {' '.join(e.format_message().split())}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("noscope: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":
