@@ -277,7 +277,7 @@ def train(
         reference=dict(name=reference.name, key=ref_key, input_size=list(reference.input_size) if reference.input_size else None,
                        weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"]),
         labels=dict(min_score=float(lcfg["min_score"]), smooth=int(lcfg["smooth"])),
-        video=dict(path=str(video.path), hash=video.hash, fps=video.fps, width=video.width, height=video.height,
+        video=dict(path=str(video.path.resolve()), hash=video.hash, fps=video.fps, width=video.width, height=video.height,
                    segment=[int(s), int(e)], frames_labelled=int(len(frames)), positives=n_pos),
         seed=seed,
         settings_key=skey,
