@@ -52,5 +52,6 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
         cascade_fps=len(result.frames) / result.seconds if result.seconds else float("nan"),
         speedup=t_ref / result.seconds * len(result.frames) / max(len(labels.frames), 1) if result.seconds else float("nan"),
         reference_calls=len(result.reference_scores), fractions=result.fractions(), cascade=plan.to_dict(),
+        stage_seconds={k: round(v, 4) for k, v in result.stage_seconds.items()},
         device=str(reference.device),
     )
