@@ -240,3 +240,37 @@ def test_fuzz_bundle(bundle_copy, tmp_path):
     assert i >= 20, "too few mutants in the time budget"
     assert not failures, failures
     assert outcomes["error"] > 0, outcomes
+
+
+# ------------------------------------------------------------------ 1b. kill -9 mid-`train`
+
+
+def test_train_resumes_after_kill9(trained, tmp_path):
+    """Killed once its first candidate is saved in work/, `train` resumes from it; the bundle's
+    heldout.npz and models/*.pt are byte-identical to an uninterrupted run's with the same seed."""
+    from .conftest import TRAIN
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained["cache"], cache, symlinks=True)  # labels come from the cache
+    out = tmp_path / "bus"
+    cmd = [sys.executable, "-m", "noscope.cli", "train", str(URBAN), *TRAIN, "--name", str(out)]
+    env = dict(os.environ, NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(tmp_path / "models"))
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None and not list((out / "work").glob("*.pt")):
+        time.sleep(0.02)
+    assert list((out / "work").glob("*.pt")), "no candidate was saved before the run ended or timed out"
+    assert p.poll() is None, "the run finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=30)
+    assert not (out / "bundle.yaml").exists()
+
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not (out / "work").exists()
+    meta = yaml.safe_load((out / "bundle.yaml").read_text())
+    assert any(c["train"].get("resumed") for c in meta["candidates"])
+    assert (out / "heldout.npz").read_bytes() == (trained["a"] / "heldout.npz").read_bytes()
+    for c in meta["candidates"]:
+        assert (out / c["file"]).read_bytes() == (trained["a"] / c["file"]).read_bytes(), c["file"]
+    load_bundle(out)
