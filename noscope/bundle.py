@@ -87,7 +87,10 @@ def load_manifest(root: Path) -> dict:
         raise NoscopeError(
             f"model bundle {root} has format {meta['format']} but this noscope ({__version__}) reads format {FORMAT}; retrain it"
         )
-    for rel, digest in (meta.get("files") or {}).items():
+    files = meta.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml's files field is not a list of checksums")
+    for rel, digest in files.items():
         p = inside(root, rel)
         if not p.is_file():
             raise NoscopeError(f"model bundle {root} is missing {rel}")
@@ -97,5 +100,9 @@ def load_manifest(root: Path) -> dict:
 
 
 def load_npz(root: Path, rel: str) -> dict[str, np.ndarray]:
-    with np.load(inside(root, rel), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    path = inside(root, rel)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # untrusted bytes: BadZipFile, zlib.error, ValueError, OSError, EOFError...
+        raise NoscopeError(f"model bundle {root} is corrupt: {rel} cannot be read ({type(e).__name__})") from None

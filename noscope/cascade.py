@@ -26,6 +26,7 @@ import numpy as np
 
 from . import bundle as B
 from . import difference, specialized
+from .errors import NoscopeError
 from .labels import label_frames
 from .optimizer import Costs, HeldOut, Plan, Targets, optimize
 from .progress import progress_bar
@@ -66,7 +67,17 @@ class TrainedBundle:
 
 
 def load_bundle(root: Path) -> TrainedBundle:
+    """Read a bundle; anything malformed in it is one NoscopeError, never a stray KeyError."""
     meta = B.load_manifest(root)
+    try:
+        return _read_bundle(root, meta)
+    except NoscopeError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml or heldout.npz is malformed ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
     z = B.load_npz(root, meta["heldout"]["file"])
     model_scores = {k[len("model__"):]: v for k, v in z.items() if k.startswith("model__")}
     diff_scores: dict[str, dict[int, np.ndarray]] = {}

@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 CHUNK_FRAMES = 256  # frames per cache file: small enough that an interruption loses little
 
 
+def chunk_frames() -> int:
+    """Frames per cache file: CHUNK_FRAMES, or the NOSCOPE_LABEL_CHUNK environment variable (tests)."""
+    try:
+        return max(1, int(os.environ.get("NOSCOPE_LABEL_CHUNK", CHUNK_FRAMES)))
+    except ValueError:
+        return CHUNK_FRAMES
+
+
 @dataclass
 class Labels:
     """The reference's answers for a set of frames (sorted by frame number)."""
@@ -132,6 +140,7 @@ def label_frames(
         pend_f: list[int] = []
         pend_s: list[np.ndarray] = []
         pend_d: list[Detections] = []
+        per_chunk = chunk_frames()
 
         def flush():
             if use_cache and pend_f:
@@ -145,7 +154,7 @@ def label_frames(
                 for f, s, d in zip(batch.indices.tolist(), scores, dets):
                     cached[f] = (s, d)
                     pend_f.append(f), pend_s.append(s), pend_d.append(d)
-                if len(pend_f) >= CHUNK_FRAMES:
+                if len(pend_f) >= per_chunk:
                     flush()
                 bar.update(len(batch))
         flush()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import re
 import time
 from dataclasses import dataclass
@@ -499,7 +498,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise NoscopeError(f"specialized model {path} not found; train one first") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+    except NoscopeError:
+        raise
+    except Exception as e:  # untrusted bytes: whatever the unpickler or zip reader raises, it is a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NoscopeError(f"refusing to load {path}: not a plain-tensor noscope model bundle ({first[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != _BUNDLE_FORMAT:
@@ -510,7 +511,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
         _check_mean(mean, arch.size)
         model = SpecializedCNN(arch)
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, AttributeError, RuntimeError) as e:
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NoscopeError(f"{path} is a damaged specialized model bundle: {first[:200]}") from None
     return _prepare_model(model, dev).eval(), arch, mean

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "videos"
@@ -57,3 +59,37 @@ def moving_square_frames(n: int = 120, h: int = 72, w: int = 96, seed: int = 0) 
 def square_video(tmp_path):
     frames, present = moving_square_frames()
     return write_video(tmp_path / "square.avi", frames), frames, present
+
+
+# A small bus bundle trained twice with one seed (test_reliability, test_resilience).
+FAST = ["--set", "train.grid=small", "--set", "train.epochs=2", "--set", "train.block=50"]
+# Two runs of 50 frames (300-349: no bus, 450-499: a bus), blocks of 25: 100 frames to label.
+TRAIN = ["--object", "bus", "--start", "300f", "--end", "500f", "--seed", "7", *FAST, "--set", "train.block=25",
+         "--set", "train.max_frames=100", "--set", "train.run_length=50", "-q"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Two bundles (bus, 100 frames of the urban clip) trained with the same seed, sharing one label cache (labelled once)."""
+    from click.testing import CliRunner
+
+    from noscope.cli import cli
+
+    root = tmp_path_factory.mktemp("reliability")
+    cache = root / "cache"
+    cache.mkdir()
+    real_weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
+    if real_weights.is_dir():
+        (cache / "weights").symlink_to(real_weights, target_is_directory=True)
+    with mock.patch.dict(os.environ, NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(root / "models")):
+        for name in ("bus-a", "bus-b"):
+            r = CliRunner().invoke(cli, ["train", str(URBAN), *TRAIN, "--name", str(root / name)], catch_exceptions=False)
+            assert r.exit_code == 0, r.output
+    return dict(cache=cache, a=root / "bus-a", b=root / "bus-b")
+
+
+@pytest.fixture
+def bundle_copy(trained, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(trained["a"], dst)
+    return dst

@@ -12,11 +12,9 @@ import errno
 import hashlib
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -28,12 +26,8 @@ from noscope.bundle import inside
 from noscope.cli import cli
 from noscope.errors import NoscopeError
 
-from .conftest import ROOT, URBAN, moving_square_frames, write_video
+from .conftest import FAST, ROOT, URBAN, moving_square_frames, write_video
 
-FAST = ["--set", "train.grid=small", "--set", "train.epochs=2", "--set", "train.block=50"]
-# Two runs of 50 frames (300-349: no bus, 450-499: a bus), blocks of 25: 100 frames to label.
-TRAIN = ["--object", "bus", "--start", "300f", "--end", "500f", "--seed", "7", *FAST, "--set", "train.block=25",
-         "--set", "train.max_frames=100", "--set", "train.run_length=50", "-q"]
 QUERY_SEG = ["--start", "500f", "--end", "530f", "--target-fpr", "0.05", "--target-fnr", "0.05", "-q", "--no-plot"]
 
 
@@ -57,34 +51,11 @@ def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """Two bundles trained with the same seed, sharing one label cache (labelled once)."""
-    root = tmp_path_factory.mktemp("reliability")
-    cache = root / "cache"
-    cache.mkdir()
-    real_weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
-    if real_weights.is_dir():
-        (cache / "weights").symlink_to(real_weights, target_is_directory=True)
-    with mock.patch.dict(os.environ, NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(root / "models")):
-        for name in ("bus-a", "bus-b"):
-            r = CliRunner().invoke(cli, ["train", str(URBAN), *TRAIN, "--name", str(root / name)], catch_exceptions=False)
-            assert r.exit_code == 0, r.output
-    return dict(cache=cache, a=root / "bus-a", b=root / "bus-b")
-
-
 @pytest.fixture
 def shared_cache(trained, monkeypatch):
     """Use the session's label cache, so queries on the urban clip reuse its labels."""
     monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))
     return trained["cache"]
-
-
-@pytest.fixture
-def bundle_copy(trained, tmp_path):
-    dst = tmp_path / "bundle"
-    shutil.copytree(trained["a"], dst)
-    return dst
 
 
 @pytest.fixture
