@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -335,3 +334,13 @@ def test_diff_fit_when_every_block_has_one_class():
     groups = np.r_[np.zeros(20, int), np.ones(20, int)]
     w, b = _fit_logistic(x, y, groups)
     assert np.all(np.isfinite(w)) and np.isfinite(b)
+
+
+def test_bundle_from_another_reference(bundle_copy):
+    """A bundle whose labels came from another detector cannot be queried with this one."""
+    y = bundle_copy / "bundle.yaml"
+    meta = yaml.safe_load(y.read_text())
+    meta["reference"]["key"] = "yolov4-608x608-0123abcd"
+    y.write_text(yaml.safe_dump(meta, sort_keys=False))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1,
+                    "trained with reference yolov4-608x608-0123abcd")
