@@ -88,3 +88,16 @@ def test_content_hash_changes_with_content(tmp_path, square_video):
     other.write_bytes(bytes(data))
     assert content_hash(path) == content_hash(path)
     assert content_hash(path) != content_hash(other)
+
+
+def test_video_with_zero_frames(tmp_path):
+    """A container written with no frames at all is refused with one line."""
+    import cv2
+
+    p = tmp_path / "none.avi"
+    vw = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+    vw.release()
+    assert p.stat().st_size > 0
+    with pytest.raises(NoscopeError) as e:
+        open_video(p)
+    assert "\n" not in str(e.value)
