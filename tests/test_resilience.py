@@ -171,28 +171,44 @@ def fuzz_video(path: Path) -> None:
         pass
 
 
-def test_fuzz_video(tmp_path):
-    """40 mutants of a real mp4 prefix and a small MJPG .avi: each opens and decodes, or is a NoscopeError."""
-    rng = random.Random(1234)
-    seeds = [URBAN.read_bytes()[: 200_000], write_video(tmp_path / "seed.avi", moving_square_frames(12)[0]).read_bytes()]
-    failures = []
-    outcomes = {"ok": 0, "error": 0}
+def run_fuzz(cases, budget_s: float = 20.0, min_cases: int = 20) -> dict[str, int]:
+    """Run each case (a zero-argument callable, with a label) until the time budget is spent.
+
+    A case may succeed or raise NoscopeError; any other exception is the bug a fuzz pass looks
+    for. Returns how many cases ended each way.
+    """
+    failures, outcomes, done = [], {"ok": 0, "error": 0}, 0
     t0 = time.monotonic()
-    for i in range(40):
-        if time.monotonic() - t0 > 20:
+    for label, case in cases:
+        if time.monotonic() - t0 > budget_s:
             break
-        p = tmp_path / f"m{i}{'.mp4' if i % 2 == 0 else '.avi'}"
-        p.write_bytes(mutate(seeds[i % 2], rng))
         try:
-            fuzz_video(p)
+            case()
             outcomes["ok"] += 1
         except NoscopeError:
             outcomes["error"] += 1
         except Exception as e:  # noqa: BLE001 - any other type is the bug this test looks for
-            failures.append(f"mutant {i}: {type(e).__name__}: {e}")
-        p.unlink()
-    assert i >= 20, "too few mutants in the time budget"
+            failures.append(f"{label}: {type(e).__name__}: {e}")
+        done += 1
+    assert done >= min_cases, "too few mutants in the time budget"
     assert not failures, failures
+    return outcomes
+
+
+def test_fuzz_video(tmp_path):
+    """40 mutants of a real mp4 prefix and a small MJPG .avi: each opens and decodes, or is a NoscopeError."""
+    rng = random.Random(1234)
+    seeds = [URBAN.read_bytes()[: 200_000], write_video(tmp_path / "seed.avi", moving_square_frames(12)[0]).read_bytes()]
+
+    def case(i):
+        p = tmp_path / f"m{i}{'.mp4' if i % 2 == 0 else '.avi'}"
+        p.write_bytes(mutate(seeds[i % 2], rng))
+        try:
+            fuzz_video(p)
+        finally:
+            p.unlink()
+
+    outcomes = run_fuzz((f"mutant {i}", lambda i=i: case(i)) for i in range(40))
     assert outcomes["error"] > 0 and outcomes["ok"] > 0, outcomes  # both paths exercised
 
 
@@ -216,12 +232,8 @@ def test_fuzz_bundle(bundle_copy, tmp_path):
     load_everything(bundle_copy)
     rng = random.Random(99)
     targets = ["bundle.yaml", "heldout.npz", *sorted(p.relative_to(bundle_copy).as_posix() for p in (bundle_copy / "models").glob("*.pt"))]
-    failures = []
-    outcomes = {"ok": 0, "error": 0}
-    t0 = time.monotonic()
-    for i in range(40):
-        if time.monotonic() - t0 > 20:
-            break
+
+    def case(i):
         root = tmp_path / f"b{i}"
         shutil.copytree(bundle_copy, root)
         rel = targets[0] if i % 3 == 0 else targets[1] if i % 3 == 1 else rng.choice(targets[2:])
@@ -231,14 +243,10 @@ def test_fuzz_bundle(bundle_copy, tmp_path):
             reseal(root)
         try:
             load_everything(root)
-            outcomes["ok"] += 1
-        except NoscopeError:
-            outcomes["error"] += 1
-        except Exception as e:  # noqa: BLE001
-            failures.append(f"mutant {i} ({rel}): {type(e).__name__}: {e}")
-        shutil.rmtree(root)
-    assert i >= 20, "too few mutants in the time budget"
-    assert not failures, failures
+        finally:
+            shutil.rmtree(root)
+
+    outcomes = run_fuzz((f"mutant {i}", lambda i=i: case(i)) for i in range(40))
     assert outcomes["error"] > 0, outcomes
 
 
