@@ -24,6 +24,8 @@ import click
 import numpy as np
 
 from .errors import NoscopeError, UsageError
+from .query import (apply_reference_options, bundle_reference_cfg, check_reference_matches, default_name,
+                    make_reference, make_targets, resolve_model)
 
 log = logging.getLogger("noscope")
 
@@ -117,26 +119,6 @@ def reference_options(f):
     f = click.option("--reference-weights", default=None, type=click.Path(), help="Weights file for the reference.")(f)
     f = click.option("--reference-cfg", default=None, type=click.Path(), help="Darknet .cfg (with --reference darknet).")(f)
     return f
-
-
-def apply_reference_options(cfg, reference_name, reference_weights, reference_cfg):
-    r = cfg["reference"]
-    if reference_name:
-        r["name"] = reference_name
-    if reference_weights:
-        r["weights"] = reference_weights
-    if reference_cfg:
-        r["cfg"] = reference_cfg
-
-
-def make_reference(cfg):
-    from .reference import load_reference, reference_key
-    from .train import _device
-
-    r = cfg["reference"]
-    ref = load_reference(r["name"], device=_device(cfg), weights=r["weights"], cfg=r["cfg"], names=r["names"],
-                         input_size=tuple(r["input_size"]) if r["input_size"] else None, batch_size=r["batch_size"])
-    return ref, reference_key(ref)
 
 
 @click.group(cls=Group, context_settings=dict(help_option_names=["-h", "--help"]))
@@ -245,70 +227,11 @@ def train(video, object_name, name, force, seed, start, end, reference_name, ref
                f"{meta['train']['seconds']:.0f} s")
 
 
-def default_name(video, object_name) -> str:
-    return f"{Path(video).stem}-{object_name}"
-
-
 def targets_options(f):
     f = click.option("--target-fpr", type=float, default=None, help="Most false positives allowed (share of negative frames).")(f)
     f = click.option("--target-fnr", type=float, default=None, help="Most false negatives allowed (share of positive frames).")(f)
     f = click.option("--metric", type=click.Choice(["frames", "windows"]), default=None, help="Count errors per frame or per window (NoScope).")(f)
     return f
-
-
-def make_targets(cfg, fpr, fnr, metric):
-    from .optimizer import Targets
-
-    fpr = cfg["query"]["target_fpr"] if fpr is None else fpr
-    fnr = cfg["query"]["target_fnr"] if fnr is None else fnr
-    for what, v in (("FPR", fpr), ("FNR", fnr)):
-        if not 0 < v < 1:
-            raise UsageError(f"target {what} must be between 0 and 1 (exclusive), got {v}")
-    return Targets(fpr=fpr, fnr=fnr, metric=metric or cfg["optimizer"]["metric"], window=int(cfg["optimizer"]["window"]))
-
-
-def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None):
-    """Load the bundle; with --object and no bundle, train one on this video first."""
-    from .bundle import bundle_path
-    from .cascade import load_bundle
-    from .train import train as run_train
-
-    if model is None and object_name is None:
-        raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one on this video first)")
-    root = bundle_path(model or default_name(video, object_name))
-    if not (root / "bundle.yaml").is_file() and object_name and video:
-        if not quiet:
-            click.echo(f"no bundle at {root}; training one on {video} for {object_name}", err=True)
-        say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
-        run_train(video, object_name, root, cfg, start, end, quiet=quiet, say=say)
-    tb = load_bundle(root)
-    if object_name and object_name != tb.object:
-        raise NoscopeError(f"bundle {root} was trained for {tb.object!r}, not {object_name!r}")
-    return tb
-
-
-def check_reference_matches(tb, ref_key):
-    if tb.meta["reference"]["key"] != ref_key:
-        raise NoscopeError(f"bundle {tb.root} was trained with reference {tb.meta['reference']['key']}, "
-                           f"but this run uses {ref_key}; retrain or pass the same --reference")
-
-
-def bundle_reference_cfg(cfg, tb, reference_name):
-    """Use the reference the bundle was trained with unless the user names one."""
-    if not reference_name:
-        r = tb.meta["reference"]
-        cfg["reference"].update(name=r["name"] if r["name"] in _known_refs() else cfg["reference"]["name"])
-        for k in ("weights", "cfg", "names"):
-            if r.get(k) and not cfg["reference"].get(k):
-                cfg["reference"][k] = r[k]
-        if r.get("input_size"):
-            cfg["reference"]["input_size"] = r["input_size"]
-
-
-def _known_refs():
-    from .reference import REFERENCES
-
-    return REFERENCES
 
 
 @cli.command()
@@ -325,47 +248,21 @@ def _known_refs():
 def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, target_fnr, metric, start, end,
           reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Answer, for every frame of VIDEO, whether the object is there, within the error targets."""
-    from .cascade import choose_plan, run_cascade, usable_models
-    from .optimizer import plan_summary
-    from .report import json_safe, write_result
-    from .video import open_video, stop_is_truncation
+    from .query import query_video
+    from .report import json_safe
 
     cfg = setup(config_file, sets, quiet, verbose)
     targets = make_targets(cfg, target_fpr, target_fnr, metric)
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
-    tb = resolve_model(cfg, video, model, object_name, quiet or as_json)
-    video = video or tb.meta["video"]["path"]
-    v = open_video(video)
-    s, e = v.segment(start, end)
-    bundle_reference_cfg(cfg, tb, reference_name)
-    ref, key = make_reference(cfg)
-    check_reference_matches(tb, key)
-    plan = choose_plan(tb, targets, cfg["optimizer"])
-    if not (quiet or as_json):
-        offered = len(usable_models(tb, cfg["optimizer"]["min_auc"]))
-        click.echo(f"cascade: {plan_summary(plan)} ({offered} of {len(tb.meta['candidates'])} specialized models "
-                   f"passed the held-out AUC >= {cfg['optimizer']['min_auc']} guard)", err=True)
-    result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"], quiet=quiet or as_json)
-    out = Path(out_dir) if out_dir else Path("noscope-out") / default_name(video, tb.object)
-    n = len(result.frames)
-    summary = dict(
-        video=str(v.path), object=tb.object, model=str(tb.root), segment=[s, e], frames=n,
-        positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
-        frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
-        reference_calls=len(result.reference_scores), fractions=result.fractions(),
-        stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
-        cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
-        min_score=tb.meta["labels"]["min_score"], reference=key,
-    )
-    if stop_is_truncation(v) or (result.stopped_at is not None and e - result.stopped_at > 0.05 * (e - s) + 3):
-        summary["stopped_at"] = int(result.stopped_at)
-        click.echo(f"warning: the video stops decoding at frame {result.stopped_at}; answered the frames before it", err=True)
-    summary = write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=not no_plot)
+    say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
+    summary = query_video(video, cfg, targets, model=model, object_name=object_name, out=out_dir, start=start, end=end,
+                          reference_name=reference_name, plot=not no_plot, quiet=quiet or as_json, say=say)
     if as_json:
         click.echo(json.dumps(json_safe(summary)))
     else:
-        click.echo(f"{v.path.name}: {tb.object} in {summary['positives']} of {n} frames ({summary['intervals']} intervals), "
-                   f"{summary['frames_per_s']} frames/s, {summary['reference_calls']} reference calls -> {out}")
+        click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
+                   f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
+                   f"{summary['reference_calls']} reference calls -> {summary['out']}")
 
 
 @cli.command()
