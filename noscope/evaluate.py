@@ -32,7 +32,8 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
 
     plan = choose_plan(tb, targets, cfg["optimizer"])
     result = run_cascade(video, tb, plan, reference, ref_key, s, e, batch_size=cfg["query"]["batch_size"],
-                         use_label_cache=False, quiet=quiet)
+                         use_label_cache=False, frame_cache=False,
+                         prefetch=cfg["decode"]["prefetch"], quiet=quiet)
 
     common = np.intersect1d(labels.frames, result.frames)
     truth_all = object_truth(labels.score_of(cls), lab["min_score"], lab["smooth"])

@@ -114,7 +114,8 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     offered = len(usable_models(tb, cfg["optimizer"]["min_auc"]))
     say(f"cascade: {plan_summary(plan)} ({offered} of {len(tb.meta['candidates'])} specialized models "
         f"passed the held-out AUC >= {cfg['optimizer']['min_auc']} guard)")
-    result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"], quiet=quiet)
+    result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
+                         frame_cache=cfg["decode"]["frame_cache"], prefetch=cfg["decode"]["prefetch"], quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(video, tb.object)
     n = len(result.frames)
     summary = dict(

@@ -22,6 +22,7 @@ import logging
 import shutil
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from . import bundle as B
 from . import difference, specialized
 from .errors import NoscopeError
+from .framecache import cached_batches
 from .labels import label_frames
 from .metrics import smooth
 from .progress import progress_bar
@@ -199,7 +201,7 @@ def train(
     archs = resolve_grid(tcfg["grid"])
     sizes = sorted({a.size for a in archs} | {tcfg["diff_size"]})
     say(f"decoding {len(frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
-    small = _decode_small(video, frames, sizes, quiet)
+    small = _decode_small(video, frames, sizes, quiet, frame_cache=cfg["decode"]["frame_cache"])
 
     if force and work.exists():
         shutil.rmtree(work)
@@ -294,11 +296,14 @@ def train(
     return meta
 
 
-def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool) -> dict[int, np.ndarray]:
+def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool, frame_cache: bool = True) -> dict[int, np.ndarray]:
+    """The sampled frames at every small size; through the frame cache, so the query that
+    follows training does not decode these frames again."""
     out = {z: np.zeros((len(frames), z, z, 3), np.uint8) for z in sizes}
     pos = {f: i for i, f in enumerate(frames.tolist())}
+    decode = partial(cached_batches, video) if frame_cache else video.batches
     with progress_bar(total=len(frames), desc="decode", quiet=quiet) as bar:
-        for b in video.batches({z: (z, z) for z in sizes}, frames=frames, batch_size=256):
+        for b in decode({z: (z, z) for z in sizes}, frames=frames, batch_size=256):
             idx = [pos[f] for f in b.indices.tolist()]
             for z in sizes:
                 out[z][idx] = b.frames[z]

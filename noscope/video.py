@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -140,11 +142,14 @@ class Video:
         stride: int = 1,
         batch_size: int = 64,
         frames: np.ndarray | None = None,
+        prefetch: int = 2,
     ) -> Iterator[Batch]:
         """Yield batches of resized RGB frames.
 
         Either every `stride`-th frame of [start, end), or exactly the sorted frame numbers in
-        `frames`. Sets `self.stopped_at` if the file ends early.
+        `frames`. Sets `self.stopped_at` if the file ends early. With `prefetch` > 0 a thread
+        decodes up to that many batches ahead, so decoding overlaps with whatever the caller
+        does with a batch (OpenCV, FFmpeg and torch all release the GIL while they work).
         """
         end = self.frame_count if end is None else end
         if frames is None:
@@ -155,10 +160,14 @@ class Video:
         if len(wanted) == 0:
             return
         cap = self._capture()
-        try:
-            yield from self._decode(cap, wanted, sizes, batch_size)
-        finally:
-            cap.release()
+
+        def decode():
+            try:
+                yield from self._decode(cap, wanted, sizes, batch_size)
+            finally:
+                cap.release()
+
+        yield from (prefetched(decode(), prefetch) if prefetch > 0 else decode())
 
     def _decode(self, cap, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int) -> Iterator[Batch]:
         pos = 0  # index of the next frame `grab` will return
@@ -196,6 +205,59 @@ class Video:
                 buf_idx, buf_t, buf = [], [], {k: [] for k in sizes}
         if buf_idx:
             yield _make_batch(buf_idx, buf_t, buf)
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """Run the iterator `items` in a thread, at most `depth` items ahead of the consumer.
+
+    The producer's exceptions are raised in the consumer, at the point where the item would
+    have come. When the consumer stops early (break, error, Ctrl-C), the producer is told to
+    stop, the queue is drained so it is not left blocked, and it is joined, so the source
+    (an open capture) is closed before this returns. Memory stays bounded: `depth` items.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as e:  # re-raised in the consumer
+            q.put((done, e))
+            return
+        finally:
+            if stop.is_set():
+                close = getattr(items, "close", None)
+                if close:
+                    close()
+        q.put((done, None))
+
+    t = threading.Thread(target=produce, name="noscope-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        t.join()
 
 
 def _make_batch(idx, times, buf) -> Batch:

@@ -1,0 +1,197 @@
+"""Decode once, query many: the small frames a run decoded, kept on disk for the next run.
+
+    for batch in cached_batches(video, {"model": (50, 50)}, start, end, stride=2, batch_size=256):
+        batch.frames["model"]          # the same arrays video.batches() would decode
+
+The cheap stages work on tiny frames (50x50: 7.5 KB each, 27 MB per hour of 1 fps... 810 MB
+per hour at 30 fps), so keeping them is cheap next to decoding the video again: a second query
+of the same video (another object, other targets, another bundle) reads them back at page-cache
+speed instead of decoding. Training fills the cache for the frames it samples, so a query right
+after training decodes only what training did not.
+
+Layout, per video content hash and decoder: ~/.cache/noscope/frames/<hash>-<decoder>/
+  <W>x<H>.u8      raw uint8 RGB frames, frame i at byte i*W*H*3 (a sparse file)
+  <W>x<H>.have    bitmap (npy) of the frames the .u8 file holds, replaced atomically after the
+                  frame bytes are written, so a kill never marks a frame it did not write
+  end.json        the frame where decoding stopped, once a pass reached the end of the file
+
+Frames are read and written with plain file I/O, not a memory map, so a query's resident memory
+stays flat however long the video is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+from filelock import FileLock
+
+from .atomic import atomic_write_bytes
+from .paths import cache_dir
+from .video import Batch, Size, Video
+
+log = logging.getLogger(__name__)
+
+# Frames decoded by another decoder build may differ by a grey level; never mix them.
+DECODER = f"cv2-{cv2.__version__}"
+_SAVE_EVERY = 8  # batches between bitmap saves: a kill loses at most this much decoding
+
+
+def cache_root(video: Video) -> Path:
+    return cache_dir() / "frames" / f"{video.hash}-{DECODER}"
+
+
+class _Store:
+    """One frame size of one video: the raw frame file and its bitmap."""
+
+    def __init__(self, root: Path, size: Size, frame_count: int):
+        self.w, self.h = size
+        self.frame_bytes = self.w * self.h * 3
+        self.path = root / f"{self.w}x{self.h}.u8"
+        self.have_path = root / f"{self.w}x{self.h}.have"
+        self.lock = FileLock(str(root / f"{self.w}x{self.h}.lock"))
+        self.have = self._load_have(frame_count)
+
+    def _load_have(self, n: int) -> np.ndarray:
+        have = np.zeros(n, bool)
+        try:
+            old = np.load(self.have_path, allow_pickle=False)
+            if old.dtype == bool and old.ndim == 1 and self.path.is_file():
+                k = min(len(old), n, self.path.stat().st_size // self.frame_bytes)
+                have[:k] = old[:k]
+        except (OSError, ValueError):
+            pass  # no or unreadable bitmap: nothing cached yet
+        return have
+
+    def holds(self, frames: np.ndarray) -> bool:
+        return bool(len(frames) == 0 or (frames[-1] < len(self.have) and self.have[frames].all()))
+
+    def read(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (len(frames), h, w, 3) for sorted frame numbers the store holds."""
+        out = np.empty((len(frames), self.h, self.w, 3), np.uint8)
+        with open(self.path, "rb") as f:
+            a, b = int(frames[0]), int(frames[-1]) + 1
+            step = (b - a) / len(frames)
+            if step <= 4:  # dense enough: one sequential read of the range, then pick
+                f.seek(a * self.frame_bytes)
+                block = np.frombuffer(f.read((b - a) * self.frame_bytes), np.uint8).reshape(b - a, self.h, self.w, 3)
+                out[:] = block[frames - a]
+            else:
+                for i, fr in enumerate(frames.tolist()):
+                    f.seek(fr * self.frame_bytes)
+                    out[i] = np.frombuffer(f.read(self.frame_bytes), np.uint8).reshape(self.h, self.w, 3)
+        return out
+
+    def write(self, f: io.BufferedRandom, frames: np.ndarray, data: np.ndarray) -> None:
+        for fr, x in zip(frames.tolist(), data):
+            if fr >= len(self.have):
+                self.have = np.concatenate([self.have, np.zeros(fr + 1 - len(self.have), bool)])
+            f.seek(fr * self.frame_bytes)
+            f.write(np.ascontiguousarray(x).tobytes())
+        self.have[frames] = True
+
+    def save_have(self, f: io.BufferedRandom) -> None:
+        f.flush()
+        os.fsync(f.fileno())  # frame bytes first, then the bitmap that vouches for them
+        with self.lock:  # merge with what another process saved meanwhile
+            merged = self.have.copy()
+            other = self._load_have(len(merged))
+            merged[: len(other)] |= other
+            buf = io.BytesIO()
+            np.save(buf, merged, allow_pickle=False)
+            atomic_write_bytes(self.have_path, buf.getvalue())
+
+
+def _read_end(root: Path) -> int | None:
+    try:
+        return int(json.loads((root / "end.json").read_text())["stopped_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cached_batches(
+    video: Video,
+    sizes: dict[str, Size],
+    start: int = 0,
+    end: int | None = None,
+    stride: int = 1,
+    batch_size: int = 64,
+    frames: np.ndarray | None = None,
+    prefetch: int = 2,
+) -> Iterator[Batch]:
+    """Like `video.batches`, reading from the frame cache when it holds every wanted frame,
+    else decoding (and filling the cache as it goes). Sets `video.stopped_at` the same way."""
+    end = video.frame_count if end is None else end
+    wanted = np.arange(start, end, max(1, stride), dtype=np.int64) if frames is None else np.unique(np.asarray(frames, np.int64))
+    root = cache_root(video)
+    uniq = sorted(set(sizes.values()))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        stores = {z: _Store(root, z, video.frame_count) for z in uniq}
+    except OSError as e:  # a read-only or full cache only costs speed
+        log.warning("frame cache unavailable (%s); decoding", e)
+        yield from video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch)
+        return
+    stop = _read_end(root)
+    readable = wanted if stop is None else wanted[wanted < stop]
+    if all(s.holds(readable) for s in stores.values()):
+        video.stopped_at = stop if stop is not None and len(readable) < len(wanted) else None
+        for i in range(0, len(readable), batch_size):
+            idx = readable[i : i + batch_size]
+            arrays = {z: s.read(idx) for z, s in stores.items()}
+            yield Batch(idx, idx / video.fps, {name: arrays[z] for name, z in sizes.items()})
+        return
+    yield from _decode_and_fill(video, sizes, wanted, batch_size, prefetch, root, stores)
+
+
+def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, root: Path, stores: dict) -> Iterator[Batch]:
+    """Decode the wanted frames, writing each distinct size into the cache as it passes.
+
+    The cache only ever costs speed: when it cannot be written (full disk, permissions) the
+    run says so once and goes on decoding without it.
+    """
+    name_of = {z: name for name, z in reversed(list(sizes.items()))}  # one name per distinct size
+    files: dict = {}
+    finished = False
+
+    def give_up(e: OSError) -> None:
+        log.warning("frame cache not written (%s); the next run decodes again", e)
+        for f in files.values():
+            f.close()
+        files.clear()
+
+    try:
+        for z, s in stores.items():
+            files[z] = open(s.path, "r+b" if s.path.exists() else "w+b")
+    except OSError as e:
+        give_up(e)
+    try:
+        for k, b in enumerate(video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch)):
+            if files:
+                try:
+                    for z, name in name_of.items():
+                        stores[z].write(files[z], b.indices, b.frames[name])
+                    if (k + 1) % _SAVE_EVERY == 0:
+                        for z, s in stores.items():
+                            s.save_have(files[z])
+                except OSError as e:
+                    give_up(e)
+            yield b
+        finished = True
+    finally:
+        if files:
+            try:
+                for z, s in stores.items():
+                    s.save_have(files[z])
+                if finished and video.stopped_at is not None and wanted[-1] >= video.stopped_at:
+                    atomic_write_bytes(root / "end.json", json.dumps(dict(stopped_at=int(video.stopped_at))).encode())
+            except OSError as e:
+                give_up(e)
+            for f in files.values():
+                f.close()
