@@ -102,6 +102,12 @@ def write_clip(video, clip: ClipRange, path: Path, table=None, object_name: str 
         vw.release()
         if n == 0:
             raise NoscopeError(f"no frame of {video.path} decodes in [{clip.start_frame}, {clip.end_frame}); no clip written")
+        # OpenCV's writer fails silently (full disk, missing codec): read the header back
+        check = cv2.VideoCapture(str(tmp))
+        got = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if check.isOpened() else 0
+        check.release()
+        if got != n:
+            raise NoscopeError(f"writing {path} failed: the file holds {got} of {n} frames (disk full?)")
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)

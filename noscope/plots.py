@@ -38,10 +38,10 @@ def _png(fig, plt) -> bytes:
     return buf.getvalue()
 
 
-def _clock(seconds: float, _pos=None) -> str:
+def _clock(seconds: float, hours: bool) -> str:
     s = int(round(seconds))
     h, m = divmod(s // 60, 60)
-    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+    return f"{h}:{m:02d}:{s % 60:02d}" if hours else f"{m}:{s % 60:02d}"
 
 
 def _bin_shares(frames: np.ndarray, fps: float, masks: dict[str, np.ndarray]):
@@ -71,7 +71,7 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
     """Reference score where known, the cascade's answer, and which stage decided, over time."""
     plt = _pyplot()
     from matplotlib.colors import to_rgba
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
 
     fig, axes = plt.subplots(3, 1, figsize=(12, 5), sharex=True, gridspec_kw=dict(height_ratios=[2, 1, 1.4]))
     times = np.asarray(table.time_s, float)
@@ -119,9 +119,13 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
     ax.invert_yaxis()
     ax.set_ylabel("decided by")
     ax.set_xlim(left[0], left[-1] + width)
-    if left[-1] + width - left[0] > 120:
-        ax.xaxis.set_major_formatter(FuncFormatter(_clock))
-        ax.set_xlabel("time (h:mm:ss or m:ss)")
+    span = left[-1] + width - left[0]
+    if span > 120:  # clock time, ticks on whole minutes
+        step = next((m * 60 for m in (1, 2, 5, 10, 15, 30, 60, 120, 240, 480) if span / (m * 60) <= 10), 960 * 60)
+        ax.xaxis.set_major_locator(MultipleLocator(step))
+        hours = left[-1] + width >= 3600
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _clock(x, hours)))
+        ax.set_xlabel("time (h:mm:ss)" if hours else "time (m:ss)")
     else:
         ax.set_xlabel("time (s)")
     fig.tight_layout()

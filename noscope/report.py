@@ -30,7 +30,8 @@ class FrameTable:
     time_s: np.ndarray  # float64 (N,)
     label: np.ndarray  # bool (N,)
     decided_by: np.ndarray  # str (N,)
-    reference_score: np.ndarray | None  # float64 (N,), NaN where the reference did not run; None: not saved
+    # float64 (N,) holding the reference's float32 scores, NaN where it did not run; None: not saved
+    reference_score: np.ndarray | None
 
     def decided_counts(self) -> dict[str, int]:
         return {s: int((self.decided_by == s).sum()) for s in STAGES}
@@ -90,9 +91,9 @@ def read_frames_csv(path: Path) -> FrameTable:
             if has_ref:
                 sc.append(float(row[4]) if row[4] else np.nan)
     except (ValueError, IndexError) as e:
-        raise NoscopeError(f"{path} line {len(fr) + 2} is malformed ({e or 'too few fields'})") from None
+        raise NoscopeError(f"{path} line {rows.line_num} is malformed ({e or 'too few fields'})") from None
     return FrameTable(np.asarray(fr, np.int64), np.asarray(ts, float), np.asarray(lb, bool),
-                      np.asarray(dec, dtype="<U9"), np.asarray(sc, float) if has_ref else None)
+                      np.asarray(dec, dtype="<U9"), np.asarray(sc, np.float32).astype(float) if has_ref else None)
 
 
 def read_summary(out: Path) -> dict:
