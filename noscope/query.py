@@ -118,7 +118,8 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     out = Path(out) if out else Path("noscope-out") / default_name(video, tb.object)
     n = len(result.frames)
     summary = dict(
-        video=str(v.path), video_hash=v.hash, fps=v.fps, object=tb.object, model=str(tb.root), segment=[s, e], frames=n,
+        video=str(v.path), video_abspath=str(v.path.resolve()), video_hash=v.hash, fps=v.fps,
+        object=tb.object, model=str(tb.root), segment=[s, e], frames=n,
         positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
         frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
         reference_calls=len(result.reference_scores), fractions=result.fractions(),

@@ -191,6 +191,8 @@ def _source_video(summary: dict, override=None):
     from .video import open_video
 
     path = Path(override or summary["video"])
+    if not override and not path.exists() and summary.get("video_abspath"):
+        path = Path(summary["video_abspath"])  # the query ran in another working directory
     if not path.exists():
         raise NoscopeError(f"the source video of this result is gone: {path}; pass --video PATH if it moved")
     v = open_video(path)

@@ -183,6 +183,11 @@ def test_report_bad_input(result, tmp_path):
     out = result["out"]
     one_error_line(run("report", out / "summary.json"), "is not a folder")
     one_error_line(run("report", out, "--clips", out / "summary.json"), "is a file, not a folder")
+    # a relative path from another working directory: found through the absolute one
+    s = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps(dict(s, video="elsewhere/square.avi", video_abspath=str(result["video"]))))
+    assert run("report", out, "--clips", tmp_path / "c0").exit_code == 0
+    (out / "summary.json").write_text(json.dumps(s))
     result["video"].rename(tmp_path / "moved.avi")
     one_error_line(run("report", out, "--clips", tmp_path / "c"), "source video of this result is gone", "square.avi")
     assert not (tmp_path / "c").exists()
