@@ -5,6 +5,7 @@
     noscope train VIDEO --object person --end 60% --name store
     noscope query VIDEO --model store --target-fpr 0.01 --target-fnr 0.01 --out out/
     noscope evaluate VIDEO --model store --start 60% --json
+    noscope report out/ --clips out/clips           # timeline, cost chart, clips of the intervals
     noscope config --set train.epochs=5               # print the effective configuration
 
 Exit codes: 0 success, 1 an error in the input or the run (one line on stderr), 2 usage errors,
@@ -263,6 +264,35 @@ def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, targ
         click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
                    f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
                    f"{summary['reference_calls']} reference calls -> {summary['out']}")
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path())
+@click.option("--clips", "clips_dir", default=None, type=click.Path(), help="Also write one mp4 per interval into this folder.")
+@click.option("--pad", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of video before and after each interval.")
+@click.option("--max-clips", default=50, show_default=True, type=click.IntRange(min=1), help="Most clips written (the earliest).")
+@click.option("--max-clip-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Longer clips are cut to this length.")
+@click.option("--video", "video_path", default=None, type=click.Path(), help="The query's video, if it moved since.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_json, verbose):
+    """Draw timeline.png and costs.png for the result in OUT_DIR; with --clips, cut clips of the intervals."""
+    from .report import make_report
+
+    setup(None, (), True, verbose)
+    rep = make_report(Path(out_dir), Path(clips_dir) if clips_dir else None, pad, max_clips, max_clip_seconds, video_path)
+    if as_json:
+        click.echo(json.dumps(rep))
+        return
+    click.echo(f"wrote {rep['timeline']}")
+    click.echo(f"wrote {rep['costs']}")
+    for c in rep.get("clips", []):
+        click.echo(f"wrote {c['path']} ({c['frames']} frames, {c['intervals']} interval{'s' * (c['intervals'] != 1)}"
+                   + (", cut at the length cap" if c["truncated"] else "") + ")")
+    if rep.get("clips_omitted"):
+        click.echo(f"left out {rep['clips_omitted']} later clips (--max-clips {max_clips})")
+    elif "clips" in rep and not rep["clips"]:
+        click.echo("no intervals: no clips written")
 
 
 @cli.command()

@@ -97,7 +97,7 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     `say` takes progress lines for a person (stderr at the command line); warnings go to the
     "noscope" logger. Raises NoscopeError for bad input, like every pipeline step.
     """
-    from .cascade import choose_plan, run_cascade, usable_models
+    from .cascade import STAGES, choose_plan, run_cascade, usable_models
     from .optimizer import plan_summary
     from .report import write_result
     from .video import open_video, stop_is_truncation
@@ -119,10 +119,12 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     out = Path(out) if out else Path("noscope-out") / default_name(video, tb.object)
     n = len(result.frames)
     summary = dict(
-        video=str(v.path), object=tb.object, model=str(tb.root), segment=[s, e], frames=n,
+        video=str(v.path), video_abspath=str(v.path.resolve()), video_hash=v.hash, fps=v.fps,
+        object=tb.object, model=str(tb.root), segment=[s, e], frames=n,
         positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
         frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
         reference_calls=len(result.reference_scores), fractions=result.fractions(),
+        decided_frames={st: int((result.decided_by == st).sum()) for st in STAGES},
         stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
         cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
         min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out),

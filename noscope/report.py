@@ -1,4 +1,5 @@
-"""Write a query's answers: frames.csv, intervals.json, summary.json and timeline.png.
+"""A query's result folder: write frames.csv, intervals.json, summary.json and timeline.png;
+read them back for `noscope report`.
 
 Every file is written to a temporary name and renamed into place, and summary.json goes last,
 so a folder with a summary.json is a finished result.
@@ -6,13 +7,34 @@ so a folder with a summary.json is a finished result.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import atomic_write_bytes
+from .errors import NoscopeError
+
+STAGES = ("skip", "diff", "model", "reference")
+_COLUMNS = ["frame", "time_s", "label", "decided_by"]
+
+
+@dataclass
+class FrameTable:
+    """One row per answered frame, as in frames.csv."""
+
+    frame: np.ndarray  # int64 (N,)
+    time_s: np.ndarray  # float64 (N,)
+    label: np.ndarray  # bool (N,)
+    decided_by: np.ndarray  # str (N,)
+    # float64 (N,) holding the reference's float32 scores, NaN where it did not run; None: not saved
+    reference_score: np.ndarray | None
+
+    def decided_counts(self) -> dict[str, int]:
+        return {s: int((self.decided_by == s).sum()) for s in STAGES}
 
 
 def intervals(frames: np.ndarray, labels: np.ndarray, fps: float) -> list[dict]:
@@ -28,12 +50,90 @@ def intervals(frames: np.ndarray, labels: np.ndarray, fps: float) -> list[dict]:
     return out
 
 
-def frames_csv(frames, times, labels, decided_by) -> bytes:
+def _score_text(s: float) -> str:
+    # the shortest text that reads back as the same float32: exact, and the same on every run
+    return np.format_float_positional(np.float32(s), unique=True, trim="-")
+
+
+def frames_csv(frames, times, labels, decided_by, reference_scores: dict[int, float] | None = None) -> bytes:
+    """frames.csv; reference_score is empty where the reference did not run on the frame."""
+    ref = reference_scores or {}
     buf = io.StringIO()
-    buf.write("frame,time_s,label,decided_by\n")
+    buf.write(",".join(_COLUMNS + ["reference_score"]) + "\n")
     for f, t, l, d in zip(frames.tolist(), times.tolist(), labels.tolist(), decided_by.tolist()):
-        buf.write(f"{f},{t:.3f},{int(l)},{d}\n")
+        s = ref.get(f)
+        buf.write(f"{f},{t:.3f},{int(l)},{d},{'' if s is None else _score_text(s)}\n")
     return buf.getvalue().encode()
+
+
+def read_frames_csv(path: Path) -> FrameTable:
+    """frames.csv as written by any version: without a reference_score column the scores are None."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise NoscopeError(f"{path.parent} has no frames.csv; run `noscope query ... --out {path.parent}` again") from None
+    except UnicodeDecodeError:
+        raise NoscopeError(f"{path} is not a noscope frames.csv (not text)") from None
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    if header is None or header[:4] != _COLUMNS:
+        raise NoscopeError(f"{path} is not a noscope frames.csv (its header should start with {','.join(_COLUMNS)})")
+    has_ref = len(header) > 4 and header[4] == "reference_score"
+    fr, ts, lb, dec, sc = [], [], [], [], []
+    try:
+        for row in rows:
+            fr.append(int(row[0]))
+            ts.append(float(row[1]))
+            lb.append(row[2] == "1")
+            if row[3] not in STAGES:
+                raise ValueError(f"unknown stage {row[3]!r}")
+            dec.append(row[3])
+            if has_ref:
+                sc.append(float(row[4]) if row[4] else np.nan)
+    except (ValueError, IndexError) as e:
+        raise NoscopeError(f"{path} line {rows.line_num} is malformed ({e or 'too few fields'})") from None
+    return FrameTable(np.asarray(fr, np.int64), np.asarray(ts, float), np.asarray(lb, bool),
+                      np.asarray(dec, dtype="<U9"), np.asarray(sc, np.float32).astype(float) if has_ref else None)
+
+
+def read_summary(out: Path) -> dict:
+    """summary.json of a finished result, or one clear error saying why there is none."""
+    out = Path(out)
+    if not out.exists():
+        raise NoscopeError(f"no result folder at {out}")
+    if not out.is_dir():
+        raise NoscopeError(f"{out} is not a folder; give the --out folder of a `noscope query` run")
+    path = out / "summary.json"
+    if not path.is_file():
+        raise NoscopeError(f"{out} has no finished result (no summary.json); run `noscope query ... --out {out}` first")
+    try:
+        summary = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise NoscopeError(f"{path} is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("video"), str):
+        raise NoscopeError(f"{path} is not a noscope query summary (no video path in it)")
+    return summary
+
+
+def read_intervals(out: Path) -> list[dict]:
+    path = Path(out) / "intervals.json"
+    try:
+        iv = json.loads(path.read_text())
+        return [dict(start_frame=int(i["start_frame"]), end_frame=int(i["end_frame"])) for i in iv]
+    except FileNotFoundError:
+        raise NoscopeError(f"{out} has no intervals.json; run `noscope query ... --out {out}` again") from None
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError) as e:
+        raise NoscopeError(f"{path} is malformed ({type(e).__name__})") from None
+
+
+def table_fps(summary: dict, table: FrameTable) -> float:
+    """The video's frame rate: saved in the summary since `noscope report`; older results: from the rows."""
+    fps = summary.get("fps")
+    if isinstance(fps, (int, float)) and fps > 0:
+        return float(fps)
+    if len(table.frame) > 1 and table.time_s[-1] > table.time_s[0]:
+        return float((table.frame[-1] - table.frame[0]) / (table.time_s[-1] - table.time_s[0]))
+    return 25.0
 
 
 def json_safe(obj):
@@ -51,52 +151,88 @@ def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
-def timeline_png(path: Path, times, labels, decided_by, ref_times=None, ref_scores=None, min_score=None, title="") -> None:
-    """Timeline: reference score where known, the cascade's answer, and which stage decided."""
-    import matplotlib
+def timeline_title(summary: dict) -> str:
+    return f"{Path(summary.get('video', '')).name}: {summary.get('object', '')}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    stages = ["skip", "diff", "model", "reference"]
-    colours = {"skip": "#cccccc", "diff": "#8fb9e3", "model": "#f2b134", "reference": "#d9534f"}
-    fig, axes = plt.subplots(3, 1, figsize=(12, 5), sharex=True, gridspec_kw=dict(height_ratios=[2, 1, 1]))
-    ax = axes[0]
-    if ref_times is not None and len(ref_times):
-        ax.plot(ref_times, ref_scores, ".", ms=2, color="#555555", label="reference score")
-        if min_score is not None:
-            ax.axhline(min_score, color="#d9534f", lw=0.8, ls="--", label=f"min score {min_score}")
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_ylabel("reference")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
-    axes[1].fill_between(times, 0, labels.astype(float), step="post", color="#2e7d32")
-    axes[1].set_ylabel("answer")
-    axes[1].set_yticks([0, 1], ["no", "yes"])
-    ax = axes[2]
-    for k, s in enumerate(stages):
-        m = decided_by == s
-        ax.scatter(np.asarray(times)[m], np.full(m.sum(), k), s=2, color=colours[s], marker="|")
-    ax.set_yticks(range(len(stages)), stages)
-    ax.set_ylabel("decided by")
-    ax.set_xlabel("time (s)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+def draw_timeline(path: Path, table: FrameTable, summary: dict) -> None:
+    from .plots import timeline_png
+
+    atomic_write_bytes(path, timeline_png(table, table_fps(summary, table), summary.get("min_score"), timeline_title(summary)))
+
+
+def draw_costs(path: Path, table: FrameTable, summary: dict) -> None:
+    from .plots import costs_png
+
+    decided = summary.get("decided_frames") or table.decided_counts()
+    title = (f"{timeline_title(summary)}: {summary.get('frames', len(table.frame))} frames, "
+             f"{summary.get('frames_per_s')} frames/s, {summary.get('reference_calls')} reference calls")
+    atomic_write_bytes(path, costs_png(summary, decided, title))
 
 
 def write_result(out: Path, result, video, summary: dict, min_score: float, plot: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "frames.csv", frames_csv(result.frames, result.times, result.labels, result.decided_by))
+    atomic_write_bytes(out / "frames.csv", frames_csv(result.frames, result.times, result.labels, result.decided_by,
+                                                      result.reference_scores))
     iv = intervals(result.frames, result.labels, video.fps)
     write_json(out / "intervals.json", iv)
-    if plot:
-        rf = np.array(sorted(result.reference_scores), dtype=np.int64)
-        timeline_png(out / "timeline.png", result.times, result.labels, result.decided_by,
-                     rf / video.fps, np.array([result.reference_scores[f] for f in rf.tolist()]), min_score,
-                     title=f"{video.path.name}: {summary.get('object', '')}")
     summary = dict(summary, intervals=len(iv))
+    if plot:
+        ref = result.reference_scores
+        table = FrameTable(result.frames, result.times, result.labels, result.decided_by,
+                           np.array([ref.get(f, np.nan) for f in result.frames.tolist()], float))
+        draw_timeline(out / "timeline.png", table, dict(summary, fps=video.fps, min_score=min_score))
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _source_video(summary: dict, override=None):
+    """The result's video for cutting clips, checked to be the one that was answered."""
+    from .video import open_video
+
+    path = Path(override or summary["video"])
+    if not override and not path.exists() and summary.get("video_abspath"):
+        path = Path(summary["video_abspath"])  # the query ran in another working directory
+    if not path.exists():
+        raise NoscopeError(f"the source video of this result is gone: {path}; pass --video PATH if it moved")
+    v = open_video(path)
+    if summary.get("video_hash") and v.hash != summary["video_hash"]:
+        raise NoscopeError(f"{path} is not the video this result answered (its contents changed since the query)")
+    return v
+
+
+def make_report(out: Path, clips: Path | None = None, pad_s: float = 1.0, max_clips: int = 50,
+                max_clip_s: float = 60.0, video=None) -> dict:
+    """(Re)draw timeline.png and costs.png in `out`; with `clips`, cut one mp4 per padded interval.
+
+    Works from the folder alone (the video only for clips). Returns what was written.
+    """
+    from .clips import clip_ranges, write_clip
+
+    out = Path(out)
+    summary = read_summary(out)
+    table = read_frames_csv(out / "frames.csv")
+    report: dict = dict(out=str(out))
+    if clips is not None:  # check the inputs before drawing anything
+        clips = Path(clips)
+        if clips.exists() and not clips.is_dir():
+            raise NoscopeError(f"--clips {clips} is a file, not a folder")
+        iv = read_intervals(out)
+        v = _source_video(summary, video)
+    draw_timeline(out / "timeline.png", table, summary)
+    report["timeline"] = str(out / "timeline.png")
+    draw_costs(out / "costs.png", table, summary)
+    report["costs"] = str(out / "costs.png")
+    if clips is not None:
+        ranges, omitted = clip_ranges([(i["start_frame"], i["end_frame"]) for i in iv], v.fps, v.frame_count,
+                                      pad_s, max_clips, max_clip_s)
+        clips.mkdir(parents=True, exist_ok=True)
+        written = []
+        for k, c in enumerate(ranges, 1):
+            path = clips / c.name(k, v.fps)
+            n = write_clip(v, c, path, table, summary.get("object") or "object")
+            written.append(dict(path=str(path), start_s=round(c.start_frame / v.fps, 3), end_s=round(c.end_frame / v.fps, 3),
+                                start_frame=c.start_frame, end_frame=c.end_frame, frames=n, intervals=len(c.intervals),
+                                truncated=c.truncated))
+        report.update(clips=written, clips_omitted=omitted)
+    return report
