@@ -174,7 +174,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
 
     cfg = setup(config_file, sets, quiet, verbose)
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
-    v = open_video(video)
+    v = open_video(video, cfg["decode"]["backend"])
     s, e = v.segment(start, end)
     ref, key = make_reference(cfg)
     cls = ref.class_index(object_name)

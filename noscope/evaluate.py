@@ -21,7 +21,7 @@ from .video import open_video
 
 
 def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=None, quiet=False) -> dict:
-    video = open_video(video_path)
+    video = open_video(video_path, cfg["decode"]["backend"])
     s, e = video.segment(start, end)
     cls = tb.meta["class_index"]
     lab = tb.meta["labels"]

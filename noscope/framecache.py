@@ -28,23 +28,21 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 from filelock import FileLock
 
 from .atomic import atomic_write_bytes
 from .paths import cache_dir
-from .video import Batch, Size, Video
+from .video import Batch, Size, Video, decoder_version
 
 log = logging.getLogger(__name__)
 
-# Frames decoded by another decoder build may differ by a grey level; never mix them.
-DECODER = f"cv2-{cv2.__version__}"
 _SAVE_EVERY = 8  # batches between bitmap saves: a kill loses at most this much decoding
 
 
 def cache_root(video: Video) -> Path:
-    return cache_dir() / "frames" / f"{video.hash}-{DECODER}"
+    # frames from another decoder or build may differ by a grey level: never mix them
+    return cache_dir() / "frames" / f"{video.hash}-{decoder_version(video.backend)}"
 
 
 class _Store:

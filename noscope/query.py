@@ -105,7 +105,7 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     say = say or (lambda *a, **k: None)
     tb = resolve_model(cfg, video, model, object_name, quiet, say=say)
     video = video or tb.meta["video"]["path"]
-    v = open_video(video)
+    v = open_video(video, cfg["decode"]["backend"])
     s, e = v.segment(start, end)
     bundle_reference_cfg(cfg, tb, reference_name)
     ref, key = make_reference(cfg)

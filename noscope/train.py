@@ -150,7 +150,7 @@ def train(
 ) -> dict:
     """Train a bundle for `object_name` on a segment of `video_path`, written to `out`."""
     t_start = time.perf_counter()
-    video = open_video(video_path)
+    video = open_video(video_path, cfg["decode"]["backend"])
     s, e = video.segment(start, end)
     rcfg, tcfg, lcfg = cfg["reference"], cfg["train"], cfg["labels"]
     reference = load_reference(

@@ -6,10 +6,14 @@
     for batch in video.batches({"s50": (50, 50), "det": (416, 416)}, start, end, stride=2):
         batch.indices, batch.times, batch.frames["s50"]  # (B,), (B,), uint8 (B, 50, 50, 3) RGB
 
-Full-size frames are never kept: each decoded frame is resized to every requested size and
-dropped. Frames that are not wanted (stride, sparse samples) are grabbed but not converted,
-which is most of the cost saved. A file that stops decoding early (truncated) yields the
-frames that decode and records where it stopped in `video.stopped_at`.
+Full-size frames are never kept or even made: with PyAV (the default decoder) each wanted
+frame is scaled while it is converted, from the decoder's YUV straight to every requested size
+(swscale, area filter); OpenCV, the fallback, converts the full frame to BGR first and then
+resizes. Measured on 2 cores, one thread, CPU time per frame: 1.15 ms (PyAV) vs 1.47 ms
+(OpenCV) at 640x360, and 2.5 ms vs 5.7 ms at 1280x720, to 50x50 RGB. Frames that are not
+wanted (stride, sparse samples) are decoded but never converted, which is most of the cost
+saved. A file that stops decoding early (truncated) yields the frames that decode and records
+where it stopped in `video.stopped_at`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import queue
 import re
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +37,24 @@ Size = tuple[int, int]  # (width, height)
 
 # Beyond this many unwanted frames in a row, seeking beats grabbing through them.
 _SEEK_GAP = 250
+
+try:  # PyAV is a dependency, but a broken or missing install must not stop decoding
+    import av as _av
+except Exception:  # pragma: no cover - depends on the installation
+    _av = None
+
+
+def decoder_name(backend: str = "auto") -> str:
+    """The decoder `backend` resolves to here: "pyav" or "opencv" (frame caches key on it)."""
+    if backend not in ("auto", "pyav", "opencv"):
+        raise UsageError(f"unknown decode.backend {backend!r}: use auto, pyav or opencv")
+    if backend == "pyav" and _av is None:
+        raise NoscopeError("decode.backend=pyav but PyAV is not installed (pip install av)")
+    return "opencv" if backend == "opencv" or _av is None else "pyav"
+
+
+def decoder_version(backend: str = "auto") -> str:
+    return f"pyav-{_av.__version__}" if decoder_name(backend) == "pyav" else f"cv2-{cv2.__version__}"
 
 
 @dataclass
@@ -94,6 +117,7 @@ class Video:
         self.height = height
         self.frame_count = frame_count  # as the container reports it; may be a few off
         self.stopped_at: int | None = None  # first frame that failed to decode before `end`
+        self.backend = "auto"  # decoder: auto (PyAV where installed) | pyav | opencv
         self._hash: str | None = None
 
     @property
@@ -159,15 +183,73 @@ class Video:
         self.stopped_at = None
         if len(wanted) == 0:
             return
-        cap = self._capture()
+        if decoder_name(self.backend) == "pyav":
+            decode = partial(self._decode_pyav, wanted, sizes, batch_size)
+        else:
+            cap = self._capture()
 
-        def decode():
-            try:
-                yield from self._decode(cap, wanted, sizes, batch_size)
-            finally:
-                cap.release()
+            def decode():
+                try:
+                    yield from self._decode(cap, wanted, sizes, batch_size)
+                finally:
+                    cap.release()
 
         yield from (prefetched(decode(), prefetch) if prefetch > 0 else decode())
+
+    def _decode_pyav(self, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int) -> Iterator[Batch]:
+        """PyAV: frame numbers count decoded frames from the first one, as OpenCV's grab does.
+        After a seek the number comes from the frame's timestamp, relative to frame 0's."""
+        try:
+            container = _av.open(str(self.path))
+        except Exception as e:
+            raise NoscopeError(f"cannot open video {self.path}: {' '.join(str(e).split())}") from None
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame threads: decoding uses the cores it is given
+            buf = _Buffer(sizes, self.fps, batch_size)
+            frames_iter, pos = container.decode(stream), -1  # pos: number of the last frame decoded
+            t0 = None  # timestamp of frame 0, learnt before the first seek
+            for target in wanted.tolist():
+                if target - pos > _SEEK_GAP:
+                    if t0 is None:
+                        t0 = self._first_time()
+                    # to the keyframe at or before a point safely before the target
+                    ts = int((t0 + max(0.0, target - 2) / self.fps) / stream.time_base)
+                    container.seek(ts, stream=stream, backward=True, any_frame=False)
+                    frames_iter, pos = container.decode(stream), None
+                ended = False
+                while pos is None or pos < target:
+                    try:
+                        frame = next(frames_iter)
+                    except (StopIteration, _av.error.FFmpegError):
+                        ended = True
+                        break
+                    if pos is not None:
+                        pos += 1
+                    elif frame.time is None:
+                        raise NoscopeError(f"cannot seek in {self.path}: its frames carry no timestamps")
+                    else:
+                        pos = int(round((frame.time - t0) * self.fps))
+                if ended:  # end of file, or damage: what decoded so far stands
+                    self.stopped_at = target if pos is None else pos + 1
+                    break
+                if pos != target:  # a seek landed past it (no keyframe before it): it cannot be had
+                    continue
+                for name, (w, h) in sizes.items():
+                    buf.frames[name].append(frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA"))
+                buf.add(target)
+                if buf.full():
+                    yield buf.take()
+            if len(buf):
+                yield buf.take()
+        finally:
+            container.close()
+
+    def _first_time(self) -> float:
+        with _av.open(str(self.path)) as c:
+            for frame in c.decode(c.streams.video[0]):
+                return float(frame.time or 0.0)
+        return 0.0
 
     def _decode(self, cap, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int) -> Iterator[Batch]:
         pos = 0  # index of the next frame `grab` will return
@@ -205,6 +287,30 @@ class Video:
                 buf_idx, buf_t, buf = [], [], {k: [] for k in sizes}
         if buf_idx:
             yield _make_batch(buf_idx, buf_t, buf)
+
+
+class _Buffer:
+    """Frames collected for the next batch."""
+
+    def __init__(self, sizes: dict[str, Size], fps: float, batch_size: int):
+        self.sizes, self.fps, self.batch_size = sizes, fps, batch_size
+        self.idx: list[int] = []
+        self.frames: dict[str, list[np.ndarray]] = {k: [] for k in sizes}
+
+    def add(self, index: int) -> None:
+        self.idx.append(index)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def full(self) -> bool:
+        return len(self.idx) >= self.batch_size
+
+    def take(self) -> Batch:
+        b = Batch(np.asarray(self.idx, np.int64), np.asarray(self.idx, np.float64) / self.fps,
+                  {k: np.stack(v) for k, v in self.frames.items()})
+        self.idx, self.frames = [], {k: [] for k in self.sizes}
+        return b
 
 
 def prefetched(items: Iterator, depth: int) -> Iterator:
@@ -268,8 +374,14 @@ def _make_batch(idx, times, buf) -> Batch:
     )
 
 
-def open_video(path: str | Path) -> Video:
-    """Open a video, or raise one clear NoscopeError saying why it can't be read."""
+def open_video(path: str | Path, backend: str = "auto") -> Video:
+    """Open a video, or raise one clear NoscopeError saying why it can't be read.
+
+    `backend` picks the decoder for its frames (decode.backend): auto (PyAV where installed),
+    pyav or opencv. The container's facts (fps, size, frame count) come from OpenCV either way,
+    so both decoders number frames alike.
+    """
+    decoder_name(backend)  # an unknown or missing decoder fails here, before any work
     p = Path(path)
     if not p.exists():
         raise NoscopeError(f"video not found: {p}")
@@ -296,7 +408,9 @@ def open_video(path: str | Path) -> Video:
         fps = 25.0  # some containers omit it; timestamps then assume 25 fps
     if count <= 0:
         count = _count_frames(p)
-    return Video(p, fps, width, height, count)
+    v = Video(p, fps, width, height, count)
+    v.backend = backend
+    return v
 
 
 def _count_frames(path: Path) -> int:

@@ -4,7 +4,7 @@ import pytest
 from noscope.errors import NoscopeError, UsageError
 from noscope.video import content_hash, open_video, parse_position, stop_is_truncation
 
-from .conftest import STOREFRONT
+from .conftest import STOREFRONT, URBAN
 
 
 def test_positions():
@@ -101,3 +101,15 @@ def test_video_with_zero_frames(tmp_path):
     with pytest.raises(NoscopeError) as e:
         open_video(p)
     assert "\n" not in str(e.value)
+
+
+def test_pyav_and_opencv_number_frames_alike():
+    """Both decoders give frame N as frame N (after seeks too); pixels differ by the resampling only."""
+    wanted = np.array([0, 5, 640, 645, 1190 - 2])
+    got = {}
+    for backend in ("pyav", "opencv"):
+        v = open_video(URBAN, backend)
+        got[backend] = np.concatenate([b.frames["s"] for b in v.batches({"s": (64, 36)}, frames=wanted)]).astype(int)
+    d = np.abs(got["pyav"][:, None] - got["opencv"][None]).mean(axis=(2, 3, 4))  # (pyav frame, opencv frame)
+    assert (np.argmin(d, axis=1) == np.arange(len(wanted))).all(), d.round(2)
+    assert (np.diag(d) < 3).all(), d.round(2)
