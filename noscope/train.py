@@ -265,7 +265,7 @@ def train(
         aucs = {o: None if o in lacking else float(specialized.roc_auc(pk, tk))
                 for o, pk, tk in zip(objects, p.reshape(len(p), -1).T, each[ho].T)}
         # Several objects: the worst-learnt trusted output's (the guard is applied per object).
-        auc = min(a for a in aucs.values() if a is not None)
+        auc = float(np.min([a for a in aucs.values() if a is not None]))  # NaN (one class held out) stays NaN
         per = f" ({', '.join(f'{o} ' + ('unused' if a is None else f'{a:.3f}') for o, a in aucs.items())})" if multi else ""
         say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}{per}, {cost * 1e6:.1f} us/frame")
         cand = dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),

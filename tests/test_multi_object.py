@@ -156,3 +156,38 @@ def test_executor_matches_the_simulation_for_every_object(multi):
     assert res["bus"].decided_by.tolist() != res["car"].decided_by.tolist()
     union = stage_fractions(joint_decided([c for _, c in sims.values()]))["reference"]
     assert len(res["bus"].reference_scores) == round(union * len(frames)) == len(res["car"].reference_scores)
+
+
+def test_single_object_bundles_run_as_before(trained):
+    """The generalised executor on a single-object bundle: a Plan gives one result, equal frame
+    for frame to `simulate` and to the same plan run as a one-object JointPlan."""
+    from noscope import difference, specialized
+    from noscope.cascade import STAGES, load_bundle, run_cascade
+    from noscope.joint import JointPlan
+    from noscope.labels import label_frames
+    from noscope.optimizer import HeldOut, Plan, simulate
+    from noscope.reference import load_reference, reference_key
+    from noscope.video import open_video
+
+    with mock.patch.dict(os.environ, NOSCOPE_CACHE=str(trained["cache"])):
+        tb = load_bundle(trained["a"])
+        v = open_video(URBAN)
+        ref = load_reference("yolov3-tiny")
+        key = reference_key(ref)
+        frames = np.arange(450, 500)
+        x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 450, 500)])
+        name = tb.meta["candidates"][0]["name"]
+        model, _, mean = tb.model(name, ref.device)
+        p = specialized.predict_scores(model, x, mean)
+        blocks = np.zeros(len(frames), np.int64)
+        ds = difference.diff_scores(tb.diff("prev-global"), x, blocks, [2])
+        truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.class_index("bus")) >= 0.5
+        plan = Plan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.2), model=name,
+                    c_low=_between(p, 0.3), c_high=_between(p, 0.7), expected_cost=0.0, heldout_fpr=0.0, heldout_fnr=0.0)
+        held = HeldOut(truth, blocks, {name: p}, {"prev-global": {2: ds[2]}}, {"prev-global": "prev"})
+        res = run_cascade(v, tb, plan, ref, key, 450, 500, quiet=True)
+        again = run_cascade(v, tb, JointPlan({"bus": plan}, 0.0, {}), ref, key, 450, 500, quiet=True)["bus"]
+    labels, codes = simulate(plan, held)
+    assert [STAGES[c] for c in codes] == res.decided_by.tolist() == again.decided_by.tolist()
+    assert np.array_equal(labels, res.labels) and np.array_equal(labels, again.labels)
+    assert res.reference_scores == again.reference_scores and len(res.reference_scores) > 0
