@@ -179,6 +179,7 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     results = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"], quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(v.path, objects)
     first = results[objects[0]]  # frames, timings and reference calls are the pass's, shared by all
+    (out / "summary.json").unlink(missing_ok=True)  # an earlier run's must not vouch for folders rewritten now
     stop: dict = {}
     _warn_if_stopped(v, first, s, e, stop)  # once: every object has the same frames
     per = {}
