@@ -1,5 +1,10 @@
 """A model bundle: everything `noscope train` learned for one (video, object, reference).
 
+Format 1: one object. Format 2: several objects answered in one pass (`objects` lists them;
+heldout.npz's truth, scores and model__* arrays have one column per object, the models one
+output per object). Single-object bundles are still written as format 1, so older noscope
+versions keep reading them, and refuse format 2 with their one-line "retrain it" error.
+
     .noscope/models/NAME/
       bundle.yaml        readable summary: object, reference, training video, candidates, costs
       heldout.npz        held-out labels and every candidate's scores on them (for the optimizer)
@@ -26,6 +31,8 @@ from .errors import NoscopeError
 from .paths import models_dir
 
 FORMAT = 1
+MULTI_FORMAT = 2
+FORMATS = (FORMAT, MULTI_FORMAT)
 
 
 def bundle_path(name_or_path: str | Path) -> Path:
@@ -60,13 +67,13 @@ def inside(root: Path, rel: str) -> Path:
     return p
 
 
-def write_manifest(root: Path, meta: dict) -> None:
+def write_manifest(root: Path, meta: dict, fmt: int = FORMAT) -> None:
     """Write bundle.yaml last, with checksums of every file, so a bundle is complete or absent."""
     files = {}
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != "bundle.yaml" and not p.name.startswith(".tmp-") and p.parent.name != "work":
             files[p.relative_to(root).as_posix()] = sha256(p)
-    meta = dict(meta, format=FORMAT, noscope_version=__version__, files=files)
+    meta = dict(meta, format=fmt, noscope_version=__version__, files=files)
     atomic_write_bytes(root / "bundle.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
 
 
@@ -83,9 +90,10 @@ def load_manifest(root: Path) -> dict:
         raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml is not valid YAML ({type(e).__name__})") from None
     if not isinstance(meta, dict) or "format" not in meta:
         raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml lacks its format field")
-    if meta["format"] != FORMAT:
+    if meta["format"] not in FORMATS:
         raise NoscopeError(
-            f"model bundle {root} has format {meta['format']} but this noscope ({__version__}) reads format {FORMAT}; retrain it"
+            f"model bundle {root} has format {meta['format']} but this noscope ({__version__}) reads formats "
+            f"{', '.join(map(str, FORMATS))}; retrain it"
         )
     files = meta.get("files") or {}
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):

@@ -5,6 +5,9 @@
     result = run_cascade(video, model, plan, reference, start, end)
     result.labels, result.decided_by                 # one entry per frame of [start, end)
 
+    plan = choose_joint_plan(multi, Targets(0.01, 0.01))  # a several-objects bundle
+    results = run_cascade(video, multi, plan, reference, start, end)   # object -> CascadeResult
+
 Semantics are those of `optimizer.simulate`, so what the optimizer promised on held-out
 frames is what runs here:
   * only every `skip`-th frame is decoded (the others are grabbed, not converted) and the rest
@@ -14,6 +17,10 @@ frames is what runs here:
   * the specialized CNN answers no below c_low, yes above c_high;
   * everything else goes to the reference, in one sparse second pass over the video that also
     fills the label cache, so repeated queries never pay twice for a reference call.
+
+Several objects (noscope.joint): one decode, one difference detector, one CNN pass with one
+output per object, each object's own thresholds; a frame goes to the reference if any object is
+undecided there, and each object's answers are exactly `optimizer.simulate` of its own Plan.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from . import bundle as B
 from . import difference, specialized
 from .errors import NoscopeError
 from .framecache import cached_batches
+from .joint import JointPlan, optimize_joint
 from .labels import label_frames
 from .optimizer import Costs, HeldOut, Plan, Targets, optimize
 from .progress import progress_bar
@@ -44,13 +52,26 @@ _COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detect
 class TrainedBundle:
     root: Path
     meta: dict
-    heldout: HeldOut
+    heldout: HeldOut | None  # None for a several-objects bundle: see heldouts
     costs: Costs
+    heldouts: dict[str, HeldOut] = field(default_factory=dict)  # object -> its held-out view
     _models: dict = field(default_factory=dict)
 
     @property
     def object(self) -> str:
+        """The object, or "car,bus" for a several-objects bundle."""
         return self.meta["object"]
+
+    @property
+    def multi(self) -> bool:
+        return "objects" in self.meta
+
+    @property
+    def objects(self) -> list[str]:
+        return list(self.meta["objects"]) if self.multi else [self.meta["object"]]
+
+    def class_index(self, obj: str) -> int:
+        return int(self.meta["class_indices"][self.objects.index(obj)]) if self.multi else int(self.meta["class_index"])
 
     def model(self, name: str, device):
         if name not in self._models:
@@ -89,14 +110,26 @@ def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
             name, skip = k[len("diff__"):].rsplit("@", 1)
             diff_scores.setdefault(name, {})[int(skip)] = v
     kinds = {d["name"]: d["kind"] for d in meta["diffs"]}
-    heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
-                      diff_scores=diff_scores, diff_kinds=kinds)
     c = meta["costs"]
     costs = Costs(decode=c["decode"], convert=c["convert"], diff=dict(c["diff"]), model=dict(c["model"]), reference=c["reference"])
-    return TrainedBundle(root, meta, heldout, costs)
+    if "objects" not in meta:
+        heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
+                          diff_scores=diff_scores, diff_kinds=kinds)
+        return TrainedBundle(root, meta, heldout, costs, {meta["object"]: heldout})
+    objects = list(meta["objects"])
+    if meta.get("format") != B.MULTI_FORMAT or len(meta["class_indices"]) != len(objects) or len(objects) < 2:
+        raise NoscopeError(f"model bundle {root} is corrupt: its objects do not match its format")
+    truth = z["truth"].astype(bool)
+    for what, a in (("truth", truth), *((f"model__{m}", v) for m, v in model_scores.items())):
+        if a.ndim != 2 or a.shape[1] != len(objects):
+            raise NoscopeError(f"model bundle {root} is corrupt: heldout.npz {what} does not have one column per object")
+    # Views per object: same frames and difference scores, that object's truth and model output.
+    heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={m: v[:, k] for m, v in model_scores.items()},
+                           diff_scores=diff_scores, diff_kinds=kinds) for k, o in enumerate(objects)}
+    return TrainedBundle(root, meta, None, costs, heldouts)
 
 
-def usable_models(tb: TrainedBundle, min_auc: float) -> list[str]:
+def usable_models(tb: TrainedBundle, min_auc: float, obj: str | None = None) -> list[str]:
     """Specialized models good enough to be offered to the optimizer.
 
     A model that ranks the held-out frames worse than `min_auc` has not learnt the object, and
@@ -105,15 +138,32 @@ def usable_models(tb: TrainedBundle, min_auc: float) -> list[str]:
     AUC 0.51-0.61 on later footage and the cascade's false-positive rate went from 5% held-out
     to 87%. Rejecting them makes the cascade fall back on frame skip, difference detectors and
     the reference instead.
+
+    Several objects: the guard is per object (`obj`), on that object's output's held-out AUC.
     """
+    if obj is not None and tb.multi:
+        return [c["name"] for c in tb.meta["candidates"]
+                if c["heldout_aucs"][obj] is not None and c["heldout_aucs"][obj] >= min_auc]
     return [c["name"] for c in tb.meta["candidates"] if c["heldout_auc"] >= min_auc]
 
 
 def choose_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None = None) -> Plan:
+    if tb.multi:
+        raise NoscopeError(f"bundle {tb.root} answers several objects ({', '.join(tb.objects)}); it needs a joint plan")
     ocfg = dict(tb.meta.get("optimizer", {}), **(optimizer_cfg or {}))
     skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
     models = usable_models(tb, float(ocfg.get("min_auc", 0.0)))
     return optimize(tb.heldout, tb.costs, targets, skips=skips, models=models)
+
+
+def choose_joint_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None = None,
+                      objects: list[str] | None = None) -> JointPlan:
+    """One pass for `objects` (default: all of the bundle's), each held to `targets`."""
+    ocfg = dict(tb.meta.get("optimizer", {}), **(optimizer_cfg or {}))
+    skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
+    objects = objects or tb.objects
+    models = {o: usable_models(tb, float(ocfg.get("min_auc", 0.0)), o) for o in objects}
+    return optimize_joint({o: tb.heldouts[o] for o in objects}, tb.costs, targets, skips=skips, models=models)
 
 
 @contextmanager
@@ -156,7 +206,7 @@ class CascadeResult:
 def run_cascade(
     video: Video,
     tb: TrainedBundle,
-    plan: Plan,
+    plan: Plan | JointPlan,
     reference,
     ref_key: str,
     start: int,
@@ -167,15 +217,24 @@ def run_cascade(
     frame_cache: bool = True,
     prefetch: int = 2,
     quiet: bool = False,
-) -> CascadeResult:
-    """Answer every frame of [start, end). `frame_cache` reads and fills the decoded-frame cache
-    (decode once, query many); `prefetch` batches are decoded ahead in a thread."""
+) -> CascadeResult | dict[str, CascadeResult]:
+    """Run `plan` over [start, end): a Plan (single-object bundle) gives one CascadeResult, a
+    JointPlan gives object -> CascadeResult, all from one decode, one CNN pass, one reference pass.
+    `frame_cache` reads and fills the decoded-frame cache (decode once, query many); `prefetch`
+    batches are decoded ahead in a thread."""
     t0 = time.perf_counter()
     stage_t = {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}
     device = reference.device
+    joint = isinstance(plan, JointPlan)
+    plans = plan.plans if joint else {tb.object: plan}
+    plan = next(iter(plans.values()))  # skip, diff and model are shared by every object's plan
     skip = max(1, int(plan.skip))
     min_score = tb.meta["labels"]["min_score"]
-    cls = tb.meta["class_index"]
+    objects = list(plans)
+    cols = [tb.objects.index(o) if tb.multi else 0 for o in objects]  # each object's model output
+    # None: the model never says no / yes for that object (it asks the reference).
+    c_low = np.array([-np.inf if p.c_low is None else p.c_low for p in plans.values()])
+    c_high = np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()])
 
     sizes: dict[str, tuple[int, int]] = {}
     det = model = None
@@ -188,7 +247,7 @@ def run_cascade(
         sizes["model"] = (arch.size, arch.size)
 
     processed = np.arange(start, end, skip, dtype=np.int64)
-    state = np.full(len(processed), _REF, np.int8)
+    state = np.full((len(processed), len(objects)), _REF, np.int8)  # one column per object
     if sizes:
         prev_last = None  # last processed frame of the previous batch, for "prev" difference detectors
         i = 0
@@ -198,7 +257,7 @@ def run_cascade(
             for batch in decode(sizes, start, end, stride=skip, batch_size=batch_size, prefetch=prefetch):
                 stage_t["decode"] += time.perf_counter() - t_dec
                 n = len(batch)
-                st = np.full(n, _REF, np.int8)
+                st = np.full((n, len(objects)), _REF, np.int8)
                 todo = np.ones(n, bool)
                 if det is not None:
                     t = time.perf_counter()
@@ -220,9 +279,8 @@ def run_cascade(
                 if model is not None and todo.any():
                     t = time.perf_counter()
                     p = specialized.predict_scores(model, batch.frames["model"][todo], mean, device=device)
-                    sub = np.full(len(p), _REF, np.int8)
-                    c_low = -np.inf if plan.c_low is None else plan.c_low  # None: the model never says no
-                    c_high = np.inf if plan.c_high is None else plan.c_high
+                    p = p.reshape(len(p), -1)[:, cols]
+                    sub = np.full(p.shape, _REF, np.int8)
                     sub[p < c_low] = _NO
                     sub[p > c_high] = _YES
                     st[todo] = sub
@@ -235,18 +293,38 @@ def run_cascade(
             processed, state = processed[:i], state[:i]
     stopped_at = video.stopped_at
 
-    # reference pass over the frames nobody else could decide
+    # reference pass over the frames some object could not decide; it answers them all at once
     t = time.perf_counter()
-    need = processed[state == _REF]
-    ref_scores: dict[int, float] = {}
+    asks = (state == _REF).any(axis=1)
+    need = processed[asks]
+    scores: dict[int, np.ndarray] = {}
     if len(need):
         lab = label_frames(video, reference, ref_key, need, use_cache=use_label_cache, quiet=quiet, desc="reference")
-        ref_scores = dict(zip(lab.frames.tolist(), lab.score_of(cls).astype(float).tolist()))
+        classes = [tb.class_index(o) for o in objects]
+        scores = dict(zip(lab.frames.tolist(), lab.scores[:, classes].astype(float)))
         if video.stopped_at is not None:
             stopped_at = video.stopped_at if stopped_at is None else min(stopped_at, video.stopped_at)
     stage_t["reference"] = time.perf_counter() - t
+    # A frame that vanished on the second pass (file damaged in between) ends every answer there.
+    missing = np.flatnonzero(asks & ~np.isin(processed, np.fromiter(scores, np.int64, len(scores))))
+    if len(missing):
+        processed, state = processed[: missing[0]], state[: missing[0]]
 
-    # resolve processed-frame answers in order (copies take the previous processed answer)
+    last_frame = (processed[-1] + skip) if len(processed) else start
+    end_eff = min(end, last_frame if stopped_at is None else max(stopped_at, start))
+    frames = np.arange(start, end_eff, dtype=np.int64)
+    seconds = time.perf_counter() - t0
+    results = {}
+    for k, o in enumerate(objects):
+        ref_scores = {f: float(v[k]) for f, v in scores.items()}
+        labels, decided = _resolve(processed, state[:, k], ref_scores, min_score, frames, start, skip)
+        results[o] = CascadeResult(frames, frames / video.fps, labels, decided, ref_scores, seconds, stage_t, stopped_at)
+    return results if joint else results[objects[0]]
+
+
+def _resolve(processed, state, ref_scores, min_score, frames, start, skip) -> tuple[np.ndarray, np.ndarray]:
+    """One object's answers: processed frames in order (copies take the previous processed
+    answer), then every frame (skipped frames copy the last processed frame)."""
     plabel = np.zeros(len(processed), bool)
     pdec = np.empty(len(processed), dtype=object)
     last = False
@@ -260,17 +338,10 @@ def run_cascade(
         elif s == _YES:
             plabel[j], pdec[j] = True, "model"
         else:
-            if f not in ref_scores:  # frame vanished on the second pass (file damaged in between)
-                processed, plabel, pdec = processed[:j], plabel[:j], pdec[:j]
-                break
             plabel[j], pdec[j] = ref_scores[f] >= min_score, "reference"
         last = plabel[j]
-    # expand to every frame: skipped frames copy the last processed frame
-    last_frame = (processed[-1] + skip) if len(processed) else start
-    end_eff = min(end, last_frame if stopped_at is None else max(stopped_at, start))
-    frames = np.arange(start, end_eff, dtype=np.int64)
     pos = np.clip((frames - start) // skip, 0, max(len(processed) - 1, 0))
     labels = plabel[pos] if len(processed) else np.zeros(len(frames), bool)
     decided = pdec[pos].astype(str) if len(processed) else np.full(len(frames), "reference")
     decided[(frames - start) % skip != 0] = "skip"
-    return CascadeResult(frames, frames / video.fps, labels, decided, ref_scores, time.perf_counter() - t0, stage_t, stopped_at)
+    return labels, decided

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import NoscopeError, UsageError
 from .query import (apply_reference_options, bundle_reference_cfg, check_reference_matches, default_name,
-                    make_reference, make_targets, resolve_model)
+                    make_reference, make_targets, parse_objects, resolve_model)
 
 log = logging.getLogger("noscope")
 
@@ -202,8 +202,9 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
 
 @cli.command()
 @click.argument("video", type=click.Path())
-@click.option("--object", "object_name", required=True, help="COCO class name, e.g. car, person, bus.")
-@click.option("--name", default=None, help="Bundle name (default: VIDEOSTEM-OBJECT) or a path.")
+@click.option("--object", "object_name", required=True,
+              help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")
+@click.option("--name", default=None, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
 @click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: config seed).")
 @segment_options
@@ -218,12 +219,19 @@ def train(video, object_name, name, force, seed, start, end, reference_name, ref
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
     if seed is not None:
         cfg["seed"] = seed
-    out = bundle_path(name or default_name(video, object_name))
+    objects = parse_objects(object_name)
+    out = bundle_path(name or default_name(video, objects))
     say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
-    meta = run_train(video, object_name, out, cfg, start, end, quiet=quiet, force=force, say=say)
-    best = max(meta["candidates"], key=lambda c: c["heldout_auc"], default=None)
-    click.echo(f"trained {out}: {len(meta['candidates'])} specialized models"
-               + (f" (best held-out AUC {best['heldout_auc']:.3f}, {best['name']})" if best else "")
+    meta = run_train(video, objects if len(objects) > 1 else objects[0], out, cfg, start, end, quiet=quiet, force=force,
+                     say=say)
+    if len(objects) > 1:
+        aucs = {o: [c["heldout_aucs"][o] for c in meta["candidates"] if c["heldout_aucs"][o] is not None] for o in objects}
+        best = "; ".join(f"{o} {max(a):.3f}" if a else f"{o} unused" for o, a in aucs.items())
+        best = f" (best held-out AUC per object: {best})" if meta["candidates"] else ""
+    else:
+        top = max(meta["candidates"], key=lambda c: c["heldout_auc"], default=None)
+        best = f" (best held-out AUC {top['heldout_auc']:.3f}, {top['name']})" if top else ""
+    click.echo(f"trained {out}: {len(meta['candidates'])} specialized models" + best
                + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
                f"{meta['train']['seconds']:.0f} s")
 
@@ -238,8 +246,10 @@ def targets_options(f):
 @cli.command()
 @click.argument("video", type=click.Path(), required=False)
 @click.option("--model", default=None, help="Trained bundle name or path.")
-@click.option("--object", "object_name", default=None, help="Object to find; trains a bundle on VIDEO if none exists.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output folder (default noscope-out/VIDEOSTEM-OBJECT).")
+@click.option("--object", "object_name", default=None,
+              help="Object(s) to find (car or car,person); trains a bundle on VIDEO if none exists.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default noscope-out/VIDEOSTEM-OBJECT); several objects: one VIDEOSTEM-OBJECT folder each inside it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--no-plot", is_flag=True, help="Skip timeline.png.")
 @targets_options
@@ -260,6 +270,10 @@ def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, targ
                           reference_name=reference_name, plot=not no_plot, quiet=quiet or as_json, say=say)
     if as_json:
         click.echo(json.dumps(json_safe(summary)))
+    elif "objects" in summary:
+        found = ", ".join(f"{o} in {r['positives']} ({r['intervals']} intervals)" for o, r in summary["results"].items())
+        click.echo(f"{Path(summary['video']).name}: {found} of {summary['frames']} frames, {summary['frames_per_s']} "
+                   f"frames/s, {summary['reference_calls']} reference calls -> {summary['out']}")
     else:
         click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
                    f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
@@ -313,6 +327,9 @@ def evaluate(video, model, as_json, target_fpr, target_fnr, metric, start, end,
     targets = make_targets(cfg, target_fpr, target_fnr, metric)
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
     tb = resolve_model(cfg, video, model, None, quiet)
+    if tb.multi:
+        raise NoscopeError(f"evaluate takes a single-object bundle; {tb.root} answers {', '.join(tb.objects)} "
+                           "(train one bundle per object to evaluate it)")
     video = video or tb.meta["video"]["path"]
     bundle_reference_cfg(cfg, tb, reference_name)
     ref, key = make_reference(cfg)

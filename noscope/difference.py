@@ -436,16 +436,23 @@ def fit_detectors(
     """Build prev-global, prev-blocked, ref-global, ref-blocked from labelled frames.
 
     frames uint8 (N, S, S, C) in time order; labels: reference answers (bool, or scores
-    thresholded at 0.5); blocks: int id per frame, frames of one block are consecutive (and
-    evenly spaced in the video); pairs never cross blocks. The "ref" regression predicts
-    "object present" from block MSEs against the empty scene; the "prev" regression predicts
-    label[t] != label[t-s], pooled over all the skips given.
+    thresholded at 0.5), (N,) for one object or (N, K) for several; blocks: int id per frame,
+    frames of one block are consecutive (and evenly spaced in the video); pairs never cross
+    blocks. The "ref" regression predicts "object present" from block MSEs against the empty
+    scene; the "prev" regression predicts label[t] != label[t-s], pooled over all the skips given.
+
+    Several objects: one detector serves them all (one pass), so "empty" means no object of any
+    kind (a "ref" detector's "no" is said for every object at once) and "changed" means some
+    object's label changed (a "prev" detector's copy copies every object's answer).
     """
     frames = _as_frames(frames, "frames")
     n = len(frames)
     if n == 0:
         raise NoscopeError("cannot fit difference detectors on zero frames")
-    y = _bool_labels(labels, n)
+    labels = np.asarray(labels)
+    cols = labels.T if labels.ndim == 2 else [labels]
+    each = np.stack([_bool_labels(col, n) for col in cols], axis=1)  # (N, objects)
+    y = each.any(axis=1)
     runs = _runs(blocks, n)
     skips = _check_skips(skips)
 
@@ -457,7 +464,7 @@ def fit_detectors(
         t = _pairs(runs, s)
         if len(t):
             prev_x.append(block_features(frames[t], frames[t - s], grid))
-            prev_y.append(y[t] != y[t - s])
+            prev_y.append((each[t] != each[t - s]).any(axis=1))
             prev_g.append(runs[t])
     if prev_x:
         px, py, pg = np.concatenate(prev_x), np.concatenate(prev_y), np.concatenate(prev_g)

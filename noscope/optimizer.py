@@ -520,20 +520,59 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
     """
     targets.validate()
     prep = _Prepared(heldout)
+    model_names = list(heldout.model_scores) if models is None else list(models)
+    model_cost = {m: _cost_of(costs.model, m, "specialized model") for m in model_names}
+    for m in model_names:
+        prep.model_scores(m)  # fail early on missing/bad scores
+    configs = _configs(prep, costs, skips, diff_thresholds, diffs)
+    candidates = _candidates(configs, costs, model_cost)
+
+    # The fallback: the reference on every frame. Its labels are the truth, so it meets any target.
+    best = _Best(Cascade(1), costs.decode + costs.convert + costs.reference, 1.0)
+    layouts = _Layouts(prep, configs, targets)
+    for lower_bound, i, m in candidates:
+        if best.beyond(lower_bound):
+            break  # sorted by lower bound: nothing after this can be cheaper
+        (s, d, t), _, base = configs[i]
+        layout, errors, feasible = layouts.get(i)
+        if not feasible:
+            continue
+        n = prep.n
+        if m is None:
+            ref_share = len(layout.reach) / n
+            cost = base + ref_share * costs.reference
+            cascade = Cascade(s, d, t)
+        else:
+            p = prep.model_scores(m)[layout.reach]
+            found = _model_thresholds(errors, prep.truth[layout.reach], p, targets)
+            if found is None:
+                continue
+            c_low, c_high, n_ref = found
+            ref_share = n_ref / n
+            cost = base + len(layout.reach) / n * model_cost[m] + ref_share * costs.reference
+            cascade = Cascade(s, d, t, m, c_low, c_high)
+        best.offer(cascade, cost, ref_share)
+
+    return _plan(prep, best.cascade, costs, targets)
+
+
+# Pieces of the search, shared with the several-objects search (noscope.joint).
+
+
+def _configs(prep: _Prepared, costs: Costs, skips: Sequence[int], diff_thresholds, diffs: Sequence[str] | None) -> list:
+    """Every (skip, diff, threshold) with a cheap lower bound on the cost of any cascade built on
+    it: decode + processed * (convert + diff) + reaching * (model, or reference without one).
+
+    Returns [((skip, diff, threshold), share of frames reaching model/reference, base cost)].
+    """
+    heldout = prep.heldout
     for s in skips:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
             raise UsageError(f"frame skips must be positive integers, got {s!r}")
     skips = sorted({int(s) for s in skips} | {1})  # skip 1 always: the reference-only fallback lives there
-    model_names = list(heldout.model_scores) if models is None else list(models)
     diff_names = list(heldout.diff_scores) if diffs is None else list(diffs)
-    model_cost = {m: _cost_of(costs.model, m, "specialized model") for m in model_names}
     diff_cost = {d: _cost_of(costs.diff, d, "difference detector") for d in diff_names}
-    for m in model_names:
-        prep.model_scores(m)  # fail early on missing/bad scores
-
-    # Every (skip, diff, threshold) with a cheap lower bound on the cost of any cascade built on
-    # it: decode + processed * (convert + diff) + reaching * (model, or reference without one).
-    configs = []  # ((skip, diff, threshold), share of frames reaching model/reference, base cost)
+    configs = []
     for s in skips:
         processed = float(np.mean(prep.pos % s == 0))
         configs.append(((s, None, None), processed, costs.decode + processed * costs.convert))
@@ -552,65 +591,67 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
                 with np.errstate(invalid="ignore"):
                     reach = processed - np.count_nonzero(eligible & (scores < t)) / prep.n
                 configs.append(((s, d, float(t)), reach, base))
+    return configs
 
-    candidates = []  # (lower bound, config index, model or None)
+
+def _candidates(configs: list, costs: Costs, model_cost: Mapping[str, float]) -> list:
+    """(lower bound on cost, config index, model or None), cheapest bound first."""
+    candidates = []
     for i, (_, reach, base) in enumerate(configs):
         candidates.append((base + reach * costs.reference, i, None))  # exact cost without a model
-        for m in model_names:
+        for m in model_cost:
             candidates.append((base + reach * model_cost[m], i, m))
     candidates.sort(key=lambda c: (c[0], c[1], c[2] or ""))
+    return candidates
 
-    # The fallback: the reference on every frame. Its labels are the truth, so it meets any target.
-    best_cascade = Cascade(1)
-    best_cost, best_ref = costs.decode + costs.convert + costs.reference, 1.0
 
-    def better(cost, ref_share):
-        tol = _COST_RTOL * max(abs(best_cost), 1e-12)
-        return cost < best_cost - tol or (cost <= best_cost + tol and ref_share < best_ref - 1e-12)
+class _Best:
+    """The cheapest cascade so far; equal costs go to fewer reference calls."""
 
-    windowing, truth_windows = None, None
-    if targets.metric == "windows":
-        windowing = Windowing(prep.n, targets.window, targets.window_min_fraction, prep.blocks)
-        truth_windows = windowing.labels(prep.truth)
+    def __init__(self, cascade, cost: float, ref_share: float):
+        self.cascade, self.cost, self.ref_share = cascade, cost, ref_share
 
-    cache: dict[int, tuple] = {}  # config index -> (layout, errors, no-model cascade feasible?)
-    for lower_bound, i, m in candidates:
-        if lower_bound > best_cost + _COST_RTOL * best_cost:
-            break  # sorted by lower bound: nothing after this can be cheaper
-        (s, d, t), _, base = configs[i]
-        if i not in cache:
-            scores = None if d is None else prep.diff_scores(d, s)
-            layout = _layout(prep, s, scores, None if d is None else heldout.diff_kinds[d], t)
-            if windowing is None:
+    def beyond(self, lower_bound: float) -> bool:
+        return lower_bound > self.cost + _COST_RTOL * self.cost
+
+    def offer(self, cascade, cost: float, ref_share: float) -> None:
+        tol = _COST_RTOL * max(abs(self.cost), 1e-12)
+        if cost < self.cost - tol or (cost <= self.cost + tol and ref_share < self.ref_share - 1e-12):
+            self.cascade, self.cost, self.ref_share = cascade, cost, ref_share
+
+
+class _Layouts:
+    """Per config index: (layout, error counter, does the model-free cascade meet the targets?).
+
+    Computed on first use and kept. `layout` may be passed in when another object's _Layouts
+    already built it (the layout does not depend on the truth, only on blocks and diff scores).
+    """
+
+    def __init__(self, prep: _Prepared, configs: list, targets: Targets):
+        self.prep, self.configs, self.targets = prep, configs, targets
+        self.windowing, self.truth_windows = None, None
+        if targets.metric == "windows":
+            self.windowing = Windowing(prep.n, targets.window, targets.window_min_fraction, prep.blocks)
+            self.truth_windows = self.windowing.labels(prep.truth)
+        self._cache: dict[int, tuple] = {}
+
+    def get(self, i: int, layout: _Layout | None = None) -> tuple:
+        if i not in self._cache:
+            prep = self.prep
+            if layout is None:
+                (s, d, t), _, _ = self.configs[i]
+                scores = None if d is None else prep.diff_scores(d, s)
+                layout = _layout(prep, s, scores, None if d is None else prep.heldout.diff_kinds[d], t)
+            if self.windowing is None:
                 errors = _FrameErrors(prep, layout)
             else:
-                errors = _WindowErrors(prep, layout, windowing, truth_windows)
+                errors = _WindowErrors(prep, layout, self.windowing, self.truth_windows)
             fpr, fnr = errors(prep.truth[layout.reach])
             # Without a model every reaching frame gets its true label: the fewest errors this
             # layout allows under our threshold rule (see _model_thresholds), so if that misses
             # the targets, no model on this layout is tried.
-            cache[i] = (layout, errors, fpr <= targets.fpr and fnr <= targets.fnr)
-        layout, errors, feasible = cache[i]
-        if not feasible:
-            continue
-        n = prep.n
-        if m is None:
-            ref_share = len(layout.reach) / n
-            cost = base + ref_share * costs.reference
-            cascade = Cascade(s, d, t)
-        else:
-            p = prep.model_scores(m)[layout.reach]
-            found = _model_thresholds(errors, prep.truth[layout.reach], p, targets)
-            if found is None:
-                continue
-            c_low, c_high, n_ref = found
-            ref_share = n_ref / n
-            cost = base + len(layout.reach) / n * model_cost[m] + ref_share * costs.reference
-            cascade = Cascade(s, d, t, m, c_low, c_high)
-        if better(cost, ref_share):
-            best_cascade, best_cost, best_ref = cascade, cost, ref_share
-
-    return _plan(prep, best_cascade, costs, targets)
+            self._cache[i] = (layout, errors, fpr <= self.targets.fpr and fnr <= self.targets.fnr)
+        return self._cache[i]
 
 
 def _plan(prep: _Prepared, cascade: Cascade, costs: Costs, targets: Targets) -> Plan:

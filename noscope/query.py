@@ -19,8 +19,22 @@ from .optimizer import Targets
 log = logging.getLogger("noscope")
 
 
+def parse_objects(object_name) -> list[str] | None:
+    """--object "car,person" -> ["car", "person"] (None stays None); order kept, repeats refused."""
+    if object_name is None:
+        return None
+    names = [o.strip() for o in ([object_name] if isinstance(object_name, str) else object_name) for o in o.split(",")]
+    if not all(names):
+        raise UsageError(f"--object {object_name!r} has an empty name; give e.g. --object car or --object car,person")
+    if len(set(names)) < len(names):
+        raise UsageError(f"--object {object_name!r} names an object twice")
+    return names
+
+
 def default_name(video, object_name) -> str:
-    return f"{Path(video).stem}-{object_name}"
+    """VIDEOSTEM-OBJECT, or VIDEOSTEM-car+person for several objects."""
+    objects = parse_objects(object_name)
+    return f"{Path(video).stem}-{'+'.join(objects)}"
 
 
 def make_targets(cfg, fpr=None, fnr=None, metric=None) -> Targets:
@@ -60,13 +74,15 @@ def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, s
     if model is None and object_name is None:
         raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one on this video first)")
     say = say or (lambda *a, **k: None)
-    root = bundle_path(model or default_name(video, object_name))
-    if not (root / "bundle.yaml").is_file() and object_name and video:
-        say(f"no bundle at {root}; training one on {video} for {object_name}")
-        run_train(video, object_name, root, cfg, start, end, quiet=quiet, say=say)
+    objects = parse_objects(object_name)
+    root = bundle_path(model or default_name(video, objects))
+    if not (root / "bundle.yaml").is_file() and objects and video:
+        say(f"no bundle at {root}; training one on {video} for {', '.join(objects)}")
+        run_train(video, objects if len(objects) > 1 else objects[0], root, cfg, start, end, quiet=quiet, say=say)
     tb = load_bundle(root)
-    if object_name and object_name != tb.object:
-        raise NoscopeError(f"bundle {root} was trained for {tb.object!r}, not {object_name!r}")
+    # A several-objects bundle answers any of its objects; a single-object one only its own.
+    if objects and not (set(objects) <= set(tb.objects) if tb.multi else objects == tb.objects):
+        raise NoscopeError(f"bundle {root} was trained for {tb.object!r}, not {','.join(objects)!r}")
     return tb
 
 
@@ -97,10 +113,10 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     `say` takes progress lines for a person (stderr at the command line); warnings go to the
     "noscope" logger. Raises NoscopeError for bad input, like every pipeline step.
     """
-    from .cascade import STAGES, choose_plan, run_cascade, usable_models
+    from .cascade import choose_plan, run_cascade, usable_models
     from .optimizer import plan_summary
     from .report import write_result
-    from .video import open_video, stop_is_truncation
+    from .video import open_video
 
     say = say or (lambda *a, **k: None)
     tb = resolve_model(cfg, video, model, object_name, quiet, say=say)
@@ -110,6 +126,9 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     bundle_reference_cfg(cfg, tb, reference_name)
     ref, key = make_reference(cfg)
     check_reference_matches(tb, key)
+    if tb.multi:
+        objects = parse_objects(object_name) or tb.objects
+        return _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say)
     plan = choose_plan(tb, targets, cfg["optimizer"])
     offered = len(usable_models(tb, cfg["optimizer"]["min_auc"]))
     say(f"cascade: {plan_summary(plan)} ({offered} of {len(tb.meta['candidates'])} specialized models "
@@ -117,10 +136,19 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
                          frame_cache=cfg["decode"]["frame_cache"], prefetch=cfg["decode"]["prefetch"], quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(video, tb.object)
+    summary = _summary(v, tb, tb.object, result, plan, targets, key, s, e, out)
+    _warn_if_stopped(v, result, s, e, summary)
+    return write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=plot)
+
+
+def _summary(v, tb, obj, result, plan, targets, key, s, e, out) -> dict:
+    """One object's summary.json (the same fields whether it was answered alone or with others)."""
+    from .cascade import STAGES
+
     n = len(result.frames)
-    summary = dict(
+    return dict(
         video=str(v.path), video_abspath=str(v.path.resolve()), video_hash=v.hash, fps=v.fps,
-        object=tb.object, model=str(tb.root), segment=[s, e], frames=n,
+        object=obj, model=str(tb.root), segment=[s, e], frames=n,
         positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
         frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
         reference_calls=len(result.reference_scores), fractions=result.fractions(),
@@ -129,7 +157,58 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
         cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
         min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out),
     )
+
+
+def _warn_if_stopped(v, result, s, e, summary: dict) -> None:
+    from .video import stop_is_truncation
+
     if stop_is_truncation(v) or (result.stopped_at is not None and e - result.stopped_at > 0.05 * (e - s) + 3):
         summary["stopped_at"] = int(result.stopped_at)
         log.warning("the video stops decoding at frame %d; answered the frames before it", result.stopped_at)
-    return write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=plot)
+
+
+def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say) -> dict:
+    """Several objects from one pass: OUT/VIDEOSTEM-OBJECT/ per object (the single-object result
+    folder, so downstream tools work unchanged), then OUT/summary.json last."""
+    import numpy as np
+
+    from .cascade import STAGES, choose_joint_plan, run_cascade, usable_models
+    from .joint import joint_summary
+    from .report import write_json, write_result
+
+    plan = choose_joint_plan(tb, targets, cfg["optimizer"], objects)
+    guard = cfg["optimizer"]["min_auc"]
+    offered = ", ".join(f"{o} {len(usable_models(tb, guard, o))}" for o in objects)
+    say(f"cascade: {joint_summary(plan)} (specialized models of {len(tb.meta['candidates'])} passing the held-out "
+        f"AUC >= {guard} guard, per object: {offered})")
+    results = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
+                          frame_cache=cfg["decode"]["frame_cache"], prefetch=cfg["decode"]["prefetch"], quiet=quiet)
+    out = Path(out) if out else Path("noscope-out") / default_name(v.path, objects)
+    first = results[objects[0]]  # frames, timings and reference calls are the pass's, shared by all
+    (out / "summary.json").unlink(missing_ok=True)  # an earlier run's must not vouch for folders rewritten now
+    stop: dict = {}
+    _warn_if_stopped(v, first, s, e, stop)  # once: every object has the same frames
+    per = {}
+    for o in objects:
+        sub = out / default_name(v.path, o)
+        summary = dict(_summary(v, tb, o, results[o], plan.plans[o], targets, key, s, e, sub), answered_with=objects, **stop)
+        per[o] = write_result(sub, results[o], v, summary, tb.meta["labels"]["min_score"], plot=plot)
+    # The pass's stage per frame: a frame reached the reference if any object sent it there
+    # (stages are ordered skip < diff < model < reference).
+    codes = np.maximum.reduce([np.select([r.decided_by == st for st in STAGES], range(len(STAGES)))
+                               for r in results.values()])
+    n = len(first.frames)
+    top = dict(
+        video=str(v.path), objects=objects, model=str(tb.root), segment=[s, e], frames=n,
+        wall_seconds=round(first.seconds, 3), frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
+        reference_calls=len(first.reference_scores),
+        fractions={st: float(np.count_nonzero(codes == i)) / max(n, 1) for i, st in enumerate(STAGES)},
+        stage_seconds={k: round(x, 3) for k, x in first.stage_seconds.items()},
+        cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
+        min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out),
+        results={o: dict(out=per[o]["out"], positives=per[o]["positives"], intervals=per[o]["intervals"],
+                         fractions=per[o]["fractions"]) for o in objects},
+    )
+    top.update(stop)
+    write_json(out / "summary.json", top)  # last: its presence means every object's folder is complete
+    return top

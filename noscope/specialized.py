@@ -114,10 +114,12 @@ def small_grid(size: int = 50) -> list[Arch]:
 
 
 class SpecializedCNN(nn.Module):
-    """[conv3x3-ReLU] x2 -> maxpool (-> dropout), again with 2x the filters if convs=4, dense, 1 logit.
+    """[conv3x3-ReLU] x2 -> maxpool (-> dropout), again with 2x the filters if convs=4, dense, 1 logit
+    per object.
 
     Input: float (N, 3, S, S), already mean-subtracted and scaled (see `to_input`).
-    Output: (N,) logits of "the object is present".
+    Output: (N,) logits of "the object is present", or (N, outputs) for several objects (one
+    network, one pass, one logit per object: the features are shared, only the last layer is not).
 
     No BatchNorm (NoScope had none either): the inputs are already normalised, and with few
     training steps BN's running statistics lag behind the weights, which made validation
@@ -126,9 +128,12 @@ class SpecializedCNN(nn.Module):
     (road vs. sky) is most of the signal.
     """
 
-    def __init__(self, arch: Arch):
+    def __init__(self, arch: Arch, outputs: int = 1):
         super().__init__()
+        if outputs < 1:
+            raise NoscopeError(f"a specialized model needs at least one output, got {outputs}")
         self.arch = arch
+        self.outputs = outputs
         layers: list[nn.Module] = []
         cin, side = 3, arch.size
         for pair in range(arch.convs // 2):
@@ -146,11 +151,12 @@ class SpecializedCNN(nn.Module):
             nn.Linear(cin * side * side, arch.dense),
             nn.ReLU(inplace=True),
             nn.Dropout(0.25),  # the flattened layer holds most weights; this is where it overfits
-            nn.Linear(arch.dense, 1),
+            nn.Linear(arch.dense, outputs),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).squeeze(1)
+        out = self.head(self.features(x))
+        return out.squeeze(1) if self.outputs == 1 else out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -222,9 +228,10 @@ def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    """(n,) for one object, (n, K) for K objects (one column each)."""
     y = np.asarray(y)
-    if y.shape != (n,):
-        raise NoscopeError(f"{what} labels must have shape ({n},), got {y.shape}")
+    if y.shape[:1] != (n,) or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] < 1):
+        raise NoscopeError(f"{what} labels must have shape ({n},) or ({n}, objects), got {y.shape}")
     y = y.astype(np.float32)
     if not np.all(np.isfinite(y)) or y.min(initial=0) < 0 or y.max(initial=0) > 1:
         raise NoscopeError(f"{what} labels must be booleans or scores in [0, 1]")
@@ -271,8 +278,9 @@ def train_candidate(
 ) -> tuple[SpecializedCNN, dict]:
     """Train one candidate to predict the reference's label from the frame.
 
-    Labels are bools or soft scores in [0, 1]. Loss: BCE-with-logits with pos_weight =
-    negatives/positives, so a rare object is not ignored (calibration does not matter: the
+    Labels are bools or soft scores in [0, 1], shape (N,) for one object or (N, K) for K objects
+    (one model with K outputs). Loss: BCE-with-logits with pos_weight = negatives/positives per
+    object, so a rare object is not ignored (calibration does not matter: the
     optimizer picks thresholds on held-out scores). Adam; after each epoch the validation loss
     is computed and the best state is kept; training stops after `patience` epochs without
     improvement. brightness_jitter adds a random per-frame offset of up to that many grey
@@ -300,11 +308,17 @@ def train_candidate(
         raise NoscopeError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
     say = log or (lambda msg: None)
 
-    pos, neg = float(y_tr.sum()), float((1.0 - y_tr).sum())
-    # Clamped so a handful of positives in a huge set cannot blow the loss scale up.
-    pos_weight = 1.0 if pos == 0 or neg == 0 else float(np.clip(neg / pos, 0.05, 20.0))
-    if pos == 0 or neg == 0:
-        say(f"{arch.name}: training labels are all {'negative' if pos == 0 else 'positive'}; the model will be useless")
+    if y_tr.ndim != y_va.ndim or y_tr.shape[1:] != y_va.shape[1:]:
+        raise NoscopeError(f"training and validation labels disagree on the objects: {y_tr.shape} vs {y_va.shape}")
+    outputs = 1 if y_tr.ndim == 1 else y_tr.shape[1]
+    pos_weights = []
+    for col in (y_tr,) if outputs == 1 else y_tr.T:
+        pos, neg = float(col.sum()), float((1.0 - col).sum())
+        # Clamped so a handful of positives in a huge set cannot blow the loss scale up.
+        pos_weights.append(1.0 if pos == 0 or neg == 0 else float(np.clip(neg / pos, 0.05, 20.0)))
+        if pos == 0 or neg == 0:
+            say(f"{arch.name}: training labels are all {'negative' if pos == 0 else 'positive'}; the model will be useless")
+    pos_weight = pos_weights[0] if outputs == 1 else pos_weights
 
     cuda = dev.type == "cuda"
     # bf16 needs no loss scaling, so it is the simple way to fast mixed-precision training.
@@ -314,9 +328,9 @@ def train_candidate(
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)  # shuffling and jitter, on the CPU
-        model = _prepare_model(SpecializedCNN(arch), dev)
+        model = _prepare_model(SpecializedCNN(arch, outputs), dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=dev))
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=dev))  # one per output
         mean_t = _tensor(mean).to(dev)
 
         # uint8 on the GPU when it fits (tiny model: copies would dominate); else copied per batch.
@@ -384,7 +398,7 @@ def train_candidate(
         "epochs": epochs_run,
         "best_epoch": best_epoch,
         "val_loss": float(best_loss),
-        "val_auc": roc_auc(best_scores, y_va),
+        "val_auc": roc_auc(best_scores, y_va) if outputs == 1 else [roc_auc(a, b) for a, b in zip(best_scores.T, y_va.T)],
         "train_loss": float(train_loss),
         "pos_weight": pos_weight,
         "n_train": len(x_train),
@@ -405,7 +419,8 @@ def predict_scores(
     device: str | torch.device | None = None,
     batch_size: int = 4096,
 ) -> np.ndarray:
-    """Probability that each frame contains the object: uint8 (N, S, S, 3) -> float32 (N,).
+    """Probability that each frame contains the object: uint8 (N, S, S, 3) -> float32 (N,), or
+    (N, K) for a model with K outputs (one column per object).
 
     device None: wherever the model already is (else the model is moved there). Only the
     uint8 bytes are copied to the device. Runs under fp16 autocast on CUDA.
@@ -417,7 +432,7 @@ def predict_scores(
     model = _prepare_model(model, dev).eval()
     mean_t = _tensor(mean).to(dev)
     cuda = dev.type == "cuda"
-    out = np.empty(len(frames), dtype=np.float32)
+    out = np.empty((len(frames),) if model.outputs == 1 else (len(frames), model.outputs), dtype=np.float32)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
         for s in range(0, len(frames), batch_size):
             batch = _tensor(frames[s : s + batch_size]).to(dev)
@@ -468,7 +483,7 @@ def measure_cost(
 
 
 def save_model(model: SpecializedCNN, arch: Arch, mean_frame: np.ndarray, path: str | Path) -> None:
-    """Write weights + arch name + mean frame to `path`, atomically.
+    """Write weights + arch name + mean frame (+ the number of outputs, if several) to `path`, atomically.
 
     Only tensors, strings and dicts are stored, so `load_model` can use weights_only loading.
     A temp file in the same directory is fsynced then renamed over `path`: a crash leaves the
@@ -483,6 +498,8 @@ def save_model(model: SpecializedCNN, arch: Arch, mean_frame: np.ndarray, path: 
         # clone: a CPU model's tensors would otherwise be saved with their shared storages' views
         "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()},
     }
+    if model.outputs != 1:  # one-output files stay exactly as they always were
+        payload["outputs"] = int(model.outputs)
     atomic.atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -509,7 +526,10 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
         arch = Arch.parse(payload["arch"])
         mean = payload["mean_frame"].numpy().astype(np.float32)
         _check_mean(mean, arch.size)
-        model = SpecializedCNN(arch)
+        outputs = payload.get("outputs", 1)
+        if isinstance(outputs, bool) or not isinstance(outputs, int) or not 1 <= outputs <= 1000:
+            raise ValueError(f"bad number of outputs {outputs!r}")
+        model = SpecializedCNN(arch, outputs)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

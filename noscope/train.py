@@ -62,9 +62,11 @@ def split_blocks(
     """Assign whole blocks of consecutive frames to training or held-out.
 
     Blocks with and without positives are split separately (stratified), so the held-out set
-    sees positives even when the object is rare. The last `val_fraction` of every training
-    block is kept for early stopping (it only picks an epoch, so a little optimism is fine).
-    Returns (block_ids, train, val, heldout masks).
+    sees positives even when the object is rare. With several objects (truth (N, K)) a block
+    is filed under the rarest object it shows (rarest = in the fewest blocks), so each object's
+    blocks are split on their own; one object gives exactly the two groups above. The last
+    `val_fraction` of every training block is kept for early stopping (it only picks an epoch,
+    so a little optimism is fine). Returns (block_ids, train, val, heldout masks).
     """
     pos_in_run = np.zeros(len(run_ids), np.int64)
     for r in np.unique(run_ids):
@@ -74,11 +76,16 @@ def split_blocks(
     block_ids = run_ids * (1 + len(run_ids) // max(block, 1)) + pos_in_run // block
     _, block_ids = np.unique(block_ids, return_inverse=True)
     n_blocks = block_ids.max() + 1
-    has_pos = np.zeros(n_blocks, bool)
-    np.logical_or.at(has_pos, block_ids, truth)
+    each = truth.reshape(len(truth), -1)  # (N, objects)
+    has_pos = np.zeros((n_blocks, each.shape[1]), bool)
+    np.logical_or.at(has_pos, block_ids, each)
+    rarest_first = np.argsort(has_pos.sum(axis=0), kind="stable")
+    stratum = np.full(n_blocks, len(rarest_first))  # blocks showing no object go last
+    for rank, k in reversed(list(enumerate(rarest_first))):
+        stratum[has_pos[:, k]] = rank
     rng = np.random.default_rng(seed)
     held = np.zeros(n_blocks, bool)
-    for group in (np.flatnonzero(has_pos), np.flatnonzero(~has_pos)):
+    for group in (np.flatnonzero(stratum == r) for r in range(len(rarest_first) + 1)):
         group = rng.permutation(group)
         held[group[: int(round(len(group) * heldout_fraction))]] = True
     ho = held[block_ids]
@@ -139,7 +146,7 @@ def _settings_key(d: dict) -> str:
 
 def train(
     video_path: str | Path,
-    object_name: str,
+    object_name: str | list[str],
     out: Path,
     cfg: dict,
     start=None,
@@ -148,8 +155,15 @@ def train(
     force: bool = False,
     say=print,
 ) -> dict:
-    """Train a bundle for `object_name` on a segment of `video_path`, written to `out`."""
+    """Train a bundle for `object_name` on a segment of `video_path`, written to `out`.
+
+    A list of several objects trains one bundle for all of them: one sample labelled once, one
+    model per grid point with one output per object, one set of difference detectors (see
+    difference.fit_detectors), and per-object held-out truth and scores (bundle format 2).
+    """
     t_start = time.perf_counter()
+    objects = [object_name] if isinstance(object_name, str) else list(object_name)
+    multi = len(objects) > 1
     video = open_video(video_path, cfg["decode"]["backend"])
     s, e = video.segment(start, end)
     rcfg, tcfg, lcfg = cfg["reference"], cfg["train"], cfg["labels"]
@@ -157,12 +171,13 @@ def train(
         rcfg["name"], device=_device(cfg), weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"],
         input_size=tuple(rcfg["input_size"]) if rcfg["input_size"] else None, batch_size=rcfg["batch_size"],
     )
-    cls = reference.class_index(object_name)
+    classes = [reference.class_index(o) for o in objects]
     ref_key = reference_key(reference)
 
     # A finished bundle with the same settings is reused rather than trained again.
     seed = int(cfg["seed"])
-    settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=object_name, labels=lcfg, train=tcfg, seed=seed)
+    settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=objects if multi else objects[0], labels=lcfg,
+                    train=tcfg, seed=seed)
     skey = _settings_key(settings)
     work = out / "work"
     if not force and (out / "bundle.yaml").is_file():
@@ -183,20 +198,26 @@ def train(
     if len(frames) < 2 * tcfg["block"]:
         raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least "
                            f"{2 * tcfg['block']} (two blocks of train.block frames)")
-    scores = labels.score_of(cls)
-    truth = object_truth(scores, lcfg["min_score"], lcfg["smooth"], blocks=run_ids)
-    n_pos = int(truth.sum())
-    if n_pos < MIN_POSITIVES:
-        raise NoscopeError(
-            f"too few positive frames: the reference sees {object_name} (score >= {lcfg['min_score']}) in {n_pos} of "
-            f"{len(frames)} sampled frames, {MIN_POSITIVES} needed; use a longer segment or lower labels.min_score"
-        )
+    # One column per object (several objects), or one vector: the single-object arrays as ever.
+    scores = labels.scores[:, classes] if multi else labels.score_of(classes[0])
+    truth = (np.stack([object_truth(c, lcfg["min_score"], lcfg["smooth"], blocks=run_ids) for c in scores.T], axis=1)
+             if multi else object_truth(scores, lcfg["min_score"], lcfg["smooth"], blocks=run_ids))
+    each = truth.reshape(len(truth), -1)  # (N, objects) view for the per-object checks
+    for k, o in enumerate(objects):
+        n_pos = int(each[:, k].sum())
+        if n_pos < MIN_POSITIVES:
+            raise NoscopeError(
+                f"too few positive frames: the reference sees {o} (score >= {lcfg['min_score']}) in {n_pos} of "
+                f"{len(frames)} sampled frames, {MIN_POSITIVES} needed; use a longer segment or lower labels.min_score"
+            )
     ref_cost = labels.seconds / max(len(frames) - labels.from_cache, 1) if labels.seconds > 0 and len(frames) - labels.from_cache >= 32 else None
 
     # 2. split
     block_ids, tr, va, ho = split_blocks(run_ids, truth, tcfg["block"], tcfg["heldout_fraction"], tcfg["val_fraction"], seed)
-    if truth[ho].sum() == 0 or truth[tr].sum() == 0:
-        raise NoscopeError(f"too few positive frames ({n_pos}) to hold some out for the optimizer; use a longer segment")
+    for k, o in enumerate(objects):
+        if each[ho, k].sum() == 0 or each[tr, k].sum() == 0:
+            raise NoscopeError(f"too few positive frames ({int(each[:, k].sum())}) to hold some out for the optimizer"
+                               f"{f' for {o}' if multi else ''}; use a longer segment")
 
     archs = resolve_grid(tcfg["grid"])
     sizes = sorted({a.size for a in archs} | {tcfg["diff_size"]})
@@ -212,11 +233,20 @@ def train(
     candidates = []
     model_scores: dict[str, np.ndarray] = {}
     model_costs: dict[str, float] = {}
-    n_neg_train = int((~truth[tr]).sum())
-    if n_neg_train < MIN_EXAMPLES_PER_CLASS or int(truth[tr].sum()) < MIN_EXAMPLES_PER_CLASS:
-        say(f"warning: too few {'negative' if n_neg_train < MIN_EXAMPLES_PER_CLASS else 'positive'} training frames "
-            f"for a specialized model; the cascade will use frame skip, difference detectors and the reference only")
+    lacking = {}  # object -> "negative" | "positive": too few training frames of that kind
+    for k, o in enumerate(objects):
+        n_neg_train = int((~each[tr, k]).sum())
+        if n_neg_train < MIN_EXAMPLES_PER_CLASS or int(each[tr, k].sum()) < MIN_EXAMPLES_PER_CLASS:
+            lacking[o] = "negative" if n_neg_train < MIN_EXAMPLES_PER_CLASS else "positive"
+    if len(lacking) == len(objects):
+        say(f"warning: too few {lacking[objects[0]]} training frames{f' of any object' if multi else ''} for a "
+            f"specialized model; the cascade will use frame skip, difference detectors and the reference only")
         archs = []
+    for o, kind in lacking.items():
+        # Several objects: the model is still trained for the others; this object's output is
+        # never trusted (no held-out AUC), so the reference answers it wherever the model runs.
+        if archs:
+            say(f"warning: too few {kind} training frames of {o}; its model output will not be used")
     for i, arch in enumerate(archs):
         path = work / f"{arch.name}-{skey}.pt"
         x = small[arch.size]
@@ -234,10 +264,17 @@ def train(
         cost = specialized.measure_cost(model, arch.size, device=device)
         model_scores[arch.name] = p
         model_costs[arch.name] = cost
-        auc = specialized.roc_auc(p, truth[ho])
-        say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}, {cost * 1e6:.1f} us/frame")
-        candidates.append(dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),
-                               heldout_auc=float(auc), train={k: _plain(v) for k, v in info.items()}))
+        aucs = {o: None if o in lacking else float(specialized.roc_auc(pk, tk))
+                for o, pk, tk in zip(objects, p.reshape(len(p), -1).T, each[ho].T)}
+        # Several objects: the worst-learnt trusted output's (the guard is applied per object).
+        auc = float(np.min([a for a in aucs.values() if a is not None]))  # NaN (one class held out) stays NaN
+        per = f" ({', '.join(f'{o} ' + ('unused' if a is None else f'{a:.3f}') for o, a in aucs.items())})" if multi else ""
+        say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}{per}, {cost * 1e6:.1f} us/frame")
+        cand = dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),
+                    heldout_auc=float(auc), train={k: _plain(v) for k, v in info.items()})
+        if multi:
+            cand["heldout_aucs"] = aucs  # None: too few training examples, never offered for that object
+        candidates.append(cand)
 
     # 4. difference detectors
     skips = [int(k) for k in cfg["optimizer"]["skips"]]
@@ -274,13 +311,17 @@ def train(
         **{f"model__{k}": v.astype(np.float32) for k, v in model_scores.items()},
         **{f"diff__{k}": v.astype(np.float32) for k, v in diff_scores.items()},
     )
+    ident = (dict(object=",".join(objects), objects=objects, class_indices=[int(c) for c in classes]) if multi
+             else dict(object=objects[0], class_index=int(classes[0])))
+    positives = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if multi else int(truth.sum())
+    held_pos = {o: int(each[ho, k].sum()) for k, o in enumerate(objects)} if multi else int(truth[ho].sum())
     meta = dict(
-        object=object_name, class_index=int(cls),
+        **ident,
         reference=dict(name=reference.name, key=ref_key, input_size=list(reference.input_size) if reference.input_size else None,
                        weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"]),
         labels=dict(min_score=float(lcfg["min_score"]), smooth=int(lcfg["smooth"])),
         video=dict(path=str(video.path.resolve()), hash=video.hash, fps=video.fps, width=video.width, height=video.height,
-                   segment=[int(s), int(e)], frames_labelled=int(len(frames)), positives=n_pos),
+                   segment=[int(s), int(e)], frames_labelled=int(len(frames)), positives=positives),
         seed=seed,
         settings_key=skey,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -289,9 +330,9 @@ def train(
         costs=costs,
         candidates=candidates,
         diffs=diffs_meta,
-        heldout=dict(file="heldout.npz", frames=int(ho.sum()), positives=int(truth[ho].sum())),
+        heldout=dict(file="heldout.npz", frames=int(ho.sum()), positives=held_pos),
     )
-    B.write_manifest(out, meta)
+    B.write_manifest(out, meta, fmt=B.MULTI_FORMAT if multi else B.FORMAT)
     shutil.rmtree(work, ignore_errors=True)
     return meta
 

@@ -241,3 +241,23 @@ def test_measure_cost_is_positive_and_finite(fitted):
     for d in dets.values():
         cost = df.measure_cost(d, S, batch_size=64, repeats=2)
         assert math.isfinite(cost) and 0 < cost < 0.01
+
+
+def test_several_objects_fit_one_set_of_detectors():
+    """(N, K) labels: "empty" is no object of any kind, "changed" is any object's label changing."""
+    frames, labels = synthetic_video(600, seed=4)
+    blocks = np.arange(len(frames)) // 300
+    one = df.fit_detectors(frames, labels, blocks, skips=(1, 5))
+    # A second object that is never there changes nothing.
+    same = df.fit_detectors(frames, np.stack([labels, np.zeros_like(labels)], axis=1), blocks, skips=(1, 5))
+    for a, b in zip(one, same):
+        assert a.to_dict() == b.to_dict()
+        assert (a.reference_image is None) == (b.reference_image is None)
+        if a.reference_image is not None:
+            assert np.array_equal(a.reference_image, b.reference_image)
+    # Two objects on different frames: the empty scene leaves out the frames of either.
+    other = np.roll(labels, 150)
+    both = {d.name: d for d in df.fit_detectors(frames, np.stack([labels, other], axis=1), blocks, skips=(1,))}
+    union = {d.name: d for d in df.fit_detectors(frames, labels | other, blocks, skips=(1,))}
+    assert np.array_equal(both["ref-global"].reference_image, union["ref-global"].reference_image)
+    assert both["ref-blocked"].to_dict() == union["ref-blocked"].to_dict()

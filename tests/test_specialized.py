@@ -249,3 +249,31 @@ def test_load_errors_are_clear(tmp_path, trained):
     torch.save(bundle, wrong)
     with pytest.raises(NoscopeError, match="damaged"):
         sp.load_model(wrong)
+
+
+def test_several_objects_train_one_model_with_one_output_each(tmp_path, data):
+    """K labels -> one network, K sigmoid outputs; each output learns its own object."""
+    arch = sp.Arch.parse("c2f16d32s50")
+    mean = sp.mean_frame(data["xtr"])
+    # Object 0 is the synthetic car; object 1 is "no car", so a shared feature must be read both ways.
+    y2 = lambda y: np.stack([y, ~y], axis=1)  # noqa: E731
+    model, info = sp.train_candidate(arch, data["xtr"], y2(data["ytr"]), data["xva"], y2(data["yva"]), mean,
+                                     epochs=3, batch_size=32, seed=0, device="cpu")
+    assert model.outputs == 2 and len(info["val_auc"]) == 2 and len(info["pos_weight"]) == 2
+    p = sp.predict_scores(model, data["xte"], mean)
+    assert p.shape == (len(data["xte"]), 2) and p.dtype == np.float32
+    assert sp.roc_auc(p[:, 0], data["yte"]) > 0.9 and sp.roc_auc(p[:, 1], ~data["yte"]) > 0.9
+    path = tmp_path / "two.pt"
+    sp.save_model(model, arch, mean, path)
+    again, _, _ = sp.load_model(path, device="cpu")
+    assert again.outputs == 2
+    assert np.array_equal(sp.predict_scores(again, data["xte"][:16], mean), p[:16])
+    assert sp.measure_cost(again, arch.size, repeats=1) > 0
+    with pytest.raises(NoscopeError, match="disagree"):
+        sp.train_candidate(arch, data["xtr"], y2(data["ytr"]), data["xva"], data["yva"], mean, epochs=1, device="cpu")
+
+
+def test_one_output_files_have_no_outputs_field(tmp_path, trained):
+    arch, mean, model, _ = trained
+    sp.save_model(model, arch, mean, tmp_path / "one.pt")
+    assert "outputs" not in torch.load(tmp_path / "one.pt", weights_only=True)
