@@ -202,3 +202,21 @@ def test_ray_matches_local_frame_for_frame(trained, clips, tmp_path, monkeypatch
         assert (tmp_path / "local" / f"{stem}-bus" / "intervals.json").read_bytes() == \
                (tmp_path / "ray" / f"{stem}-bus" / "intervals.json").read_bytes()
     assert list((cache / "labels").rglob("*")), "the workers did not use the driver's NOSCOPE_CACHE"
+
+
+def test_nightly_script_reports_partial(trained, clips, tmp_path):
+    """scripts/nightly.sh, as cron would run it: exit 1 'partial' for the corrupt file, all in its log."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NIGHTLY_NOSCOPE=f"{sys.executable} -m noscope.cli",
+               NIGHTLY_ARGS="--end 20f --no-plot")
+    out = tmp_path / "night"
+    p = subprocess.run([str(ROOT / "scripts" / "nightly.sh"), str(clips), str(trained["a"]), str(out)], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    log = (out / "nightly.log").read_text()
+    assert "partial: 1 of 3 videos failed" in log and "noscope: error: bad.mp4" in log, log
+    assert [x["status"] for x in read_records(out / "runs.jsonl")] == ["failed", "done", "done"]
