@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import NoscopeError, UsageError
+from .errors import NoscopeError
 from .optimizer import Targets
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".mjpeg", ".mjpg"}
@@ -89,8 +89,11 @@ def expand_videos(args) -> list[Path]:
         if key not in seen:
             seen.add(key)
             out.append(p)
-    if not out:
-        raise UsageError(f"no videos found in {' '.join(map(str, args))} (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    if not out:  # bad input like a missing video (exit 1), not a wrong flag
+        exts = ", ".join(sorted(VIDEO_EXTENSIONS))
+        if len(args) == 1 and Path(args[0]).is_dir():
+            raise NoscopeError(f"{args[0]} is a directory with no videos in it (looked for {exts})")
+        raise NoscopeError(f"no videos found in {' '.join(map(str, args))} (looked for {exts})")
     return out
 
 

@@ -14,8 +14,8 @@
 #   NIGHTLY_ARGS     extra query flags, e.g. "--target-fpr 0.01 --executor ray"
 #
 # Exit codes: 0 every video answered (now or by an earlier run), 1 partial (some videos failed,
-# the others are kept; running it again retries only the failed ones), 2 usage error or no
-# videos, anything else: the run itself failed (see the log).
+# the others are kept; running it again retries only the failed ones), 2 usage error, 4 the run
+# did not start (no videos, bundle unusable, Ray unreachable), others: noscope's own (see the log).
 set -euo pipefail
 
 usage() { echo "usage: $0 VIDEO_DIR BUNDLE [OUT_DIR]  (or set NIGHTLY_VIDEOS, NIGHTLY_BUNDLE)" >&2; exit 2; }
@@ -58,7 +58,7 @@ case $rc in
        fi
        if (( new > 0 )); then say "failed: all $new videos failed (runs.jsonl has each error)"; exit 1; fi
        say "error: the run did not start (exit 1, see the line above)"; exit 4 ;;
-    2) say "usage error or no videos (exit 2, see the line above)"; exit 2 ;;
+    2) say "usage error (exit 2, see the line above)"; exit 2 ;;
     130) say "interrupted; finished videos are kept"; exit 130 ;;
     *) say "error: noscope exited $rc (see above)"; exit "$rc" ;;
 esac

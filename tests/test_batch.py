@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import noscope.batch
 import noscope.query
 from noscope.batch import append_record, expand_videos, plan_jobs, read_records
 from noscope.cli import cli
-from noscope.errors import UsageError
+from noscope.errors import NoscopeError
 
 from .conftest import STOREFRONT, URBAN
 
@@ -117,8 +118,11 @@ def test_expand_videos(tmp_path):
     assert [p.name for p in got] == ["a.AVI", "b.mp4", "c.mkv", "notes.txt"]
     assert all(p.is_absolute() for p in got)
     assert [p.name for p in expand_videos([str(tmp_path / "missing.mp4")])] == ["missing.mp4"]  # fails later, as its own line
-    with pytest.raises(UsageError, match="no videos found"):
+    with pytest.raises(NoscopeError, match="no videos found"):
         expand_videos([str(tmp_path / "sub" / "*.avi")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoscopeError, match="is a directory with no videos in it"):
+        expand_videos([str(tmp_path / "empty")])
 
 
 def test_clashing_stems_get_distinct_stable_folders(tmp_path):
@@ -155,11 +159,16 @@ def test_unexpected_error_is_a_failed_line_and_ctrl_c_stops(trained, clips, tmp_
 def test_usage_errors_exit_2(trained, clips, tmp_path, monkeypatch):
     assert run("query", clips, "--out", tmp_path / "o", "-q").exit_code == 2  # neither --model nor --object
     assert run("query", clips, "--model", trained["a"], "--ray-address", "127.0.0.1:1", "-q").exit_code == 2
-    assert run("query", str(tmp_path / "none" / "*.mp4"), "--model", trained["a"], "-q").exit_code == 2
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if ray were not installed
     r = run("query", clips, "--model", trained["a"], "--executor", "ray", "--out", tmp_path / "o", "-q")
     assert r.exit_code == 2 and stderr_lines(r) == ["noscope: error: --executor ray needs the ray package: pip install 'noscope[ray]'"]
     assert not (tmp_path / "o").exists()
+
+
+def test_no_videos_is_bad_input(trained, tmp_path):
+    r = run("query", str(tmp_path / "none" / "*.mp4"), "--model", trained["a"], "-q")
+    assert r.exit_code == 1 and stderr_lines(r) == [f"noscope: error: no videos found in {tmp_path}/none/*.mp4 "
+                                                    f"(looked for {', '.join(sorted(noscope.batch.VIDEO_EXTENSIONS))})"]
 
 
 def test_unreachable_ray_address_is_one_line(trained, clips, tmp_path):
