@@ -295,9 +295,9 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
     if model is None and object_name is None:
         raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one per video first)")
     if executor == "ray":
-        from .distributed import _import_ray
+        from .distributed import require_ray
 
-        _import_ray()  # a missing ray is one line before anything runs
+        require_ray()  # a missing ray is one line before anything runs
     paths = expand_videos(videos)
     root = Path(out_dir or "noscope-out").absolute()
     model_root, obj = None, object_name

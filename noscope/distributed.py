@@ -19,7 +19,7 @@ from .batch import Job, RunOptions, describe, record, run_job
 from .errors import NoscopeError, UsageError
 
 
-def _import_ray():
+def require_ray():
     try:
         import ray
     except ImportError:
@@ -101,7 +101,7 @@ def _init(ray, address):
 
 def run_on_ray(todo: list[tuple[int, Job]], opts: RunOptions, got, address=None) -> None:
     """Submit one task per (index, job); call got(index, record) as each finishes."""
-    ray = _import_ray()
+    ray = require_ray()
     started = _init(ray, address)
     pending: dict = {}
     try:
