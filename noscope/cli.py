@@ -4,6 +4,7 @@
     noscope label VIDEO --object person               # reference on every frame, cached
     noscope train VIDEO --object person --end 60% --name store
     noscope query VIDEO --model store --target-fpr 0.01 --target-fnr 0.01 --out out/
+    noscope query DIR_OR_GLOB... --model store --out nightly/ [--executor ray]   # a batch, resumable
     noscope evaluate VIDEO --model store --start 60% --json
     noscope report out/ --clips out/clips           # timeline, cost chart, clips of the intervals
     noscope config --set train.epochs=5               # print the effective configuration
@@ -244,27 +245,44 @@ def targets_options(f):
 
 
 @cli.command()
-@click.argument("video", type=click.Path(), required=False)
+@click.argument("videos", nargs=-1, type=click.Path())
 @click.option("--model", default=None, help="Trained bundle name or path.")
 @click.option("--object", "object_name", default=None,
               help="Object(s) to find (car or car,person); trains a bundle on VIDEO if none exists.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder (default noscope-out/VIDEOSTEM-OBJECT); several objects: one VIDEOSTEM-OBJECT folder each inside it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+              help="Output folder (default noscope-out/VIDEOSTEM-OBJECT; several objects: one VIDEOSTEM-OBJECT folder "
+                   "each inside it); for a batch, the root holding one folder per video and runs.jsonl (default noscope-out).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (a batch: one per video).")
 @click.option("--no-plot", is_flag=True, help="Skip timeline.png.")
+@click.option("--force", is_flag=True, help="Batch: redo videos that already have a finished result.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Run as a batch, here (local) or one Ray task per video (ray).")
+@click.option("--ray-address", default=None, help="Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray).")
 @targets_options
 @segment_options
 @reference_options
 @common
-def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, target_fnr, metric, start, end,
-          reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
-    """Answer, for every frame of VIDEO, whether the object is there, within the error targets."""
+def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor, ray_address, target_fpr, target_fnr,
+          metric, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+    """Answer, for every frame of VIDEO, whether the object is there, within the error targets.
+
+    Several videos, a folder (its videos, not recursive) or a quoted glob run as a batch: one
+    folder per video under --out, a runs.jsonl line per video, finished videos skipped unless
+    --force; exit 0 all done, 1 some videos failed."""
+    from .batch import is_batch
     from .query import query_video
     from .report import json_safe
 
     cfg = setup(config_file, sets, quiet, verbose)
     targets = make_targets(cfg, target_fpr, target_fnr, metric)
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
+    if ray_address and executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
+    if is_batch(videos, executor):
+        _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, not no_plot, force, executor or "local",
+                     ray_address, start, end, reference_name, quiet, verbose)
+        return
+    video = videos[0] if videos else None
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     summary = query_video(video, cfg, targets, model=model, object_name=object_name, out=out_dir, start=start, end=end,
                           reference_name=reference_name, plot=not no_plot, quiet=quiet or as_json, say=say)
@@ -278,6 +296,61 @@ def query(video, model, object_name, out_dir, as_json, no_plot, target_fpr, targ
         click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
                    f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
                    f"{summary['reference_calls']} reference calls -> {summary['out']}")
+
+
+def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plot, force, executor, ray_address,
+                 start, end, reference_name, quiet, verbose):
+    """Many videos: one result folder and one runs.jsonl line each; exit 1 if any failed."""
+    from collections import Counter
+
+    from .batch import RUNS_FILE, RunOptions, expand_videos, plan_jobs, run_batch
+    from .report import json_safe
+
+    if model is None and object_name is None:
+        raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one per video first)")
+    if executor == "ray":
+        from .distributed import require_ray
+
+        require_ray()  # a missing ray is one line before anything runs
+    paths = expand_videos(videos)
+    root = Path(out_dir or "noscope-out").absolute()
+    model_root, obj = None, object_name
+    if model is not None:  # a bundle that cannot be used would fail every video: say so once, up front
+        tb = resolve_model(cfg, None, model, object_name, quiet)
+        model_root, obj = Path(tb.root).absolute(), tb.object
+    jobs = plan_jobs(paths, root, obj, model_root, object_name)
+    say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
+
+    def show(rec):
+        name = Path(rec["path"]).name
+        if rec["status"] == "failed":
+            click.echo(f"noscope: error: {name}: {rec['error']}", err=True)
+        elif executor == "ray" and rec.get("stopped_at") is not None:  # a worker's own warnings stay on the worker
+            click.echo(f"noscope: warning: {name}: the video stops decoding at frame {rec['stopped_at']}; "
+                       "answered the frames before it", err=True)
+        if as_json:
+            click.echo(json.dumps(json_safe(rec)))
+        elif rec["status"] == "done":
+            click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames, "
+                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s -> {rec['out']}")
+        elif rec["status"] == "skipped":
+            click.echo(f"{name}: already done -> {rec['out']} (--force to redo)")
+
+    def trace(e):
+        if verbose:
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
+
+    records = run_batch(jobs, RunOptions(cfg, targets, start, end, reference_name, plot), root, force=force,
+                        executor=executor, ray_address=ray_address, quiet=quiet or as_json, say=say, on_record=show,
+                        on_error=trace)
+    n = Counter(r["status"] for r in records)
+    if not as_json:
+        click.echo(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed; "
+                   f"log {root / RUNS_FILE}")
+    if n["failed"]:
+        click.get_current_context().exit(1)
 
 
 @cli.command()

@@ -107,10 +107,10 @@ def bundle_reference_cfg(cfg, tb, reference_name=None) -> None:
 
 
 def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, out=None, start=None, end=None,
-                reference_name=None, plot=True, quiet=False, say=None) -> dict:
+                reference_name=None, plot=True, quiet=False, say=None, summary_extra=None) -> dict:
     """Answer every frame of [start, end) of `video`; write the result folder; return its summary.
 
-    `say` takes progress lines for a person (stderr at the command line); warnings go to the
+    `summary_extra` adds keys to summary.json (the batch runner's record of what was asked). `say` takes progress lines for a person (stderr at the command line); warnings go to the
     "noscope" logger. Raises NoscopeError for bad input, like every pipeline step.
     """
     from .cascade import choose_plan, run_cascade, usable_models
@@ -155,7 +155,7 @@ def _summary(v, tb, obj, result, plan, targets, key, s, e, out) -> dict:
         decided_frames={st: int((result.decided_by == st).sum()) for st in STAGES},
         stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
         cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
-        min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out),
+        min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out), **(summary_extra or {}),
     )
 
 

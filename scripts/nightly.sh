@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Answer last night's videos with one trained bundle; written to be run by cron.
+#
+#   scripts/nightly.sh VIDEO_DIR BUNDLE [OUT_DIR]
+#   NIGHTLY_VIDEOS=/cams/gate/2024-05-01 NIGHTLY_BUNDLE=gate-car scripts/nightly.sh
+#
+# Arguments win over the environment:
+#   NIGHTLY_VIDEOS   folder of videos (its videos are taken, not its subfolders)
+#   NIGHTLY_BUNDLE   trained bundle name or path (noscope train ... --name BUNDLE)
+#   NIGHTLY_OUT      results root (default noscope-out/nightly/<name of VIDEO_DIR>): one folder per
+#                    video plus runs.jsonl, one line per video per run
+#   NIGHTLY_LOG      log file (default OUT_DIR/nightly.log), appended to
+#   NIGHTLY_NOSCOPE  the command (default: noscope), e.g. "/opt/noscope/.venv/bin/noscope"
+#   NIGHTLY_ARGS     extra query flags, e.g. "--target-fpr 0.01 --executor ray"
+#
+# Exit codes: 0 every video answered (now or by an earlier run), 1 partial (some videos failed,
+# the others are kept; running it again retries only the failed ones), 2 usage error, 4 the run
+# did not start (no videos, bundle unusable, Ray unreachable), others: noscope's own (see the log).
+set -euo pipefail
+
+usage() { echo "usage: $0 VIDEO_DIR BUNDLE [OUT_DIR]  (or set NIGHTLY_VIDEOS, NIGHTLY_BUNDLE)" >&2; exit 2; }
+
+videos=${1:-${NIGHTLY_VIDEOS:-}}
+bundle=${2:-${NIGHTLY_BUNDLE:-}}
+[[ -n $videos && -n $bundle ]] || usage
+[[ -d $videos ]] || { echo "nightly: error: not a folder: $videos" >&2; exit 2; }
+out=${3:-${NIGHTLY_OUT:-noscope-out/nightly/$(basename "$(cd "$videos" && pwd)")}}
+mkdir -p "$out"
+log=${NIGHTLY_LOG:-$out/nightly.log}
+read -r -a noscope <<<"${NIGHTLY_NOSCOPE:-noscope}"
+read -r -a extra <<<"${NIGHTLY_ARGS:-}"
+
+say() { printf '%s nightly: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$log"; }
+
+# One run per results folder: a slow night must not overlap with the next one.
+if command -v flock >/dev/null; then
+    exec 9>>"$out/.nightly.lock"
+    if ! flock -n 9; then
+        say "another run is still working on $out; leaving it alone"
+        exit 0
+    fi
+fi
+
+lines() { if [[ -f $1 ]]; then grep -c '' "$1" || true; else echo 0; fi; }
+runs=$out/runs.jsonl
+before=$(lines "$runs")
+say "start: ${noscope[*]} query $videos --model $bundle --out $out --json -q ${extra[*]}"
+rc=0
+"${noscope[@]}" query "$videos" --model "$bundle" --out "$out" --json -q "${extra[@]}" >>"$log" 2>&1 || rc=$?
+new=$(( $(lines "$runs") - before ))
+failed=$(tail -n "$new" "$runs" 2>/dev/null | grep -c '"status": "failed"' || true)
+
+case $rc in
+    0) say "done: all $new videos answered (now or by an earlier run)"; exit 0 ;;
+    1) if (( new > failed )); then
+           say "partial: $failed of $new videos failed (runs.jsonl has each error); the rest are kept, rerun to retry"
+           exit 1
+       fi
+       if (( new > 0 )); then say "failed: all $new videos failed (runs.jsonl has each error)"; exit 1; fi
+       say "error: the run did not start (exit 1, see the line above)"; exit 4 ;;
+    2) say "usage error (exit 2, see the line above)"; exit 2 ;;
+    130) say "interrupted; finished videos are kept"; exit 130 ;;
+    *) say "error: noscope exited $rc (see above)"; exit "$rc" ;;
+esac
