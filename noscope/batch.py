@@ -151,8 +151,11 @@ def finished(job: Job, opts: RunOptions) -> dict | None:
 def record(job: Job, status: str, summary: dict | None = None, seconds: float | None = None, error: str | None = None) -> dict:
     """One runs.jsonl line."""
     s = summary or {}
-    rec = dict(path=job.video, status=status, out=job.out, model=job.model, object=s.get("object", job.object),
-               frames=s.get("frames"), positives=s.get("positives"), reference_calls=s.get("reference_calls"),
+    positives = s.get("positives")
+    if positives is None and isinstance(s.get("results"), dict):  # several objects in one pass: per object
+        positives = {o: r.get("positives") for o, r in s["results"].items()}
+    rec = dict(path=job.video, status=status, out=job.out, model=job.model, object=s.get("object", ",".join(s.get("objects", [])) or job.object),
+               frames=s.get("frames"), positives=positives, reference_calls=s.get("reference_calls"),
                seconds=None if seconds is None else round(seconds, 3), error=error,
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if s.get("stopped_at") is not None:

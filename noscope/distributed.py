@@ -2,7 +2,8 @@
 
 Ray is optional (the `ray` extra); this module is imported only when asked for. Workers get
 everything that decides an answer from the driver, explicitly: the effective config, the
-targets, the NOSCOPE_* environment (label cache, models) and the driver's working directory,
+targets, the NOSCOPE_* environment (label cache, models), the driver's working directory and
+its torch thread count,
 and run the same `batch.run_job` as the local executor, so their results are identical.
 Paths are absolute; on a multi-machine cluster they must name shared storage, and the workers
 need noscope installed.
@@ -57,7 +58,12 @@ def _environment(env: dict, cwd: str):
         os.environ.update(old_env)
 
 
-def _task(job: Job, opts: RunOptions, env: dict, cwd: str) -> dict:
+def _task(job: Job, opts: RunOptions, env: dict, cwd: str, threads: int) -> dict:
+    import torch
+
+    # Ray starts workers with one thread; the driver's count keeps CPU results bit-identical
+    # (a sum split over another number of threads rounds differently in the last bit)
+    torch.set_num_threads(threads)
     with _environment(env, cwd):
         return run_job(job, opts, quiet=True)
 
@@ -110,7 +116,10 @@ def run_on_ray(todo: list[tuple[int, Job]], opts: RunOptions, got, address=None)
         # one retry covers a lost node; a video that crashes its worker is not retried forever
         task = ray.remote(num_gpus=1 if gpus >= 1 else 0, max_retries=1)(_task)
         env, cwd = driver_env(), os.getcwd()
-        pending = {task.remote(job, opts, env, cwd): (i, job) for i, job in todo}
+        import torch
+
+        threads = torch.get_num_threads()
+        pending = {task.remote(job, opts, env, cwd, threads): (i, job) for i, job in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             i, job = pending.pop(ready[0])

@@ -125,8 +125,7 @@ def cached_batches(
 ) -> Iterator[Batch]:
     """Like `video.batches`, reading from the frame cache when it holds every wanted frame,
     else decoding (and filling the cache as it goes). Sets `video.stopped_at` the same way."""
-    end = video.frame_count if end is None else end
-    wanted = np.arange(start, end, max(1, stride), dtype=np.int64) if frames is None else np.unique(np.asarray(frames, np.int64))
+    wanted = video.wanted(start, end, stride, frames)
     root = cache_root(video)
     uniq = sorted(set(sizes.values()))
     try:

@@ -110,7 +110,8 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
                 reference_name=None, plot=True, quiet=False, say=None, summary_extra=None) -> dict:
     """Answer every frame of [start, end) of `video`; write the result folder; return its summary.
 
-    `summary_extra` adds keys to summary.json (the batch runner's record of what was asked). `say` takes progress lines for a person (stderr at the command line); warnings go to the
+    `summary_extra` adds keys to summary.json (the batch runner's record of what was asked).
+    `say` takes progress lines for a person (stderr at the command line); warnings go to the
     "noscope" logger. Raises NoscopeError for bad input, like every pipeline step.
     """
     from .cascade import choose_plan, run_cascade, usable_models
@@ -128,7 +129,7 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     check_reference_matches(tb, key)
     if tb.multi:
         objects = parse_objects(object_name) or tb.objects
-        return _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say)
+        return _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say, summary_extra)
     plan = choose_plan(tb, targets, cfg["optimizer"])
     offered = len(usable_models(tb, cfg["optimizer"]["min_auc"]))
     say(f"cascade: {plan_summary(plan)} ({offered} of {len(tb.meta['candidates'])} specialized models "
@@ -136,7 +137,7 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
                          frame_cache=cfg["decode"]["frame_cache"], prefetch=cfg["decode"]["prefetch"], quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(video, tb.object)
-    summary = _summary(v, tb, tb.object, result, plan, targets, key, s, e, out)
+    summary = dict(_summary(v, tb, tb.object, result, plan, targets, key, s, e, out), **(summary_extra or {}))
     _warn_if_stopped(v, result, s, e, summary)
     return write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=plot)
 
@@ -155,7 +156,7 @@ def _summary(v, tb, obj, result, plan, targets, key, s, e, out) -> dict:
         decided_frames={st: int((result.decided_by == st).sum()) for st in STAGES},
         stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
         cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
-        min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out), **(summary_extra or {}),
+        min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out),
     )
 
 
@@ -167,7 +168,7 @@ def _warn_if_stopped(v, result, s, e, summary: dict) -> None:
         log.warning("the video stops decoding at frame %d; answered the frames before it", result.stopped_at)
 
 
-def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say) -> dict:
+def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say, summary_extra=None) -> dict:
     """Several objects from one pass: OUT/VIDEOSTEM-OBJECT/ per object (the single-object result
     folder, so downstream tools work unchanged), then OUT/summary.json last."""
     import numpy as np
@@ -210,5 +211,6 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
                          fractions=per[o]["fractions"]) for o in objects},
     )
     top.update(stop)
+    top.update(summary_extra or {})
     write_json(out / "summary.json", top)  # last: its presence means every object's folder is complete
     return top

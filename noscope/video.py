@@ -152,6 +152,12 @@ class Video:
             )
         return s, e
 
+    def wanted(self, start: int = 0, end: int | None = None, stride: int = 1, frames=None) -> np.ndarray:
+        """The sorted frame numbers `batches` is asked for: every `stride`-th of [start, end), or `frames`."""
+        if frames is not None:
+            return np.unique(np.asarray(frames, dtype=np.int64))
+        return np.arange(start, self.frame_count if end is None else end, max(1, stride), dtype=np.int64)
+
     def _capture(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
@@ -175,11 +181,7 @@ class Video:
         decodes up to that many batches ahead, so decoding overlaps with whatever the caller
         does with a batch (OpenCV, FFmpeg and torch all release the GIL while they work).
         """
-        end = self.frame_count if end is None else end
-        if frames is None:
-            wanted = np.arange(start, end, max(1, stride), dtype=np.int64)
-        else:
-            wanted = np.unique(np.asarray(frames, dtype=np.int64))
+        wanted = self.wanted(start, end, stride, frames)
         self.stopped_at = None
         if len(wanted) == 0:
             return

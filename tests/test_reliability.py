@@ -232,7 +232,7 @@ def test_missing_bundle(tmp_path):
 def test_internal_error_is_one_line(tmp_path, monkeypatch):
     import noscope.video
 
-    def broken(path):
+    def broken(path, *args, **kwargs):
         raise ValueError("something\nunexpected")
 
     monkeypatch.setattr(noscope.video, "open_video", broken)
