@@ -258,9 +258,7 @@ class Video:
         if wanted[0] > 0:
             cap.set(cv2.CAP_PROP_POS_FRAMES, int(wanted[0]))
             pos = int(wanted[0])
-        buf_idx: list[int] = []
-        buf_t: list[float] = []
-        buf: dict[str, list[np.ndarray]] = {k: [] for k in sizes}
+        buf = _Buffer(sizes, self.fps, batch_size)
         for target in wanted:
             target = int(target)
             if target - pos > _SEEK_GAP:
@@ -281,14 +279,12 @@ class Video:
                 break
             for name, (w, h) in sizes.items():
                 small = bgr if (bgr.shape[1], bgr.shape[0]) == (w, h) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
-                buf[name].append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-            buf_idx.append(target)
-            buf_t.append(target / self.fps)
-            if len(buf_idx) == batch_size:
-                yield _make_batch(buf_idx, buf_t, buf)
-                buf_idx, buf_t, buf = [], [], {k: [] for k in sizes}
-        if buf_idx:
-            yield _make_batch(buf_idx, buf_t, buf)
+                buf.frames[name].append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
+            buf.add(target)
+            if buf.full():
+                yield buf.take()
+        if len(buf):
+            yield buf.take()
 
 
 class _Buffer:
@@ -366,14 +362,6 @@ def prefetched(items: Iterator, depth: int) -> Iterator:
             except queue.Empty:
                 pass
         t.join()
-
-
-def _make_batch(idx, times, buf) -> Batch:
-    return Batch(
-        np.asarray(idx, dtype=np.int64),
-        np.asarray(times, dtype=np.float64),
-        {k: np.stack(v) for k, v in buf.items()},
-    )
 
 
 def open_video(path: str | Path, backend: str = "auto") -> Video:
