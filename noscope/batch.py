@@ -1,7 +1,7 @@
 """`noscope query` over many videos: one result folder per video and one runs.jsonl line each.
 
     videos = expand_videos(["/cams/night/", "/cams/extra/*.avi"])
-    jobs = plan_jobs(videos, out_root, model_root, "bus")
+    jobs = plan_jobs(videos, out_root, "bus", model_root)
     records = run_batch(jobs, options, out_root, executor="local")
 
 A video that fails is one "failed" line in runs.jsonl and the run goes on; a video whose folder
@@ -41,6 +41,7 @@ class Job:
     model: str
     object: str  # what the answers are about (names the output folder)
     object_name: str | None = None  # --object as given: checked against the bundle, or trains one
+    trains: bool = False  # no --model: the run may train this video's bundle itself
 
 
 @dataclass
@@ -107,14 +108,12 @@ def plan_jobs(videos: list[Path], out_root: Path, object_for_names: str, model_r
     stems = Counter(v.stem for v in videos)
     jobs = []
     for v in videos:
+        suffix = "-" + hashlib.sha256(str(v).encode()).hexdigest()[:8] if stems[v.stem] > 1 else ""
         model = model_root
-        if model is None:  # --object alone: each video gets (or trains) its own bundle
-            model = bundle_path(default_name(v, object_name)).absolute()
-        name = default_name(v, object_for_names)
-        if stems[v.stem] > 1:
-            name += "-" + hashlib.sha256(str(v).encode()).hexdigest()[:8]
-        jobs.append(Job(video=str(v), out=str(out_root.absolute() / name), model=str(model), object=object_for_names,
-                        object_name=object_name))
+        if model is None:  # --object alone: each video gets (or trains) its own bundle, named like its folder
+            model = bundle_path(default_name(v, object_name) + suffix).absolute()
+        jobs.append(Job(video=str(v), out=str(out_root.absolute() / (default_name(v, object_for_names) + suffix)),
+                        model=str(model), object=object_for_names, object_name=object_name, trains=model_root is None))
     return jobs
 
 
@@ -126,7 +125,7 @@ def query_key(job: Job, opts: RunOptions) -> str | None:
     try:
         st = os.stat(job.video)
         # with --object the bundle may be trained by this very run, so it cannot be part of the key
-        bundle = None if job.object_name else hashlib.sha256((Path(job.model) / "bundle.yaml").read_bytes()).hexdigest()
+        bundle = None if job.trains else hashlib.sha256((Path(job.model) / "bundle.yaml").read_bytes()).hexdigest()
     except OSError:
         return None
     what = dict(cfg=opts.cfg, targets=[opts.targets.fpr, opts.targets.fnr, opts.targets.metric, opts.targets.window],

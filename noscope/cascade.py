@@ -39,11 +39,10 @@ from .errors import NoscopeError
 from .framecache import cached_batches
 from .joint import JointPlan, optimize_joint
 from .labels import label_frames
-from .optimizer import Costs, HeldOut, Plan, Targets, optimize
+from .optimizer import STAGES, Costs, HeldOut, Plan, Targets, optimize
 from .progress import progress_bar
 from .video import Video
 
-STAGES = ("skip", "diff", "model", "reference")
 # per processed frame, before the reference pass
 _COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
 

@@ -317,7 +317,7 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
     model_root, obj = None, object_name
     if model is not None:  # a bundle that cannot be used would fail every video: say so once, up front
         tb = resolve_model(cfg, None, model, object_name, quiet)
-        model_root, obj = Path(tb.root).absolute(), tb.object
+        model_root, obj = Path(tb.root).absolute(), object_name or tb.object
     jobs = plan_jobs(paths, root, obj, model_root, object_name)
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
 

@@ -165,7 +165,8 @@ def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, root: Path, sto
 
     try:
         for z, s in stores.items():
-            files[z] = open(s.path, "r+b" if s.path.exists() else "w+b")
+            # create if missing, never truncate: another process may be filling the same file
+            files[z] = os.fdopen(os.open(s.path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
     except OSError as e:
         give_up(e)
     try:

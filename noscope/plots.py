@@ -13,7 +13,8 @@ import io
 
 import numpy as np
 
-STAGES = ("skip", "diff", "model", "reference")
+from .optimizer import STAGES
+
 COSTS = ("decode", "diff", "model", "reference")  # where the seconds go; skipping costs nothing
 COLOURS = {"skip": "#b0b0b0", "decode": "#6c757d", "diff": "#5b9bd5", "model": "#f2a900", "reference": "#d9534f"}
 ANSWER = "#2e7d32"

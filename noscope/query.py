@@ -73,6 +73,8 @@ def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, s
 
     if model is None and object_name is None:
         raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one on this video first)")
+    if model is None and not video:
+        raise UsageError("--object without --model trains a bundle on VIDEO: give the video")
     say = say or (lambda *a, **k: None)
     objects = parse_objects(object_name)
     root = bundle_path(model or default_name(video, objects))

@@ -17,8 +17,8 @@ import numpy as np
 
 from .bundle import atomic_write_bytes
 from .errors import NoscopeError
+from .optimizer import STAGES
 
-STAGES = ("skip", "diff", "model", "reference")
 _COLUMNS = ["frame", "time_s", "label", "decided_by"]
 
 
@@ -211,6 +211,9 @@ def make_report(out: Path, clips: Path | None = None, pad_s: float = 1.0, max_cl
 
     out = Path(out)
     summary = read_summary(out)
+    if isinstance(summary.get("objects"), list):  # the top folder of several objects answered in one pass
+        subs = ", ".join(str(Path(r["out"]).name) for r in (summary.get("results") or {}).values())
+        raise NoscopeError(f"{out} holds one result per object; give one of its folders: {subs}")
     table = read_frames_csv(out / "frames.csv")
     report: dict = dict(out=str(out))
     if clips is not None:  # check the inputs before drawing anything

@@ -132,6 +132,27 @@ def test_clashing_stems_get_distinct_stable_folders(tmp_path):
     assert len(set(names)) == 3 and names[2] == "gate-car"
     assert all(n.startswith("cam-car-") for n in names[:2])
     assert [Path(j.out).name for j in plan_jobs(videos[::-1], tmp_path / "out", "car", tmp_path / "bundle")] == names[::-1]
+    # --object alone: each video trains its own bundle, so clashing stems must not share one
+    own = plan_jobs(videos, tmp_path / "out", "car", None, "car")
+    assert len({j.model for j in own}) == 3 and all(j.trains for j in own)
+    assert [Path(j.model).name for j in own] == names
+
+
+def test_resume_key_follows_a_retrained_bundle(trained, tmp_path):
+    """--model with --object: the bundle is given, not trained, so retraining it must redo the videos."""
+    import shutil
+
+    from noscope.batch import RunOptions, query_key
+    from noscope.config import load_config
+    from noscope.optimizer import Targets
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["a"], bundle)
+    job = plan_jobs([URBAN], tmp_path / "out", "bus", bundle, "bus")[0]
+    opts = RunOptions(cfg=load_config(), targets=Targets(0.01, 0.01))
+    before = query_key(job, opts)
+    (bundle / "bundle.yaml").write_text((bundle / "bundle.yaml").read_text() + "\n# retrained\n")
+    assert before is not None and query_key(job, opts) != before
 
 
 def test_runs_jsonl_lines_stay_whole(tmp_path):

@@ -90,6 +90,10 @@ def test_query_answers_every_object_from_one_pass(multi, tmp_path):
         assert len(json.loads((sub / "intervals.json").read_text())) == s["intervals"]
         assert (sub / "timeline.png").stat().st_size > 1000
     assert frame_lists[0] == frame_lists[1] == list(range(450, 500))
+    # the top folder is no single result: `report` names the folders it can draw
+    r = run(multi, "report", out)
+    assert r.exit_code == 1 and f"{STEM}-bus" in r.stderr and f"{STEM}-car" in r.stderr, r.output
+    assert run(multi, "report", out / f"{STEM}-bus").exit_code == 0
 
     # One object of the bundle: only its folder. An object it was not trained for: one line, exit 1.
     r = run(multi, "query", URBAN, "--model", multi["bundle"], "--object", "car", "--start", "450f", "--end", "470f",

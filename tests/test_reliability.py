@@ -227,6 +227,7 @@ def test_unwritable_output_is_bad_input(trained, shared_cache, tmp_path):
 def test_missing_bundle(tmp_path):
     assert_one_line(run("query", URBAN, "--model", tmp_path / "nothing", "-q"), 1, "no model bundle at")
     assert_one_line(run("query", "-q"), 2, "give --model NAME")
+    assert_one_line(run("query", "--object", "car", "-q"), 2, "--object without --model trains a bundle on VIDEO")
 
 
 def test_internal_error_is_one_line(tmp_path, monkeypatch):
