@@ -176,7 +176,8 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     import numpy as np
 
     from .cascade import STAGES, choose_joint_plan, run_cascade, usable_models
-    from .joint import joint_summary
+    from .joint import joint_decided, joint_summary
+    from .optimizer import stage_fractions
     from .report import write_json, write_result
 
     plan = choose_joint_plan(tb, targets, cfg["optimizer"], objects)
@@ -196,16 +197,14 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
         sub = out / default_name(v.path, o)
         summary = dict(_summary(v, tb, o, results[o], plan.plans[o], targets, key, s, e, sub), answered_with=objects, **stop)
         per[o] = write_result(sub, results[o], v, summary, tb.meta["labels"]["min_score"], plot=plot)
-    # The pass's stage per frame: a frame reached the reference if any object sent it there
-    # (stages are ordered skip < diff < model < reference).
-    codes = np.maximum.reduce([np.select([r.decided_by == st for st in STAGES], range(len(STAGES)))
-                               for r in results.values()])
+    # The pass's stage per frame: a frame reached the reference if any object sent it there.
+    codes = joint_decided([np.select([r.decided_by == st for st in STAGES], range(len(STAGES))) for r in results.values()])
     n = len(first.frames)
     top = dict(
         video=str(v.path), objects=objects, model=str(tb.root), segment=[s, e], frames=n,
         wall_seconds=round(first.seconds, 3), frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
         reference_calls=len(first.reference_scores),
-        fractions={st: float(np.count_nonzero(codes == i)) / max(n, 1) for i, st in enumerate(STAGES)},
+        fractions=stage_fractions(codes),
         stage_seconds={k: round(x, 3) for k, x in first.stage_seconds.items()},
         cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
         min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out),
