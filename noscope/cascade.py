@@ -36,7 +36,7 @@ import numpy as np
 from . import bundle as B
 from . import difference, specialized
 from .errors import NoscopeError
-from .framecache import cached_batches
+from .framecache import cached_batches, holds_all
 from .joint import JointPlan, optimize_joint
 from .labels import label_frames
 from .optimizer import STAGES, Costs, HeldOut, Plan, Targets, optimize
@@ -166,7 +166,7 @@ def choose_joint_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict |
 
 
 @contextmanager
-def cpu_threads_beside_decoder(device, prefetch: int):
+def cpu_threads_beside_decoder(device, prefetch: int, workers: int = 1):
     """On CPU, leave one core to the decoding thread while the cheap stages run.
 
     With both cores given to torch the decoder and the CNN take turns; measured on the
@@ -176,7 +176,7 @@ def cpu_threads_beside_decoder(device, prefetch: int):
     import torch
 
     n = torch.get_num_threads()
-    if getattr(device, "type", str(device)) != "cpu" or prefetch <= 0 or n < 2:
+    if getattr(device, "type", str(device)) != "cpu" or (prefetch <= 0 and workers <= 1) or n < 2:
         yield
         return
     torch.set_num_threads(n - 1)
@@ -215,12 +215,13 @@ def run_cascade(
     use_label_cache: bool = True,
     frame_cache: bool = True,
     prefetch: int = 2,
+    workers: int = 1,
     quiet: bool = False,
 ) -> CascadeResult | dict[str, CascadeResult]:
     """Run `plan` over [start, end): a Plan (single-object bundle) gives one CascadeResult, a
     JointPlan gives object -> CascadeResult, all from one decode, one CNN pass, one reference pass.
     `frame_cache` reads and fills the decoded-frame cache (decode once, query many); `prefetch`
-    batches are decoded ahead in a thread."""
+    batches are decoded ahead in a thread, by `workers` processes (noscope.decode_pool)."""
     t0 = time.perf_counter()
     stage_t = {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}
     device = reference.device
@@ -251,9 +252,11 @@ def run_cascade(
         prev_last = None  # last processed frame of the previous batch, for "prev" difference detectors
         i = 0
         decode = partial(cached_batches, video) if frame_cache else video.batches
-        with progress_bar(total=len(processed), desc="query", quiet=quiet) as bar, cpu_threads_beside_decoder(device, prefetch):
+        if frame_cache and holds_all(video, sizes, start, end, skip):  # nothing to decode: torch keeps every core
+            prefetch, workers = 0, 1
+        with progress_bar(total=len(processed), desc="query", quiet=quiet) as bar, cpu_threads_beside_decoder(device, prefetch, workers):
             t_dec = time.perf_counter()
-            for batch in decode(sizes, start, end, stride=skip, batch_size=batch_size, prefetch=prefetch):
+            for batch in decode(sizes, start, end, stride=skip, batch_size=batch_size, prefetch=prefetch, workers=workers):
                 stage_t["decode"] += time.perf_counter() - t_dec
                 n = len(batch)
                 st = np.full((n, len(objects)), _REF, np.int8)

@@ -17,7 +17,7 @@ from .cascade import choose_plan, run_cascade
 from .labels import label_frames
 from .metrics import evaluate as rates
 from .train import object_truth
-from .video import open_video
+from .video import decode_options, open_video
 
 
 def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=None, quiet=False) -> dict:
@@ -32,8 +32,7 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
 
     plan = choose_plan(tb, targets, cfg["optimizer"])
     result = run_cascade(video, tb, plan, reference, ref_key, s, e, batch_size=cfg["query"]["batch_size"],
-                         use_label_cache=False, frame_cache=False,
-                         prefetch=cfg["decode"]["prefetch"], quiet=quiet)
+                         use_label_cache=False, **dict(decode_options(cfg), frame_cache=False), quiet=quiet)
 
     common = np.intersect1d(labels.frames, result.frames)
     truth_all = object_truth(labels.score_of(cls), lab["min_score"], lab["smooth"])

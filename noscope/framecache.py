@@ -113,6 +113,20 @@ def _read_end(root: Path) -> int | None:
         return None
 
 
+def holds_all(video: Video, sizes: dict[str, Size], start: int = 0, end: int | None = None, stride: int = 1) -> bool:
+    """True when the cache can serve every frame `cached_batches` would be asked for (nothing to decode)."""
+    wanted = video.wanted(start, end, stride)
+    root = cache_root(video)
+    if not root.is_dir():
+        return False
+    stop = _read_end(root)
+    readable = wanted if stop is None else wanted[wanted < stop]
+    try:
+        return all(_Store(root, z, video.frame_count).holds(readable) for z in set(sizes.values()))
+    except OSError:
+        return False
+
+
 def cached_batches(
     video: Video,
     sizes: dict[str, Size],
@@ -122,6 +136,7 @@ def cached_batches(
     batch_size: int = 64,
     frames: np.ndarray | None = None,
     prefetch: int = 2,
+    workers: int = 1,
 ) -> Iterator[Batch]:
     """Like `video.batches`, reading from the frame cache when it holds every wanted frame,
     else decoding (and filling the cache as it goes). Sets `video.stopped_at` the same way."""
@@ -133,7 +148,7 @@ def cached_batches(
         stores = {z: _Store(root, z, video.frame_count) for z in uniq}
     except OSError as e:  # a read-only or full cache only costs speed
         log.warning("frame cache unavailable (%s); decoding", e)
-        yield from video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch)
+        yield from video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
         return
     stop = _read_end(root)
     readable = wanted if stop is None else wanted[wanted < stop]
@@ -144,10 +159,10 @@ def cached_batches(
             arrays = {z: s.read(idx) for z, s in stores.items()}
             yield Batch(idx, idx / video.fps, {name: arrays[z] for name, z in sizes.items()})
         return
-    yield from _decode_and_fill(video, sizes, wanted, batch_size, prefetch, root, stores)
+    yield from _decode_and_fill(video, sizes, wanted, batch_size, prefetch, workers, root, stores)
 
 
-def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, root: Path, stores: dict) -> Iterator[Batch]:
+def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, workers, root: Path, stores: dict) -> Iterator[Batch]:
     """Decode the wanted frames, writing each distinct size into the cache as it passes.
 
     The cache only ever costs speed: when it cannot be written (full disk, permissions) the
@@ -170,7 +185,7 @@ def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, root: Path, sto
     except OSError as e:
         give_up(e)
     try:
-        for k, b in enumerate(video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch)):
+        for k, b in enumerate(video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)):
             if files:
                 try:
                     for z, name in name_of.items():

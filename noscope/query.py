@@ -119,7 +119,7 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     from .cascade import choose_plan, run_cascade, usable_models
     from .optimizer import plan_summary
     from .report import write_result
-    from .video import open_video
+    from .video import decode_options, open_video
 
     say = say or (lambda *a, **k: None)
     tb = resolve_model(cfg, video, model, object_name, quiet, say=say)
@@ -137,7 +137,7 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     say(f"cascade: {plan_summary(plan)} ({offered} of {len(tb.meta['candidates'])} specialized models "
         f"passed the held-out AUC >= {cfg['optimizer']['min_auc']} guard)")
     result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
-                         frame_cache=cfg["decode"]["frame_cache"], prefetch=cfg["decode"]["prefetch"], quiet=quiet)
+                         **decode_options(cfg), quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(video, tb.object)
     summary = dict(_summary(v, tb, tb.object, result, plan, targets, key, s, e, out), **(summary_extra or {}))
     _warn_if_stopped(v, result, s, e, summary)
@@ -179,6 +179,7 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     from .joint import joint_decided, joint_summary
     from .optimizer import stage_fractions
     from .report import write_json, write_result
+    from .video import decode_options
 
     plan = choose_joint_plan(tb, targets, cfg["optimizer"], objects)
     guard = cfg["optimizer"]["min_auc"]
@@ -186,7 +187,7 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     say(f"cascade: {joint_summary(plan)} (specialized models of {len(tb.meta['candidates'])} passing the held-out "
         f"AUC >= {guard} guard, per object: {offered})")
     results = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
-                          frame_cache=cfg["decode"]["frame_cache"], prefetch=cfg["decode"]["prefetch"], quiet=quiet)
+                          **decode_options(cfg), quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(v.path, objects)
     first = results[objects[0]]  # frames, timings and reference calls are the pass's, shared by all
     (out / "summary.json").unlink(missing_ok=True)  # an earlier run's must not vouch for folders rewritten now

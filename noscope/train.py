@@ -35,7 +35,7 @@ from .labels import label_frames
 from .metrics import smooth
 from .progress import progress_bar
 from .reference import load_reference, reference_key
-from .video import Video, open_video
+from .video import Video, decode_options, open_video
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def train(
     archs = resolve_grid(tcfg["grid"])
     sizes = sorted({a.size for a in archs} | {tcfg["diff_size"]})
     say(f"decoding {len(frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
-    small = _decode_small(video, frames, sizes, quiet, frame_cache=cfg["decode"]["frame_cache"])
+    small = _decode_small(video, frames, sizes, quiet, **decode_options(cfg))
 
     if force and work.exists():
         shutil.rmtree(work)
@@ -337,14 +337,15 @@ def train(
     return meta
 
 
-def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool, frame_cache: bool = True) -> dict[int, np.ndarray]:
+def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool, frame_cache: bool = True,
+                  prefetch: int = 2, workers: int = 1) -> dict[int, np.ndarray]:
     """The sampled frames at every small size; through the frame cache, so the query that
     follows training does not decode these frames again."""
     out = {z: np.zeros((len(frames), z, z, 3), np.uint8) for z in sizes}
     pos = {f: i for i, f in enumerate(frames.tolist())}
     decode = partial(cached_batches, video) if frame_cache else video.batches
     with progress_bar(total=len(frames), desc="decode", quiet=quiet) as bar:
-        for b in decode({z: (z, z) for z in sizes}, frames=frames, batch_size=256):
+        for b in decode({z: (z, z) for z in sizes}, frames=frames, batch_size=256, prefetch=prefetch, workers=workers):
             idx = [pos[f] for f in b.indices.tolist()]
             for z in sizes:
                 out[z][idx] = b.frames[z]

@@ -13,7 +13,8 @@ stable number (the clip's own packets from the keyframe before the 40% mark, rep
 codec is the clip's; the table says how often; cascades that send most frames to the reference
 are timed on the 40% once, from the error run):
   - decode-only frames/s: the decoder and resize to 50x50 that the cascade uses (PyAV: its own
-    frame threads), no prefetch thread and nothing else (the ceiling of a full pass),
+    frame threads; decode.workers processes), no prefetch thread and nothing else (the ceiling
+    of a full pass),
   - the cascade end to end as a first query of the video runs it: nothing cached, its decoding
     thread overlapping the cheap stages,
   - a repeat query of the same video, reading the frame and label caches the first one filled
@@ -50,7 +51,7 @@ from noscope.labels import store_dir
 from noscope.optimizer import Targets
 from noscope.reference import load_reference, reference_key
 from noscope.train import _device, train
-from noscope.video import open_video
+from noscope.video import decode_options, open_video
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "videos"
@@ -79,9 +80,9 @@ def loop_video(src: Path, dst: Path, times: int, start_s: float = 0.0) -> Path:
     return dst
 
 
-def decode_fps(video, start, end, size=50) -> float:
+def decode_fps(video, start, end, workers: int, size=50) -> float:
     t = time.perf_counter()
-    n = sum(len(b) for b in video.batches({"s": (size, size)}, start, end, batch_size=256, prefetch=0))
+    n = sum(len(b) for b in video.batches({"s": (size, size)}, start, end, batch_size=256, prefetch=0, workers=workers))
     return n / (time.perf_counter() - t)
 
 
@@ -89,7 +90,7 @@ def timed_cascade(video, tb, plan, ref, key, cfg):
     """The cascade over the whole video, as `noscope query` runs it (frame and label caches on)."""
     t = time.perf_counter()
     res = run_cascade(video, tb, plan, ref, key, 0, video.frame_count, batch_size=cfg["query"]["batch_size"],
-                      frame_cache=True, prefetch=cfg["decode"]["prefetch"], quiet=True)
+                      **dict(decode_options(cfg), frame_cache=True), quiet=True)
     return res, len(res.frames) / (time.perf_counter() - t)
 
 
@@ -157,6 +158,7 @@ def main() -> None:
 def run(args, cfg, targets, ref, key, tmp: Path) -> None:
     rows, heavy_rows, rss_rows = [], [], []
     heavy_cache: dict[tuple[int, int], dict[str, float]] = {}
+    workers = decode_options(cfg)["workers"]
     for clip, obj in CASES:
         path = VIDEOS / clip
         root = bundle_path(f"bench-{Path(clip).stem}-{obj}")
@@ -168,13 +170,13 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
         n_clip = open_video(path).frame_count
         if ref_share > 0.2:  # the reference dominates: long enough already, and looping would take hours
             loops, tv = 0, None
-            cascade_fps, second_fps, dec = rep["cascade_fps"], None, decode_fps(open_video(path), *open_video(path).segment("60%", None))
+            cascade_fps, second_fps, dec = rep["cascade_fps"], None, decode_fps(open_video(path), *open_video(path).segment("60%", None), workers)
             n_timed, stages = rep["frames_compared"], rep["stage_seconds"]
         else:
             s40, _ = open_video(path).segment("60%", None)
             loops = max(1, min(40, -(-args.loop_frames // (n_clip - s40))))
             tv = open_video(loop_video(path, tmp / f"loop{loops}-{clip}", loops, s40 / open_video(path).fps))
-            dec = decode_fps(tv, 0, tv.frame_count)
+            dec = decode_fps(tv, 0, tv.frame_count, workers)
             for d in (cache_root(tv), store_dir(tv, key)):  # a first query: nothing cached yet
                 shutil.rmtree(d, ignore_errors=True)
             res, cascade_fps = timed_cascade(tv, tb, plan, ref, key, cfg)  # fills both caches
@@ -188,7 +190,7 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
                          reference_calls=rep["reference_calls"], reference_share=ref_share, device=rep["device"],
                          timed_reference_calls=len(res.reference_scores) if tv is not None else rep["reference_calls"],
                          threads=torch.get_num_threads(), reference_batch=ref.batch_size, query_batch=cfg["query"]["batch_size"],
-                         prefetch=cfg["decode"]["prefetch"]))
+                         prefetch=cfg["decode"]["prefetch"], decode_workers=workers))
         print(json.dumps(rows[-1]), file=sys.stderr)
         if args.heavy:
             v = open_video(path)
@@ -215,7 +217,7 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
 
     x0 = rows[0]
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, device {x0['device']}, torch threads {x0['threads']}, "
-             f"reference batch {x0['reference_batch']}, query batch {x0['query_batch']}, decode prefetch {x0['prefetch']}; "
+             f"reference batch {x0['reference_batch']}, query batch {x0['query_batch']}, decode prefetch {x0['prefetch']}, decode workers {x0['decode_workers']}; "
              f"target FPR=FNR={args.target}. Errors: the last 40% of each clip (unseen in training) against the reference "
              f"on every frame. Timing: that last 40% looped N times (its own packets, no re-encode) where the table says so.", "",
              "| clip | object | frames (pos) | timed frames | decode-only fps | reference fps | cascade fps | speed-up "

@@ -59,6 +59,19 @@ def test_second_pass_reads_the_cache_and_equals_decoding(square_video, monkeypat
     assert v.stopped_at is None
 
 
+def test_holds_all_says_when_nothing_is_left_to_decode(square_video):
+    """A query whose frames are all cached gives torch every thread: holds_all must be exact."""
+    path, _, _ = square_video
+    v = open_video(path)
+    sizes = {"model": (50, 50), "diff": (50, 50)}
+    assert not framecache.holds_all(v, sizes, 5, 110, 3)
+    cached(v, sizes, start=5, end=110, stride=3, batch_size=16)
+    assert framecache.holds_all(v, sizes, 5, 110, 3)
+    assert framecache.holds_all(v, sizes, 8, 50, 6)  # a subset
+    assert not framecache.holds_all(v, sizes, 5, 110, 1)  # frames in between were never decoded
+    assert not framecache.holds_all(v, {"model": (64, 64)}, 5, 110, 3)  # another size
+
+
 def test_frames_the_cache_lacks_are_decoded(square_video, monkeypatch):
     path, _, _ = square_video
     v = open_video(path)
