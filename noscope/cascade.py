@@ -152,7 +152,7 @@ def choose_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None 
     ocfg = dict(tb.meta.get("optimizer", {}), **(optimizer_cfg or {}))
     skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
     models = usable_models(tb, float(ocfg.get("min_auc", 0.0)))
-    return optimize(tb.heldout, tb.costs, targets, skips=skips, models=models)
+    return optimize(tb.heldout, tb.costs, targets, skips=skips, models=models, min_saving=float(ocfg.get("min_saving", 0.0)))
 
 
 def choose_joint_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None = None,
@@ -162,7 +162,8 @@ def choose_joint_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict |
     skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
     objects = objects or tb.objects
     models = {o: usable_models(tb, float(ocfg.get("min_auc", 0.0)), o) for o in objects}
-    return optimize_joint({o: tb.heldouts[o] for o in objects}, tb.costs, targets, skips=skips, models=models)
+    return optimize_joint({o: tb.heldouts[o] for o in objects}, tb.costs, targets, skips=skips, models=models,
+                          min_saving=float(ocfg.get("min_saving", 0.0)))
 
 
 @contextmanager

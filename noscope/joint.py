@@ -98,7 +98,7 @@ def joint_decided(decided: Sequence[np.ndarray]) -> np.ndarray:
 def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targets | Mapping[str, Targets],
                    skips: Sequence[int] = DEFAULT_SKIPS, diff_thresholds=None,
                    models: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-                   diffs: Sequence[str] | None = None) -> JointPlan:
+                   diffs: Sequence[str] | None = None, min_saving: float = 0.0) -> JointPlan:
     """The cheapest one-pass cascade meeting every object's targets on the held-out frames.
 
     heldouts: object -> HeldOut; all share the same frames (blocks) and difference-detector
@@ -136,7 +136,7 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
     layouts = {k: _Layouts(preps[k], configs, tg[k]) for k in names}
     n = first.n
 
-    best = _Best({k: Cascade(1) for k in names}, costs.decode + costs.convert + costs.reference, 1.0)
+    best = _Best({k: Cascade(1) for k in names}, costs.decode + costs.convert + costs.reference, 1.0, min_saving)
     for lower_bound, i, m in candidates:
         if best.beyond(lower_bound):
             break  # sorted by lower bound: nothing after this can be cheaper
@@ -193,7 +193,7 @@ def joint_summary(plan: JointPlan) -> str:
     """One line describing a joint plan, e.g. for the CLI."""
     s, f = plan.shared, plan.fractions
     if plan.reference_only:
-        stages = "reference on every frame (no cheaper cascade met every object's targets)"
+        stages = "reference on every frame (no cascade met every object's targets at a clear saving)"
     else:
         parts = []
         if s.skip > 1:

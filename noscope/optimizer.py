@@ -510,8 +510,9 @@ def _thresholds_for(diff_thresholds, name: str) -> np.ndarray | None:
 
 def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[int] = DEFAULT_SKIPS,
              diff_thresholds=None, models: Sequence[str] | None = None,
-             diffs: Sequence[str] | None = None) -> Plan:
-    """The cheapest cascade meeting `targets` on the held-out frames (reference-only if none does).
+             diffs: Sequence[str] | None = None, min_saving: float = 0.0) -> Plan:
+    """The cheapest cascade meeting `targets` on the held-out frames (reference-only if none does,
+    or none costs at most 1 - `min_saving` of the reference alone).
 
     diff_thresholds: None (DEFAULT_DIFF_QUANTILES of each detector's scores at each skip), one
     sequence for all detectors, or a mapping detector name -> sequence. models / diffs: restrict
@@ -528,7 +529,7 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
     candidates = _candidates(configs, costs, model_cost)
 
     # The fallback: the reference on every frame. Its labels are the truth, so it meets any target.
-    best = _Best(Cascade(1), costs.decode + costs.convert + costs.reference, 1.0)
+    best = _Best(Cascade(1), costs.decode + costs.convert + costs.reference, 1.0, min_saving)
     layouts = _Layouts(prep, configs, targets)
     for lower_bound, i, m in candidates:
         if best.beyond(lower_bound):
@@ -606,15 +607,24 @@ def _candidates(configs: list, costs: Costs, model_cost: Mapping[str, float]) ->
 
 
 class _Best:
-    """The cheapest cascade so far; equal costs go to fewer reference calls."""
+    """The cheapest cascade so far, starting from the reference on every frame; equal costs go
+    to fewer reference calls. A cascade must cost at most (1 - min_saving) of the reference
+    alone to replace it: a predicted saving of a few percent is within what the held-out
+    estimate misses by on new footage, and then the cheap stages are pure overhead."""
 
-    def __init__(self, cascade, cost: float, ref_share: float):
+    def __init__(self, cascade, cost: float, ref_share: float, min_saving: float = 0.0):
+        if not 0.0 <= min_saving < 1.0:
+            raise UsageError(f"optimizer.min_saving must be in [0, 1), not {min_saving}")
         self.cascade, self.cost, self.ref_share = cascade, cost, ref_share
+        self.limit = (1.0 - min_saving) * cost  # the most a cascade may cost
 
     def beyond(self, lower_bound: float) -> bool:
-        return lower_bound > self.cost + _COST_RTOL * self.cost
+        bound = min(self.cost, self.limit)
+        return lower_bound > bound + _COST_RTOL * bound
 
     def offer(self, cascade, cost: float, ref_share: float) -> None:
+        if cost > self.limit * (1 + _COST_RTOL):
+            return
         tol = _COST_RTOL * max(abs(self.cost), 1e-12)
         if cost < self.cost - tol or (cost <= self.cost + tol and ref_share < self.ref_share - 1e-12):
             self.cascade, self.cost, self.ref_share = cascade, cost, ref_share
@@ -672,7 +682,7 @@ def plan_summary(plan: Plan) -> str:
     """One line describing a plan, e.g. for the CLI."""
     f = plan.fractions
     if plan.reference_only:
-        stages = "reference on every frame (no cheaper cascade met the targets)"
+        stages = "reference on every frame (no cascade met the targets at a clear saving)"
     else:
         parts = []
         if plan.skip > 1:

@@ -253,6 +253,26 @@ def test_perfect_ref_diff_is_used_on_mostly_empty_video():
     check_plan(plan, h, targets, c)
 
 
+@pytest.mark.parametrize("empty_share, min_saving, used", [(0.1, 0.2, False), (0.1, 0.0, True), (0.5, 0.2, True)])
+def test_small_predicted_savings_keep_the_reference_alone(empty_share, min_saving, used):
+    """A detector that settles 10% of the frames saves ~10%: under min_saving=0.2 that is noise."""
+    n = 2000
+    truth = np.ones(n, bool)
+    truth[: int(empty_share * n)] = False  # the empty frames, which the detector recognises exactly
+    h = heldout(truth, diffs={"empty": {1: truth.astype(float)}}, kinds={"empty": "ref"})
+    c = costs(diffs={"empty": 1e-4})
+    plan = optimize(h, c, Targets(0.01, 0.01), skips=[1], diff_thresholds=[0.5], min_saving=min_saving)
+    assert (plan.diff == "empty") is used and plan.reference_only is not used
+    check_plan(plan, h, Targets(0.01, 0.01), c)
+    if used:
+        assert plan.expected_cost <= (1 - min_saving) * reference_only_cost(c)
+
+
+def test_min_saving_out_of_range_is_a_usage_error():
+    with pytest.raises(UsageError):
+        optimize(heldout([True, False] * 10), costs(), Targets(0.01, 0.01), min_saving=1.0)
+
+
 def test_cheaper_of_two_equally_accurate_models_wins():
     rng = np.random.default_rng(6)
     truth = rng.random(2000) < 0.3
