@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections import deque
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -115,11 +116,8 @@ def parallel_batches(video: Video, wanted: np.ndarray, sizes: dict[str, Size], b
     min_frames = int(np.clip(len(wanted) // (workers * SEGMENTS_PER_WORKER), batch_size, max_frames))
     keys = keyframes(video) if len(wanted) >= MIN_PARALLEL_FRAMES else None
     segments = plan_segments(wanted, *keys, min_frames, max_frames) if keys is not None else []
-    if len(segments) < 2:  # untrusted timestamps, a short request or keyframes far apart: one process
-        yield from video._decode_pyav(wanted, sizes, batch_size)
-        return
-
-    pool = _start_pool(video, min(workers, len(segments)))
+    # one process: untrusted timestamps, a short request, keyframes far apart, or no processes to be had
+    pool = _start_pool(video, min(workers, len(segments))) if len(segments) >= 2 else None
     if pool is None:
         yield from video._decode_pyav(wanted, sizes, batch_size)
         return
@@ -199,8 +197,6 @@ _video: Video | None = None
 
 def _start_worker(path: str, fps: float, width: int, height: int, frame_count: int, t0: float | None) -> None:
     global _video
-    from pathlib import Path
-
     _video = Video(Path(path), fps, width, height, frame_count)
     _video.backend = "pyav"
     _video._t0 = t0

@@ -113,14 +113,18 @@ def _read_end(root: Path) -> int | None:
         return None
 
 
+def _readable(root: Path, wanted: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """The wanted frames before where decoding is known to end (end.json), and that end."""
+    stop = _read_end(root)
+    return (wanted if stop is None else wanted[wanted < stop]), stop
+
+
 def holds_all(video: Video, sizes: dict[str, Size], start: int = 0, end: int | None = None, stride: int = 1) -> bool:
     """True when the cache can serve every frame `cached_batches` would be asked for (nothing to decode)."""
-    wanted = video.wanted(start, end, stride)
     root = cache_root(video)
     if not root.is_dir():
         return False
-    stop = _read_end(root)
-    readable = wanted if stop is None else wanted[wanted < stop]
+    readable, _ = _readable(root, video.wanted(start, end, stride))
     try:
         return all(_Store(root, z, video.frame_count).holds(readable) for z in set(sizes.values()))
     except OSError:
@@ -150,8 +154,7 @@ def cached_batches(
         log.warning("frame cache unavailable (%s); decoding", e)
         yield from video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
         return
-    stop = _read_end(root)
-    readable = wanted if stop is None else wanted[wanted < stop]
+    readable, stop = _readable(root, wanted)
     if all(s.holds(readable) for s in stores.values()):
         video.stopped_at = stop if stop is not None and len(readable) < len(wanted) else None
         for i in range(0, len(readable), batch_size):

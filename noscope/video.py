@@ -210,11 +210,12 @@ class Video:
         self.stopped_at = None
         if len(wanted) == 0:
             return
-        if decoder_name(self.backend) == "pyav" and workers > 1:
+        pyav = decoder_name(self.backend) == "pyav"
+        if pyav and workers > 1:
             from .decode_pool import parallel_batches
 
             decode = partial(parallel_batches, self, wanted, sizes, batch_size, workers)
-        elif decoder_name(self.backend) == "pyav":
+        elif pyav:
             decode = partial(self._decode_pyav, wanted, sizes, batch_size)
         else:
             cap = self._capture()
