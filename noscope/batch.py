@@ -157,9 +157,22 @@ def record(job: Job, status: str, summary: dict | None = None, seconds: float | 
                frames=s.get("frames"), positives=positives, reference_calls=s.get("reference_calls"),
                seconds=None if seconds is None else round(seconds, 3), error=error,
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if summary is not None:
+        rec["verified"] = verified_record(s)
     if s.get("stopped_at") is not None:
         rec["stopped_at"] = s["stopped_at"]
     return rec
+
+
+def verified_record(summary: dict) -> dict:
+    """What the check on the queried video said, for runs.jsonl: met (True, False, or None: not
+    enough evidence), and each rate's estimate and upper bound; several objects: met per object."""
+    if isinstance(summary.get("results"), dict):
+        return dict(met=summary.get("verified_met"), objects={o: r.get("verified_met") for o, r in summary["results"].items()})
+    v = summary.get("verified") or {}
+    keep = lambda r: None if r is None else {k: r.get(k) for k in ("estimate", "high", "count_high")}  # noqa: E731
+    return dict(met=v.get("met"), fpr=keep(v.get("fpr")), fnr=keep(v.get("fnr")), escalated=v.get("escalated"),
+                checked=v.get("checked"))
 
 
 def describe(e: BaseException) -> str:
@@ -188,7 +201,7 @@ def run_job(job: Job, opts: RunOptions, quiet: bool = True, say=None, on_error: 
         key = query_key(job, opts)
         summary = query_video(job.video, copy.deepcopy(opts.cfg), opts.targets, model=job.model, object_name=job.object_name,
                               out=job.out, start=opts.start, end=opts.end, reference_name=opts.reference_name,
-                              plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key))
+                              plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False)
     except Exception as e:
         if on_error:
             on_error(e)

@@ -113,7 +113,7 @@ def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
     costs = Costs(decode=c["decode"], convert=c["convert"], diff=dict(c["diff"]), model=dict(c["model"]), reference=c["reference"])
     if "objects" not in meta:
         heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
-                          diff_scores=diff_scores, diff_kinds=kinds)
+                          diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames"))
         return TrainedBundle(root, meta, heldout, costs, {meta["object"]: heldout})
     objects = list(meta["objects"])
     if meta.get("format") != B.MULTI_FORMAT or len(meta["class_indices"]) != len(objects) or len(objects) < 2:
@@ -124,7 +124,7 @@ def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
             raise NoscopeError(f"model bundle {root} is corrupt: heldout.npz {what} does not have one column per object")
     # Views per object: same frames and difference scores, that object's truth and model output.
     heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={m: v[:, k] for m, v in model_scores.items()},
-                           diff_scores=diff_scores, diff_kinds=kinds) for k, o in enumerate(objects)}
+                           diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames")) for k, o in enumerate(objects)}
     return TrainedBundle(root, meta, None, costs, heldouts)
 
 
@@ -146,24 +146,28 @@ def usable_models(tb: TrainedBundle, min_auc: float, obj: str | None = None) -> 
     return [c["name"] for c in tb.meta["candidates"] if c["heldout_auc"] >= min_auc]
 
 
+def search_options(ocfg: dict) -> dict:
+    """The optimizer's keyword arguments from a config's optimizer section (older bundles lack some)."""
+    return dict(skips=tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30))),
+                min_saving=float(ocfg.get("min_saving", 0.0)), confidence=float(ocfg.get("confidence", 0.95)),
+                strict=bool(ocfg.get("strict", False)), cost_slack=float(ocfg.get("cost_slack", 0.0)))
+
+
 def choose_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None = None) -> Plan:
     if tb.multi:
         raise NoscopeError(f"bundle {tb.root} answers several objects ({', '.join(tb.objects)}); it needs a joint plan")
     ocfg = dict(tb.meta.get("optimizer", {}), **(optimizer_cfg or {}))
-    skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
     models = usable_models(tb, float(ocfg.get("min_auc", 0.0)))
-    return optimize(tb.heldout, tb.costs, targets, skips=skips, models=models, min_saving=float(ocfg.get("min_saving", 0.0)))
+    return optimize(tb.heldout, tb.costs, targets, models=models, **search_options(ocfg))
 
 
 def choose_joint_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None = None,
                       objects: list[str] | None = None) -> JointPlan:
     """One pass for `objects` (default: all of the bundle's), each held to `targets`."""
     ocfg = dict(tb.meta.get("optimizer", {}), **(optimizer_cfg or {}))
-    skips = tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30)))
     objects = objects or tb.objects
     models = {o: usable_models(tb, float(ocfg.get("min_auc", 0.0)), o) for o in objects}
-    return optimize_joint({o: tb.heldouts[o] for o in objects}, tb.costs, targets, skips=skips, models=models,
-                          min_saving=float(ocfg.get("min_saving", 0.0)))
+    return optimize_joint({o: tb.heldouts[o] for o in objects}, tb.costs, targets, models=models, **search_options(ocfg))
 
 
 @contextmanager
@@ -197,6 +201,8 @@ class CascadeResult:
     seconds: float
     stage_seconds: dict[str, float]
     stopped_at: int | None = None
+    model_scores: np.ndarray | None = None  # float (N,): the CNN's score where it ran, NaN elsewhere
+    diff_scores: np.ndarray | None = None  # float (N,): the difference detector's score where it ran, NaN elsewhere
 
     def fractions(self) -> dict[str, float]:
         n = max(len(self.frames), 1)
@@ -218,11 +224,13 @@ def run_cascade(
     prefetch: int = 2,
     workers: int = 1,
     quiet: bool = False,
+    known: dict[int, np.ndarray] | None = None,
 ) -> CascadeResult | dict[str, CascadeResult]:
     """Run `plan` over [start, end): a Plan (single-object bundle) gives one CascadeResult, a
     JointPlan gives object -> CascadeResult, all from one decode, one CNN pass, one reference pass.
     `frame_cache` reads and fills the decoded-frame cache (decode once, query many); `prefetch`
-    batches are decoded ahead in a thread, by `workers` processes (noscope.decode_pool)."""
+    batches are decoded ahead in a thread, by `workers` processes (noscope.decode_pool).
+    `known`: frame -> the reference's class scores already in hand (an earlier pass), not asked again."""
     t0 = time.perf_counter()
     stage_t = {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}
     device = reference.device
@@ -249,6 +257,8 @@ def run_cascade(
 
     processed = np.arange(start, end, skip, dtype=np.int64)
     state = np.full((len(processed), len(objects)), _REF, np.int8)  # one column per object
+    pscore = np.full((len(processed), len(objects)), np.nan, np.float32)  # the CNN's scores where it ran
+    dscore = np.full(len(processed), np.nan, np.float32)  # the difference detector's
     if sizes:
         prev_last = None  # last processed frame of the previous batch, for "prev" difference detectors
         i = 0
@@ -277,6 +287,7 @@ def run_cascade(
                         sc = det.score(x)
                         unchanged = sc < plan.diff_threshold
                         st[unchanged] = _EMPTY
+                    dscore[i : i + n] = sc
                     todo &= ~unchanged
                     stage_t["diff"] += time.perf_counter() - t
                 if model is not None and todo.any():
@@ -287,62 +298,65 @@ def run_cascade(
                     sub[p < c_low] = _NO
                     sub[p > c_high] = _YES
                     st[todo] = sub
+                    pscore[i + np.flatnonzero(todo)] = p
                     stage_t["model"] += time.perf_counter() - t
                 state[i : i + n] = st
                 i += n
                 bar.update(n)
                 t_dec = time.perf_counter()
         if i < len(processed):  # the file ended early
-            processed, state = processed[:i], state[:i]
+            processed, state, pscore, dscore = processed[:i], state[:i], pscore[:i], dscore[:i]
     stopped_at = video.stopped_at
 
     # reference pass over the frames some object could not decide; it answers them all at once
     t = time.perf_counter()
     asks = (state == _REF).any(axis=1)
     need = processed[asks]
-    scores: dict[int, np.ndarray] = {}
-    if len(need):
-        lab = label_frames(video, reference, ref_key, need, use_cache=use_label_cache, quiet=quiet, desc="reference")
-        classes = [tb.class_index(o) for o in objects]
-        scores = dict(zip(lab.frames.tolist(), lab.scores[:, classes].astype(float)))
+    classes = [tb.class_index(o) for o in objects]
+    known = known or {}
+    scores = {f: known[f][classes].astype(float) for f in need.tolist() if f in known}
+    ask = np.array([f for f in need.tolist() if f not in scores], np.int64)
+    if len(ask):
+        lab = label_frames(video, reference, ref_key, ask, use_cache=use_label_cache, quiet=quiet, desc="reference")
+        scores.update(zip(lab.frames.tolist(), lab.scores[:, classes].astype(float)))
+        known.update(zip(lab.frames.tolist(), lab.scores))
         if video.stopped_at is not None:
             stopped_at = video.stopped_at if stopped_at is None else min(stopped_at, video.stopped_at)
     stage_t["reference"] = time.perf_counter() - t
     # A frame that vanished on the second pass (file damaged in between) ends every answer there.
     missing = np.flatnonzero(asks & ~np.isin(processed, np.fromiter(scores, np.int64, len(scores))))
     if len(missing):
-        processed, state = processed[: missing[0]], state[: missing[0]]
+        cut = missing[0]
+        processed, state, pscore, dscore = processed[:cut], state[:cut], pscore[:cut], dscore[:cut]
 
     last_frame = (processed[-1] + skip) if len(processed) else start
     end_eff = min(end, last_frame if stopped_at is None else max(stopped_at, start))
     frames = np.arange(start, end_eff, dtype=np.int64)
     seconds = time.perf_counter() - t0
     results = {}
+    on_processed = (frames - start) % skip == 0
+    n_on = np.count_nonzero(on_processed)
+    diff_scores = np.full(len(frames), np.nan, np.float32)
+    diff_scores[on_processed] = dscore[:n_on]
     for k, o in enumerate(objects):
         ref_scores = {f: float(v[k]) for f, v in scores.items()}
         labels, decided = _resolve(processed, state[:, k], ref_scores, min_score, frames, start, skip)
-        results[o] = CascadeResult(frames, frames / video.fps, labels, decided, ref_scores, seconds, stage_t, stopped_at)
+        model_scores = np.full(len(frames), np.nan, np.float32)
+        model_scores[on_processed] = pscore[:n_on, k]
+        results[o] = CascadeResult(frames, frames / video.fps, labels, decided, ref_scores, seconds, stage_t, stopped_at,
+                                   model_scores, diff_scores)
     return results if joint else results[objects[0]]
 
 
 def _resolve(processed, state, ref_scores, min_score, frames, start, skip) -> tuple[np.ndarray, np.ndarray]:
     """One object's answers: processed frames in order (copies take the previous processed
-    answer), then every frame (skipped frames copy the last processed frame)."""
-    plabel = np.zeros(len(processed), bool)
-    pdec = np.empty(len(processed), dtype=object)
-    last = False
-    for j, (f, s) in enumerate(zip(processed.tolist(), state.tolist())):
-        if s == _COPY:
-            plabel[j], pdec[j] = last, "diff"
-        elif s == _EMPTY:
-            plabel[j], pdec[j] = False, "diff"
-        elif s == _NO:
-            plabel[j], pdec[j] = False, "model"
-        elif s == _YES:
-            plabel[j], pdec[j] = True, "model"
-        else:
-            plabel[j], pdec[j] = ref_scores[f] >= min_score, "reference"
-        last = plabel[j]
+    answer, "no" before the first one), then every frame (skipped frames copy the last processed frame)."""
+    own = (state == _YES) | ((state == _REF) & np.array([ref_scores.get(f, -np.inf) >= min_score
+                                                         for f in processed.tolist()], bool))
+    idx = np.arange(len(processed))
+    source = np.maximum.accumulate(np.where(state != _COPY, idx, -1)) if len(processed) else idx
+    plabel = np.where(source >= 0, own[np.maximum(source, 0)], False)
+    pdec = np.array(STAGES)[np.select([state == _REF, (state == _NO) | (state == _YES)], [3, 2], 1)]
     pos = np.clip((frames - start) // skip, 0, max(len(processed) - 1, 0))
     labels = plabel[pos] if len(processed) else np.zeros(len(frames), bool)
     decided = pdec[pos].astype(str) if len(processed) else np.full(len(frames), "reference")

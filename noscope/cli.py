@@ -238,6 +238,9 @@ def train(video, object_name, name, force, seed, start, end, reference_name, ref
 
 
 def targets_options(f):
+    f = click.option("--guarantee", is_flag=True, default=None,
+                     help="Check on the video until the targets are certified (query.guarantee), repairing or "
+                          "sending frames to the reference as needed.")(f)
     f = click.option("--target-fpr", type=float, default=None, help="Most false positives allowed (share of negative frames).")(f)
     f = click.option("--target-fnr", type=float, default=None, help="Most false negatives allowed (share of positive frames).")(f)
     f = click.option("--metric", type=click.Choice(["frames", "windows"]), default=None, help="Count errors per frame or per window (NoScope).")(f)
@@ -262,8 +265,8 @@ def targets_options(f):
 @segment_options
 @reference_options
 @common
-def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor, ray_address, target_fpr, target_fnr,
-          metric, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor, ray_address, guarantee, target_fpr,
+          target_fnr, metric, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Answer, for every frame of VIDEO, whether the object is there, within the error targets.
 
     Several videos, a folder (its videos, not recursive) or a quoted glob run as a batch: one
@@ -276,6 +279,8 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     cfg = setup(config_file, sets, quiet, verbose)
     targets = make_targets(cfg, target_fpr, target_fnr, metric)
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
+    if guarantee:
+        cfg["query"]["guarantee"] = True
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
     if is_batch(videos, executor):
@@ -289,13 +294,15 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     if as_json:
         click.echo(json.dumps(json_safe(summary)))
     elif "objects" in summary:
-        found = ", ".join(f"{o} in {r['positives']} ({r['intervals']} intervals)" for o, r in summary["results"].items())
+        found = ", ".join(f"{o} in {r['positives']} ({r['intervals']} intervals, targets {_met_word(r['verified_met'])})"
+                          for o, r in summary["results"].items())
         click.echo(f"{Path(summary['video']).name}: {found} of {summary['frames']} frames, {summary['frames_per_s']} "
                    f"frames/s, {summary['reference_calls']} reference calls -> {summary['out']}")
     else:
         click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
                    f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
-                   f"{summary['reference_calls']} reference calls -> {summary['out']}")
+                   f"{summary['reference_calls']} reference calls, targets {_met_word(summary['verified']['met'])} "
+                   f"-> {summary['out']}")
 
 
 def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plot, force, executor, ray_address,
@@ -332,7 +339,8 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
             click.echo(json.dumps(json_safe(rec)))
         elif rec["status"] == "done":
             click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames, "
-                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s -> {rec['out']}")
+                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, targets "
+                       f"{_met_word(rec['verified']['met'])} -> {rec['out']}")
         elif rec["status"] == "skipped":
             click.echo(f"{name}: already done -> {rec['out']} (--force to redo)")
 
@@ -346,9 +354,10 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
                         executor=executor, ray_address=ray_address, quiet=quiet or as_json, say=say, on_record=show,
                         on_error=trace)
     n = Counter(r["status"] for r in records)
+    unmet = sum(1 for r in records if r["status"] != "failed" and (r.get("verified") or {}).get("met") is not True)
     if not as_json:
-        click.echo(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed; "
-                   f"log {root / RUNS_FILE}")
+        click.echo(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed, "
+                   f"{unmet} with targets not verified met; log {root / RUNS_FILE}")
     if n["failed"]:
         click.get_current_context().exit(1)
 
@@ -390,14 +399,17 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
 @segment_options
 @reference_options
 @common
-def evaluate(video, model, as_json, target_fpr, target_fnr, metric, start, end,
+def evaluate(video, model, as_json, guarantee, target_fpr, target_fnr, metric, start, end,
              reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
-    """Measure the cascade's errors and speed-up against the reference on every frame."""
+    """Measure a query's errors and speed-up against the reference on every frame."""
     from .evaluate import evaluate as run_evaluate
+    from .query import verified_line
     from .report import json_safe
 
     cfg = setup(config_file, sets, quiet, verbose)
     targets = make_targets(cfg, target_fpr, target_fnr, metric)
+    if guarantee:
+        cfg["query"]["guarantee"] = True
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
     tb = resolve_model(cfg, video, model, None, quiet)
     if tb.multi:
@@ -414,10 +426,20 @@ def evaluate(video, model, as_json, target_fpr, target_fnr, metric, start, end,
     f, w = report["frames"], report["windows"]
     click.echo(
         f"{Path(video).name} [{report['segment'][0]}, {report['segment'][1]}) {tb.object} @ targets "
-        f"{targets.fpr}/{targets.fnr}: frames FPR {f['fpr']:.4f} FNR {f['fnr']:.4f}; windows FPR {w['fpr']:.4f} "
-        f"FNR {w['fnr']:.4f}; reference {report['reference_fps']:.1f} frames/s, cascade {report['cascade_fps']:.1f} "
-        f"frames/s, speed-up {report['speedup']:.1f}x ({report['reference_calls']} reference calls)"
+        f"{targets.fpr}/{targets.fnr}, {report['frames_compared']} frames compared ({report['positives']} positive): "
+        f"frames FPR {_rate(f['fpr'])} FNR {_rate(f['fnr'])}; windows FPR {_rate(w['fpr'])} FNR {_rate(w['fnr'])}; "
+        f"reference {report['reference_fps']:.1f} frames/s, query {report['cascade_fps']:.1f} frames/s, speed-up "
+        f"{report['speedup']:.1f}x ({report['reference_calls']} reference calls, verification {report['verify_seconds']:.1f} s)"
     )
+    click.echo(verified_line(report["verified"], targets))
+
+
+def _met_word(met) -> str:
+    return {True: "met", False: "missed", None: "not verified"}[met]
+
+
+def _rate(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def main():

@@ -32,8 +32,8 @@ import numpy as np
 
 from .errors import NoscopeError
 from .optimizer import (DEFAULT_SKIPS, Cascade, Costs, HeldOut, Plan, Targets, _Best, _candidates,
-                        _configs, _cost_of, _Layouts, _model_thresholds, _plan, _Prepared, expected_cost, simulate,
-                        stage_fractions)
+                        _configs, _cost_of, _Evidence, _Layouts, _model_thresholds, _plan, _Prepared, expected_cost,
+                        simulate, stage_fractions)
 
 
 @dataclass
@@ -98,7 +98,8 @@ def joint_decided(decided: Sequence[np.ndarray]) -> np.ndarray:
 def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targets | Mapping[str, Targets],
                    skips: Sequence[int] = DEFAULT_SKIPS, diff_thresholds=None,
                    models: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-                   diffs: Sequence[str] | None = None, min_saving: float = 0.0) -> JointPlan:
+                   diffs: Sequence[str] | None = None, min_saving: float = 0.0, confidence: float = 0.95,
+                   strict: bool = False, cost_slack: float = 0.0) -> JointPlan:
     """The cheapest one-pass cascade meeting every object's targets on the held-out frames.
 
     heldouts: object -> HeldOut; all share the same frames (blocks) and difference-detector
@@ -107,6 +108,8 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
     (default: all), or per object the names whose output for that object may be trusted (e.g.
     passing the held-out AUC guard); a model not trusted for an object may still be chosen for
     the others, and that object then sends every frame reaching the model to the reference.
+    confidence, strict, cost_slack: as in `optimizer.optimize`, per object (strict: every object's
+    bounds meet its targets; the slack ranks options by the worst-backed object).
     """
     if not heldouts:
         raise NoscopeError("optimize_joint needs at least one object")
@@ -131,12 +134,19 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
         for m in allowed[k]:
             preps[k].model_scores(m)  # fail early on missing/bad scores
 
+    evidence = {k: _Evidence(preps[k], confidence) for k in names}
+    search = {k: evidence[k].strict_targets(tg[k]) if strict else tg[k] for k in names}
+    fallback = {k: Cascade(1) for k in names}
+    best = _Best(fallback, costs.decode + costs.convert + costs.reference, 1.0, min_saving, cost_slack)
+    if any(t is None for t in search.values()):
+        return _joint_plan(preps, heldouts, fallback, costs, tg, evidence)
+    if strict and any(e.changes == 0 for e in evidence.values()):
+        skips, diffs = (1,), []  # nothing shows what copying an answer forward would miss
     configs = _configs(first, costs, skips, diff_thresholds, diffs)
     candidates = _candidates(configs, costs, model_cost)
-    layouts = {k: _Layouts(preps[k], configs, tg[k]) for k in names}
+    layouts = {k: _Layouts(preps[k], configs, search[k]) for k in names}
     n = first.n
 
-    best = _Best({k: Cascade(1) for k in names}, costs.decode + costs.convert + costs.reference, 1.0, min_saving)
     for lower_bound, i, m in candidates:
         if best.beyond(lower_bound):
             break  # sorted by lower bound: nothing after this can be cheaper
@@ -151,7 +161,7 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
             cost = base + ref_share * costs.reference
             cascades = {k: Cascade(s, d, t) for k in names}
         else:
-            found = _with_model(preps, per, tg, allowed, reach, (s, d, t), m)
+            found = _with_model(preps, per, search, allowed, reach, (s, d, t), m)
             if found is None:
                 continue
             cascades, ref_share = found
@@ -159,10 +169,17 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
             cost = base + len(reach) / n * model_cost[m] + ref_share * costs.reference
         best.offer(cascades, cost, ref_share)
 
-    plans = {k: _plan(preps[k], best.cascade[k], costs, tg[k]) for k in names}
-    decided = joint_decided([simulate(best.cascade[k], heldouts[k])[1] for k in names])
+    chosen = best.choose(lambda cs: max(evidence[k].ratio(preps[k], cs[k], tg[k]) for k in names))
+    return _joint_plan(preps, heldouts, chosen, costs, tg, evidence)
+
+
+def _joint_plan(preps, heldouts, cascades, costs, tg, evidence) -> JointPlan:
+    """Each object's Plan from its cascade; the pass's fractions and cost, shared by all."""
+    names = list(cascades)
+    plans = {k: _plan(preps[k], cascades[k], costs, tg[k], evidence[k]) for k in names}
+    decided = joint_decided([simulate(cascades[k], heldouts[k])[1] for k in names])
     fractions = stage_fractions(decided)
-    cost = expected_cost(best.cascade[names[0]], costs, fractions)
+    cost = expected_cost(cascades[names[0]], costs, fractions)
     for p in plans.values():
         p.expected_cost = cost  # the pass is paid once, whichever object is looked at
     return JointPlan(plans, cost, fractions)

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .errors import NoscopeError, UsageError
+from .bounds import label_runs, rate_upper
 from .metrics import METRICS, WINDOW_MIN_FRACTION, Windowing, evaluate, rates
 
 # Which stage decided a frame's label; `simulate` returns these codes (int8), STAGES[code] names them.
@@ -85,6 +86,7 @@ class HeldOut:
     model_scores: dict[str, np.ndarray]  # model name -> float (N,)
     diff_scores: dict[str, dict[int, np.ndarray]]  # diff name -> skip s -> float (N,), frame t vs t-s
     diff_kinds: dict[str, str]  # diff name -> "prev" | "ref"
+    frames: np.ndarray | None = None  # int (N,) frame numbers: where consecutive, one run of evidence
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,12 @@ class Plan:
     heldout_fnr: float
     fractions: dict[str, float] = field(default_factory=dict)  # share of frames decided by each stage
     reference_only: bool = False
+    # Upper confidence bounds on the held-out FPR / FNR (both hold together at `confidence`), and
+    # whether they meet the targets: the plan is then certified by the held-out frames alone.
+    bound_fpr: float = 1.0
+    bound_fnr: float = 1.0
+    confidence: float = 0.95
+    certified: bool = False
 
     @property
     def cascade(self) -> Cascade:
@@ -167,25 +175,29 @@ class Plan:
     def to_dict(self) -> dict:
         """Plain Python types only. Infinite thresholds stay floats (json writes them as Infinity)."""
         d = asdict(self)
-        for key in ("diff_threshold", "c_low", "c_high", "expected_cost", "heldout_fpr", "heldout_fnr"):
+        for key in ("diff_threshold", "c_low", "c_high", "expected_cost", "heldout_fpr", "heldout_fnr", "bound_fpr",
+                    "bound_fnr", "confidence"):
             d[key] = None if d[key] is None else float(d[key])
         d["skip"] = int(d["skip"])
         d["reference_only"] = bool(d["reference_only"])
+        d["certified"] = bool(d["certified"])
         d["fractions"] = {k: float(v) for k, v in d["fractions"].items()}
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Plan":
-        """Inverse of to_dict. Unknown keys are ignored (plans written by a newer version)."""
+        """Inverse of to_dict. Unknown keys are ignored (plans written by a newer version); the
+        bounds of plans written before they existed default to "no evidence"."""
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
+        optional = {"fractions", "reference_only", "bound_fpr", "bound_fnr", "confidence", "certified"}
+        missing = [n for n in names if n not in d and n not in optional]
         if missing:
             raise NoscopeError(f"cascade plan is missing {', '.join(missing)}; re-run the optimizer")
-        kwargs = {n: d[n] for n in names}
+        kwargs = {n: d[n] for n in names if n in d}
         for key in ("diff_threshold", "c_low", "c_high"):
             kwargs[key] = None if kwargs[key] is None else float(kwargs[key])
         kwargs["skip"] = int(kwargs["skip"])
-        kwargs["fractions"] = {str(k): float(v) for k, v in dict(kwargs["fractions"]).items()}
+        kwargs["fractions"] = {str(k): float(v) for k, v in dict(kwargs.get("fractions", {})).items()}
         plan = cls(**kwargs)
         _ = plan.cascade  # validates the knobs
         return plan
@@ -211,6 +223,10 @@ class _Prepared:
         starts = np.r_[True, blocks[1:] != blocks[:-1]]
         self.pos = self.idx - np.maximum.accumulate(np.where(starts, self.idx, 0))
         self.heldout = heldout
+        frames = heldout.frames
+        if frames is None or np.shape(frames) != (n,):
+            frames = self.idx + 2 * np.cumsum(starts)  # without frame numbers, blocks are separate stretches
+        self.runs = label_runs(self.truth, frames)  # (positive runs, negative runs, label changes)
         for name, kind in heldout.diff_kinds.items():
             if kind not in DIFF_KINDS:
                 raise NoscopeError(f"difference detector {name!r} has unknown kind {kind!r}; valid: prev, ref")
@@ -488,6 +504,63 @@ def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targe
 
 
 # --------------------------------------------------------------------------------------------
+# Evidence: upper bounds on a plan's held-out error rates
+
+
+class _Evidence:
+    """Upper confidence bounds on held-out FPR and FNR, counting evidence honestly (noscope.bounds).
+
+    The effective sample size of FNR is the number of positive runs (stretches of consecutive
+    positive frames), of FPR the number of negative runs; the observed rate is applied to it. FPR
+    and FNR get alpha/2 each, so both bounds hold together at `confidence`. A plan whose every frame
+    is the reference's own answer cannot err (bounds 0). A plan that copies answers (frame skip or a
+    difference detector) on held-out frames whose labels never change has seen nothing it could
+    get wrong: no evidence (bounds 1)."""
+
+    def __init__(self, prep: _Prepared, confidence: float):
+        if not 0.0 < float(confidence) < 1.0:
+            raise UsageError(f"optimizer.confidence must be between 0 and 1, got {confidence}")
+        self.confidence = float(confidence)
+        self.alpha = (1.0 - self.confidence) / 2
+        self.pos_runs, self.neg_runs, self.changes = prep.runs
+
+    def bounds(self, cascade: Cascade, decided: np.ndarray, fpr: float, fnr: float) -> tuple[float, float]:
+        if np.all(decided == REFERENCE):
+            return 0.0, 0.0
+        if (cascade.skip > 1 or cascade.diff is not None) and self.changes == 0:
+            return 1.0, 1.0
+        return (rate_upper(fpr * self.neg_runs, self.neg_runs, self.alpha),
+                rate_upper(fnr * self.pos_runs, self.pos_runs, self.alpha))
+
+    def strict_targets(self, targets: Targets) -> Targets | None:
+        """Point targets whose every feasible plan has bounds within `targets` (the bound grows with
+        the observed rate, so this is a plain search at lower rates); None when no plan that can err
+        could be certified by these held-out frames, not even one with no error at all."""
+        fpr = _largest_rate(targets.fpr, self.neg_runs, self.alpha)
+        fnr = _largest_rate(targets.fnr, self.pos_runs, self.alpha)
+        if fpr is None or fnr is None:
+            return None
+        return Targets(fpr, fnr, targets.metric, targets.window, targets.window_min_fraction)
+
+    def ratio(self, prep: _Prepared, cascade: Cascade, targets: Targets) -> float:
+        """How far the plan's bounds are from its targets (<= 1: certified); smaller is better backed."""
+        labels, decided = _simulate(prep, cascade)
+        fpr, fnr = evaluate(labels, prep.truth, targets.metric, targets.window, targets.window_min_fraction, prep.blocks)
+        b_fpr, b_fnr = self.bounds(cascade, decided, fpr, fnr)
+        return max(b_fpr / targets.fpr, b_fnr / targets.fnr)
+
+
+def _largest_rate(target: float, runs: int, alpha: float) -> float | None:
+    if rate_upper(0.0, runs, alpha) > target:
+        return None
+    lo, hi = 0.0, float(target)
+    for _ in range(40):  # bisection: rate_upper(r * runs, runs) grows with r
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rate_upper(mid * runs, runs, alpha) <= target else (lo, mid)
+    return max(lo, 1e-12)  # Targets wants a positive rate; this one admits no error at all
+
+
+# --------------------------------------------------------------------------------------------
 # The search
 
 
@@ -510,7 +583,8 @@ def _thresholds_for(diff_thresholds, name: str) -> np.ndarray | None:
 
 def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[int] = DEFAULT_SKIPS,
              diff_thresholds=None, models: Sequence[str] | None = None,
-             diffs: Sequence[str] | None = None, min_saving: float = 0.0) -> Plan:
+             diffs: Sequence[str] | None = None, min_saving: float = 0.0, confidence: float = 0.95,
+             strict: bool = False, cost_slack: float = 0.0) -> Plan:
     """The cheapest cascade meeting `targets` on the held-out frames (reference-only if none does,
     or none costs at most 1 - `min_saving` of the reference alone).
 
@@ -518,9 +592,20 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
     sequence for all detectors, or a mapping detector name -> sequence. models / diffs: restrict
     the search to these names (default: all with held-out scores). A "prev" detector is only
     tried at the skips it has scores for.
+
+    Every plan also gets upper bounds on its FPR and FNR at `confidence` (see _Evidence). strict:
+    only plans whose bounds meet the targets. Otherwise the point estimates must meet them, and
+    among the plans costing at most (1 + cost_slack) times the cheapest, the one whose bounds are
+    closest to the targets wins (the query verifies the choice on the queried video).
     """
     targets.validate()
     prep = _Prepared(heldout)
+    evidence = _Evidence(prep, confidence)
+    search = evidence.strict_targets(targets) if strict else targets
+    if search is None:
+        return _plan(prep, Cascade(1), costs, targets, evidence)
+    if strict and evidence.changes == 0:
+        skips, diffs = (1,), []  # nothing shows what copying an answer forward would miss
     model_names = list(heldout.model_scores) if models is None else list(models)
     model_cost = {m: _cost_of(costs.model, m, "specialized model") for m in model_names}
     for m in model_names:
@@ -529,8 +614,8 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
     candidates = _candidates(configs, costs, model_cost)
 
     # The fallback: the reference on every frame. Its labels are the truth, so it meets any target.
-    best = _Best(Cascade(1), costs.decode + costs.convert + costs.reference, 1.0, min_saving)
-    layouts = _Layouts(prep, configs, targets)
+    best = _Best(Cascade(1), costs.decode + costs.convert + costs.reference, 1.0, min_saving, cost_slack)
+    layouts = _Layouts(prep, configs, search)
     for lower_bound, i, m in candidates:
         if best.beyond(lower_bound):
             break  # sorted by lower bound: nothing after this can be cheaper
@@ -545,7 +630,7 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
             cascade = Cascade(s, d, t)
         else:
             p = prep.model_scores(m)[layout.reach]
-            found = _model_thresholds(errors, prep.truth[layout.reach], p, targets)
+            found = _model_thresholds(errors, prep.truth[layout.reach], p, search)
             if found is None:
                 continue
             c_low, c_high, n_ref = found
@@ -554,7 +639,8 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
             cascade = Cascade(s, d, t, m, c_low, c_high)
         best.offer(cascade, cost, ref_share)
 
-    return _plan(prep, best.cascade, costs, targets)
+    chosen = best.choose(lambda c: evidence.ratio(prep, c, targets))
+    return _plan(prep, chosen, costs, targets, evidence)
 
 
 # Pieces of the search, shared with the several-objects search (noscope.joint).
@@ -607,27 +693,45 @@ def _candidates(configs: list, costs: Costs, model_cost: Mapping[str, float]) ->
 
 
 class _Best:
-    """The cheapest cascade so far, starting from the reference on every frame; equal costs go
-    to fewer reference calls. A cascade must cost at most (1 - min_saving) of the reference
-    alone to replace it: a predicted saving of a few percent is within what the held-out
-    estimate misses by on new footage, and then the cheap stages are pure overhead."""
+    """The cascades offered so far, and the one to choose; the reference on every frame is the
+    fallback. A cascade must cost at most (1 - min_saving) of the reference alone to replace it:
+    a predicted saving of a few percent is within what the held-out estimate misses by on new
+    footage, and then the cheap stages are pure overhead. Without `slack` the cheapest wins (equal
+    costs: fewer reference calls); with it, the best-backed plan (`evidence`, smaller is better)
+    among those costing at most (1 + slack) times the cheapest."""
 
-    def __init__(self, cascade, cost: float, ref_share: float, min_saving: float = 0.0):
+    def __init__(self, cascade, cost: float, ref_share: float, min_saving: float = 0.0, slack: float = 0.0):
         if not 0.0 <= min_saving < 1.0:
             raise UsageError(f"optimizer.min_saving must be in [0, 1), not {min_saving}")
-        self.cascade, self.cost, self.ref_share = cascade, cost, ref_share
+        if not 0.0 <= slack:
+            raise UsageError(f"optimizer.cost_slack must be >= 0, not {slack}")
+        self.fallback, self.slack = cascade, float(slack)
         self.limit = (1.0 - min_saving) * cost  # the most a cascade may cost
+        self.offers: list[tuple[float, float, object]] = []  # (cost, reference share, cascade)
+        self.cheapest = math.inf
+
+    def _ceiling(self) -> float:
+        return min(self.cheapest * (1 + self.slack), self.limit) if self.offers else self.limit
 
     def beyond(self, lower_bound: float) -> bool:
-        bound = min(self.cost, self.limit)
+        bound = self._ceiling()
         return lower_bound > bound + _COST_RTOL * bound
 
     def offer(self, cascade, cost: float, ref_share: float) -> None:
         if cost > self.limit * (1 + _COST_RTOL):
             return
-        tol = _COST_RTOL * max(abs(self.cost), 1e-12)
-        if cost < self.cost - tol or (cost <= self.cost + tol and ref_share < self.ref_share - 1e-12):
-            self.cascade, self.cost, self.ref_share = cascade, cost, ref_share
+        self.offers.append((cost, ref_share, cascade))
+        self.cheapest = min(self.cheapest, cost)
+
+    def choose(self, evidence=None):
+        if not self.offers:
+            return self.fallback
+        tol = _COST_RTOL * max(abs(self.cheapest), 1e-12)
+        if self.slack == 0 or evidence is None:
+            ties = [o for o in self.offers if o[0] <= self.cheapest + tol]
+            return min(ties, key=lambda o: o[1])[2]
+        pool = sorted((o for o in self.offers if o[0] <= self.cheapest * (1 + self.slack) + tol), key=lambda o: o[:2])
+        return min(pool, key=lambda o: (evidence(o[2]), o[0], o[1]))[2]
 
 
 class _Layouts:
@@ -664,17 +768,21 @@ class _Layouts:
         return self._cache[i]
 
 
-def _plan(prep: _Prepared, cascade: Cascade, costs: Costs, targets: Targets) -> Plan:
+def _plan(prep: _Prepared, cascade: Cascade, costs: Costs, targets: Targets, evidence: _Evidence | None = None) -> Plan:
     # Report what simulate (the one definition) says, not what the search computed.
     labels, decided = _simulate(prep, cascade)
     fpr, fnr = evaluate(labels, prep.truth, targets.metric, targets.window, targets.window_min_fraction, prep.blocks)
     fractions = stage_fractions(decided)
+    evidence = evidence or _Evidence(prep, 0.95)
+    b_fpr, b_fnr = evidence.bounds(cascade, decided, fpr, fnr)
     return Plan(
         skip=int(cascade.skip), diff=cascade.diff, diff_threshold=cascade.diff_threshold,
         model=cascade.model, c_low=cascade.c_low, c_high=cascade.c_high,
         expected_cost=expected_cost(cascade, costs, fractions),
         heldout_fpr=fpr, heldout_fnr=fnr, fractions=fractions,
         reference_only=cascade.skip == 1 and cascade.diff is None and cascade.model is None,
+        bound_fpr=b_fpr, bound_fnr=b_fnr, confidence=evidence.confidence,
+        certified=b_fpr <= targets.fpr and b_fnr <= targets.fnr,
     )
 
 
@@ -695,7 +803,9 @@ def plan_summary(plan: Plan) -> str:
         parts.append(f"reference on {f.get('reference', 0):.1%}")
         stages = " -> ".join(parts)
     return (f"{stages}; {plan.expected_cost * 1e3:.3g} ms/frame; "
-            f"held-out FPR {plan.heldout_fpr:.2%}, FNR {plan.heldout_fnr:.2%}")
+            f"held-out FPR {plan.heldout_fpr:.2%}, FNR {plan.heldout_fnr:.2%} "
+            f"({plan.confidence:.0%} bounds {plan.bound_fpr:.2%}, {plan.bound_fnr:.2%}"
+            f"{': certified' if plan.certified else ''})")
 
 
 __all__ = [

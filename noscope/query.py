@@ -109,17 +109,20 @@ def bundle_reference_cfg(cfg, tb, reference_name=None) -> None:
 
 
 def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, out=None, start=None, end=None,
-                reference_name=None, plot=True, quiet=False, say=None, summary_extra=None) -> dict:
+                reference_name=None, plot=True, quiet=False, say=None, summary_extra=None, tell=True) -> dict:
     """Answer every frame of [start, end) of `video`; write the result folder; return its summary.
 
     `summary_extra` adds keys to summary.json (the batch runner's record of what was asked).
     `say` takes progress lines for a person (stderr at the command line); warnings go to the
-    "noscope" logger. Raises NoscopeError for bad input, like every pipeline step.
+    "noscope" logger. `tell`: say what the check on the video found (one line; a warning when the
+    targets are not shown met); a batch says it in each video's line instead. Raises NoscopeError
+    for bad input, like every pipeline step.
     """
-    from .cascade import choose_plan, run_cascade, usable_models
+    from .answer import answer
+    from .cascade import choose_plan, usable_models
     from .optimizer import plan_summary
     from .report import write_result
-    from .video import decode_options, open_video
+    from .video import open_video
 
     say = say or (lambda *a, **k: None)
     tb = resolve_model(cfg, video, model, object_name, quiet, say=say)
@@ -131,16 +134,19 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     check_reference_matches(tb, key)
     if tb.multi:
         objects = parse_objects(object_name) or tb.objects
-        return _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say, summary_extra)
+        return _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say, summary_extra, tell)
     plan = choose_plan(tb, targets, cfg["optimizer"])
     offered = len(usable_models(tb, cfg["optimizer"]["min_auc"]))
     say(f"cascade: {plan_summary(plan)} ({offered} of {len(tb.meta['candidates'])} specialized models "
         f"passed the held-out AUC >= {cfg['optimizer']['min_auc']} guard)")
-    result = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
-                         **decode_options(cfg), quiet=quiet)
+    results, reports = answer(v, tb, plan, ref, key, s, e, cfg, targets, quiet=quiet)
+    result, verified = results[tb.object], reports[tb.object]
     out = Path(out) if out else Path("noscope-out") / default_name(video, tb.object)
-    summary = dict(_summary(v, tb, tb.object, result, plan, targets, key, s, e, out), **(summary_extra or {}))
+    summary = dict(_summary(v, tb, tb.object, result, plan, targets, key, s, e, out), verified=verified,
+                   **(summary_extra or {}))
     _warn_if_stopped(v, result, s, e, summary)
+    if tell:
+        tell_verified(verified, targets, say)
     return write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=plot)
 
 
@@ -162,6 +168,34 @@ def _summary(v, tb, obj, result, plan, targets, key, s, e, out) -> dict:
     )
 
 
+def verified_line(verified: dict, targets: Targets) -> str:
+    """One line on what the check on the queried video says of the targets."""
+    def one(name: str, rate: dict | None, target: float) -> str:
+        if rate is None:
+            return f"{name} unchecked"
+        if rate["high"] is None:
+            kind = "positive" if name == "FNR" else "negative"
+            return f"{name}: no {kind} frame seen, at most {rate['count_high']} frames wrong"
+        return f"{name} {rate['estimate']:.2%} (bound {rate['high']:.2%}, target {target:.2%})"
+
+    conf = f"{verified.get('confidence', 0.95):.0%}"
+    what = {True: f"targets met ({conf} bounds)", False: "targets missed", None: "targets not verified"}[verified["met"]]
+    rates = f"{one('FPR', verified['fpr'], targets.fpr)}, {one('FNR', verified['fnr'], targets.fnr)}"
+    extra = f"; repaired: {'; '.join(verified['escalations'])}" if verified.get("escalations") else ""
+    if verified.get("reference_answered"):
+        extra += f"; the reference answered every cheap {' and '.join(verified['reference_answered'])} frame"
+    hint = "" if verified["met"] or verified.get("mode") == "guarantee" else "; --guarantee checks until they are met"
+    return f"{what} on this video: {rates}, {verified.get('checked', 0)} frames checked{extra}{hint}"
+
+
+def tell_verified(verified: dict, targets: Targets, say, prefix: str = "") -> None:
+    """A met target is a progress line; anything else is one warning line on stderr."""
+    if verified.get("met"):
+        say(f"{prefix}verified: {verified_line(verified, targets)}")
+    else:
+        log.warning("%s%s", prefix, verified_line(verified, targets))
+
+
 def _warn_if_stopped(v, result, s, e, summary: dict) -> None:
     from .video import stop_is_truncation
 
@@ -170,24 +204,28 @@ def _warn_if_stopped(v, result, s, e, summary: dict) -> None:
         log.warning("the video stops decoding at frame %d; answered the frames before it", result.stopped_at)
 
 
-def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say, summary_extra=None) -> dict:
+def _all_met(each: list) -> bool | None:
+    return False if False in each else (True if all(m is True for m in each) else None)
+
+
+def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet, say, summary_extra=None,
+                 tell=True) -> dict:
     """Several objects from one pass: OUT/VIDEOSTEM-OBJECT/ per object (the single-object result
     folder, so downstream tools work unchanged), then OUT/summary.json last."""
     import numpy as np
 
-    from .cascade import STAGES, choose_joint_plan, run_cascade, usable_models
+    from .answer import answer
+    from .cascade import STAGES, choose_joint_plan, usable_models
     from .joint import joint_decided, joint_summary
     from .optimizer import stage_fractions
     from .report import write_json, write_result
-    from .video import decode_options
 
     plan = choose_joint_plan(tb, targets, cfg["optimizer"], objects)
     guard = cfg["optimizer"]["min_auc"]
     offered = ", ".join(f"{o} {len(usable_models(tb, guard, o))}" for o in objects)
     say(f"cascade: {joint_summary(plan)} (specialized models of {len(tb.meta['candidates'])} passing the held-out "
         f"AUC >= {guard} guard, per object: {offered})")
-    results = run_cascade(v, tb, plan, ref, key, s, e, batch_size=cfg["query"]["batch_size"],
-                          **decode_options(cfg), quiet=quiet)
+    results, reports = answer(v, tb, plan, ref, key, s, e, cfg, targets, quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(v.path, objects)
     first = results[objects[0]]  # frames, timings and reference calls are the pass's, shared by all
     (out / "summary.json").unlink(missing_ok=True)  # an earlier run's must not vouch for folders rewritten now
@@ -196,8 +234,11 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     per = {}
     for o in objects:
         sub = out / default_name(v.path, o)
-        summary = dict(_summary(v, tb, o, results[o], plan.plans[o], targets, key, s, e, sub), answered_with=objects, **stop)
+        summary = dict(_summary(v, tb, o, results[o], plan.plans[o], targets, key, s, e, sub), answered_with=objects,
+                       verified=reports[o], **stop)
         per[o] = write_result(sub, results[o], v, summary, tb.meta["labels"]["min_score"], plot=plot)
+        if tell:
+            tell_verified(reports[o], targets, say, prefix=f"{o}: ")
     # The pass's stage per frame: a frame reached the reference if any object sent it there.
     codes = joint_decided([np.select([r.decided_by == st for st in STAGES], range(len(STAGES))) for r in results.values()])
     n = len(first.frames)
@@ -210,7 +251,8 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
         cascade=plan.to_dict(), targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
         min_score=tb.meta["labels"]["min_score"], reference=key, out=str(out),
         results={o: dict(out=per[o]["out"], positives=per[o]["positives"], intervals=per[o]["intervals"],
-                         fractions=per[o]["fractions"]) for o in objects},
+                         fractions=per[o]["fractions"], verified_met=reports[o]["met"]) for o in objects},
+        verified_met=_all_met([reports[o]["met"] for o in objects]),
     )
     top.update(stop)
     top.update(summary_extra or {})

@@ -272,6 +272,7 @@ def train_candidate(
     lr: float = 1e-3,
     patience: int = 3,
     brightness_jitter: float = 8.0,
+    augment: int = 0,
     seed: int = 0,
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = None,
@@ -285,6 +286,9 @@ def train_candidate(
     is computed and the best state is kept; training stops after `patience` epochs without
     improvement. brightness_jitter adds a random per-frame offset of up to that many grey
     levels (the camera is fixed, so that is the main nuisance: sun, clouds, auto exposure).
+    `augment` adds that many passes per epoch over randomly altered copies of the training
+    frames (see `augment_frames`): what a fixed camera does over hours, so the model's *scores*
+    on later footage stay where the optimizer's thresholds expect them, not only its ranking.
 
     Deterministic on CPU for a fixed seed (and thread count): all randomness comes from a
     forked torch RNG seeded here, so the caller's global RNG state is left untouched.
@@ -360,11 +364,15 @@ def train_candidate(
         epochs_run, train_loss, stale = 0, float("nan"), 0
         for epoch in range(1, epochs + 1):
             model.train()
-            perm = torch.randperm(len(xt), generator=gen)
+            # Pass 0 sees the frames as they are, passes 1..augment altered copies of them.
+            passes = [(p, torch.randperm(len(xt), generator=gen)) for p in range(1 + max(0, int(augment)))]
             running = torch.zeros((), device=dev)  # summed on the device: no sync per step
-            for s in range(0, len(perm), batch_size):
-                idx = perm[s : s + batch_size]
-                x = batch_input(xt, idx)
+            for p, s, idx in ((p, s, perm[s : s + batch_size]) for p, perm in passes for s in range(0, len(perm), batch_size)):
+                if p == 0:
+                    x = batch_input(xt, idx)
+                else:
+                    frames = xt[idx.to(xt.device)].to(dev, non_blocking=True)
+                    x = to_input(augment_frames(frames, gen), mean_t)
                 if brightness_jitter > 0:
                     shift = (torch.rand(len(idx), 1, 1, 1, generator=gen) * 2 - 1) * (brightness_jitter / INPUT_SCALE)
                     x = x + shift.to(dev)
@@ -374,7 +382,7 @@ def train_candidate(
                 loss.backward()
                 opt.step()
                 running += loss.detach() * len(idx)
-            train_loss = float(running) / len(perm)
+            train_loss = float(running) / sum(len(perm) for _, perm in passes)
             val_loss, val_scores = evaluate()
             epochs_run = epoch
             improved = val_loss < best_loss - 1e-4
@@ -407,6 +415,38 @@ def train_candidate(
         "device": str(dev),
     }
     return model, info
+
+
+def augment_frames(frames_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Randomly altered copies of uint8 frames (N, S, S, 3) -> float (N, S, S, 3) in grey levels.
+
+    What changes over hours in front of a fixed camera, and what does not: the camera shakes or
+    drifts a few pixels and zooms a little (shift up to 4 px at 50 px, scale 0.95-1.05), exposure and
+    white balance move (contrast 0.75-1.25, gain 0.85-1.15 per channel), the sensor is noisy (up to
+    4 grey levels) and focus or compression softens the picture (a 3x3 blur on a quarter of them).
+    All randomness comes from `gen` (CPU), so training stays deterministic.
+    """
+    n, size, dev = len(frames_u8), frames_u8.shape[1], frames_u8.device
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return (lo + (hi - lo) * torch.rand(n, *shape, generator=gen)).to(dev)
+
+    x = frames_u8.float().permute(0, 3, 1, 2)  # (N, 3, S, S)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    scale = uniform(0.95, 1.05)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = uniform(-1, 1, 2) * (8.0 / size)  # 4 px of a 50 px frame, in [-1, 1] units
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    centre = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - centre) * uniform(0.75, 1.25, 1, 1, 1) + centre
+    x = x * uniform(0.85, 1.15, 3, 1, 1)
+    blur = uniform(0, 1, 1, 1, 1) < 0.25
+    kernel = torch.full((3, 1, 3, 3), 1 / 9, device=dev)
+    soft = nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    x = torch.where(blur, soft, x)
+    x = x + torch.randn(x.shape, generator=gen).to(dev) * uniform(0, 4, 1, 1, 1)
+    return x.clamp(0, 255).permute(0, 2, 3, 1)
 
 
 # --------------------------------------------------------------------------- inference

@@ -35,67 +35,13 @@ from .labels import label_frames
 from .metrics import smooth
 from .progress import progress_bar
 from .reference import load_reference, reference_key
+from .split import sample_frames, split
 from .video import Video, decode_options, open_video
 
 log = logging.getLogger(__name__)
 
-MIN_POSITIVES = 10  # fewer positive frames than this and no model can learn the object
-MIN_EXAMPLES_PER_CLASS = 10  # fewer negatives than this: no CNN, cascade uses skip/diff/reference
-
-
-def sample_frames(start: int, end: int, max_frames: int, run_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frame numbers to label and the run each belongs to: all of [start, end) if it fits,
-    else evenly spread runs of `run_length` consecutive frames."""
-    n = end - start
-    if n <= max_frames:
-        return np.arange(start, end, dtype=np.int64), np.zeros(n, np.int64)
-    runs = max(1, max_frames // run_length)
-    starts = np.linspace(start, end - run_length, runs).round().astype(np.int64)
-    frames = np.concatenate([np.arange(s, s + run_length) for s in starts])
-    run_ids = np.repeat(np.arange(runs), run_length)
-    return frames, run_ids
-
-
-def split_blocks(
-    run_ids: np.ndarray, truth: np.ndarray, block: int, heldout_fraction: float, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Assign whole blocks of consecutive frames to training or held-out.
-
-    Blocks with and without positives are split separately (stratified), so the held-out set
-    sees positives even when the object is rare. With several objects (truth (N, K)) a block
-    is filed under the rarest object it shows (rarest = in the fewest blocks), so each object's
-    blocks are split on their own; one object gives exactly the two groups above. The last
-    `val_fraction` of every training block is kept for early stopping (it only picks an epoch,
-    so a little optimism is fine). Returns (block_ids, train, val, heldout masks).
-    """
-    pos_in_run = np.zeros(len(run_ids), np.int64)
-    for r in np.unique(run_ids):
-        m = run_ids == r
-        pos_in_run[m] = np.arange(m.sum())
-    # block id: unique per (run, position // block)
-    block_ids = run_ids * (1 + len(run_ids) // max(block, 1)) + pos_in_run // block
-    _, block_ids = np.unique(block_ids, return_inverse=True)
-    n_blocks = block_ids.max() + 1
-    each = truth.reshape(len(truth), -1)  # (N, objects)
-    has_pos = np.zeros((n_blocks, each.shape[1]), bool)
-    np.logical_or.at(has_pos, block_ids, each)
-    rarest_first = np.argsort(has_pos.sum(axis=0), kind="stable")
-    stratum = np.full(n_blocks, len(rarest_first))  # blocks showing no object go last
-    for rank, k in reversed(list(enumerate(rarest_first))):
-        stratum[has_pos[:, k]] = rank
-    rng = np.random.default_rng(seed)
-    held = np.zeros(n_blocks, bool)
-    for group in (np.flatnonzero(stratum == r) for r in range(len(rarest_first) + 1)):
-        group = rng.permutation(group)
-        held[group[: int(round(len(group) * heldout_fraction))]] = True
-    ho = held[block_ids]
-    # position of each frame within its block, as a share of the block's length
-    size = np.bincount(block_ids)
-    first = np.zeros(n_blocks, np.int64)
-    first[block_ids[::-1]] = np.arange(len(block_ids))[::-1]
-    share = (np.arange(len(block_ids)) - first[block_ids]) / size[block_ids]
-    va = ~ho & (share >= 1 - val_fraction)
-    return block_ids, ~ho & ~va, va, ho
+MIN_EXAMPLES_PER_CLASS = 10  # fewer training frames of one answer: no CNN, cascade uses skip/diff/reference
+MIN_FRAMES = 100  # fewer labelled frames than this cannot be split into training and held-out
 
 
 def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:
@@ -195,29 +141,30 @@ def train(
     if len(labels.frames) < len(frames):
         keep = np.isin(frames, labels.frames)
         frames, run_ids = frames[keep], run_ids[keep]
-    if len(frames) < 2 * tcfg["block"]:
-        raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least "
-                           f"{2 * tcfg['block']} (two blocks of train.block frames)")
+    if len(frames) < MIN_FRAMES:
+        raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least {MIN_FRAMES}")
     # One column per object (several objects), or one vector: the single-object arrays as ever.
     scores = labels.scores[:, classes] if multi else labels.score_of(classes[0])
     truth = (np.stack([object_truth(c, lcfg["min_score"], lcfg["smooth"], blocks=run_ids) for c in scores.T], axis=1)
              if multi else object_truth(scores, lcfg["min_score"], lcfg["smooth"], blocks=run_ids))
     each = truth.reshape(len(truth), -1)  # (N, objects) view for the per-object checks
     for k, o in enumerate(objects):
-        n_pos = int(each[:, k].sum())
-        if n_pos < MIN_POSITIVES:
+        if not each[:, k].any():
             raise NoscopeError(
-                f"too few positive frames: the reference sees {o} (score >= {lcfg['min_score']}) in {n_pos} of "
-                f"{len(frames)} sampled frames, {MIN_POSITIVES} needed; use a longer segment or lower labels.min_score"
+                f"too few positive frames: the reference never sees {o} (score >= {lcfg['min_score']}) in the "
+                f"{len(frames)} sampled frames; use a segment where it appears or lower labels.min_score"
             )
     ref_cost = labels.seconds / max(len(frames) - labels.from_cache, 1) if labels.seconds > 0 and len(frames) - labels.from_cache >= 32 else None
 
-    # 2. split
-    block_ids, tr, va, ho = split_blocks(run_ids, truth, tcfg["block"], tcfg["heldout_fraction"], tcfg["val_fraction"], seed)
+    # 2. split: held-out frames after the training ones in time (train.split: forward)
+    block = min(int(tcfg["block"]), len(frames) // 4)
+    block_ids, tr, va, ho = split(run_ids, truth, tcfg["split"], block, tcfg["heldout_fraction"], tcfg["val_fraction"],
+                                  seed, tcfg["heldout_min_runs"])
     for k, o in enumerate(objects):
-        if each[ho, k].sum() == 0 or each[tr, k].sum() == 0:
-            raise NoscopeError(f"too few positive frames ({int(each[:, k].sum())}) to hold some out for the optimizer"
-                               f"{f' for {o}' if multi else ''}; use a longer segment")
+        lacks = [w for w, m in (("positive", each[ho, k]), ("negative", ~each[ho, k])) if not m.any()]
+        if lacks:
+            say(f"warning: the held-out frames{f' of {o}' if multi else ''} have no {lacks[0]} frame, so the optimizer "
+                f"cannot estimate that error rate; query-time verification checks the plan on the queried video")
 
     archs = resolve_grid(tcfg["grid"])
     sizes = sorted({a.size for a in archs} | {tcfg["diff_size"]})
@@ -257,7 +204,7 @@ def train(
             mean = specialized.mean_frame(x[tr])
             model, info = specialized.train_candidate(
                 arch, x[tr], truth[tr], x[va], truth[va], mean, epochs=tcfg["epochs"], batch_size=tcfg["batch_size"],
-                lr=tcfg["lr"], patience=tcfg["patience"], seed=seed, device=device,
+                lr=tcfg["lr"], patience=tcfg["patience"], augment=tcfg["augment"], seed=seed, device=device,
             )
             specialized.save_model(model, arch, mean, path)
         p = specialized.predict_scores(model, x[ho], mean, device=device)

@@ -43,7 +43,8 @@ import av
 import torch
 
 from noscope.bundle import bundle_path
-from noscope.cascade import choose_plan, load_bundle, run_cascade
+from noscope.answer import answer
+from noscope.cascade import choose_plan, load_bundle
 from noscope.config import load_config
 from noscope.evaluate import evaluate
 from noscope.framecache import cache_root
@@ -86,12 +87,16 @@ def decode_fps(video, start, end, workers: int, size=50) -> float:
     return n / (time.perf_counter() - t)
 
 
-def timed_cascade(video, tb, plan, ref, key, cfg):
-    """The cascade over the whole video, as `noscope query` runs it (frame and label caches on)."""
+def timed_query(video, tb, plan, ref, key, cfg, targets):
+    """The query over the whole video as `noscope query` answers it: the cascade, then the check on
+    the video and any repair (frame and label caches on). -> (result, its verification, frames/s)."""
     t = time.perf_counter()
-    res = run_cascade(video, tb, plan, ref, key, 0, video.frame_count, batch_size=cfg["query"]["batch_size"],
-                      **dict(decode_options(cfg), frame_cache=True), quiet=True)
-    return res, len(res.frames) / (time.perf_counter() - t)
+    results, reports = answer(video, tb, plan, ref, key, 0, video.frame_count, cfg, targets, quiet=True)
+    return results[tb.object], reports[tb.object], len(results[tb.object].frames) / (time.perf_counter() - t)
+
+
+def _rate(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def heavy_reference_seconds(width: int, height: int, frames: int = 2) -> dict[str, float]:
@@ -171,7 +176,7 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
         if ref_share > 0.2:  # the reference dominates: long enough already, and looping would take hours
             loops, tv = 0, None
             cascade_fps, second_fps, dec = rep["cascade_fps"], None, decode_fps(open_video(path), *open_video(path).segment("60%", None), workers)
-            n_timed, stages = rep["frames_compared"], rep["stage_seconds"]
+            n_timed, stages, verified = rep["frames_compared"], rep["stage_seconds"], rep["verified"]
         else:
             s40, _ = open_video(path).segment("60%", None)
             loops = max(1, min(40, -(-args.loop_frames // (n_clip - s40))))
@@ -179,15 +184,18 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
             dec = decode_fps(tv, 0, tv.frame_count, workers)
             for d in (cache_root(tv), store_dir(tv, key)):  # a first query: nothing cached yet
                 shutil.rmtree(d, ignore_errors=True)
-            res, cascade_fps = timed_cascade(tv, tb, plan, ref, key, cfg)  # fills both caches
-            _, second_fps = timed_cascade(tv, tb, plan, ref, key, cfg)  # a repeat query reads them
+            res, verified, cascade_fps = timed_query(tv, tb, plan, ref, key, cfg, targets)  # fills both caches
+            _, _, second_fps = timed_query(tv, tb, plan, ref, key, cfg, targets)  # a repeat query reads them
             n_timed, stages = len(res.frames), res.stage_seconds
-        predecoded = n_timed / max(stages["diff"] + stages["model"] + stages["reference"], 1e-9)
+        cheap_s = stages["diff"] + stages["model"] + stages["reference"]
+        predecoded = n_timed / max(cheap_s, 1e-9)
         rows.append(dict(clip=clip, object=obj, plan=plan.to_dict(), frames=rep["frames_compared"], positives=rep["positives"],
                          timed_frames=n_timed, loops=loops, decode_fps=dec, reference_fps=rep["reference_fps"],
                          cascade_fps=cascade_fps, speedup=cascade_fps / rep["reference_fps"], cascade_of_decode=cascade_fps / dec,
                          second_query_fps=second_fps, predecoded_fps=predecoded, fpr=rep["frames"]["fpr"], fnr=rep["frames"]["fnr"],
                          reference_calls=rep["reference_calls"], reference_share=ref_share, device=rep["device"],
+                         verify_share=stages.get("verify", 0.0) * cascade_fps / n_timed, verified_met=verified["met"],
+                         checked=verified.get("checked", 0), escalations=verified.get("escalations", []),
                          timed_reference_calls=len(res.reference_scores) if tv is not None else rep["reference_calls"],
                          threads=torch.get_num_threads(), reference_batch=ref.batch_size, query_batch=cfg["query"]["batch_size"],
                          prefetch=cfg["decode"]["prefetch"], decode_workers=workers))
@@ -220,15 +228,17 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
              f"reference batch {x0['reference_batch']}, query batch {x0['query_batch']}, decode prefetch {x0['prefetch']}, decode workers {x0['decode_workers']}; "
              f"target FPR=FNR={args.target}. Errors: the last 40% of each clip (unseen in training) against the reference "
              f"on every frame. Timing: that last 40% looped N times (its own packets, no re-encode) where the table says so.", "",
-             "| clip | object | frames (pos) | timed frames | decode-only fps | reference fps | cascade fps | speed-up "
-             "| cascade / decode | repeat query fps (caches) | stages fps, pre-decoded | FPR | FNR | reference calls |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| clip | object | frames (pos) | timed frames | decode-only fps | reference fps | query fps | speed-up "
+             "| query / decode | verification: share of time, frames checked, met | repeat query fps (caches) "
+             "| stages fps, pre-decoded | FPR | FNR | reference calls (last 40%) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in rows:
         timed = f"{x['timed_frames']} (looped {x['loops']}x)" if x["loops"] else f"{x['timed_frames']} (last 40%)"
         second = f"{x['second_query_fps']:.0f}" if x["second_query_fps"] else "n/a"
         lines.append(f"| {x['clip']} | {x['object']} | {x['frames']} ({x['positives']}) | {timed} | {x['decode_fps']:.0f} "
                      f"| {x['reference_fps']:.1f} | {x['cascade_fps']:.0f} | {x['speedup']:.1f}x | {100 * x['cascade_of_decode']:.0f}% "
-                     f"| {second} | {x['predecoded_fps']:.0f} | {x['fpr']:.3f} | {x['fnr']:.3f} "
+                     f"| {x['verify_share']:.0%}, {x['checked']}, {x['verified_met']} "
+                     f"| {second} | {x['predecoded_fps']:.0f} | {_rate(x['fpr'])} | {_rate(x['fnr'])} "
                      f"| {x['reference_calls']} ({100 * x['reference_share']:.1f}%) |")
     if heavy_rows:
         lines += ["", "Projected (not measured end to end): heavier references timed here with random weights, and the "

@@ -13,9 +13,12 @@
 #   NIGHTLY_NOSCOPE  the command (default: noscope), e.g. "/opt/noscope/.venv/bin/noscope"
 #   NIGHTLY_ARGS     extra query flags, e.g. "--target-fpr 0.01 --executor ray"
 #
-# Exit codes: 0 every video answered (now or by an earlier run), 1 partial (some videos failed,
-# the others are kept; running it again retries only the failed ones), 2 usage error, 4 the run
-# did not start (no videos, bundle unusable, Ray unreachable), others: noscope's own (see the log).
+# Exit codes: 0 every video answered (now or by an earlier run) and its targets verified met on it,
+# 5 every video answered but for some the check on the video did not show the targets met
+# (runs.jsonl's "verified": met false = missed, null = not enough evidence; add --guarantee to
+# NIGHTLY_ARGS to check until they are met), 1 partial (some videos failed, the others are kept;
+# running it again retries only the failed ones), 2 usage error, 4 the run did not start (no
+# videos, bundle unusable, Ray unreachable), others: noscope's own (see the log).
 set -euo pipefail
 
 usage() { echo "usage: $0 VIDEO_DIR BUNDLE [OUT_DIR]  (or set NIGHTLY_VIDEOS, NIGHTLY_BUNDLE)" >&2; exit 2; }
@@ -49,9 +52,14 @@ rc=0
 "${noscope[@]}" query "$videos" --model "$bundle" --out "$out" --json -q "${extra[@]}" >>"$log" 2>&1 || rc=$?
 new=$(( $(lines "$runs") - before ))
 failed=$(tail -n "$new" "$runs" 2>/dev/null | grep -c '"status": "failed"' || true)
+unmet=$(tail -n "$new" "$runs" 2>/dev/null | grep -v '"status": "failed"' | grep -vc '"verified": {"met": true' || true)
 
 case $rc in
-    0) say "done: all $new videos answered (now or by an earlier run)"; exit 0 ;;
+    0) if (( unmet > 0 )); then
+           say "done, targets not verified: all $new videos answered, $unmet without their targets shown met (runs.jsonl: verified)"
+           exit 5
+       fi
+       say "done: all $new videos answered (now or by an earlier run), targets verified met"; exit 0 ;;
     1) if (( new > failed )); then
            say "partial: $failed of $new videos failed (runs.jsonl has each error); the rest are kept, rerun to retry"
            exit 1

@@ -3,7 +3,8 @@ and `--executor ray`, which must give the local run's answers frame for frame.
 
 The real runs use the session's small bus bundle on the first 60 frames of two shared clips,
 with `optimizer.min_auc` above 1 so no CNN is offered and the cascade calls the reference (2
-calls per clip): the answers then depend on the config reaching every worker.
+calls per clip) and the check on the video draws every other frame (fewer than query.verify):
+the answers then depend on the config reaching every worker.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def test_folder_two_results_one_failure_then_resume(trained, clips, tmp_path, mo
     bad, *good = recs
     assert "cannot decode" in bad["error"] and bad["frames"] is None
     for x in good:
-        assert x["frames"] == 60 and x["reference_calls"] == 2 and x["error"] is None and x["seconds"] > 0
+        assert x["frames"] == 60 and x["reference_calls"] == 60 and x["error"] is None and x["seconds"] > 0
+        assert x["verified"]["met"] is True and x["verified"]["checked"] == 58  # every cheap frame checked: exact
         folder = Path(x["out"])
         assert folder.parent == out and folder.name in {f"{s}-bus" for s in GOOD}
         summary = json.loads((folder / "summary.json").read_text())
@@ -250,3 +252,13 @@ def test_nightly_script_reports_partial(trained, clips, tmp_path):
     log = (out / "nightly.log").read_text()
     assert "partial: 1 of 3 videos failed" in log and "noscope: error: bad.mp4" in log, log
     assert [x["status"] for x in read_records(out / "runs.jsonl")] == ["failed", "done", "done"]
+
+    # the good videos alone: every frame checked, targets met (0); a check of 3 frames per answer
+    # cannot show 1% targets met on 20 frames: "finished, targets not verified" (5)
+    (clips / "bad.mp4").unlink()
+    for args, code, said in (("--end 20f --no-plot", 0, "targets verified met"),
+                             ("--end 20f --no-plot --set query.verify=3", 5, "without their targets shown met")):
+        night = tmp_path / f"night{code}"
+        p = subprocess.run([str(ROOT / "scripts" / "nightly.sh"), str(clips), str(trained["a"]), str(night)],
+                           env=dict(env, NIGHTLY_ARGS=args), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert p.returncode == code and said in (night / "nightly.log").read_text(), (args, p.returncode)

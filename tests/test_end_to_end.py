@@ -1,7 +1,8 @@
 """The whole job on a real clip: label, train, query, evaluate, through the command line.
 
-Trains on frames 0-600 of the urban-road clip (buses come and go) and answers frames 600-800,
-then checks the measured error against the reference on every frame of that segment.
+Trains on frames 300-900 of the urban-road clip (buses come and go; the optimizer's held-out frames
+are the last ones of that span) and answers frames 900-1100, later footage the bundle never saw,
+then checks the measured error of the final answers against the reference on every frame there.
 """
 
 import csv
@@ -15,7 +16,7 @@ from noscope.cli import cli
 
 from .conftest import URBAN
 
-TRAIN = ["--object", "bus", "--start", "0f", "--end", "600f", "--name", "bus",
+TRAIN = ["--object", "bus", "--start", "300f", "--end", "900f", "--name", "bus",
          "--set", "train.grid=small", "--set", "train.epochs=8", "--set", "train.block=50", "-q"]
 
 
@@ -30,31 +31,35 @@ def test_train_query_evaluate(tmp_path):
     assert "trained" in r.output
 
     out = tmp_path / "q"
-    r = run("query", URBAN, "--model", "bus", "--start", "600f", "--end", "800f",
+    r = run("query", URBAN, "--model", "bus", "--start", "900f", "--end", "1100f",
             "--target-fpr", "0.05", "--target-fnr", "0.05", "--out", out, "--json", "-q")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert summary["frames"] == 200
     with open(out / "frames.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(x["frame"]) for x in rows] == list(range(600, 800))
+    assert [int(x["frame"]) for x in rows] == list(range(900, 1100))
     assert {x["decided_by"] for x in rows} <= {"skip", "diff", "model", "reference"}
     intervals = json.loads((out / "intervals.json").read_text())
     assert all(i["start_frame"] < i["end_frame"] for i in intervals)
     assert (out / "timeline.png").stat().st_size > 1000
     assert abs(sum(summary["fractions"].values()) - 1) < 1e-6
 
-    r = run("evaluate", URBAN, "--model", "bus", "--start", "600f", "--end", "800f",
+    r = run("evaluate", URBAN, "--model", "bus", "--start", "900f", "--end", "1100f",
             "--target-fpr", "0.05", "--target-fnr", "0.05", "--json", "-q")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output.strip().splitlines()[-1])
     assert rep["frames_compared"] == 200 and rep["positives"] > 20
-    # The bound: targets are 5%; held-out estimates from 200 training-side frames are noisy, so
-    # allow up to 15% on this short unseen segment. A broken cascade (all no, all yes, wrong
-    # frame alignment) lands far outside it.
-    print(json.dumps({k: rep[k] for k in ("frames", "windows", "speedup", "fractions")}))
-    assert rep["frames"]["fpr"] <= 0.15 and rep["frames"]["fnr"] <= 0.15, rep
-    assert rep["speedup"] > 0
+    # Targets are 5%; the answers are the query's final ones, checked (and repaired) on these very
+    # frames, so they hold within a small margin; a check that missed a broken cascade (all no,
+    # all yes, wrong frame alignment) lands far outside it. The verification's bounds must hold.
+    print(json.dumps({k: rep[k] for k in ("frames", "windows", "speedup", "fractions", "first_pass")}))
+    assert rep["frames"]["fpr"] <= 0.1 and rep["frames"]["fnr"] <= 0.1, rep
+    v = rep["verified"]
+    assert v["met"] is not False and v["checked"] > 0
+    for k in ("fpr", "fnr"):
+        assert v[k]["high"] is None or rep["frames"][k] <= v[k]["high"] + 1e-9, (k, rep["frames"], v)
+    assert rep["speedup"] > 0 and rep["verify_seconds"] >= 0
 
     # The executor must do on video exactly what the optimizer simulated on held-out scores:
     # force a cascade that uses every stage and compare it frame by frame with `simulate`.

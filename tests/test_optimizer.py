@@ -461,3 +461,62 @@ def test_optimize_is_fast_on_a_full_grid():
         plan = optimize(h, c, Targets(0.01, 0.01, metric=metric))
         assert time.perf_counter() - start < 10
         check_plan(plan, h, Targets(0.01, 0.01, metric=metric), c)
+
+
+# --------------------------------------------------------------------------------------------
+# confidence bounds: evidence counted per run, absence of evidence is not perfection
+
+
+def _rich_heldout(truth, rng):
+    """A model that separates the classes perfectly and a 'prev' detector, on `truth`."""
+    blocks = np.zeros(len(truth), int)
+    p = np.where(truth, 0.9, 0.1) + 0.05 * rng.random(len(truth))
+    diffs = {"prev": {s: prev_scores(truth, blocks, s, rng, noise=0.1) for s in (1, 2, 5)}}
+    return heldout(truth, blocks, {"m": p}, diffs, {"prev": "prev"})
+
+
+def test_no_heldout_positive_certifies_no_plan_that_can_miss_one():
+    rng = np.random.default_rng(0)
+    h = _rich_heldout(np.zeros(600, bool), rng)
+    c = costs({"m": 1e-4}, {"prev": 1e-5})
+    strict = optimize(h, c, Targets(0.05, 0.05), skips=[1, 2, 5], strict=True)
+    assert strict.reference_only and strict.certified and strict.bound_fnr == 0.0
+    loose = optimize(h, c, Targets(0.05, 0.05), skips=[1, 2, 5])
+    assert not loose.reference_only  # a cheap plan, for verification on the queried video to check
+    assert loose.heldout_fnr == 0.0 and loose.bound_fnr == 1.0 and not loose.certified
+
+
+def test_strict_certifies_only_with_enough_runs():
+    rng = np.random.default_rng(1)
+    c = costs({"m": 1e-4}, {"prev": 1e-5})
+    few = _rich_heldout(np.r_[np.zeros(300, bool), np.ones(300, bool)], rng)  # one run each
+    assert optimize(few, c, Targets(0.05, 0.05), skips=[1, 2, 5], strict=True).reference_only
+    many = _rich_heldout(runs(20000, rng, 40, 0.5), rng)  # hundreds of runs of each answer
+    plan = optimize(many, c, Targets(0.05, 0.05), skips=[1, 2, 5], strict=True)
+    assert not plan.reference_only and plan.certified
+    assert plan.bound_fpr <= 0.05 and plan.bound_fnr <= 0.05
+    # the bounds count runs: hundreds of runs, not 20000 frames, so they sit well above the point estimates
+    assert plan.bound_fnr > plan.heldout_fnr + 0.005
+
+
+def test_copying_answers_is_not_vouched_for_without_label_changes():
+    rng = np.random.default_rng(2)
+    h = _rich_heldout(np.ones(500, bool), rng)
+    plan = optimize(h, costs({"m": 1e-4}, {"prev": 1e-5}), Targets(0.05, 0.05), skips=[1, 2, 5])
+    assert plan.skip > 1 and plan.bound_fpr == plan.bound_fnr == 1.0  # cheapest: copy "yes" forward
+    model_only = optimize(h, costs({"m": 1e-4}, {"prev": 1e-5}), Targets(0.05, 0.05), skips=[1], diffs=[])
+    assert model_only.skip == 1 and model_only.bound_fnr < 1.0  # one run: weak evidence, but some
+
+
+def test_cost_slack_prefers_the_better_backed_plan():
+    """Two models at about the same cost: without slack the cheaper wins; with it, the one whose
+    bounds are closer to the targets (fewer held-out errors)."""
+    rng = np.random.default_rng(3)
+    truth = runs(4000, rng, 30, 0.4)
+    sure = np.where(truth, 0.9, 0.1)
+    shaky = np.where(rng.random(len(truth)) < 0.03, 1 - sure, sure)  # wrong on 3% of frames, confidently
+    h = heldout(truth, None, {"sure": sure, "shaky": shaky})
+    c = costs({"sure": 1.05e-3, "shaky": 1.0e-3})
+    targets = Targets(0.05, 0.05)
+    assert optimize(h, c, targets, skips=[1]).model == "shaky"
+    assert optimize(h, c, targets, skips=[1], cost_slack=0.1).model == "sure"

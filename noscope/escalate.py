@@ -1,0 +1,293 @@
+"""Check a query's answers on the queried video and repair what the check finds broken.
+
+    results, report = check_and_repair(results, plans, ask, rerun, targets, settings, rng, min_score)
+
+Round k (1, 2, ...) spends alpha / 2^k of the error budget (alpha = 1 - confidence), so however
+many rounds run, and whatever they decide from what they saw, the final statement holds with
+probability at least 1 - alpha. Each round:
+
+  1. every frame the reference has answered so far (the cascade's own calls and all earlier
+     checks) takes the reference's answer;
+  2. a fresh uniform sample of the other frames, per answer (yes / no) and per object, goes to
+     the reference (noscope.verify: `settings.per_stratum` frames each, or with `guarantee` as
+     many as certifying the targets takes);
+  3. the draw bounds both error rates; if they meet the targets, or (default mode) the estimates
+     do, the answers stand;
+  4. otherwise the stages that made the wrong answers seen are repaired: the model's thresholds
+     and the difference detector's threshold are moved past every wrong answer the reference has
+     shown on this video, the frame skip is lowered; the cascade runs again and the next round
+     checks it on fresh frames.
+After `settings.rounds` rounds, or when a check would take most of a stratum anyway, the reference
+answers the whole failing stratum, which leaves no error there to bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .optimizer import DEFAULT_SKIPS, Plan, Targets
+from .verify import Check, certification_size, draw, missed, verdict
+
+SIDES = {"fpr": True, "fnr": False}  # the rate, and the cheap answer whose frames hold its errors
+
+
+@dataclass(frozen=True)
+class Settings:
+    per_stratum: int = 100  # query.verify: frames checked per cheap answer and round (0: no check)
+    rounds: int = 4  # query.verify_rounds
+    guarantee: bool = False  # query.guarantee: keep checking until the bounds meet the targets
+    confidence: float = 0.95  # optimizer.confidence
+    skips: tuple[int, ...] = DEFAULT_SKIPS
+
+
+def apply_known(result, scores: dict[int, float], min_score: float):
+    """The result with every frame the reference answered taking the reference's answer."""
+    if not scores:
+        return result
+    frames = np.fromiter(scores, np.int64, len(scores))
+    at = np.searchsorted(result.frames, frames)
+    ok = (at < len(result.frames)) & (result.frames[np.minimum(at, len(result.frames) - 1)] == frames)
+    labels, decided = result.labels.copy(), result.decided_by.astype(object)
+    labels[at[ok]] = np.fromiter(scores.values(), float, len(scores))[ok] >= min_score
+    decided[at[ok]] = "reference"
+    return dataclasses.replace(result, labels=labels, decided_by=decided.astype(str),
+                               reference_scores={**result.reference_scores, **scores})
+
+
+@dataclass
+class Round:
+    """What one object's draw in one round was, and what it found."""
+
+    draws: dict[bool, np.ndarray]  # cheap answer -> frames drawn
+    population: dict[bool, int]
+    stages: dict[bool, np.ndarray]  # the stage that answered each drawn frame
+
+
+def plan_round(result, targets: Targets, settings: Settings, alpha: float, rng) -> Round:
+    """Draw this round's frames for one object from its cheap answers."""
+    cheap = result.decided_by != "reference"
+    pools = {ans: result.frames[cheap & (result.labels == ans)] for ans in (True, False)}
+    ref_pos = int(np.count_nonzero(~cheap & result.labels))
+    ref_neg = int(np.count_nonzero(~cheap & ~result.labels))
+    sizes = {}
+    for ans, pool in pools.items():
+        n = min(settings.per_stratum, len(pool))
+        if settings.guarantee:  # enough to certify if nothing wrong turns up; most of it -> all of it
+            other = (ref_neg + len(pools[False])) if ans else (ref_pos + len(pools[True]))
+            n = certification_size(len(pool), other, targets.fpr if ans else targets.fnr, alpha)
+            n = len(pool) if n * 2 >= len(pool) else n
+        sizes[ans] = n
+    draws = {ans: draw(pools[ans], sizes[ans], rng) for ans in pools}
+    at = {ans: np.searchsorted(result.frames, d) for ans, d in draws.items()}
+    return Round(draws, {ans: len(p) for ans, p in pools.items()}, {ans: result.decided_by[at[ans]] for ans in at})
+
+
+def judge(result, rnd: Round, scores: dict[int, float], min_score: float, targets: Targets, alpha: float) -> dict:
+    """One object's verdict from its draw, the reference's answers to it in `scores`; also which
+    stages answered the wrong frames seen."""
+    cheap = result.decided_by != "reference"
+    ref_pos = int(np.count_nonzero(~cheap & result.labels))
+    ref_neg = int(np.count_nonzero(~cheap & ~result.labels))
+    checks, wrong_stages = {}, {}
+    for ans, frames in rnd.draws.items():
+        answered = np.array([f in scores for f in frames.tolist()], bool)
+        truth = np.array([scores[f] >= min_score for f in frames[answered].tolist()], bool)
+        wrong = truth != ans
+        checks[ans] = Check(rnd.population[ans] - int(np.count_nonzero(~answered)), int(answered.sum()),
+                            int(wrong.sum()))
+        wrong_stages[ans] = Counter(rnd.stages[ans][answered][wrong].tolist())
+    v = verdict(checks[True], checks[False], ref_pos, ref_neg, targets.fpr, targets.fnr, alpha)
+    v["checks"], v["wrong_stages"] = checks, wrong_stages
+    return v
+
+
+def failing(v: dict, targets: Targets, guarantee: bool) -> set[str]:
+    """The rates to act on: the estimate misses the target, or (guarantee) the bound does."""
+    out = {r for r in SIDES if missed(v[r], getattr(targets, r))}
+    if guarantee and v["met"] is not True:
+        out |= {r for r in SIDES if v[r]["high"] is None or v[r]["high"] > getattr(targets, r)}
+    return out
+
+
+def repair(plans: dict[str, Plan], broken: dict[str, set[str]], verdicts: dict[str, dict], results: dict,
+           weights: dict[str, dict[int, float]], targets: Targets, skips, min_score: float) -> tuple[dict[str, Plan], list[str]]:
+    """Plans with the stages that made the wrong answers seen repaired (module docstring), and what
+    was done. Skip and difference detector are shared by every object's plan."""
+    shared = next(iter(plans.values()))
+    stages = Counter()
+    for o, rates in broken.items():
+        for r in rates:
+            stages.update(verdicts[o]["wrong_stages"][SIDES[r]])
+    skip, diff, thr = shared.skip, shared.diff, shared.diff_threshold
+    actions = []
+    if stages["skip"] and skip > 1:
+        skip = max([s for s in skips if s < skip] or [1])
+        actions.append(f"frame skip {shared.skip} -> {skip} ({stages['skip']} wrong answers copied to skipped frames)")
+    if stages["diff"] and diff is not None:
+        thr = _refit_diff(results, broken, thr, min_score)
+        diff, thr = (None, None) if thr is None else (diff, thr)
+        actions.append(f"difference detector {shared.diff} " + (f"threshold {shared.diff_threshold:.4g} -> {thr:.4g}" if diff
+                       else "dropped") + f" ({stages['diff']} wrong answers)")
+    new = {}
+    for o, p in plans.items():
+        c_low, c_high = p.c_low, p.c_high
+        for r in sorted(broken.get(o, ())):
+            if not verdicts[o]["wrong_stages"][SIDES[r]]["model"] or (c_low if r == "fnr" else c_high) is None:
+                continue
+            c_low, c_high, what = _refit_model(results[o], r, c_low, c_high, weights[o], getattr(targets, r), min_score)
+            actions.append(f"{o}: {what}" if len(plans) > 1 else what)
+        new[o] = dataclasses.replace(p, skip=skip, diff=diff, diff_threshold=thr, c_low=c_low, c_high=c_high)
+    return new, actions
+
+
+def _answered(result, min_score: float, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frames' positions, the reference's answers, `scores` there) where both are known."""
+    at = np.flatnonzero(np.isfinite(scores) & np.isin(result.frames, np.fromiter(result.reference_scores, np.int64)))
+    truth = np.array([result.reference_scores[f] >= min_score for f in result.frames[at].tolist()], bool)
+    return at, truth, scores[at]
+
+
+def _refit_model(result, rate: str, c_low, c_high, weights: dict[int, float], target: float, min_score: float):
+    """Move one model threshold past the wrong answers the reference has shown on this video, until
+    the errors it would still make there, each frame counted for the frames its draw stands for
+    (`weights`; 1 for frames not drawn), are at most half the target. No frame of the kind needed
+    (no positive for c_low): the model stops answering that way."""
+    at, truth, p = _answered(result, min_score, result.model_scores)
+    w = np.array([weights.get(f, 1.0) for f in result.frames[at].tolist()])
+    kind = truth if rate == "fnr" else ~truth
+    if not kind.any():
+        return (None, c_high, "the model no longer answers no") if rate == "fnr" else \
+            (c_low, None, "the model no longer answers yes")
+    order = np.argsort(p[kind] if rate == "fnr" else -p[kind], kind="stable")
+    scores, cum = p[kind][order], np.cumsum(w[kind][order])
+    j = int(np.searchsorted(cum, target / 2 * cum[-1], side="right"))  # the first frame that must not be wrong
+    cut = float(scores[min(j, len(scores) - 1)])
+    if rate == "fnr":
+        new = min(c_low, cut)
+        return new, c_high, f"model c_low {c_low:.4g} -> {new:.4g} (re-fitted to the reference on this video)"
+    new = max(c_high, cut)
+    return c_low, new, f"model c_high {c_high:.4g} -> {new:.4g} (re-fitted to the reference on this video)"
+
+
+def _refit_diff(results: dict, broken: dict[str, set[str]], threshold: float, min_score: float) -> float | None:
+    """A difference threshold below the scores of every frame it let copy a wrong answer, or None
+    (drop the detector) when no such score is known."""
+    worst = []
+    for o, rates in broken.items():
+        res = results[o]
+        at, truth, d = _answered(res, min_score, res.diff_scores)
+        wrong = (res.decided_by[at] == "diff") & (res.labels[at] != truth)
+        worst += d[wrong].tolist()
+    return min(threshold, min(worst)) if worst else None
+
+
+def check_and_repair(results: dict, plans: dict[str, Plan], ask: Callable, rerun: Callable, targets: Targets,
+                     settings: Settings, rng: np.random.Generator, min_score: float) -> tuple[dict, dict[str, dict]]:
+    """The rounds of the module docstring. `ask(frames)` runs the reference: frame -> {object:
+    score}; `rerun(plans)` runs the cascade again: object -> result. Returns the final results
+    (every reference answer in them) and each object's report for summary.json."""
+    objects = list(results)
+    alpha = 1.0 - settings.confidence
+    known = {o: dict(results[o].reference_scores) for o in objects}
+    reports = {o: dict(mode="guarantee" if settings.guarantee else "default", confidence=settings.confidence,
+                       rounds=[], escalations=[], reference_answered=[], checked=0) for o in objects}
+    if settings.per_stratum <= 0 and not settings.guarantee:
+        return results, {o: dict(r, met=None, fpr=None, fnr=None, sample=dict(yes=0, no=0), escalated=False,
+                                 note="verification off (query.verify: 0)") for o, r in reports.items()}
+    for k in range(1, max(1, settings.rounds) + 1):
+        a = alpha / 2**k
+        for o in objects:  # a re-run's own reference calls are answers in hand too
+            known[o].update(results[o].reference_scores)
+        results = {o: apply_known(results[o], known[o], min_score) for o in objects}
+        rounds = {o: plan_round(results[o], targets, settings, a, rng) for o in objects}
+        _ask_into(ask, known, np.unique(np.concatenate([d for r in rounds.values() for d in r.draws.values()])))
+        verdicts = {o: judge(results[o], rounds[o], known[o], min_score, targets, a) for o in objects}
+        broken = {o: b for o in objects if (b := failing(verdicts[o], targets, settings.guarantee))}
+        for o in objects:
+            _log_round(reports[o], k, a, verdicts[o])
+        if not broken:
+            break
+        last = k == settings.rounds or all(_takes_all(rounds[o], r) for o, b in broken.items() for r in b)
+        fixable = {o: {r for r in b if missed(verdicts[o][r], getattr(targets, r))} for o, b in broken.items()}
+        # the cascade's answers beside every reference answer so far, this round's draw included
+        seen = {o: dataclasses.replace(results[o], reference_scores={**results[o].reference_scores, **known[o]})
+                for o in objects}
+        plans_new, actions = ({}, []) if last else repair(plans, {o: b for o, b in fixable.items() if b}, verdicts, seen,
+                                                          {o: _weights(rounds[o]) for o in objects}, targets,
+                                                          settings.skips, min_score)
+        if last or (not actions and not settings.guarantee):
+            verdicts = _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, a)
+            for o, b in broken.items():
+                reports[o]["reference_answered"] = sorted("yes" if SIDES[r] else "no" for r in b)
+                _log_round(reports[o], k, a, verdicts[o], final=True)
+            break
+        if actions:
+            plans = plans_new
+            for o in objects:
+                reports[o]["escalations"] += actions
+            results = rerun(plans)
+    results = {o: apply_known(results[o], known[o], min_score) for o in objects}
+    return results, {o: _final(reports[o], plans[o]) for o in objects}
+
+
+def _weights(rnd: Round) -> dict[int, float]:
+    """How many frames of its stratum each drawn frame stands for."""
+    return {f: rnd.population[ans] / len(d) for ans, d in rnd.draws.items() for f in d.tolist()}
+
+
+def _ask_into(ask: Callable, known: dict[str, dict], frames: np.ndarray) -> None:
+    frames = np.array([f for f in frames.tolist() if f not in next(iter(known.values()))], np.int64)
+    if len(frames):
+        for f, per in ask(frames).items():
+            for o, score in per.items():
+                known[o][f] = score
+
+
+def _takes_all(rnd: Round, rate: str) -> bool:
+    ans = SIDES[rate]
+    return len(rnd.draws[ans]) >= rnd.population[ans]
+
+
+def _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, alpha) -> dict:
+    """The reference answers every not-yet-answered frame of each failing stratum; that stratum
+    then has no error left, and the verdict says so exactly (the other stratum keeps its draw)."""
+    out = dict(verdicts)
+    for o, rates in broken.items():
+        res = results[o]
+        cheap = (res.decided_by != "reference") & ~np.isin(res.frames, np.fromiter(known[o], np.int64))
+        for r in rates:
+            _ask_into(ask, known, res.frames[cheap & (res.labels == SIDES[r])])
+        rnd = rounds[o]
+        full = {ans: (ans in {SIDES[r] for r in rates}) for ans in (True, False)}
+        draws = {ans: (res.frames[(res.decided_by != "reference") & (res.labels == ans)] if full[ans] else d)
+                 for ans, d in rnd.draws.items()}
+        stages = {ans: res.decided_by[np.searchsorted(res.frames, d)] for ans, d in draws.items()}
+        out[o] = judge(res, Round(draws, rnd.population, stages), known[o], min_score, targets, alpha)
+    return out
+
+
+def _log_round(report: dict, k: int, alpha: float, v: dict, final: bool = False) -> None:
+    checks = v["checks"]
+    entry = dict(round=k, alpha=alpha, population=dict(yes=checks[True].population, no=checks[False].population),
+                 sample=dict(yes=checks[True].sample, no=checks[False].sample),
+                 errors=dict(yes=checks[True].errors, no=checks[False].errors),
+                 fpr=v["fpr"], fnr=v["fnr"], met=v["met"])
+    if final:
+        entry["reference_answered"] = True
+        report["rounds"][-1:] = [entry]
+    else:
+        report["rounds"].append(entry)
+    report.update(fpr=v["fpr"], fnr=v["fnr"], met=v["met"])
+
+
+def _final(report: dict, plan: Plan) -> dict:
+    report["checked"] = int(sum(r["sample"]["yes"] + r["sample"]["no"] for r in report["rounds"]))
+    report["sample"] = report["rounds"][-1]["sample"] if report["rounds"] else dict(yes=0, no=0)
+    report["escalated"] = bool(report["escalations"] or report["reference_answered"])
+    report["final_cascade"] = plan.to_dict() if report["escalations"] else None
+    return report

@@ -1,0 +1,123 @@
+"""Query-time verification: how wrong can the cascade's answers on *this* video be?
+
+    n_yes, n_no = sample_sizes(...)                       # frames to check in each stratum
+    v = verdict(Check(N_yes, n_yes, k_yes), Check(N_no, n_no, k_no), ref_pos, ref_neg, targets, alpha)
+    v["fnr"]["high"], v["met"]                            # upper bound on FNR; True / False / None
+
+After the cascade has answered every frame, the frames whose answer did not come from running the
+reference on that very frame (skipped frames and copies, including copies of a reference answer,
+difference-detector and model answers) are split by the cascade's answer: the cheap "yes" frames
+(N_Y of them) and the cheap "no" frames (N_O). A uniform random sample of single frames is drawn
+from each without replacement and the reference answers them. The only randomness is the draw, so
+the truth's autocorrelation in time does not matter, and the count K of wrong frames in a stratum
+has exact hypergeometric limits (noscope.bounds).
+
+The sampled frames then take the reference's answer, so the final output errs on K_Y - k_Y false
+alarms and K_O - k_O misses (k: wrong frames seen in the sample). With R_pos / R_neg the positive /
+negative frames the reference itself answered:
+
+    FPR = (K_Y - k_Y) / (K_Y + N_O - K_O + R_neg)        FNR = (K_O - k_O) / (K_O + N_Y - K_Y + R_pos)
+
+Both grow with K_Y and with K_O, so the upper limits of both counts, each at alpha/2, give upper
+bounds on both rates that hold together at 1 - alpha (and the lower limits lower bounds). A rate
+is not defined when no frame of its kind was seen at all (no positive anywhere: nothing to miss
+yet); then the bound is on the *count* of frames that may still be wrong.
+
+`met` is True when both upper bounds meet the targets, False when a lower bound exceeds one
+(the target is missed, with confidence), and None otherwise: not enough evidence to say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bounds import count_lower, count_upper
+
+
+@dataclass(frozen=True)
+class Check:
+    """One stratum's draw: `sample` of its `population` frames checked, `errors` of them wrong."""
+
+    population: int
+    sample: int
+    errors: int
+
+    def limits(self, alpha: float) -> tuple[int, float | None, int]:
+        """(lower, estimate, upper) of the count of wrong frames in the whole stratum."""
+        if self.population == 0:
+            return 0, 0.0, 0
+        est = self.errors * self.population / self.sample if self.sample else None
+        return (count_lower(self.errors, self.population, self.sample, alpha), est,
+                count_upper(self.errors, self.population, self.sample, alpha))
+
+
+def _rate(wrong: float | None, seen: int, other_population: int, other_wrong: float | None, reference: int) -> float | None:
+    """(wrong - seen) / (wrong + other_population - other_wrong + reference): the module's formula."""
+    if wrong is None or other_wrong is None:
+        return None
+    total = wrong + other_population - other_wrong + reference
+    return float((wrong - seen) / total) if total > 0 else 0.0
+
+
+def rate_limits(own: Check, other: Check, reference: int, alpha: float) -> dict:
+    """Estimate and limits of the rate whose errors live in `own` (misses: the "no" stratum for FNR;
+    false alarms: the "yes" stratum for FPR), at alpha/2 per stratum. `reference`: frames of the
+    rate's kind (positives for FNR) that the reference answered itself."""
+    lo, est, hi = own.limits(alpha / 2)
+    olo, oest, ohi = other.limits(alpha / 2)
+    seen_kind = reference + (other.sample - other.errors) + own.errors  # frames of this kind seen
+    out = dict(count_high=int(hi - own.errors))
+    if seen_kind == 0:  # nothing of this kind seen anywhere: no rate, only a count
+        return dict(out, estimate=None, low=None, high=None)
+    return dict(out, estimate=_rate(est, own.errors, other.population, oest, reference),
+                low=_rate(lo, own.errors, other.population, olo, reference),
+                high=_rate(hi, own.errors, other.population, ohi, reference))
+
+
+def rate_met(limits: dict, target: float) -> bool | None:
+    if limits["high"] is None:  # no rate: met only if nothing can still be wrong
+        return True if limits["count_high"] == 0 else None
+    if limits["high"] <= target:
+        return True
+    return False if limits["low"] > target else None
+
+
+def verdict(yes: Check, no: Check, ref_pos: int, ref_neg: int, fpr_target: float, fnr_target: float,
+            alpha: float) -> dict:
+    """What one round's draw says of the final answers (module docstring)."""
+    fpr = rate_limits(yes, no, ref_neg, alpha)
+    fnr = rate_limits(no, yes, ref_pos, alpha)
+    each = [rate_met(fpr, fpr_target), rate_met(fnr, fnr_target)]
+    met = False if False in each else (True if all(each) else None)
+    return dict(fpr=fpr, fnr=fnr, met=met)
+
+
+def missed(limits: dict, target: float) -> bool:
+    """The estimate says the target is missed: what a repair answers to."""
+    return limits["estimate"] is not None and limits["estimate"] > target
+
+
+def certification_size(population: int, other_kind: float, target: float, alpha: float) -> int:
+    """Frames to draw from a stratum so that, if none of them is wrong, the rate's upper bound meets
+    `target` (other_kind: frames of the rate's kind outside this stratum, estimated). About 3,300
+    for FNR <= 0.01 at 95% with 10% positives, whatever the video's length."""
+    if population == 0:
+        return 0
+
+    def ok(n: int) -> bool:
+        hi = count_upper(0, population, n, alpha / 2)
+        return hi == 0 or hi / (hi + other_kind) <= target
+
+    lo, hi = 1, population  # checking the whole stratum always certifies it (no wrong frame left)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return lo
+
+
+def draw(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` of `candidates` uniformly at random without replacement, in frame order."""
+    n = min(int(n), len(candidates))
+    return np.sort(rng.choice(candidates, size=n, replace=False)) if n else candidates[:0]

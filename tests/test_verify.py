@@ -1,0 +1,162 @@
+"""Query-time verification and repair: exact limits, honest rates, bounds that hold.
+
+The simulation at the end is the acceptance test of the statistics: many random label sequences
+with long runs (like video), cascades with errors of every kind, repairs between rounds; the
+reported 95% upper bounds on FPR and FNR must both hold in at least 95% of them.
+"""
+
+import numpy as np
+import pytest
+
+from noscope import bounds
+from noscope.cascade import CascadeResult
+from noscope.escalate import Settings, apply_known, check_and_repair
+from noscope.optimizer import Plan, Targets
+from noscope.verify import Check, certification_size, rate_met, verdict
+
+
+def test_hypergeometric_limits_are_exact_and_never_zero_width():
+    # No error in 100 of 6000: the upper limit is far from 0 (a Wald interval would say 0).
+    hi = bounds.count_upper(0, 6000, 100, 0.025)
+    assert 200 < hi < 230
+    # A whole population checked: the count is known exactly.
+    assert bounds.count_upper(3, 50, 50, 0.01) == bounds.count_lower(3, 50, 50, 0.01) == 3
+    # The limits bracket the truth as often as promised: P(X <= k | K_up + 1) <= alpha.
+    from scipy import stats
+
+    for k in (0, 1, 5):
+        up = bounds.count_upper(k, 1000, 80, 0.05)
+        assert stats.hypergeom.cdf(k, 1000, up, 80) > 0.05 >= stats.hypergeom.cdf(k, 1000, up + 1, 80)
+
+
+def test_rate_upper_counts_runs_not_frames():
+    # 300 positive frames in one run are one piece of evidence: no error seen still allows 95%.
+    pos, neg, changes = bounds.label_runs(np.r_[np.zeros(100, bool), np.ones(300, bool)])
+    assert (pos, neg, changes) == (1, 1, 1)
+    assert bounds.rate_upper(0, pos, 0.05) == pytest.approx(0.95)
+    assert bounds.rate_upper(0, 0, 0.05) == 1.0  # no runs: no evidence at all
+    # a gap in frame numbers separates runs without being a change
+    assert bounds.label_runs(np.ones(4, bool), np.array([1, 2, 10, 11])) == (2, 0, 0)
+
+
+def test_no_positive_seen_is_a_count_not_a_rate():
+    v = verdict(Check(0, 0, 0), Check(5000, 100, 0), 0, 300, 0.01, 0.01, 0.05)
+    assert v["fnr"]["estimate"] is None and v["fnr"]["high"] is None
+    assert v["fnr"]["count_high"] > 100  # up to that many frames could be missed
+    assert v["met"] is None  # not "FNR 0, target met"
+    assert rate_met(dict(high=None, low=None, estimate=None, count_high=0), 0.01) is True
+
+
+def test_gross_failure_is_found_missed():
+    # 40 misses in 100 drawn "no" frames: the lower bound alone is far above a 5% target.
+    v = verdict(Check(400, 100, 2), Check(5000, 100, 40), 50, 100, 0.05, 0.05, 0.05)
+    assert v["met"] is False and v["fnr"]["low"] > 0.05
+
+
+def test_certification_size_matches_the_issue_arithmetic():
+    # FNR <= 0.01 at 95% with 10% positives: about 3,300 frames whatever the length.
+    for n in (100_000, 1_000_000):
+        size = certification_size(int(0.9 * n), 0.1 * n, 0.01, 0.05)
+        assert 2500 < size < 4500, size
+
+
+def _result(frames, labels, decided, ref_scores, model=None):
+    n = len(frames)
+    return CascadeResult(frames, frames / 25.0, labels, np.asarray(decided).astype(str), ref_scores, 0.0, {}, None,
+                         np.full(n, np.nan, np.float32) if model is None else model, np.full(n, np.nan, np.float32))
+
+
+def _video_truth(rng, n):
+    """Labels with long runs, like video: a two-state Markov chain with rare switches."""
+    switch = rng.random(n) < rng.uniform(0.002, 0.03)
+    return (np.cumsum(switch) + rng.integers(2)) % 2 == 1
+
+
+def _cascade(rng, truth, error_rate):
+    """A cascade's answers: the reference on a few frames, cheap stages elsewhere, wrong on
+    contiguous stretches (errors in video come in runs too)."""
+    n = len(truth)
+    decided = rng.choice(["skip", "diff", "model", "reference"], size=n, p=[0.4, 0.3, 0.25, 0.05])
+    wrong = np.zeros(n, bool)
+    for start in rng.choice(n, size=max(1, int(error_rate * n / 20)), replace=False):
+        wrong[start : start + rng.integers(1, 40)] = True
+    labels = np.where(decided == "reference", truth, truth ^ wrong)
+    frames = np.arange(n, dtype=np.int64)
+    ref = {int(f): float(truth[f]) for f in frames[decided == "reference"]}
+    model = np.where(decided == "model", np.where(labels, 0.9, 0.1), np.nan).astype(np.float32)
+    return _result(frames, labels, decided, ref, model)
+
+
+def test_upper_bounds_hold_jointly_over_many_video_like_sequences():
+    rng = np.random.default_rng(1)
+    targets = Targets(0.02, 0.02)
+    plan = Plan(skip=5, diff="prev-global", diff_threshold=0.5, model="m", c_low=0.3, c_high=0.7, expected_cost=0.0,
+                heldout_fpr=0.0, heldout_fnr=0.0)
+    held = tried = repaired = 0
+    for trial in range(300):
+        n = int(rng.integers(3000, 8000))
+        truth = _video_truth(rng, n)
+        first = _cascade(rng, truth, rng.choice([0.0, 0.01, 0.05, 0.3]))
+        # a repair halves the errors (a better plan), as a real re-run would change them
+        rerun = lambda plans, n=n, truth=truth: {"x": _cascade(rng, truth, 0.005)}
+
+        def ask(frames, truth=truth):
+            return {int(f): {"x": float(truth[f])} for f in frames}
+
+        results, reports = check_and_repair({"x": first}, {"x": plan}, ask, rerun, targets,
+                                            Settings(per_stratum=100, rounds=3), rng, 0.5)
+        final = results["x"].labels
+        fp, fn = np.count_nonzero(final & ~truth), np.count_nonzero(~final & truth)
+        rep = reports["x"]
+        ok = True
+        if truth.any() and rep["fnr"]["high"] is not None:
+            ok &= fn / truth.sum() <= rep["fnr"]["high"] + 1e-12
+        else:
+            ok &= fn <= rep["fnr"]["count_high"]
+        if (~truth).any() and rep["fpr"]["high"] is not None:
+            ok &= fp / (~truth).sum() <= rep["fpr"]["high"] + 1e-12
+        else:
+            ok &= fp <= rep["fpr"]["count_high"]
+        held += ok
+        tried += 1
+        repaired += bool(rep["escalations"] or rep["reference_answered"])
+    print(held, tried, repaired)
+    assert held / tried >= 0.95, (held, tried)
+    assert repaired > 30  # the rounds of repair were exercised, not only first checks
+
+
+def test_known_answers_replace_the_cascades():
+    frames = np.arange(10, dtype=np.int64)
+    r = _result(frames, np.zeros(10, bool), ["skip"] * 10, {})
+    r2 = apply_known(r, {3: 0.9, 4: 0.1}, 0.5)
+    assert r2.labels.tolist() == [False] * 3 + [True] + [False] * 6
+    assert r2.decided_by[3] == r2.decided_by[4] == "reference" and r2.decided_by[5] == "skip"
+    assert r.labels.sum() == 0  # the original is untouched
+
+
+def test_a_miss_found_is_repaired_and_checked_again():
+    """A cascade answering "no" on a long positive stretch: the first check finds misses, the
+    repair (lower skip) runs the cascade again, a fresh draw checks it, and the final answers
+    carry every reference answer gathered."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    truth = np.zeros(n, bool)
+    truth[1000:1600] = True
+    frames = np.arange(n, dtype=np.int64)
+    bad = _result(frames, np.zeros(n, bool), ["skip"] * n, {})
+    good = _result(frames, truth.copy(), ["model"] * n, {}, np.where(truth, 0.9, 0.1).astype(np.float32))
+    plan = Plan(skip=30, diff=None, diff_threshold=None, model="m", c_low=0.3, c_high=0.7, expected_cost=0.0,
+                heldout_fpr=0.0, heldout_fnr=0.0)
+    calls = []
+
+    def rerun(plans):
+        calls.append(plans["x"].skip)
+        return {"x": good}
+
+    results, reports = check_and_repair({"x": bad}, {"x": plan}, lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
+                                        rerun, Targets(0.05, 0.05), Settings(per_stratum=100), rng, 0.5)
+    rep = reports["x"]
+    assert calls == [15] and rep["escalations"] and rep["escalations"][0].startswith("frame skip 30 -> 15")
+    assert len(rep["rounds"]) == 2 and rep["rounds"][0]["errors"]["no"] > 0
+    assert np.array_equal(results["x"].labels, truth)
+    assert rep["final_cascade"]["skip"] == 15
