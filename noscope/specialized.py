@@ -298,6 +298,55 @@ def train_candidate(
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
+    say = log or (lambda msg: None)
+    x_train, y_tr, x_val, y_va, mean = _training_inputs(arch, x_train, y_train, x_val, y_val, mean_frame, epochs, batch_size)
+    outputs = 1 if y_tr.ndim == 1 else y_tr.shape[1]
+    pos_weight = _pos_weights(y_tr, arch.name, say)
+    cuda = dev.type == "cuda"
+    fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # shuffling and jitter, on the CPU
+        fit = _Fit.make(arch, outputs, pos_weight, lr, mean, x_train, y_tr, x_val, y_va, dev)
+        best = dict(loss=math.inf, state=None, epoch=0, scores=None)
+        epochs_run, train_loss, stale, val_loss, val_scores = 0, float("nan"), 0, math.inf, None
+        for epoch in range(1, epochs + 1):
+            train_loss = train_one_epoch(fit, gen, batch_size, brightness_jitter, augment)
+            val_loss, val_scores = evaluate(fit)
+            epochs_run = epoch
+            improved = val_loss < best["loss"] - 1e-4
+            say(f"{arch.name} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{' *' if improved else ''}")
+            if improved:
+                best, stale = dict(loss=val_loss, state=copy.deepcopy(fit.model.state_dict()), epoch=epoch,
+                                   scores=val_scores), 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+        if best["state"] is None:  # the validation loss was never finite: keep the last state
+            best = dict(loss=val_loss, state=None, epoch=epochs_run, scores=val_scores)
+        else:
+            fit.model.load_state_dict(best["state"])
+        fit.model.eval()
+    scores = best["scores"]
+    info = {
+        "arch": arch.name,
+        "epochs": epochs_run,
+        "best_epoch": best["epoch"],
+        "val_loss": float(best["loss"]),
+        "val_auc": roc_auc(scores, y_va) if outputs == 1 else [roc_auc(a, b) for a, b in zip(scores.T, y_va.T)],
+        "train_loss": float(train_loss),
+        "pos_weight": pos_weight,
+        "n_train": len(x_train),
+        "n_val": len(x_val),
+        "train_seconds": time.perf_counter() - t0,
+        "device": str(dev),
+    }
+    return fit.model, info
+
+
+def _training_inputs(arch, x_train, y_train, x_val, y_val, mean_frame, epochs, batch_size):
+    """The checked arrays of train_candidate: (x_train, y_train, x_val, y_val, mean)."""
     x_train = _check_frames(x_train, arch.size)
     x_val = _check_frames(x_val, arch.size)
     y_tr = _labels(y_train, len(x_train), "training")
@@ -310,111 +359,92 @@ def train_candidate(
     mean = _check_mean(mean_frame, arch.size)
     if epochs < 1 or batch_size < 1:
         raise NoscopeError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
-    say = log or (lambda msg: None)
-
     if y_tr.ndim != y_va.ndim or y_tr.shape[1:] != y_va.shape[1:]:
         raise NoscopeError(f"training and validation labels disagree on the objects: {y_tr.shape} vs {y_va.shape}")
-    outputs = 1 if y_tr.ndim == 1 else y_tr.shape[1]
-    pos_weights = []
-    for col in (y_tr,) if outputs == 1 else y_tr.T:
+    return x_train, y_tr, x_val, y_va, mean
+
+
+def _pos_weights(y: np.ndarray, name: str, say) -> float | list[float]:
+    """negatives / positives per object (one float for one object), for the loss."""
+    weights = []
+    for col in (y,) if y.ndim == 1 else y.T:
         pos, neg = float(col.sum()), float((1.0 - col).sum())
         # Clamped so a handful of positives in a huge set cannot blow the loss scale up.
-        pos_weights.append(1.0 if pos == 0 or neg == 0 else float(np.clip(neg / pos, 0.05, 20.0)))
+        weights.append(1.0 if pos == 0 or neg == 0 else float(np.clip(neg / pos, 0.05, 20.0)))
         if pos == 0 or neg == 0:
-            say(f"{arch.name}: training labels are all {'negative' if pos == 0 else 'positive'}; the model will be useless")
-    pos_weight = pos_weights[0] if outputs == 1 else pos_weights
+            say(f"{name}: training labels are all {'negative' if pos == 0 else 'positive'}; the model will be useless")
+    return weights[0] if y.ndim == 1 else weights
 
-    cuda = dev.type == "cuda"
-    # bf16 needs no loss scaling, so it is the simple way to fast mixed-precision training.
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
 
-    fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if cuda else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)  # shuffling and jitter, on the CPU
+@dataclass
+class _Fit:
+    """One training run's model, optimiser, loss and data, on the training device."""
+
+    model: SpecializedCNN
+    opt: torch.optim.Optimizer
+    loss_fn: nn.Module
+    mean: torch.Tensor
+    xt: torch.Tensor  # uint8 training frames (on the device when they fit, else on the CPU)
+    yt: torch.Tensor
+    xv: torch.Tensor
+    yv: torch.Tensor
+    dev: torch.device
+    amp_dtype: torch.dtype | None  # bf16 on CUDA: no loss scaling needed, the simple fast mixed precision
+
+    @classmethod
+    def make(cls, arch, outputs, pos_weight, lr, mean, x_train, y_tr, x_val, y_va, dev) -> "_Fit":
+        cuda = dev.type == "cuda"
         model = _prepare_model(SpecializedCNN(arch, outputs), dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=dev))  # one per output
-        mean_t = _tensor(mean).to(dev)
-
         # uint8 on the GPU when it fits (tiny model: copies would dominate); else copied per batch.
         stage_all = cuda and x_train.nbytes + x_val.nbytes <= _GPU_STAGE_BYTES
-        xt = _tensor(x_train)
-        xv = _tensor(x_val)
+        xt, xv = _tensor(x_train), _tensor(x_val)
         if stage_all:
             xt, xv = xt.to(dev), xv.to(dev)
-        yt = torch.from_numpy(y_tr).to(dev)
-        yv = torch.from_numpy(y_va).to(dev)
+        amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+        return cls(model, opt, loss_fn, _tensor(mean).to(dev), xt, torch.from_numpy(y_tr).to(dev), xv,
+                   torch.from_numpy(y_va).to(dev), dev, amp)
 
-        def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return to_input(x[idx.to(x.device)].to(dev, non_blocking=True), mean_t)
+    def frames(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return x[idx.to(x.device)].to(self.dev, non_blocking=True)
 
-        def evaluate() -> tuple[float, np.ndarray]:
-            model.eval()
-            total, out = 0.0, []
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                for s in range(0, len(xv), 1024):
-                    idx = torch.arange(s, min(s + 1024, len(xv)))
-                    logits = model(batch_input(xv, idx)).float()
-                    total += float(loss_fn(logits, yv[idx.to(dev)]) * len(idx))
-                    out.append(torch.sigmoid(logits).cpu().numpy())
-            return total / len(xv), np.concatenate(out)
+    def autocast(self):
+        return torch.autocast(self.dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-        best_loss, best_state, best_epoch, best_scores = math.inf, None, 0, None
-        epochs_run, train_loss, stale = 0, float("nan"), 0
-        for epoch in range(1, epochs + 1):
-            model.train()
-            # Pass 0 sees the frames as they are, passes 1..augment altered copies of them.
-            passes = [(p, torch.randperm(len(xt), generator=gen)) for p in range(1 + max(0, int(augment)))]
-            running = torch.zeros((), device=dev)  # summed on the device: no sync per step
-            for p, s, idx in ((p, s, perm[s : s + batch_size]) for p, perm in passes for s in range(0, len(perm), batch_size)):
-                if p == 0:
-                    x = batch_input(xt, idx)
-                else:
-                    frames = xt[idx.to(xt.device)].to(dev, non_blocking=True)
-                    x = to_input(augment_frames(frames, gen), mean_t)
-                if brightness_jitter > 0:
-                    shift = (torch.rand(len(idx), 1, 1, 1, generator=gen) * 2 - 1) * (brightness_jitter / INPUT_SCALE)
-                    x = x + shift.to(dev)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = loss_fn(model(x).float(), yt[idx.to(dev)])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += loss.detach() * len(idx)
-            train_loss = float(running) / sum(len(perm) for _, perm in passes)
-            val_loss, val_scores = evaluate()
-            epochs_run = epoch
-            improved = val_loss < best_loss - 1e-4
-            say(f"{arch.name} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{' *' if improved else ''}")
-            if improved:
-                best_loss, best_epoch, best_scores, stale = val_loss, epoch, val_scores, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
 
-        if best_state is None:  # the validation loss was never finite: keep the last state
-            best_loss, best_epoch, best_scores = val_loss, epochs_run, val_scores
-        else:
-            model.load_state_dict(best_state)
-        model.eval()
+def train_one_epoch(fit: _Fit, gen: torch.Generator, batch_size: int, brightness_jitter: float, augment: int) -> float:
+    """One epoch: pass 0 over the frames as they are, passes 1..augment over altered copies.
+    Returns the mean training loss."""
+    fit.model.train()
+    passes = [(p, torch.randperm(len(fit.xt), generator=gen)) for p in range(1 + max(0, int(augment)))]
+    running = torch.zeros((), device=fit.dev)  # summed on the device: no sync per step
+    for p, s, idx in ((p, s, perm[s : s + batch_size]) for p, perm in passes for s in range(0, len(perm), batch_size)):
+        frames = fit.frames(fit.xt, idx)
+        x = to_input(frames if p == 0 else augment_frames(frames, gen), fit.mean)
+        if brightness_jitter > 0:
+            shift = (torch.rand(len(idx), 1, 1, 1, generator=gen) * 2 - 1) * (brightness_jitter / INPUT_SCALE)
+            x = x + shift.to(fit.dev)
+        with fit.autocast():
+            loss = fit.loss_fn(fit.model(x).float(), fit.yt[idx.to(fit.dev)])
+        fit.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        fit.opt.step()
+        running += loss.detach() * len(idx)
+    return float(running) / sum(len(perm) for _, perm in passes)
 
-    info = {
-        "arch": arch.name,
-        "epochs": epochs_run,
-        "best_epoch": best_epoch,
-        "val_loss": float(best_loss),
-        "val_auc": roc_auc(best_scores, y_va) if outputs == 1 else [roc_auc(a, b) for a, b in zip(best_scores.T, y_va.T)],
-        "train_loss": float(train_loss),
-        "pos_weight": pos_weight,
-        "n_train": len(x_train),
-        "n_val": len(x_val),
-        "train_seconds": time.perf_counter() - t0,
-        "device": str(dev),
-    }
-    return model, info
+
+def evaluate(fit: _Fit) -> tuple[float, np.ndarray]:
+    """(mean validation loss, validation scores) of the model as it is now."""
+    fit.model.eval()
+    total, out = 0.0, []
+    with torch.inference_mode(), fit.autocast():
+        for s in range(0, len(fit.xv), 1024):
+            idx = torch.arange(s, min(s + 1024, len(fit.xv)))
+            logits = fit.model(to_input(fit.frames(fit.xv, idx), fit.mean)).float()
+            total += float(fit.loss_fn(logits, fit.yv[idx.to(fit.dev)]) * len(idx))
+            out.append(torch.sigmoid(logits).cpu().numpy())
+    return total / len(fit.xv), np.concatenate(out)
 
 
 def augment_frames(frames_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
