@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,36 @@ def write_manifest(root: Path, meta: dict, fmt: int = FORMAT) -> None:
             files[p.relative_to(root).as_posix()] = sha256(p)
     meta = dict(meta, format=fmt, noscope_version=__version__, files=files)
     atomic_write_bytes(root / "bundle.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
+
+
+def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detectors: list, heldout: dict[str, np.ndarray],
+                 meta: dict, fmt: int = FORMAT) -> None:
+    """A trained bundle: the models trained into `work` (named NAME-KEY.pt), the difference
+    detectors' images, the held-out arrays, then bundle.yaml last; `work` is removed after."""
+    from .difference import save_npy
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(exist_ok=True)
+    for c in candidates:
+        shutil.copyfile(work / f"{c['name']}-{key}.pt", out / c["file"])
+    (out / "diff").mkdir(exist_ok=True)
+    for d in detectors:
+        if d.reference_image is not None:
+            save_npy(out / f"diff/{d.name}.npy", d.reference_image)
+    save_npz(out / "heldout.npz", **heldout)
+    write_manifest(out, meta, fmt=fmt)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def finished(root: Path, settings_key: str) -> dict | None:
+    """bundle.yaml of a complete bundle trained with these settings, else None."""
+    if not (root / "bundle.yaml").is_file():
+        return None
+    try:
+        meta = load_manifest(root)
+    except NoscopeError:
+        return None
+    return meta if meta.get("settings_key") == settings_key else None
 
 
 def load_manifest(root: Path) -> dict:

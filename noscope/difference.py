@@ -527,6 +527,33 @@ def measure_cost(detector: DiffDetector, size: int, channels: int = 3, batch_siz
     return float(np.median(times)) / batch_size
 
 
+@dataclass
+class Fitted:
+    """Difference detectors fitted for a bundle, with what the optimizer needs of them."""
+
+    detectors: list[DiffDetector]
+    heldout_scores: dict[str, np.ndarray]  # "name@skip" -> scores on the held-out frames
+    costs: dict[str, float]  # name -> seconds per frame
+    meta: list[dict]  # bundle.yaml's diffs
+
+
+def fit_and_score(frames: np.ndarray, truth: np.ndarray, blocks: np.ndarray, parts, skips: list[int], grid: int,
+                  size: int) -> Fitted:
+    """Fit every detector on the training frames (`parts.tr`), score it on the held-out frames
+    (`parts.ho`) at every skip, time it."""
+    detectors = fit_detectors(frames[parts.tr], truth[parts.tr], blocks[parts.tr], skips=skips, grid=grid)
+    out = Fitted(detectors, {}, {}, [])
+    for d in detectors:
+        for k, v in diff_scores(d, frames[parts.ho], blocks[parts.ho], skips).items():
+            out.heldout_scores[f"{d.name}@{k}"] = v
+        out.costs[d.name] = float(measure_cost(d, size))
+        meta = d.to_dict()
+        if d.reference_image is not None:
+            meta["reference_image_file"] = f"diff/{d.name}.npy"
+        out.meta.append(dict(meta, cost_s=out.costs[d.name], size=size))
+    return out
+
+
 # --------------------------------------------------------------------------- .npy files
 
 

@@ -17,9 +17,8 @@ import numpy as np
 
 from .answer import answer
 from .cascade import choose_plan
-from .labels import label_frames
+from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
-from .train import object_truth
 from .video import open_video
 
 

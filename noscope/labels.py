@@ -25,6 +25,7 @@ import numpy as np
 from filelock import FileLock
 
 from . import atomic
+from .metrics import smooth
 from .paths import cache_dir
 from .progress import progress_bar
 from .reference.base import Detections, Reference
@@ -164,3 +165,37 @@ def label_frames(
     scores = np.stack([cached[f][0] for f in have.tolist()]) if len(have) else np.zeros((0, n_classes), np.float32)
     dets = [cached[f][1] for f in have.tolist()]
     return Labels(have, scores.astype(np.float32), dets, from_cache=from_cache, seconds=seconds)
+
+
+def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:
+    """The reference's answer: score >= min_score, optionally majority-smoothed over time
+    (within runs of consecutive frames). The cascade is judged against this."""
+    return smooth(scores >= min_score, smooth_k, blocks=blocks)
+
+
+@dataclass
+class Sample:
+    """Frames labelled for training: the reference's scores and what counts as positive."""
+
+    frames: np.ndarray  # int64 (N,), in video order
+    run_ids: np.ndarray  # int (N,): the run of consecutive frames each belongs to
+    scores: np.ndarray  # float (N,), or (N, objects)
+    truth: np.ndarray  # bool, same shape
+    reference_cost: float | None  # seconds per frame the reference took here (None: too few labelled fresh)
+
+
+def labelled_sample(video: Video, reference: Reference, ref_key: str, frames: np.ndarray, run_ids: np.ndarray,
+                    classes: list[int], min_score: float, smooth_k: int, quiet: bool = False) -> Sample:
+    """Label `frames` (cached where possible); frames that could not be decoded are dropped.
+    One class gives (N,) arrays, several classes (N, K) arrays."""
+    labels = label_frames(video, reference, ref_key, frames, quiet=quiet, desc="label")
+    if len(labels.frames) < len(frames):
+        keep = np.isin(frames, labels.frames)
+        frames, run_ids = frames[keep], run_ids[keep]
+    multi = len(classes) > 1
+    scores = labels.scores[:, classes] if multi else labels.score_of(classes[0])
+    truth = (np.stack([object_truth(c, min_score, smooth_k, blocks=run_ids) for c in scores.T], axis=1)
+             if multi else object_truth(scores, min_score, smooth_k, blocks=run_ids))
+    fresh = len(frames) - labels.from_cache
+    cost = labels.seconds / max(fresh, 1) if labels.seconds > 0 and fresh >= 32 else None
+    return Sample(frames, run_ids, scores, truth, cost)

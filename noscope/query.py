@@ -57,13 +57,9 @@ def apply_reference_options(cfg, reference_name=None, reference_weights=None, re
 
 
 def make_reference(cfg):
-    from .reference import load_reference, reference_key
-    from .train import _device
+    from .reference import configured_reference
 
-    r = cfg["reference"]
-    ref = load_reference(r["name"], device=_device(cfg), weights=r["weights"], cfg=r["cfg"], names=r["names"],
-                         input_size=tuple(r["input_size"]) if r["input_size"] else None, batch_size=r["batch_size"])
-    return ref, reference_key(ref)
+    return configured_reference(cfg)
 
 
 def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, say=None):

@@ -110,6 +110,17 @@ def small_grid(size: int = 50) -> list[Arch]:
     return [Arch(2, 16, 32, size), Arch(2, 32, 64, size), Arch(4, 16, 64, size)]
 
 
+def resolve_grid(grid) -> list[Arch]:
+    """train.grid: "default", "small", or a list of names like c2f32d128s50."""
+    if grid == "default":
+        return default_grid()
+    if grid == "small":
+        return small_grid()
+    if isinstance(grid, list):
+        return [Arch.parse(n) for n in grid]
+    raise NoscopeError(f"unknown train.grid {grid!r}: use default, small, or a list like [c2f32d128s50]")
+
+
 # --------------------------------------------------------------------------- the network
 
 
@@ -477,6 +488,91 @@ def augment_frames(frames_u8: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     x = torch.where(blur, soft, x)
     x = x + torch.randn(x.shape, generator=gen).to(dev) * uniform(0, 4, 1, 1, 1)
     return x.clamp(0, 255).permute(0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------- the grid, for a bundle
+
+MIN_EXAMPLES_PER_CLASS = 10  # fewer training frames of one answer: no CNN, cascade uses skip/diff/reference
+
+
+@dataclass
+class GridResult:
+    """What training the grid left for the bundle: one entry per candidate trained."""
+
+    candidates: list[dict]  # bundle.yaml's candidates (name, file, size, cost_s, heldout_auc, train...)
+    heldout_scores: dict[str, np.ndarray]  # name -> scores on the held-out frames
+    costs: dict[str, float]  # name -> seconds per frame
+
+
+def train_grid(archs: list[Arch], small: dict[int, np.ndarray], truth: np.ndarray, parts, objects: list[str],
+               work: Path, key: str, tcfg: dict, seed: int, device, say) -> GridResult:
+    """Train (or resume from `work`) every candidate of the grid on the training frames, score
+    it on the held-out frames, time it. `parts` has masks tr, va, ho. An object with too few
+    training frames of one answer gets no trusted output (several objects: the others still do;
+    one object: no CNN at all, the cascade uses skip, difference detectors and the reference)."""
+    lacking = _lacking(truth.reshape(len(truth), -1)[parts.tr], objects)
+    multi = len(objects) > 1
+    if len(lacking) == len(objects):
+        say(f"warning: too few {lacking[objects[0]]} training frames{' of any object' if multi else ''} for a "
+            f"specialized model; the cascade will use frame skip, difference detectors and the reference only")
+        archs = []
+    for o, kind in lacking.items():
+        # Several objects: the model is still trained for the others; this object's output is
+        # never trusted (no held-out AUC), so the reference answers it wherever the model runs.
+        if archs:
+            say(f"warning: too few {kind} training frames of {o}; its model output will not be used")
+    out = GridResult([], {}, {})
+    for i, arch in enumerate(archs):
+        x = small[arch.size]
+        model, mean, info = _trained(arch, x, truth, parts, work / f"{arch.name}-{key}.pt", tcfg, seed, device)
+        p = predict_scores(model, x[parts.ho], mean, device=device)
+        cost = measure_cost(model, arch.size, device=device)
+        out.heldout_scores[arch.name], out.costs[arch.name] = p, cost
+        each = truth.reshape(len(truth), -1)[parts.ho]
+        aucs = {o: None if o in lacking else float(roc_auc(pk, tk)) for o, pk, tk in zip(objects, p.reshape(len(p), -1).T, each.T)}
+        # Several objects: the worst-learnt trusted output's (the guard is applied per object).
+        auc = float(np.min([a for a in aucs.values() if a is not None]))  # NaN (one class held out) stays NaN
+        per = f" ({', '.join(f'{o} ' + ('unused' if a is None else f'{a:.3f}') for o, a in aucs.items())})" if multi else ""
+        say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}{per}, {cost * 1e6:.1f} us/frame")
+        cand = dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),
+                    heldout_auc=float(auc), train={k: _plain(v) for k, v in info.items()})
+        if multi:
+            cand["heldout_aucs"] = aucs  # None: too few training examples, never offered for that object
+        out.candidates.append(cand)
+    return out
+
+
+def _lacking(train_truth: np.ndarray, objects: list[str]) -> dict[str, str]:
+    """object -> "negative" | "positive": too few training frames of that answer for a CNN."""
+    out = {}
+    for k, o in enumerate(objects):
+        n_neg = int((~train_truth[:, k]).sum())
+        if n_neg < MIN_EXAMPLES_PER_CLASS or int(train_truth[:, k].sum()) < MIN_EXAMPLES_PER_CLASS:
+            out[o] = "negative" if n_neg < MIN_EXAMPLES_PER_CLASS else "positive"
+    return out
+
+
+def _trained(arch, x, truth, parts, path: Path, tcfg: dict, seed: int, device):
+    """(model, mean frame, info): the one saved at `path` by an interrupted run, or a new one saved there."""
+    if path.is_file():
+        model, _, mean = load_model(path, device=device)
+        return model, mean, {"resumed": True}
+    mean = mean_frame(x[parts.tr])
+    model, info = train_candidate(
+        arch, x[parts.tr], truth[parts.tr], x[parts.va], truth[parts.va], mean, epochs=tcfg["epochs"],
+        batch_size=tcfg["batch_size"], lr=tcfg["lr"], patience=tcfg["patience"], augment=tcfg["augment"], seed=seed,
+        device=device,
+    )
+    save_model(model, arch, mean, path)
+    return model, mean, info
+
+
+def _plain(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 # --------------------------------------------------------------------------- inference

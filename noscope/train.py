@@ -2,25 +2,25 @@
 
     noscope train ../shared/videos/storefront-cctv_people.mp4 --object person --end 60% --name store
 
-Steps, each resumable (labels are cached in chunks, every finished candidate is kept in the
-bundle's work/ folder and reused by the next run with the same settings):
+`train` reads as its steps, each in the module that owns it; every step resumes (labels are
+cached in chunks, every finished candidate is kept in the bundle's work/ folder and reused by the
+next run with the same settings):
   1. sample frames of the segment in runs of consecutive frames (frame skip and difference
-     detectors need temporal neighbours) and label them with the reference;
-  2. split the sample into blocks; 40% of the blocks are held out for the optimizer, the rest
-     train the models (with a slice for early stopping), so no held-out frame is ever a
-     near-duplicate neighbour of a training frame within the same block;
-  3. train every specialized CNN of the grid, score it on the held-out frames, time it;
-  4. fit the difference detectors, score them on the held-out frames for every frame skip, time them;
-  5. time decoding and the reference, and write bundle.yaml last (a bundle is complete or absent).
+     detectors need temporal neighbours) and label them with the reference (split, labels);
+  2. split the sample: the held-out frames for the optimizer come after the training frames in
+     time, so drift between earlier and later minutes shows before a plan is chosen (split);
+  3. decode the sample at the small sizes the models and detectors use (framecache, video);
+  4. train every specialized CNN of the grid, score it on the held-out frames, time it (specialized);
+  5. fit the difference detectors, score them on the held-out frames for every frame skip, time them (difference);
+  6. time decoding and the reference (costs), and write bundle.yaml last: a bundle is complete or absent (bundle).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -29,262 +29,171 @@ import numpy as np
 
 from . import bundle as B
 from . import difference, specialized
+from .costs import measure_decode_costs, measure_reference_cost
 from .errors import NoscopeError
 from .framecache import cached_batches
-from .labels import label_frames
-from .metrics import smooth
+from .labels import Sample, labelled_sample
 from .progress import progress_bar
-from .reference import load_reference, reference_key
+from .reference import Reference, configured_reference
 from .split import sample_frames, split
 from .video import Video, decode_options, open_video
 
-log = logging.getLogger(__name__)
-
-MIN_EXAMPLES_PER_CLASS = 10  # fewer training frames of one answer: no CNN, cascade uses skip/diff/reference
 MIN_FRAMES = 100  # fewer labelled frames than this cannot be split into training and held-out
 
 
-def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:
-    """The reference's answer: score >= min_score, optionally majority-smoothed over time
-    (within runs of consecutive frames). The cascade is judged against this."""
-    return smooth(scores >= min_score, smooth_k, blocks=blocks)
-
-
-def resolve_grid(grid) -> list:
-    if grid == "default":
-        return specialized.default_grid()
-    if grid == "small":
-        return specialized.small_grid()
-    if isinstance(grid, list):
-        return [specialized.Arch.parse(n) for n in grid]
-    raise NoscopeError(f"unknown train.grid {grid!r}: use default, small, or a list like [c2f32d128s50]")
-
-
-def measure_decode_costs(video: Video, start: int, end: int, size: tuple[int, int], n: int = 200) -> tuple[float, float]:
-    """Seconds per frame to demux+decode (grab) and to also convert+resize one frame."""
-    import cv2
-
-    n = max(1, min(n, end - start))
-    cap = cv2.VideoCapture(str(video.path))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-    t0 = time.perf_counter()
-    grabbed = sum(1 for _ in range(n) if cap.grab())
-    t_grab = (time.perf_counter() - t0) / max(grabbed, 1)
-    cap.release()
-    t0 = time.perf_counter()
-    got = sum(len(b) for b in video.batches({"x": size}, start, start + n))
-    t_full = (time.perf_counter() - t0) / max(got, 1)
-    return t_grab, max(t_full - t_grab, 1e-7)
-
-
-def measure_reference_cost(reference, n: int = 8) -> float:
-    w, h = reference.input_size or (640, 360)
-    frames = np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
-    reference.predict(frames[:1])  # warm-up
-    t0 = time.perf_counter()
-    reference.predict(frames)
-    return (time.perf_counter() - t0) / n
-
-
-def _settings_key(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def train(
-    video_path: str | Path,
-    object_name: str | list[str],
-    out: Path,
-    cfg: dict,
-    start=None,
-    end=None,
-    quiet: bool = False,
-    force: bool = False,
-    say=print,
-) -> dict:
+def train(video_path: str | Path, object_name: str | list[str], out: Path, cfg: dict, start=None, end=None,
+          quiet: bool = False, force: bool = False, say=print) -> dict:
     """Train a bundle for `object_name` on a segment of `video_path`, written to `out`.
 
     A list of several objects trains one bundle for all of them: one sample labelled once, one
     model per grid point with one output per object, one set of difference detectors (see
     difference.fit_detectors), and per-object held-out truth and scores (bundle format 2).
     """
-    t_start = time.perf_counter()
-    objects = [object_name] if isinstance(object_name, str) else list(object_name)
-    multi = len(objects) > 1
-    video = open_video(video_path, cfg["decode"]["backend"])
-    s, e = video.segment(start, end)
-    rcfg, tcfg, lcfg = cfg["reference"], cfg["train"], cfg["labels"]
-    reference = load_reference(
-        rcfg["name"], device=_device(cfg), weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"],
-        input_size=tuple(rcfg["input_size"]) if rcfg["input_size"] else None, batch_size=rcfg["batch_size"],
-    )
-    classes = [reference.class_index(o) for o in objects]
-    ref_key = reference_key(reference)
-
-    # A finished bundle with the same settings is reused rather than trained again.
-    seed = int(cfg["seed"])
-    settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=objects if multi else objects[0], labels=lcfg,
-                    train=tcfg, seed=seed)
-    skey = _settings_key(settings)
-    work = out / "work"
-    if not force and (out / "bundle.yaml").is_file():
-        try:
-            meta = B.load_manifest(out)
-        except NoscopeError:
-            meta = {}
-        if meta.get("settings_key") == skey:
-            say(f"{out} is already trained with these settings (use --force to retrain)")
-            return meta
-
-    # 1. sample + label
-    frames, run_ids = sample_frames(s, e, tcfg["max_frames"], tcfg["run_length"])
-    labels = label_frames(video, reference, ref_key, frames, quiet=quiet, desc="label")
-    if len(labels.frames) < len(frames):
-        keep = np.isin(frames, labels.frames)
-        frames, run_ids = frames[keep], run_ids[keep]
-    if len(frames) < MIN_FRAMES:
-        raise NoscopeError(f"only {len(frames)} frames could be labelled in the segment; train needs at least {MIN_FRAMES}")
-    # One column per object (several objects), or one vector: the single-object arrays as ever.
-    scores = labels.scores[:, classes] if multi else labels.score_of(classes[0])
-    truth = (np.stack([object_truth(c, lcfg["min_score"], lcfg["smooth"], blocks=run_ids) for c in scores.T], axis=1)
-             if multi else object_truth(scores, lcfg["min_score"], lcfg["smooth"], blocks=run_ids))
-    each = truth.reshape(len(truth), -1)  # (N, objects) view for the per-object checks
-    for k, o in enumerate(objects):
-        if not each[:, k].any():
-            raise NoscopeError(
-                f"too few positive frames: the reference never sees {o} (score >= {lcfg['min_score']}) in the "
-                f"{len(frames)} sampled frames; use a segment where it appears or lower labels.min_score"
-            )
-    ref_cost = labels.seconds / max(len(frames) - labels.from_cache, 1) if labels.seconds > 0 and len(frames) - labels.from_cache >= 32 else None
-
-    # 2. split: held-out frames after the training ones in time (train.split: forward)
-    block = min(int(tcfg["block"]), len(frames) // 4)
-    block_ids, tr, va, ho = split(run_ids, truth, tcfg["split"], block, tcfg["heldout_fraction"], tcfg["val_fraction"],
-                                  seed, tcfg["heldout_min_runs"])
-    for k, o in enumerate(objects):
-        lacks = [w for w, m in (("positive", each[ho, k]), ("negative", ~each[ho, k])) if not m.any()]
-        if lacks:
-            say(f"warning: the held-out frames{f' of {o}' if multi else ''} have no {lacks[0]} frame, so the optimizer "
-                f"cannot estimate that error rate; query-time verification checks the plan on the queried video")
-
-    archs = resolve_grid(tcfg["grid"])
+    t0 = time.perf_counter()
+    job = Job.open(video_path, object_name, cfg, start, end)
+    done = None if force else B.finished(out, job.key)
+    if done is not None:
+        say(f"{out} is already trained with these settings (use --force to retrain)")
+        return done
+    tcfg = cfg["train"]
+    frames, run_ids = sample_frames(job.start, job.end, tcfg["max_frames"], tcfg["run_length"])
+    sample = labelled_sample(job.video, job.reference, job.ref_key, frames, run_ids, job.classes,
+                             cfg["labels"]["min_score"], cfg["labels"]["smooth"], quiet)
+    _check_sample(sample, job, cfg)
+    parts = _split(sample, job, tcfg, say)
+    archs = specialized.resolve_grid(tcfg["grid"])
     sizes = sorted({a.size for a in archs} | {tcfg["diff_size"]})
-    say(f"decoding {len(frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
-    small = _decode_small(video, frames, sizes, quiet, **decode_options(cfg))
-
-    if force and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    device = reference.device
-
-    # 3. specialized models
-    candidates = []
-    model_scores: dict[str, np.ndarray] = {}
-    model_costs: dict[str, float] = {}
-    lacking = {}  # object -> "negative" | "positive": too few training frames of that kind
-    for k, o in enumerate(objects):
-        n_neg_train = int((~each[tr, k]).sum())
-        if n_neg_train < MIN_EXAMPLES_PER_CLASS or int(each[tr, k].sum()) < MIN_EXAMPLES_PER_CLASS:
-            lacking[o] = "negative" if n_neg_train < MIN_EXAMPLES_PER_CLASS else "positive"
-    if len(lacking) == len(objects):
-        say(f"warning: too few {lacking[objects[0]]} training frames{f' of any object' if multi else ''} for a "
-            f"specialized model; the cascade will use frame skip, difference detectors and the reference only")
-        archs = []
-    for o, kind in lacking.items():
-        # Several objects: the model is still trained for the others; this object's output is
-        # never trusted (no held-out AUC), so the reference answers it wherever the model runs.
-        if archs:
-            say(f"warning: too few {kind} training frames of {o}; its model output will not be used")
-    for i, arch in enumerate(archs):
-        path = work / f"{arch.name}-{skey}.pt"
-        x = small[arch.size]
-        if path.is_file():
-            model, _, mean = specialized.load_model(path, device=device)
-            info = {"resumed": True}
-        else:
-            mean = specialized.mean_frame(x[tr])
-            model, info = specialized.train_candidate(
-                arch, x[tr], truth[tr], x[va], truth[va], mean, epochs=tcfg["epochs"], batch_size=tcfg["batch_size"],
-                lr=tcfg["lr"], patience=tcfg["patience"], augment=tcfg["augment"], seed=seed, device=device,
-            )
-            specialized.save_model(model, arch, mean, path)
-        p = specialized.predict_scores(model, x[ho], mean, device=device)
-        cost = specialized.measure_cost(model, arch.size, device=device)
-        model_scores[arch.name] = p
-        model_costs[arch.name] = cost
-        aucs = {o: None if o in lacking else float(specialized.roc_auc(pk, tk))
-                for o, pk, tk in zip(objects, p.reshape(len(p), -1).T, each[ho].T)}
-        # Several objects: the worst-learnt trusted output's (the guard is applied per object).
-        auc = float(np.min([a for a in aucs.values() if a is not None]))  # NaN (one class held out) stays NaN
-        per = f" ({', '.join(f'{o} ' + ('unused' if a is None else f'{a:.3f}') for o, a in aucs.items())})" if multi else ""
-        say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}{per}, {cost * 1e6:.1f} us/frame")
-        cand = dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),
-                    heldout_auc=float(auc), train={k: _plain(v) for k, v in info.items()})
-        if multi:
-            cand["heldout_aucs"] = aucs  # None: too few training examples, never offered for that object
-        candidates.append(cand)
-
-    # 4. difference detectors
-    skips = [int(k) for k in cfg["optimizer"]["skips"]]
-    dsz = tcfg["diff_size"]
-    detectors = difference.fit_detectors(small[dsz][tr], truth[tr], block_ids[tr], skips=skips, grid=tcfg["diff_grid"])
-    diff_scores, diff_costs, diffs_meta = {}, {}, []
-    for d in detectors:
-        scores_by_skip = difference.diff_scores(d, small[dsz][ho], block_ids[ho], skips)
-        for k, v in scores_by_skip.items():
-            diff_scores[f"{d.name}@{k}"] = v
-        diff_costs[d.name] = float(difference.measure_cost(d, dsz))
-        meta = d.to_dict()
-        if d.reference_image is not None:
-            meta["reference_image_file"] = f"diff/{d.name}.npy"
-        diffs_meta.append(dict(meta, cost_s=diff_costs[d.name], size=dsz))
-
-    # 5. costs
-    t_grab, t_convert = measure_decode_costs(video, s, e, (max(sizes), max(sizes)))
-    if ref_cost is None:
-        ref_cost = measure_reference_cost(reference)
-    costs = dict(decode=t_grab, convert=t_convert, reference=float(ref_cost), diff=diff_costs, model=model_costs)
-
-    # write the bundle: files first, manifest last
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "models").mkdir(exist_ok=True)
-    for c in candidates:
-        shutil.copyfile(work / f"{c['name']}-{skey}.pt", out / c["file"])
-    (out / "diff").mkdir(exist_ok=True)
-    for d in detectors:
-        if d.reference_image is not None:
-            difference.save_npy(out / f"diff/{d.name}.npy", d.reference_image)
-    B.save_npz(
-        out / "heldout.npz", frames=frames[ho], truth=truth[ho], scores=scores[ho].astype(np.float32), blocks=block_ids[ho],
-        **{f"model__{k}": v.astype(np.float32) for k, v in model_scores.items()},
-        **{f"diff__{k}": v.astype(np.float32) for k, v in diff_scores.items()},
-    )
-    ident = (dict(object=",".join(objects), objects=objects, class_indices=[int(c) for c in classes]) if multi
-             else dict(object=objects[0], class_index=int(classes[0])))
-    positives = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if multi else int(truth.sum())
-    held_pos = {o: int(each[ho, k].sum()) for k, o in enumerate(objects)} if multi else int(truth[ho].sum())
-    meta = dict(
-        **ident,
-        reference=dict(name=reference.name, key=ref_key, input_size=list(reference.input_size) if reference.input_size else None,
-                       weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"]),
-        labels=dict(min_score=float(lcfg["min_score"]), smooth=int(lcfg["smooth"])),
-        video=dict(path=str(video.path.resolve()), hash=video.hash, fps=video.fps, width=video.width, height=video.height,
-                   segment=[int(s), int(e)], frames_labelled=int(len(frames)), positives=positives),
-        seed=seed,
-        settings_key=skey,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        train=dict(tcfg, seconds=round(time.perf_counter() - t_start, 1)),
-        optimizer=cfg["optimizer"],
-        costs=costs,
-        candidates=candidates,
-        diffs=diffs_meta,
-        heldout=dict(file="heldout.npz", frames=int(ho.sum()), positives=held_pos),
-    )
-    B.write_manifest(out, meta, fmt=B.MULTI_FORMAT if multi else B.FORMAT)
-    shutil.rmtree(work, ignore_errors=True)
+    say(f"decoding {len(sample.frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
+    small = decode_sample(job.video, sample.frames, sizes, quiet, **decode_options(cfg))
+    work = _work_dir(out, force)
+    grid = specialized.train_grid(archs, small, sample.truth, parts, job.objects, work, job.key, tcfg, job.seed,
+                                  job.reference.device, say)
+    diffs = difference.fit_and_score(small[tcfg["diff_size"]], sample.truth, parts.blocks, parts,
+                                     [int(k) for k in cfg["optimizer"]["skips"]], tcfg["diff_grid"], tcfg["diff_size"])
+    t_grab, t_convert = measure_decode_costs(job.video, job.start, job.end, (max(sizes), max(sizes)))
+    costs = dict(decode=t_grab, convert=t_convert, diff=diffs.costs, model=grid.costs,
+                 reference=float(sample.reference_cost or measure_reference_cost(job.reference)))
+    meta = _manifest(job, sample, parts, cfg, costs, grid.candidates, diffs.meta, round(time.perf_counter() - t0, 1))
+    heldout = dict(frames=sample.frames[parts.ho], truth=sample.truth[parts.ho],
+                   scores=sample.scores[parts.ho].astype(np.float32), blocks=parts.blocks[parts.ho],
+                   **{f"model__{k}": v.astype(np.float32) for k, v in grid.heldout_scores.items()},
+                   **{f"diff__{k}": v.astype(np.float32) for k, v in diffs.heldout_scores.items()})
+    B.write_bundle(out, work, job.key, grid.candidates, diffs.detectors, heldout, meta,
+                   fmt=B.MULTI_FORMAT if job.multi else B.FORMAT)
     return meta
 
 
-def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool, frame_cache: bool = True,
+@dataclass
+class Job:
+    """What is trained: the video's segment, the objects, the reference, and the settings' key
+    (a finished bundle with the same key is reused, a resumed run finds its work by it)."""
+
+    video: Video
+    start: int
+    end: int
+    objects: list[str]
+    reference: Reference
+    ref_key: str
+    classes: list[int]
+    seed: int
+    key: str
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objects) > 1
+
+    @classmethod
+    def open(cls, video_path, object_name, cfg: dict, start, end) -> "Job":
+        objects = [object_name] if isinstance(object_name, str) else list(object_name)
+        video = open_video(video_path, cfg["decode"]["backend"])
+        s, e = video.segment(start, end)
+        reference, ref_key = configured_reference(cfg)
+        classes = [reference.class_index(o) for o in objects]
+        seed = int(cfg["seed"])
+        settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=objects if len(objects) > 1 else objects[0],
+                        labels=cfg["labels"], train=cfg["train"], seed=seed)
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return cls(video, s, e, objects, reference, ref_key, classes, seed, key)
+
+
+@dataclass
+class Parts:
+    """The sample split: block ids, and masks of the training, validation and held-out frames."""
+
+    blocks: np.ndarray
+    tr: np.ndarray
+    va: np.ndarray
+    ho: np.ndarray
+
+
+def _check_sample(sample: Sample, job: Job, cfg: dict) -> None:
+    if len(sample.frames) < MIN_FRAMES:
+        raise NoscopeError(f"only {len(sample.frames)} frames could be labelled in the segment; train needs at least {MIN_FRAMES}")
+    each = sample.truth.reshape(len(sample.truth), -1)
+    for k, o in enumerate(job.objects):
+        if not each[:, k].any():
+            raise NoscopeError(
+                f"too few positive frames: the reference never sees {o} (score >= {cfg['labels']['min_score']}) in the "
+                f"{len(sample.frames)} sampled frames; use a segment where it appears or lower labels.min_score"
+            )
+
+
+def _split(sample: Sample, job: Job, tcfg: dict, say) -> Parts:
+    """Held-out frames after the training ones in time (train.split: forward), and a warning for
+    every answer the held-out frames never show (the optimizer cannot estimate that rate)."""
+    block = min(int(tcfg["block"]), len(sample.frames) // 4)
+    parts = Parts(*split(sample.run_ids, sample.truth, tcfg["split"], block, tcfg["heldout_fraction"],
+                         tcfg["val_fraction"], job.seed, tcfg["heldout_min_runs"]))
+    each = sample.truth.reshape(len(sample.truth), -1)
+    for k, o in enumerate(job.objects):
+        lacks = [w for w, m in (("positive", each[parts.ho, k]), ("negative", ~each[parts.ho, k])) if not m.any()]
+        if lacks:
+            say(f"warning: the held-out frames{f' of {o}' if job.multi else ''} have no {lacks[0]} frame, so the optimizer "
+                f"cannot estimate that error rate; query-time verification checks the plan on the queried video")
+    return parts
+
+
+def _work_dir(out: Path, force: bool) -> Path:
+    """Where finished candidates wait for the bundle (an interrupted run resumes from them)."""
+    import shutil
+
+    work = out / "work"
+    if force and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _manifest(job: Job, sample: Sample, parts: Parts, cfg: dict, costs: dict, candidates: list[dict], diffs: list[dict],
+              seconds: float) -> dict:
+    """bundle.yaml's contents (without format and checksums, which the writer adds)."""
+    objects, truth, rcfg, lcfg = job.objects, sample.truth, cfg["reference"], cfg["labels"]
+    each = truth.reshape(len(truth), -1)
+    ident = (dict(object=",".join(objects), objects=objects, class_indices=[int(c) for c in job.classes]) if job.multi
+             else dict(object=objects[0], class_index=int(job.classes[0])))
+    positives = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if job.multi else int(truth.sum())
+    held_pos = {o: int(each[parts.ho, k].sum()) for k, o in enumerate(objects)} if job.multi else int(truth[parts.ho].sum())
+    ref, v = job.reference, job.video
+    return dict(
+        **ident,
+        reference=dict(name=ref.name, key=job.ref_key, input_size=list(ref.input_size) if ref.input_size else None,
+                       weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"]),
+        labels=dict(min_score=float(lcfg["min_score"]), smooth=int(lcfg["smooth"])),
+        video=dict(path=str(v.path.resolve()), hash=v.hash, fps=v.fps, width=v.width, height=v.height,
+                   segment=[int(job.start), int(job.end)], frames_labelled=int(len(sample.frames)), positives=positives),
+        seed=job.seed,
+        settings_key=job.key,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        train=dict(cfg["train"], seconds=seconds),
+        optimizer=cfg["optimizer"],
+        costs=costs,
+        candidates=candidates,
+        diffs=diffs,
+        heldout=dict(file="heldout.npz", frames=int(parts.ho.sum()), positives=held_pos),
+    )
+
+
+def decode_sample(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool, frame_cache: bool = True,
                   prefetch: int = 2, workers: int = 1) -> dict[int, np.ndarray]:
     """The sampled frames at every small size; through the frame cache, so the query that
     follows training does not decode these frames again."""
@@ -298,22 +207,3 @@ def _decode_small(video: Video, frames: np.ndarray, sizes: list[int], quiet: boo
                 out[z][idx] = b.frames[z]
             bar.update(len(b))
     return out
-
-
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _device(cfg: dict):
-    import torch
-
-    d = cfg.get("device", "auto")
-    if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d == "cuda" and not torch.cuda.is_available():
-        raise NoscopeError("device: cuda was asked for but no CUDA GPU is available; use --set device=cpu")
-    return torch.device(d)

@@ -50,8 +50,8 @@ from noscope.evaluate import evaluate
 from noscope.framecache import cache_root
 from noscope.labels import store_dir
 from noscope.optimizer import Targets
-from noscope.reference import load_reference, reference_key
-from noscope.train import _device, train
+from noscope.reference import configured_device, load_reference, reference_key
+from noscope.train import train
 from noscope.video import decode_options, open_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def main() -> None:
     cfg = load_config(None, args.sets)
     targets = Targets(args.target, args.target)
     r = cfg["reference"]
-    ref = load_reference(r["name"], device=_device(cfg), batch_size=r["batch_size"])
+    ref = load_reference(r["name"], device=configured_device(cfg), batch_size=r["batch_size"])
     key = reference_key(ref)
     tmp = Path(tempfile.mkdtemp(prefix="noscope-bench-"))
     try:

@@ -30,10 +30,10 @@ from noscope.bundle import bundle_path
 from noscope.cascade import choose_plan, load_bundle
 from noscope.config import load_config
 from noscope.evaluate import measured
-from noscope.labels import label_frames
+from noscope.labels import label_frames, object_truth
 from noscope.optimizer import Targets
 from noscope.query import make_reference
-from noscope.train import object_truth, train
+from noscope.train import train
 from noscope.video import open_video
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import noscope.reference
-import noscope.train
 from noscope.config import load_config
 from noscope.optimizer import Targets
 from noscope.reference.base import Detections, Reference
@@ -68,7 +67,6 @@ def drift_video(tmp_path, monkeypatch):
     path = write_video(tmp_path / "drift.avi", frames)
     load = lambda *a, **k: SaturatedSquares()  # noqa: E731
     monkeypatch.setattr(noscope.reference, "load_reference", load)
-    monkeypatch.setattr(noscope.train, "load_reference", load)
     return path, present
 
 

@@ -41,6 +41,8 @@ DEFAULT_REFERENCE = "yolov3-tiny"
 
 __all__ = [
     "DEFAULT_REFERENCE",
+    "configured_device",
+    "configured_reference",
     "Detections",
     "REFERENCES",
     "Reference",
@@ -78,6 +80,26 @@ def _existing(path, what: str, fix: str) -> Path:
     if not p.is_file():
         raise NoscopeError(f"{what} {p} not found; {fix}")
     return p
+
+
+def configured_device(cfg: dict):
+    """The torch device the config's `device` asks for (auto: CUDA when available)."""
+    import torch
+
+    d = cfg.get("device", "auto")
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d == "cuda" and not torch.cuda.is_available():
+        raise NoscopeError("device: cuda was asked for but no CUDA GPU is available; use --set device=cpu")
+    return torch.device(d)
+
+
+def configured_reference(cfg: dict) -> tuple[Reference, str]:
+    """The reference the config's `reference` section and `device` describe, and its cache key."""
+    r = cfg["reference"]
+    ref = load_reference(r["name"], device=configured_device(cfg), weights=r["weights"], cfg=r["cfg"], names=r["names"],
+                         input_size=tuple(r["input_size"]) if r["input_size"] else None, batch_size=r["batch_size"])
+    return ref, reference_key(ref)
 
 
 def load_reference(
