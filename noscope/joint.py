@@ -15,7 +15,7 @@ object's false-positive rate (its label is copied to skipped frames of the other
 the window metric, either rate, so the per-object guarantee would be lost.
 
 Search: for every shared (skip, diff, threshold, model) option, each object gets the thresholds
-the single-object search would choose on that option (`optimizer._model_thresholds`); the
+the single-object search would choose on that option (`optimizer.model_thresholds`); the
 option's cost counts the union of the objects' undecided frames as reference calls. The cheapest
 option where every object meets its targets wins (ties: fewer reference calls); the reference on
 every frame meets any target and is the fallback. Like the single-object rule this is sound (the
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import NoscopeError
-from .optimizer import (DEFAULT_SKIPS, Cascade, Costs, HeldOut, Plan, Targets, _Best, _candidates,
-                        _configs, _cost_of, _Evidence, _Layouts, _model_thresholds, _plan, _Prepared, expected_cost,
-                        simulate, stage_fractions)
+from .optimizer import (DEFAULT_SKIPS, Cascade, Costs, HeldOut, Plan, Targets, Best, search_candidates,
+                        search_configs, cost_of, Evidence, Layouts, model_thresholds, make_plan, Prepared, expected_cost,
+                        simulate, stage_fractions, stages_line)
 
 
 @dataclass
@@ -117,34 +117,28 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
     tg = {k: (targets[k] if isinstance(targets, Mapping) else targets) for k in names}
     for t in tg.values():
         t.validate()
-    preps = {k: _Prepared(h) for k, h in heldouts.items()}
+    preps = {k: Prepared(h) for k, h in heldouts.items()}
     first = preps[names[0]]
     for k in names[1:]:
         if preps[k].n != first.n or not np.array_equal(preps[k].blocks, first.blocks):
             raise NoscopeError(f"held-out frames of {k!r} and {names[0]!r} differ: one pass needs the same frames")
-    if models is None or not isinstance(models, Mapping):
-        offered = list(heldouts[names[0]].model_scores) if models is None else list(models)
-        allowed = {k: set(offered) for k in names}
-    else:
-        allowed = {k: set(models.get(k, ())) for k in names}
-        offered = [m for m in heldouts[names[0]].model_scores if any(m in a for a in allowed.values())]
-        offered += sorted({m for a in allowed.values() for m in a} - set(offered))
-    model_cost = {m: _cost_of(costs.model, m, "specialized model") for m in offered}
+    allowed, offered = _offered(heldouts, models)
+    model_cost = {m: cost_of(costs.model, m, "specialized model") for m in offered}
     for k in names:
         for m in allowed[k]:
             preps[k].model_scores(m)  # fail early on missing/bad scores
 
-    evidence = {k: _Evidence(preps[k], confidence) for k in names}
+    evidence = {k: Evidence(preps[k], confidence) for k in names}
     search = {k: evidence[k].strict_targets(tg[k]) if strict else tg[k] for k in names}
     fallback = {k: Cascade(1) for k in names}
-    best = _Best(fallback, costs.decode + costs.convert + costs.reference, 1.0, min_saving, cost_slack)
+    best = Best(fallback, costs.decode + costs.convert + costs.reference, 1.0, min_saving, cost_slack)
     if any(t is None for t in search.values()):
         return _joint_plan(preps, heldouts, fallback, costs, tg, evidence)
     if strict and any(e.changes == 0 for e in evidence.values()):
         skips, diffs = (1,), []  # nothing shows what copying an answer forward would miss
-    configs = _configs(first, costs, skips, diff_thresholds, diffs)
-    candidates = _candidates(configs, costs, model_cost)
-    layouts = {k: _Layouts(preps[k], configs, search[k]) for k in names}
+    configs = search_configs(first, costs, skips, diff_thresholds, diffs)
+    candidates = search_candidates(configs, costs, model_cost)
+    layouts = {k: Layouts(preps[k], configs, search[k]) for k in names}
     n = first.n
 
     for lower_bound, i, m in candidates:
@@ -176,13 +170,25 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
 def _joint_plan(preps, heldouts, cascades, costs, tg, evidence) -> JointPlan:
     """Each object's Plan from its cascade; the pass's fractions and cost, shared by all."""
     names = list(cascades)
-    plans = {k: _plan(preps[k], cascades[k], costs, tg[k], evidence[k]) for k in names}
+    plans = {k: make_plan(preps[k], cascades[k], costs, tg[k], evidence[k]) for k in names}
     decided = joint_decided([simulate(cascades[k], heldouts[k])[1] for k in names])
     fractions = stage_fractions(decided)
     cost = expected_cost(cascades[names[0]], costs, fractions)
     for p in plans.values():
         p.expected_cost = cost  # the pass is paid once, whichever object is looked at
     return JointPlan(plans, cost, fractions)
+
+
+def _offered(heldouts: Mapping[str, HeldOut], models) -> tuple[dict[str, set[str]], list[str]]:
+    """(object -> models whose output may be trusted for it, every model offered in search order)."""
+    names = list(heldouts)
+    if models is None or not isinstance(models, Mapping):
+        offered = list(heldouts[names[0]].model_scores) if models is None else list(models)
+        return {k: set(offered) for k in names}, offered
+    allowed = {k: set(models.get(k, ())) for k in names}
+    offered = [m for m in heldouts[names[0]].model_scores if any(m in a for a in allowed.values())]
+    offered += sorted({m for a in allowed.values() for m in a} - set(offered))
+    return allowed, offered
 
 
 def _with_model(preps, per, tg, allowed, reach, layout_key, m):
@@ -197,7 +203,7 @@ def _with_model(preps, per, tg, allowed, reach, layout_key, m):
             cascades[k] = Cascade(s, d, t, m, None, None)
             continue
         p = prep.model_scores(m)[reach]
-        found = _model_thresholds(per[k][1], prep.truth[reach], p, tg[k])
+        found = model_thresholds(per[k][1], prep.truth[reach], p, tg[k])
         if found is None:
             return None
         c_low, c_high = found[:2]
@@ -208,19 +214,9 @@ def _with_model(preps, per, tg, allowed, reach, layout_key, m):
 
 def joint_summary(plan: JointPlan) -> str:
     """One line describing a joint plan, e.g. for the CLI."""
-    s, f = plan.shared, plan.fractions
-    if plan.reference_only:
-        stages = "reference on every frame (no cascade met every object's targets at a clear saving)"
-    else:
-        parts = []
-        if s.skip > 1:
-            parts.append(f"process 1 frame in {s.skip}")
-        if s.diff is not None:
-            parts.append(f"diff {s.diff!r} < {s.diff_threshold:.4g} settles {f.get('diff', 0):.1%}")
-        if s.model is not None:
-            parts.append(f"model {s.model!r} settles {f.get('model', 0):.1%}")
-        parts.append(f"reference on {f.get('reference', 0):.1%}")
-        stages = " -> ".join(parts)
+    s = plan.shared
+    stages = stages_line(s, plan.fractions, f"model {s.model!r}", plan.reference_only,
+                         "no cascade met every object's targets at a clear saving")
     per = ", ".join(f"{k} FPR {p.heldout_fpr:.2%} FNR {p.heldout_fnr:.2%}" for k, p in plan.plans.items())
     return f"{stages}; {plan.expected_cost * 1e3:.3g} ms/frame; held-out {per}"
 

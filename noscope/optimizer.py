@@ -29,7 +29,7 @@ held-out frames.
 
 Search (`optimize`): a grid over skip x (no diff | each diff x thresholds) x (no model | each
 model). For each grid point the model thresholds are set by the rule explained in
-`_model_thresholds` (NoScope's: pick c_low for the FNR target and c_high for the FPR target
+`model_thresholds` (NoScope's: pick c_low for the FNR target and c_high for the FPR target
 separately). Of all grid points that meet both targets on the held-out frames the cheapest wins,
 ties going to the one with fewer reference calls. Calling the reference on every frame meets any
 target (its labels *are* the truth) and is the fallback.
@@ -207,7 +207,7 @@ class Plan:
 # Simulation: the single definition of a cascade's output
 
 
-class _Prepared:
+class Prepared:
     """HeldOut checked once, plus each frame's position within its block."""
 
     def __init__(self, heldout: HeldOut):
@@ -278,7 +278,7 @@ class _Layout:
     decided: np.ndarray  # (N,) int8 stage codes, with REFERENCE for every frame in `reach`
 
 
-def _layout(prep: _Prepared, skip: int, diff_scores: np.ndarray | None, kind: str | None,
+def _layout(prep: Prepared, skip: int, diff_scores: np.ndarray | None, kind: str | None,
             threshold: float | None) -> _Layout:
     processed = prep.pos % skip == 0
     if diff_scores is None:
@@ -298,7 +298,7 @@ def _layout(prep: _Prepared, skip: int, diff_scores: np.ndarray | None, kind: st
     return _Layout(np.flatnonzero(reach), src, decided)
 
 
-def _assemble(prep: _Prepared, layout: _Layout, reach_labels: np.ndarray) -> np.ndarray:
+def _assemble(prep: Prepared, layout: _Layout, reach_labels: np.ndarray) -> np.ndarray:
     """Labels of all frames from the labels of the frames that reached the model/reference.
 
     Sources that did not reach (a "ref" detector's unchanged frames) are labelled no.
@@ -318,7 +318,7 @@ def _as_cascade(c) -> Cascade:
     return Cascade(*(getattr(c, f.name) for f in fields(Cascade)))
 
 
-def _simulate(prep: _Prepared, cascade: Cascade) -> tuple[np.ndarray, np.ndarray]:
+def _simulate(prep: Prepared, cascade: Cascade) -> tuple[np.ndarray, np.ndarray]:
     scores, kind = None, None
     if cascade.diff is not None:
         scores = prep.diff_scores(cascade.diff, int(cascade.skip))
@@ -347,7 +347,7 @@ def simulate(cascade, heldout: HeldOut) -> tuple[np.ndarray, np.ndarray]:
     c_low, c_high). decided_by holds stage codes; STAGES[code] is "skip", "diff", "model" or
     "reference". Semantics: module docstring.
     """
-    return _simulate(_Prepared(heldout), _as_cascade(cascade))
+    return _simulate(Prepared(heldout), _as_cascade(cascade))
 
 
 def stage_fractions(decided_by: np.ndarray) -> dict[str, float]:
@@ -366,13 +366,13 @@ def expected_cost(cascade, costs: Costs, fractions: Mapping[str, float]) -> floa
     processed = 1.0 - fractions["skip"]
     cost = costs.decode + processed * costs.convert
     if c.diff is not None:
-        cost += processed * _cost_of(costs.diff, c.diff, "difference detector")
+        cost += processed * cost_of(costs.diff, c.diff, "difference detector")
     if c.model is not None:
-        cost += (fractions["model"] + fractions["reference"]) * _cost_of(costs.model, c.model, "specialized model")
+        cost += (fractions["model"] + fractions["reference"]) * cost_of(costs.model, c.model, "specialized model")
     return cost + fractions["reference"] * costs.reference
 
 
-def _cost_of(table: Mapping[str, float], name: str, what: str) -> float:
+def cost_of(table: Mapping[str, float], name: str, what: str) -> float:
     if name not in table:
         raise NoscopeError(f"no measured cost for {what} {name!r}; profile it first")
     return float(table[name])
@@ -389,7 +389,7 @@ class _FrameErrors:
     positive / negative frames each one labels: O(#sources) per evaluation instead of O(N).
     """
 
-    def __init__(self, prep: _Prepared, layout: _Layout):
+    def __init__(self, prep: Prepared, layout: _Layout):
         truth = prep.truth
         covered = np.bincount(layout.src, minlength=prep.n)
         pos = np.bincount(layout.src, weights=truth, minlength=prep.n)
@@ -409,7 +409,7 @@ class _FrameErrors:
         return self._rates(fp, fn)
 
     def curves(self, rank: np.ndarray, k: int, truth_r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Both threshold searches of `_model_thresholds` at once, for j = 0..k.
+        """Both threshold searches of `model_thresholds` at once, for j = 0..k.
 
         fnr[j]: the frames with the j lowest distinct scores say no, the rest go to the reference.
         fpr[j]: the frames above the j lowest distinct scores say yes, the rest go to the reference.
@@ -431,7 +431,7 @@ class _FrameErrors:
 class _WindowErrors:
     """Window-metric (FPR, FNR): assemble the frame labels and window them (O(N))."""
 
-    def __init__(self, prep: _Prepared, layout: _Layout, windowing: Windowing, truth_windows: np.ndarray):
+    def __init__(self, prep: Prepared, layout: _Layout, windowing: Windowing, truth_windows: np.ndarray):
         self.prep, self.layout, self.windowing, self.truth_windows = prep, layout, windowing, truth_windows
 
     def __call__(self, reach_labels: np.ndarray) -> tuple[float, float]:
@@ -439,7 +439,7 @@ class _WindowErrors:
         return rates(self.windowing.labels(labels), self.truth_windows)
 
 
-def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targets):
+def model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targets):
     """Choose (c_low, c_high, n_reference) for one model on one layout, or None if infeasible.
 
     Why two independent searches are enough: order each frame's possible labels no < truth < yes.
@@ -507,7 +507,7 @@ def _model_thresholds(errors, truth_r: np.ndarray, p: np.ndarray, targets: Targe
 # Evidence: upper bounds on a plan's held-out error rates
 
 
-class _Evidence:
+class Evidence:
     """Upper confidence bounds on held-out FPR and FNR, counting evidence honestly (noscope.bounds).
 
     The effective sample size of FNR is the number of positive runs (stretches of consecutive
@@ -517,7 +517,7 @@ class _Evidence:
     difference detector) on held-out frames whose labels never change has seen nothing it could
     get wrong: no evidence (bounds 1)."""
 
-    def __init__(self, prep: _Prepared, confidence: float):
+    def __init__(self, prep: Prepared, confidence: float):
         if not 0.0 < float(confidence) < 1.0:
             raise UsageError(f"optimizer.confidence must be between 0 and 1, got {confidence}")
         self.confidence = float(confidence)
@@ -536,13 +536,13 @@ class _Evidence:
         """Point targets whose every feasible plan has bounds within `targets` (the bound grows with
         the observed rate, so this is a plain search at lower rates); None when no plan that can err
         could be certified by these held-out frames, not even one with no error at all."""
-        fpr = _largest_rate(targets.fpr, self.neg_runs, self.alpha)
-        fnr = _largest_rate(targets.fnr, self.pos_runs, self.alpha)
+        fpr = largest_rate(targets.fpr, self.neg_runs, self.alpha)
+        fnr = largest_rate(targets.fnr, self.pos_runs, self.alpha)
         if fpr is None or fnr is None:
             return None
         return Targets(fpr, fnr, targets.metric, targets.window, targets.window_min_fraction)
 
-    def ratio(self, prep: _Prepared, cascade: Cascade, targets: Targets) -> float:
+    def ratio(self, prep: Prepared, cascade: Cascade, targets: Targets) -> float:
         """How far the plan's bounds are from its targets (<= 1: certified); smaller is better backed."""
         labels, decided = _simulate(prep, cascade)
         fpr, fnr = evaluate(labels, prep.truth, targets.metric, targets.window, targets.window_min_fraction, prep.blocks)
@@ -550,7 +550,7 @@ class _Evidence:
         return max(b_fpr / targets.fpr, b_fnr / targets.fnr)
 
 
-def _largest_rate(target: float, runs: int, alpha: float) -> float | None:
+def largest_rate(target: float, runs: int, alpha: float) -> float | None:
     if rate_upper(0.0, runs, alpha) > target:
         return None
     lo, hi = 0.0, float(target)
@@ -564,7 +564,7 @@ def _largest_rate(target: float, runs: int, alpha: float) -> float | None:
 # The search
 
 
-def _default_diff_thresholds(prep: _Prepared, scores: np.ndarray, skip: int) -> np.ndarray:
+def _default_diff_thresholds(prep: Prepared, scores: np.ndarray, skip: int) -> np.ndarray:
     seen = scores[(prep.pos % skip == 0) & np.isfinite(scores)]  # scores the detector would see
     if seen.size == 0:
         return np.zeros(0)
@@ -593,29 +593,29 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
     the search to these names (default: all with held-out scores). A "prev" detector is only
     tried at the skips it has scores for.
 
-    Every plan also gets upper bounds on its FPR and FNR at `confidence` (see _Evidence). strict:
+    Every plan also gets upper bounds on its FPR and FNR at `confidence` (see Evidence). strict:
     only plans whose bounds meet the targets. Otherwise the point estimates must meet them, and
     among the plans costing at most (1 + cost_slack) times the cheapest, the one whose bounds are
     closest to the targets wins (the query verifies the choice on the queried video).
     """
     targets.validate()
-    prep = _Prepared(heldout)
-    evidence = _Evidence(prep, confidence)
+    prep = Prepared(heldout)
+    evidence = Evidence(prep, confidence)
     search = evidence.strict_targets(targets) if strict else targets
     if search is None:
-        return _plan(prep, Cascade(1), costs, targets, evidence)
+        return make_plan(prep, Cascade(1), costs, targets, evidence)
     if strict and evidence.changes == 0:
         skips, diffs = (1,), []  # nothing shows what copying an answer forward would miss
     model_names = list(heldout.model_scores) if models is None else list(models)
-    model_cost = {m: _cost_of(costs.model, m, "specialized model") for m in model_names}
+    model_cost = {m: cost_of(costs.model, m, "specialized model") for m in model_names}
     for m in model_names:
         prep.model_scores(m)  # fail early on missing/bad scores
-    configs = _configs(prep, costs, skips, diff_thresholds, diffs)
-    candidates = _candidates(configs, costs, model_cost)
+    configs = search_configs(prep, costs, skips, diff_thresholds, diffs)
+    candidates = search_candidates(configs, costs, model_cost)
 
     # The fallback: the reference on every frame. Its labels are the truth, so it meets any target.
-    best = _Best(Cascade(1), costs.decode + costs.convert + costs.reference, 1.0, min_saving, cost_slack)
-    layouts = _Layouts(prep, configs, search)
+    best = Best(Cascade(1), costs.decode + costs.convert + costs.reference, 1.0, min_saving, cost_slack)
+    layouts = Layouts(prep, configs, search)
     for lower_bound, i, m in candidates:
         if best.beyond(lower_bound):
             break  # sorted by lower bound: nothing after this can be cheaper
@@ -630,7 +630,7 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
             cascade = Cascade(s, d, t)
         else:
             p = prep.model_scores(m)[layout.reach]
-            found = _model_thresholds(errors, prep.truth[layout.reach], p, search)
+            found = model_thresholds(errors, prep.truth[layout.reach], p, search)
             if found is None:
                 continue
             c_low, c_high, n_ref = found
@@ -640,13 +640,13 @@ def optimize(heldout: HeldOut, costs: Costs, targets: Targets, skips: Sequence[i
         best.offer(cascade, cost, ref_share)
 
     chosen = best.choose(lambda c: evidence.ratio(prep, c, targets))
-    return _plan(prep, chosen, costs, targets, evidence)
+    return make_plan(prep, chosen, costs, targets, evidence)
 
 
 # Pieces of the search, shared with the several-objects search (noscope.joint).
 
 
-def _configs(prep: _Prepared, costs: Costs, skips: Sequence[int], diff_thresholds, diffs: Sequence[str] | None) -> list:
+def search_configs(prep: Prepared, costs: Costs, skips: Sequence[int], diff_thresholds, diffs: Sequence[str] | None) -> list:
     """Every (skip, diff, threshold) with a cheap lower bound on the cost of any cascade built on
     it: decode + processed * (convert + diff) + reaching * (model, or reference without one).
 
@@ -658,7 +658,7 @@ def _configs(prep: _Prepared, costs: Costs, skips: Sequence[int], diff_threshold
             raise UsageError(f"frame skips must be positive integers, got {s!r}")
     skips = sorted({int(s) for s in skips} | {1})  # skip 1 always: the reference-only fallback lives there
     diff_names = list(heldout.diff_scores) if diffs is None else list(diffs)
-    diff_cost = {d: _cost_of(costs.diff, d, "difference detector") for d in diff_names}
+    diff_cost = {d: cost_of(costs.diff, d, "difference detector") for d in diff_names}
     configs = []
     for s in skips:
         processed = float(np.mean(prep.pos % s == 0))
@@ -681,7 +681,7 @@ def _configs(prep: _Prepared, costs: Costs, skips: Sequence[int], diff_threshold
     return configs
 
 
-def _candidates(configs: list, costs: Costs, model_cost: Mapping[str, float]) -> list:
+def search_candidates(configs: list, costs: Costs, model_cost: Mapping[str, float]) -> list:
     """(lower bound on cost, config index, model or None), cheapest bound first."""
     candidates = []
     for i, (_, reach, base) in enumerate(configs):
@@ -692,7 +692,7 @@ def _candidates(configs: list, costs: Costs, model_cost: Mapping[str, float]) ->
     return candidates
 
 
-class _Best:
+class Best:
     """The cascades offered so far, and the one to choose; the reference on every frame is the
     fallback. A cascade must cost at most (1 - min_saving) of the reference alone to replace it:
     a predicted saving of a few percent is within what the held-out estimate misses by on new
@@ -734,14 +734,14 @@ class _Best:
         return min(pool, key=lambda o: (evidence(o[2]), o[0], o[1]))[2]
 
 
-class _Layouts:
+class Layouts:
     """Per config index: (layout, error counter, does the model-free cascade meet the targets?).
 
-    Computed on first use and kept. `layout` may be passed in when another object's _Layouts
+    Computed on first use and kept. `layout` may be passed in when another object's Layouts
     already built it (the layout does not depend on the truth, only on blocks and diff scores).
     """
 
-    def __init__(self, prep: _Prepared, configs: list, targets: Targets):
+    def __init__(self, prep: Prepared, configs: list, targets: Targets):
         self.prep, self.configs, self.targets = prep, configs, targets
         self.windowing, self.truth_windows = None, None
         if targets.metric == "windows":
@@ -762,18 +762,18 @@ class _Layouts:
                 errors = _WindowErrors(prep, layout, self.windowing, self.truth_windows)
             fpr, fnr = errors(prep.truth[layout.reach])
             # Without a model every reaching frame gets its true label: the fewest errors this
-            # layout allows under our threshold rule (see _model_thresholds), so if that misses
+            # layout allows under our threshold rule (see model_thresholds), so if that misses
             # the targets, no model on this layout is tried.
             self._cache[i] = (layout, errors, fpr <= self.targets.fpr and fnr <= self.targets.fnr)
         return self._cache[i]
 
 
-def _plan(prep: _Prepared, cascade: Cascade, costs: Costs, targets: Targets, evidence: _Evidence | None = None) -> Plan:
+def make_plan(prep: Prepared, cascade: Cascade, costs: Costs, targets: Targets, evidence: Evidence | None = None) -> Plan:
     # Report what simulate (the one definition) says, not what the search computed.
     labels, decided = _simulate(prep, cascade)
     fpr, fnr = evaluate(labels, prep.truth, targets.metric, targets.window, targets.window_min_fraction, prep.blocks)
     fractions = stage_fractions(decided)
-    evidence = evidence or _Evidence(prep, 0.95)
+    evidence = evidence or Evidence(prep, 0.95)
     b_fpr, b_fnr = evidence.bounds(cascade, decided, fpr, fnr)
     return Plan(
         skip=int(cascade.skip), diff=cascade.diff, diff_threshold=cascade.diff_threshold,
@@ -786,22 +786,26 @@ def _plan(prep: _Prepared, cascade: Cascade, costs: Costs, targets: Targets, evi
     )
 
 
+def stages_line(plan: Plan, fractions: Mapping[str, float], model_text: str, reference_only: bool, why: str) -> str:
+    """The stages of a plan in order, with the share of frames each settles (one object or a pass)."""
+    if reference_only:
+        return f"reference on every frame ({why})"
+    parts = []
+    if plan.skip > 1:
+        parts.append(f"process 1 frame in {plan.skip}")
+    if plan.diff is not None:
+        parts.append(f"diff {plan.diff!r} < {plan.diff_threshold:.4g} settles {fractions.get('diff', 0):.1%}")
+    if plan.model is not None:
+        parts.append(f"{model_text} settles {fractions.get('model', 0):.1%}")
+    parts.append(f"reference on {fractions.get('reference', 0):.1%}")
+    return " -> ".join(parts)
+
+
 def plan_summary(plan: Plan) -> str:
     """One line describing a plan, e.g. for the CLI."""
-    f = plan.fractions
-    if plan.reference_only:
-        stages = "reference on every frame (no cascade met the targets at a clear saving)"
-    else:
-        parts = []
-        if plan.skip > 1:
-            parts.append(f"process 1 frame in {plan.skip}")
-        if plan.diff is not None:
-            parts.append(f"diff {plan.diff!r} < {plan.diff_threshold:.4g} settles {f.get('diff', 0):.1%}")
-        if plan.model is not None:
-            parts.append(f"model {plan.model!r} (no < {_lo(plan.c_low):.4g}, yes > {_hi(plan.c_high):.4g}) "
-                         f"settles {f.get('model', 0):.1%}")
-        parts.append(f"reference on {f.get('reference', 0):.1%}")
-        stages = " -> ".join(parts)
+    model = f"model {plan.model!r} (no < {_lo(plan.c_low):.4g}, yes > {_hi(plan.c_high):.4g})"
+    stages = stages_line(plan, plan.fractions, model, plan.reference_only,
+                         "no cascade met the targets at a clear saving")
     return (f"{stages}; {plan.expected_cost * 1e3:.3g} ms/frame; "
             f"held-out FPR {plan.heldout_fpr:.2%}, FNR {plan.heldout_fnr:.2%} "
             f"({plan.confidence:.0%} bounds {plan.bound_fpr:.2%}, {plan.bound_fnr:.2%}"
@@ -810,5 +814,5 @@ def plan_summary(plan: Plan) -> str:
 
 __all__ = [
     "Cascade", "Costs", "DEFAULT_DIFF_QUANTILES", "DEFAULT_SKIPS", "HeldOut", "Plan", "STAGES", "Targets",
-    "expected_cost", "optimize", "plan_summary", "simulate", "stage_fractions",
+    "expected_cost", "optimize", "plan_summary", "simulate", "stage_fractions", "stages_line",
 ]

@@ -370,7 +370,7 @@ def test_search_error_counts_agree_with_simulate():
     rng = np.random.default_rng(10)
     for _ in range(15):
         h, c, targets = random_instance(rng)
-        prep = opt._Prepared(h)
+        prep = opt.Prepared(h)
         for s, d in [(1, None), (5, None), *[(s, d) for d in h.diff_scores for s in (1, 10)]]:
             scores = None if d is None else prep.diff_scores(d, s)
             t = None if d is None else float(np.nanmedian(scores))
@@ -392,8 +392,8 @@ def test_search_error_counts_agree_with_simulate():
                     assert errors(reach_labels) == evaluate(labels, h.truth, metric, tg.window, blocks=h.blocks)
                     if metric == "frames":
                         # Closed-form curves give the same thresholds as the generic binary search.
-                        fast = opt._model_thresholds(errors, h.truth[layout.reach], pr, tg)
-                        slow = opt._model_thresholds(lambda lab, e=errors: e(lab), h.truth[layout.reach], pr, tg)
+                        fast = opt.model_thresholds(errors, h.truth[layout.reach], pr, tg)
+                        slow = opt.model_thresholds(lambda lab, e=errors: e(lab), h.truth[layout.reach], pr, tg)
                         ok = errors(h.truth[layout.reach])
                         if ok[0] <= tg.fpr and ok[1] <= tg.fnr:
                             assert fast == slow
