@@ -144,42 +144,8 @@ def load_reference(
     if random_weights:
         raise NoscopeError(f"random weights are only available for torchvision references, not {key}")
 
-    from .weights import CFG, NAMES, WEIGHTS, weights_dir, yolov3_tiny_files
-
-    if key == "yolov3-tiny":
-        if weights is None and cfg is None and names is None:
-            cfg_p, weights_p, names_p = yolov3_tiny_files()  # its error says how to fetch them
-        else:
-            d = weights_dir()
-            fetch = "run `noscope weights`, or pass"
-            weights_p = _existing(
-                weights if weights is not None else d / WEIGHTS, "YOLOv3-tiny weights",
-                "check --reference-weights" if weights is not None else f"{fetch} --reference-weights FILE",
-            )
-            cfg_p = _existing(
-                cfg if cfg is not None else d / CFG, "darknet cfg",
-                "check --reference-cfg" if cfg is not None else f"{fetch} --reference-cfg FILE",
-            )
-            names_p = _existing(
-                names if names is not None else d / NAMES, "class names file",
-                "check --reference-names" if names is not None else f"{fetch} --reference-names FILE",
-            )
-    else:  # darknet
-        if cfg is None or weights is None:
-            raise NoscopeError(
-                "reference darknet needs --reference-cfg FILE.cfg and --reference-weights FILE.weights "
-                "(e.g. yolov4.cfg + yolov4.weights from github.com/AlexeyAB/darknet)"
-            )
-        cfg_p = _existing(cfg, "darknet cfg", "check --reference-cfg")
-        weights_p = _existing(weights, "darknet weights", "check --reference-weights")
-        if names is not None:
-            names_p = _existing(names, "class names file", "check --reference-names")
-        else:
-            names_p = _existing(
-                weights_dir() / NAMES, "COCO class names",
-                "run `noscope weights` to fetch it, or pass --reference-names FILE (one class name per line)",
-            )
-
+    cfg_p, weights_p, names_p = _yolo_tiny_files(weights, cfg, names) if key == "yolov3-tiny" else \
+        _darknet_files(weights, cfg, names)
     from .darknet import DarknetReference
 
     ref = DarknetReference(cfg_p, weights_p, names_p, device=device, input_size=size, **extra)
@@ -187,6 +153,43 @@ def load_reference(
     if key == "yolov3-tiny":
         ref.name = "yolov3-tiny"
     return ref
+
+
+def _yolo_tiny_files(weights, cfg, names) -> tuple[Path, Path, Path]:
+    """(cfg, weights, names) of YOLOv3-tiny: the cached files, each replaceable by the user's."""
+    from .weights import CFG, NAMES, WEIGHTS, weights_dir, yolov3_tiny_files
+
+    if weights is None and cfg is None and names is None:
+        return yolov3_tiny_files()  # its error says how to fetch them
+    d = weights_dir()
+    fetch = "run `noscope weights`, or pass"
+
+    def one(given, default, what, flag):
+        return _existing(given if given is not None else d / default, what,
+                         f"check {flag}" if given is not None else f"{fetch} {flag} FILE")
+
+    weights_p = one(weights, WEIGHTS, "YOLOv3-tiny weights", "--reference-weights")  # checked in this order
+    cfg_p = one(cfg, CFG, "darknet cfg", "--reference-cfg")
+    return cfg_p, weights_p, one(names, NAMES, "class names file", "--reference-names")
+
+
+def _darknet_files(weights, cfg, names) -> tuple[Path, Path, Path]:
+    """(cfg, weights, names) of any darknet YOLO: cfg and weights given, names default to COCO's."""
+    from .weights import NAMES, weights_dir
+
+    if cfg is None or weights is None:
+        raise NoscopeError(
+            "reference darknet needs --reference-cfg FILE.cfg and --reference-weights FILE.weights "
+            "(e.g. yolov4.cfg + yolov4.weights from github.com/AlexeyAB/darknet)"
+        )
+    cfg_p = _existing(cfg, "darknet cfg", "check --reference-cfg")
+    weights_p = _existing(weights, "darknet weights", "check --reference-weights")
+    if names is not None:
+        return cfg_p, weights_p, _existing(names, "class names file", "check --reference-names")
+    return cfg_p, weights_p, _existing(
+        weights_dir() / NAMES, "COCO class names",
+        "run `noscope weights` to fetch it, or pass --reference-names FILE (one class name per line)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,6 +158,79 @@ def _read_state_dict(path: Path, arch: str) -> dict:
     return sd
 
 
+def _find_weights(arch: str, weights_path, random_weights: bool, url: str) -> Path | None:
+    """The weights file to load, or None for a seeded random model (random_weights, nothing found)."""
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise NoscopeError(f"torchvision weights file {path} for {arch} not found; check --reference-weights")
+        return path
+    path = default_weights_path(arch)
+    if path.is_file():
+        return path
+    if not random_weights:
+        raise NoscopeError(
+            f"torchvision weights for {arch} not found at {path}; download {url} on a machine "
+            "with internet into that path, or pass --reference-weights FILE"
+        )
+    return None
+
+
+def _build(arch: str, n_classes: int, frozen_bn: bool, path: Path | None):
+    """The untrained network (random init seeded, so random_weights references are reproducible
+    without disturbing the caller's RNG streams)."""
+    import torch
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = builder(weights=None, weights_backbone=None, num_classes=n_classes, progress=False)
+    if frozen_bn:
+        _freeze_batchnorm(model.backbone)
+    if path is None:
+        _quiet_random_head(model)
+    return model
+
+
+def _load_weights(model, path: Path, arch: str, zero_eps: bool) -> None:
+    """Load a state dict into `model`, refusing one that does not fit it exactly."""
+    sd = _read_state_dict(path, arch)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), "shape mismatch")
+        raise NoscopeError(f"weights {path} do not fit {arch} ({detail}); is it a different architecture?") from None
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        what = (f"missing {missing[:3]}" if missing else "") + (
+            f"{'; ' if missing else ''}unexpected {unexpected[:3]}" if unexpected else ""
+        )
+        raise NoscopeError(f"weights {path} do not fit {arch} ({what}); is it a different architecture?")
+    if zero_eps:
+        from torchvision.models.detection._utils import overwrite_eps
+
+        overwrite_eps(model, 0.0)
+
+
+def _configured(model, thresh_owner: str, score_floor: float, input_size):
+    """Score threshold, input resolution and box-only heads set on a built model."""
+    # Set after building: ssdlite's builder forwards extra kwargs to its backbone too.
+    owner = model.roi_heads if thresh_owner == "roi_heads" else model
+    owner.score_thresh = min(float(owner.score_thresh), score_floor)
+    transform = model.transform
+    if input_size is not None and getattr(transform, "fixed_size", None) is None:
+        # Run at exactly the size the frames come in at (no internal upscaling to 800 px).
+        w, h = input_size
+        transform.min_size = (min(w, h),)
+        transform.max_size = max(w, h)
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is not None and hasattr(roi_heads, "has_mask"):
+        # Mask R-CNN: only boxes are needed; pasting 100 full-frame masks per image is slow.
+        roi_heads.has_mask = lambda: False
+    return model
+
+
 class TorchvisionReference(Reference):
     """A torchvision COCO detector behind the `Reference` interface.
 
@@ -181,9 +254,6 @@ class TorchvisionReference(Reference):
         batch_size: int = 4,
         input_size: tuple[int, int] | None = None,
     ):
-        import torch
-        import torchvision
-
         _check_arch(arch)
         thresh_owner, frozen_bn, zero_eps = ARCHS[arch]
         weights = weights_enum(arch)
@@ -198,69 +268,14 @@ class TorchvisionReference(Reference):
         self.score_floor = min(SCORE_FLOOR, self.conf_threshold)
 
         # Find the weights before building anything (building a ResNet-50 takes seconds).
-        if weights_path is not None:
-            path = Path(weights_path).expanduser()
-            if not path.is_file():
-                raise NoscopeError(f"torchvision weights file {path} for {arch} not found; check --reference-weights")
-        else:
-            path = default_weights_path(arch)
-            if not path.is_file():
-                if not random_weights:
-                    raise NoscopeError(
-                        f"torchvision weights for {arch} not found at {path}; download {weights.url} on a machine "
-                        "with internet into that path, or pass --reference-weights FILE"
-                    )
-                path = None
+        path = _find_weights(arch, weights_path, random_weights, weights.url)
         self.weights_path: Path | None = path
         self.random_weights = path is None
         self.source_files = {"weights": path} if path is not None else {}
-
-        builder = torchvision.models.get_model_builder(arch)
-        # Random init is seeded, so random_weights references are reproducible (tests, timing),
-        # without disturbing the caller's RNG streams.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = builder(
-                weights=None, weights_backbone=None, num_classes=len(self.class_names), progress=False
-            )
-        if frozen_bn:
-            _freeze_batchnorm(model.backbone)
-        if path is None:
-            _quiet_random_head(model)
+        model = _build(arch, len(self.class_names), frozen_bn, path)
         if path is not None:
-            sd = _read_state_dict(path, arch)
-            try:
-                missing, unexpected = model.load_state_dict(sd, strict=False)
-            except RuntimeError as e:  # shape mismatches
-                detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), "shape mismatch")
-                raise NoscopeError(
-                    f"weights {path} do not fit {arch} ({detail}); is it a different architecture?"
-                ) from None
-            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-            if missing or unexpected:
-                what = (f"missing {missing[:3]}" if missing else "") + (
-                    f"{'; ' if missing else ''}unexpected {unexpected[:3]}" if unexpected else ""
-                )
-                raise NoscopeError(f"weights {path} do not fit {arch} ({what}); is it a different architecture?")
-            if zero_eps:
-                from torchvision.models.detection._utils import overwrite_eps
-
-                overwrite_eps(model, 0.0)
-
-        # Set after building: ssdlite's builder forwards extra kwargs to its backbone too.
-        owner = model.roi_heads if thresh_owner == "roi_heads" else model
-        owner.score_thresh = min(float(owner.score_thresh), self.score_floor)
-        transform = model.transform
-        if self.input_size is not None and getattr(transform, "fixed_size", None) is None:
-            # Run at exactly the size the frames come in at (no internal upscaling to 800 px).
-            w, h = self.input_size
-            transform.min_size = (min(w, h),)
-            transform.max_size = max(w, h)
-        roi_heads = getattr(model, "roi_heads", None)
-        if roi_heads is not None and hasattr(roi_heads, "has_mask"):
-            # Mask R-CNN: only boxes are needed; pasting 100 full-frame masks per image is slow.
-            roi_heads.has_mask = lambda: False
-        self.model = model.eval().to(self.device)
+            _load_weights(model, path, arch, zero_eps)
+        self.model = _configured(model, thresh_owner, self.score_floor, self.input_size).eval().to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
