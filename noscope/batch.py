@@ -2,7 +2,8 @@
 
     videos = expand_videos(["/cams/night/", "/cams/extra/*.avi"])
     jobs = plan_jobs(videos, out_root, "bus", model_root)
-    records = run_batch(jobs, options, out_root, executor="local")
+    records = run_batch(jobs, options, out_root)                      # here, one video after another
+    records = run_batch(jobs, options, out_root, remote=run_on_ray)   # elsewhere (noscope.distributed)
 
 A video that fails is one "failed" line in runs.jsonl and the run goes on; a video whose folder
 already holds a finished result for the same video, model and targets is skipped. Both
@@ -246,10 +247,13 @@ def read_records(path: Path) -> list[dict]:
     return out
 
 
-def run_batch(jobs: list[Job], opts: RunOptions, out_root: Path, *, force=False, executor="local", ray_address=None,
+def run_batch(jobs: list[Job], opts: RunOptions, out_root: Path, *, force=False, remote: Callable | None = None,
               quiet=True, say=None, on_record: Callable[[dict], None] | None = None, on_error: Callable | None = None) -> list[dict]:
     """Run every job (skipping finished ones unless `force`), appending each record to
-    out_root/runs.jsonl as it comes in. Returns the records in job order."""
+    out_root/runs.jsonl as it comes in. Returns the records in job order.
+
+    remote(todo, opts, got): runs the (index, job) pairs elsewhere and calls got(index, record)
+    for each (e.g. noscope.distributed.run_on_ray); None runs them here, one after another."""
     say = say or (lambda *a, **k: None)
     runs = Path(out_root).absolute() / RUNS_FILE
     records: dict[int, dict] = {}
@@ -267,10 +271,8 @@ def run_batch(jobs: list[Job], opts: RunOptions, out_root: Path, *, force=False,
             got(i, record(job, "skipped", done))
         else:
             todo.append((i, job))
-    if todo and executor == "ray":
-        from .distributed import run_on_ray
-
-        run_on_ray(todo, opts, got, address=ray_address)
+    if todo and remote is not None:
+        remote(todo, opts, got)
     else:
         for k, (i, job) in enumerate(todo, 1):
             say(f"[{k}/{len(todo)}] {job.video}")

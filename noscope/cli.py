@@ -350,9 +350,15 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
 
             traceback.print_exception(e, file=sys.stderr)
 
+    remote = None
+    if executor == "ray":
+        from functools import partial
+
+        from .distributed import run_on_ray
+
+        remote = partial(run_on_ray, address=ray_address)
     records = run_batch(jobs, RunOptions(cfg, targets, start, end, reference_name, plot), root, force=force,
-                        executor=executor, ray_address=ray_address, quiet=quiet or as_json, say=say, on_record=show,
-                        on_error=trace)
+                        remote=remote, quiet=quiet or as_json, say=say, on_record=show, on_error=trace)
     n = Counter(r["status"] for r in records)
     unmet = sum(1 for r in records if r["status"] != "failed" and (r.get("verified") or {}).get("met") is not True)
     if not as_json:

@@ -309,6 +309,7 @@ def _newton(z: np.ndarray, y: np.ndarray, sw: np.ndarray, reg: np.ndarray, lower
     return theta
 
 
+# Long: the docstring explains each choice; the body is one fit and its cross-validated strength.
 def _fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, float] | None:
     """Class-balanced logistic regression of y on block features; L2 strength by grouped CV.
 

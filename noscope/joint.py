@@ -111,17 +111,8 @@ def optimize_joint(heldouts: Mapping[str, HeldOut], costs: Costs, targets: Targe
     confidence, strict, cost_slack: as in `optimizer.optimize`, per object (strict: every object's
     bounds meet its targets; the slack ranks options by the worst-backed object).
     """
-    if not heldouts:
-        raise NoscopeError("optimize_joint needs at least one object")
-    names = list(heldouts)
-    tg = {k: (targets[k] if isinstance(targets, Mapping) else targets) for k in names}
-    for t in tg.values():
-        t.validate()
-    preps = {k: Prepared(h) for k, h in heldouts.items()}
+    names, tg, preps = _prepared(heldouts, targets)
     first = preps[names[0]]
-    for k in names[1:]:
-        if preps[k].n != first.n or not np.array_equal(preps[k].blocks, first.blocks):
-            raise NoscopeError(f"held-out frames of {k!r} and {names[0]!r} differ: one pass needs the same frames")
     allowed, offered = _offered(heldouts, models)
     model_cost = {m: cost_of(costs.model, m, "specialized model") for m in offered}
     for k in names:
@@ -177,6 +168,21 @@ def _joint_plan(preps, heldouts, cascades, costs, tg, evidence) -> JointPlan:
     for p in plans.values():
         p.expected_cost = cost  # the pass is paid once, whichever object is looked at
     return JointPlan(plans, cost, fractions)
+
+
+def _prepared(heldouts: Mapping[str, HeldOut], targets) -> tuple[list[str], dict[str, Targets], dict[str, Prepared]]:
+    """(objects, each object's targets, each object's checked held-out set): one pass needs the same frames."""
+    if not heldouts:
+        raise NoscopeError("optimize_joint needs at least one object")
+    names = list(heldouts)
+    tg = {k: (targets[k] if isinstance(targets, Mapping) else targets) for k in names}
+    for t in tg.values():
+        t.validate()
+    preps = {k: Prepared(h) for k, h in heldouts.items()}
+    for k in names[1:]:
+        if preps[k].n != preps[names[0]].n or not np.array_equal(preps[k].blocks, preps[names[0]].blocks):
+            raise NoscopeError(f"held-out frames of {k!r} and {names[0]!r} differ: one pass needs the same frames")
+    return names, tg, preps
 
 
 def _offered(heldouts: Mapping[str, HeldOut], models) -> tuple[dict[str, set[str]], list[str]]:

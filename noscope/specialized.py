@@ -270,6 +270,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------- training
 
 
+# Long: the signature and the docstring; the body is the epoch loop with early stopping.
 def train_candidate(
     arch: Arch,
     x_train: np.ndarray,
