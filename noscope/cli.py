@@ -207,7 +207,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
               help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")
 @click.option("--name", default=None, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
 @click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: config seed).")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Random seed (default: config seed).")
 @segment_options
 @reference_options
 @common
