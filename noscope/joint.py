@@ -33,7 +33,7 @@ import numpy as np
 from .errors import NoscopeError
 from .optimizer import (DEFAULT_SKIPS, Cascade, Costs, HeldOut, Plan, Targets, _Best, _candidates,
                         _configs, _cost_of, _Evidence, _Layouts, _model_thresholds, _plan, _Prepared, expected_cost,
-                        simulate, stage_fractions)
+                        rate_text, simulate, stage_fractions)
 
 
 @dataclass
@@ -221,7 +221,7 @@ def joint_summary(plan: JointPlan) -> str:
             parts.append(f"model {s.model!r} settles {f.get('model', 0):.1%}")
         parts.append(f"reference on {f.get('reference', 0):.1%}")
         stages = " -> ".join(parts)
-    per = ", ".join(f"{k} FPR {p.heldout_fpr:.2%} FNR {p.heldout_fnr:.2%}" for k, p in plan.plans.items())
+    per = ", ".join(f"{k} FPR {rate_text(p.heldout_fpr)} FNR {rate_text(p.heldout_fnr)}" for k, p in plan.plans.items())
     return f"{stages}; {plan.expected_cost * 1e3:.3g} ms/frame; held-out {per}"
 
 
