@@ -72,6 +72,13 @@ def _is_video_name(p: Path) -> bool:
     return p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
 
 
+def _is_video_entry(p: Path) -> bool:
+    """A folder's or glob's entry that is a video by its name: a file, or a link to one. A link whose
+    target is gone counts too, so it fails as its own video (as when named explicitly) instead of
+    vanishing from the run; a folder, or a link to one, does not."""
+    return _is_video_name(p) and (p.is_file() or (p.is_symlink() and not p.exists()))
+
+
 def expand_videos(args) -> list[Path]:
     """Files as given, folders' videos (by extension, not recursive), globs the shell left alone;
     sorted, each video once. A missing file stays in the list: it fails as that video's own error."""
@@ -79,9 +86,9 @@ def expand_videos(args) -> list[Path]:
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            found += [c for c in p.iterdir() if c.is_file() and _is_video_name(c)]
+            found += [c for c in p.iterdir() if _is_video_entry(c)]
         elif _is_glob(arg):
-            found += [Path(m) for m in glob.glob(arg) if Path(m).is_file() and _is_video_name(Path(m))]
+            found += [Path(m) for m in glob.glob(arg) if _is_video_entry(Path(m))]
         else:
             found.append(p)
     out, seen = [], set()
