@@ -301,8 +301,8 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     else:
         click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
                    f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
-                   f"{summary['reference_calls']} reference calls, targets {_met_word(summary['verified']['met'])}, "
-                   f"{model_words(summary)} -> {summary['out']}")
+                   f"{summary['reference_calls']} reference calls, {model_words(summary)}, "
+                   f"targets {_met_word(summary['verified']['met'])} -> {summary['out']}")
 
 
 def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plot, force, executor, ray_address,
@@ -339,8 +339,8 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
             click.echo(json.dumps(json_safe(rec)))
         elif rec["status"] == "done":
             click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames, "
-                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, targets "
-                       f"{_met_word(rec['verified']['met'])}, {model_words(rec)} -> {rec['out']}")
+                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
+                       f"targets {_met_word(rec['verified']['met'])} -> {rec['out']}")
         elif rec["status"] == "skipped":
             click.echo(f"{name}: already done -> {rec['out']} (--force to redo)")
 
