@@ -253,6 +253,7 @@ class _RunsCode:
 
 def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
     from noscope.cascade import load_bundle
+    from noscope.specialized import load_model
 
     meta = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
     assert meta["candidates"], "the fixture bundle should hold specialized models"
@@ -265,9 +266,10 @@ def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
         torch.save({"format": 1, "arch": meta["candidates"][0]["name"], "evil": _RunsCode()}, f)
     meta["files"][rel] = sha(bundle_copy / rel)  # the checksum passes: only weights_only stops it
     (bundle_copy / "bundle.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    tb = load_bundle(bundle_copy)
     with pytest.raises(NoscopeError, match="refusing to load"):
-        tb.model(meta["candidates"][0]["name"], "cpu")
+        load_bundle(bundle_copy)  # issue 13: every model file is read (weights only) when the bundle loads
+    with pytest.raises(NoscopeError, match="refusing to load"):
+        load_model(bundle_copy / rel, "cpu")
     assert not marker.exists()
     # the payload is real: unrestricted unpickling runs it (a harmless `touch` in tmp_path)
     torch.load(bundle_copy / rel, weights_only=False)
