@@ -23,7 +23,7 @@ from .errors import NoscopeError, UsageError
 
 DEFAULT_PATH = Path(__file__).with_name("default.yaml")
 
-MIN_TRAIN_FRAMES = 100  # train.MIN_FRAMES: fewer labelled frames cannot be split (not imported: torch)
+MIN_TRAIN_FRAMES = 100  # train.MIN_FRAMES: fewer labelled frames cannot be split into training and held-out
 
 
 def defaults() -> dict:

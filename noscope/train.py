@@ -29,6 +29,7 @@ import numpy as np
 
 from . import bundle as B
 from . import difference, specialized
+from .config import MIN_TRAIN_FRAMES
 from .errors import NoscopeError
 from .framecache import cached_batches
 from .labels import label_frames
@@ -41,7 +42,7 @@ from .video import Video, decode_options, open_video
 log = logging.getLogger(__name__)
 
 MIN_EXAMPLES_PER_CLASS = 10  # fewer training frames of one answer: no CNN, cascade uses skip/diff/reference
-MIN_FRAMES = 100  # fewer labelled frames than this cannot be split into training and held-out
+MIN_FRAMES = MIN_TRAIN_FRAMES  # fewer labelled frames than this cannot be split into training and held-out
 
 
 def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:
