@@ -73,6 +73,13 @@ def _is_video_name(p: Path) -> bool:
     return p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
 
 
+def _is_video_entry(p: Path) -> bool:
+    """A folder's or glob's entry that is a video by its name: a file, or a link to one. A link whose
+    target is gone counts too, so it fails as its own video (as when named explicitly) instead of
+    vanishing from the run; a folder, or a link to one, does not."""
+    return _is_video_name(p) and (p.is_file() or (p.is_symlink() and not p.exists()))
+
+
 def expand_videos(args) -> list[Path]:
     """Files as given, folders' videos (by extension, not recursive), globs the shell left alone;
     sorted, each video once. A missing file stays in the list: it fails as that video's own error."""
@@ -80,9 +87,9 @@ def expand_videos(args) -> list[Path]:
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            found += [c for c in p.iterdir() if c.is_file() and _is_video_name(c)]
+            found += [c for c in p.iterdir() if _is_video_entry(c)]
         elif _is_glob(arg):
-            found += [Path(m) for m in glob.glob(arg) if Path(m).is_file() and _is_video_name(Path(m))]
+            found += [Path(m) for m in glob.glob(arg) if _is_video_entry(Path(m))]
         else:
             found.append(p)
     out, seen = [], set()
@@ -135,12 +142,22 @@ def query_key(job: Job, opts: RunOptions) -> str | None:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _bundles(job: Job, summary: dict) -> list[str]:
+    """The bundles this job may have answered with: its own may have moved aside for one of another
+    video that shared the file name (query.own_bundle_paths)."""
+    from .query import own_bundle_paths
+
+    if not job.trains:
+        return [job.model]
+    return [str(p) for p in own_bundle_paths(Path(job.model), str(summary.get("video_hash")))]
+
+
 def finished(job: Job, opts: RunOptions) -> dict | None:
     """The summary of a finished result for this very query in job.out, else None.
     summary.json is written last, so its presence means the folder is complete."""
     try:
         s = json.loads((Path(job.out) / "summary.json").read_text())
-        if not isinstance(s, dict) or s.get("video") != job.video or s.get("model") != job.model:
+        if not isinstance(s, dict) or s.get("video") != job.video or s.get("model") not in _bundles(job, s):
             return None
         key = query_key(job, opts)
         return s if key is not None and s.get("query_key") == key else None
@@ -154,12 +171,14 @@ def record(job: Job, status: str, summary: dict | None = None, seconds: float | 
     positives = s.get("positives")
     if positives is None and isinstance(s.get("results"), dict):  # several objects in one pass: per object
         positives = {o: r.get("positives") for o, r in s["results"].items()}
-    rec = dict(path=job.video, status=status, out=job.out, model=job.model, object=s.get("object", ",".join(s.get("objects", [])) or job.object),
+    rec = dict(path=job.video, status=status, out=job.out, model=s.get("model", job.model),
+               object=s.get("object", ",".join(s.get("objects", [])) or job.object),
                frames=s.get("frames"), positives=positives, reference_calls=s.get("reference_calls"),
                seconds=None if seconds is None else round(seconds, 3), error=error,
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if summary is not None:
         rec["verified"] = verified_record(s)
+        rec["trained_on"] = s.get("trained_on")  # the bundle's video: this one, or another the user chose
     if s.get("stopped_at") is not None:
         rec["stopped_at"] = s["stopped_at"]
     return rec
@@ -202,7 +221,8 @@ def run_job(job: Job, opts: RunOptions, quiet: bool = True, say=None, on_error: 
         key = query_key(job, opts)
         summary = query_video(job.video, copy.deepcopy(opts.cfg), opts.targets, model=job.model, object_name=job.object_name,
                               out=job.out, start=opts.start, end=opts.end, reference_name=opts.reference_name,
-                              plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False)
+                              plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False,
+                              own_model=job.trains)
     except Exception as e:
         if on_error:
             on_error(e)

@@ -13,7 +13,9 @@ versions keep reading them, and refuse format 2 with their one-line "retrain it"
 
 Bundles may come from elsewhere, so loading never executes code: YAML is read with
 safe_load, tensors with torch.load(weights_only=True), arrays with allow_pickle=False; every
-file named in bundle.yaml must stay inside the bundle directory and match its sha256.
+file named in bundle.yaml must stay inside the bundle directory and match its sha256, and every
+file the bundle needs (heldout.npz, each candidate's model, each difference detector's image)
+must be among them (`check_complete`): deleting `files:` or one entry cannot turn the checks off.
 """
 
 from __future__ import annotations
@@ -126,7 +128,9 @@ def load_manifest(root: Path) -> dict:
             f"model bundle {root} has format {meta['format']} but this noscope ({__version__}) reads formats "
             f"{', '.join(map(str, FORMATS))}; retrain it"
         )
-    files = meta.get("files") or {}
+    files = meta.get("files")
+    if not files:  # written by write_manifest, never empty: a bundle holds at least heldout.npz
+        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml lists no files and their checksums")
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml's files field is not a list of checksums")
     for rel, digest in files.items():
@@ -136,6 +140,21 @@ def load_manifest(root: Path) -> dict:
         if sha256(p) != digest:
             raise NoscopeError(f"model bundle {root} is corrupt: {rel} does not match its checksum")
     return meta
+
+
+def needed_files(meta: dict) -> list[str]:
+    """Every file a bundle's answers depend on, as bundle.yaml names them."""
+    return ([meta["heldout"]["file"]] + [c["file"] for c in meta["candidates"]]
+            + [d["reference_image_file"] for d in meta["diffs"] if d.get("reference_image_file")])
+
+
+def check_complete(root: Path, meta: dict) -> None:
+    """Refuse a bundle that uses a file bundle.yaml does not list with a checksum (load_manifest
+    has checked every listed one)."""
+    listed = {inside(root, rel) for rel in meta["files"]}
+    for rel in needed_files(meta):
+        if not isinstance(rel, str) or inside(root, rel) not in listed:
+            raise NoscopeError(f"model bundle {root} is corrupt: {rel} is not listed with a checksum in bundle.yaml")
 
 
 def load_npz(root: Path, rel: str) -> dict[str, np.ndarray]:

@@ -75,7 +75,9 @@ class TrainedBundle:
     def model(self, name: str, device):
         if name not in self._models:
             c = next(c for c in self.meta["candidates"] if c["name"] == name)
-            self._models[name] = specialized.load_model(B.inside(self.root, c["file"]), device=device)
+            loaded = specialized.load_model(B.inside(self.root, c["file"]), device=device)
+            check_model(self, c, loaded[1], loaded[0].outputs)  # again: the file may have changed since loading
+            self._models[name] = loaded
         return self._models[name]
 
     def diff(self, name: str) -> difference.DiffDetector:
@@ -89,11 +91,25 @@ class TrainedBundle:
         return int(next(d for d in self.meta["diffs"] if d["name"] == name)["size"])
 
 
+def check_model(tb: TrainedBundle, candidate: dict, arch, outputs: int) -> None:
+    """A candidate's model file must hold the architecture its name says, with one output per
+    object: another model under its name would run with thresholds fit to a different one."""
+    want = len(tb.objects) if tb.multi else 1
+    if arch.name != candidate["name"] or arch.size != int(candidate["size"]) or outputs != want:
+        raise NoscopeError(f"model bundle {tb.root} is corrupt: {candidate['file']} holds a {arch.name} model with "
+                           f"{outputs} output(s), not the {candidate['name']} with {want} that bundle.yaml names")
+
+
 def load_bundle(root: Path) -> TrainedBundle:
-    """Read a bundle; anything malformed in it is one NoscopeError, never a stray KeyError."""
+    """Read a bundle; anything malformed in it is one NoscopeError, never a stray KeyError.
+    A bundle must be complete: every file it uses listed and checked, every model what its name says."""
     meta = B.load_manifest(root)
     try:
-        return _read_bundle(root, meta)
+        B.check_complete(root, meta)
+        tb = _read_bundle(root, meta)
+        for c in meta["candidates"]:
+            check_model(tb, c, *specialized.model_arch(B.inside(root, c["file"])))
+        return tb
     except NoscopeError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:

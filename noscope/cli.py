@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import NoscopeError, UsageError
 from .query import (apply_reference_options, bundle_reference_cfg, check_reference_matches, default_name,
-                    make_reference, make_targets, parse_objects, resolve_model)
+                    make_reference, make_targets, model_words, parse_objects, resolve_model, warn_min_score)
 
 log = logging.getLogger("noscope")
 
@@ -198,7 +198,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
     click.echo(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
                f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
     if "stopped_at" in summary:
-        click.echo(f"warning: the video stops decoding at frame {v.stopped_at} of {v.frame_count}; labelled what decoded", err=True)
+        log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
 
 
 @cli.command()
@@ -207,7 +207,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
               help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")
 @click.option("--name", default=None, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
 @click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: config seed).")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Random seed (default: config seed).")
 @segment_options
 @reference_options
 @common
@@ -297,12 +297,12 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
         found = ", ".join(f"{o} in {r['positives']} ({r['intervals']} intervals, targets {_met_word(r['verified_met'])})"
                           for o, r in summary["results"].items())
         click.echo(f"{Path(summary['video']).name}: {found} of {summary['frames']} frames, {summary['frames_per_s']} "
-                   f"frames/s, {summary['reference_calls']} reference calls -> {summary['out']}")
+                   f"frames/s, {summary['reference_calls']} reference calls, {model_words(summary)} -> {summary['out']}")
     else:
         click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
                    f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
-                   f"{summary['reference_calls']} reference calls, targets {_met_word(summary['verified']['met'])} "
-                   f"-> {summary['out']}")
+                   f"{summary['reference_calls']} reference calls, {model_words(summary)}, "
+                   f"targets {_met_word(summary['verified']['met'])} -> {summary['out']}")
 
 
 def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plot, force, executor, ray_address,
@@ -339,8 +339,8 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
             click.echo(json.dumps(json_safe(rec)))
         elif rec["status"] == "done":
             click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames, "
-                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, targets "
-                       f"{_met_word(rec['verified']['met'])} -> {rec['out']}")
+                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
+                       f"targets {_met_word(rec['verified']['met'])} -> {rec['out']}")
         elif rec["status"] == "skipped":
             click.echo(f"{name}: already done -> {rec['out']} (--force to redo)")
 
@@ -418,6 +418,7 @@ def evaluate(video, model, as_json, guarantee, target_fpr, target_fnr, metric, s
         cfg["query"]["guarantee"] = True
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
     tb = resolve_model(cfg, video, model, None, quiet)
+    warn_min_score(cfg, tb)
     if tb.multi:
         raise NoscopeError(f"evaluate takes a single-object bundle; {tb.root} answers {', '.join(tb.objects)} "
                            "(train one bundle per object to evaluate it)")

@@ -11,6 +11,7 @@ cascade's first pass is measured too, so a repair shows.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -20,6 +21,8 @@ from .cascade import choose_plan
 from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
 from .video import open_video
+
+log = logging.getLogger("noscope")
 
 
 def measured(result, frames: np.ndarray, truth: np.ndarray, window: int) -> dict:
@@ -52,13 +55,14 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
     results, reports = answer(video, tb, plan, reference, ref_key, s, e, cfg, targets, use_label_cache=False,
                               frame_cache=False, quiet=quiet, first_pass=first)
     result, verified = results[tb.object], reports[tb.object]
+    final = measured(result, labels.frames, truth, targets.window)
+    segment = compared_segment(labels.frames, result.frames, s, e, result.stopped_at)
     ref_fps = len(labels.frames) / t_ref if t_ref else float("nan")
     per_frame = result.seconds / max(len(result.frames), 1)
     cascade_s = result.seconds - result.stage_seconds.get("verify", 0.0)
     return dict(
-        video=str(video.path), object=tb.object, model=str(tb.root), segment=[int(s), int(e)],
-        **measured(result, labels.frames, truth, targets.window),
-        first_pass=measured(first[tb.object], labels.frames, truth, targets.window),
+        video=str(video.path), object=tb.object, model=str(tb.root), segment=segment, requested_segment=[int(s), int(e)],
+        **final, first_pass=measured(first[tb.object], labels.frames, truth, targets.window),
         targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
         verified=verified,
         reference_seconds=round(t_ref, 3), cascade_seconds=round(result.seconds, 3),
@@ -71,3 +75,16 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
         stage_seconds={k: round(v, 4) for k, v in result.stage_seconds.items()},
         device=str(reference.device),
     )
+
+
+def compared_segment(frames: np.ndarray, answered: np.ndarray, s: int, e: int, stopped_at: int | None) -> list[int]:
+    """The frames actually compared (those both the reference and the query answered), [first,
+    last + 1); one warning line when that is fewer than asked for (a video that stops decoding
+    part-way), so a short measurement is never read as the whole segment's."""
+    common = np.intersect1d(frames, answered)
+    if len(common) < e - s:
+        why = f"; the video stops decoding at frame {stopped_at}" if stopped_at is not None else ""
+        got = f"[{common[0]}, {common[-1] + 1})" if len(common) else "nothing"
+        log.warning("only %d of the %d frames asked for ([%d, %d)) could be compared%s; measured %s", len(common),
+                    e - s, s, e, why, got)
+    return [int(common[0]), int(common[-1]) + 1] if len(common) else [int(s), int(s)]

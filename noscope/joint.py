@@ -33,7 +33,7 @@ import numpy as np
 from .errors import NoscopeError
 from .optimizer import (DEFAULT_SKIPS, Cascade, Costs, HeldOut, Plan, Targets, Best, search_candidates,
                         search_configs, cost_of, Evidence, Layouts, model_thresholds, make_plan, Prepared, expected_cost,
-                        simulate, stage_fractions, stages_line)
+                        rate_text, simulate, stage_fractions, stages_line)
 
 
 @dataclass
@@ -223,7 +223,7 @@ def joint_summary(plan: JointPlan) -> str:
     s = plan.shared
     stages = stages_line(s, plan.fractions, f"model {s.model!r}", plan.reference_only,
                          "no cascade met every object's targets at a clear saving")
-    per = ", ".join(f"{k} FPR {p.heldout_fpr:.2%} FNR {p.heldout_fnr:.2%}" for k, p in plan.plans.items())
+    per = ", ".join(f"{k} FPR {rate_text(p.heldout_fpr)} FNR {rate_text(p.heldout_fnr)}" for k, p in plan.plans.items())
     return f"{stages}; {plan.expected_cost * 1e3:.3g} ms/frame; held-out {per}"
 
 

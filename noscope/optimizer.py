@@ -157,8 +157,8 @@ class Plan:
     c_low: float | None
     c_high: float | None
     expected_cost: float  # seconds per frame
-    heldout_fpr: float
-    heldout_fnr: float
+    heldout_fpr: float | None  # None: the held-out frames have no negative frame, so no FPR
+    heldout_fnr: float | None  # None: no positive held-out frame, so no FNR (not 0)
     fractions: dict[str, float] = field(default_factory=dict)  # share of frames decided by each stage
     reference_only: bool = False
     # Upper confidence bounds on the held-out FPR / FNR (both hold together at `confidence`), and
@@ -779,7 +779,8 @@ def make_plan(prep: Prepared, cascade: Cascade, costs: Costs, targets: Targets, 
         skip=int(cascade.skip), diff=cascade.diff, diff_threshold=cascade.diff_threshold,
         model=cascade.model, c_low=cascade.c_low, c_high=cascade.c_high,
         expected_cost=expected_cost(cascade, costs, fractions),
-        heldout_fpr=fpr, heldout_fnr=fnr, fractions=fractions,
+        heldout_fpr=fpr if (~prep.truth).any() else None, heldout_fnr=fnr if prep.truth.any() else None,
+        fractions=fractions,
         reference_only=cascade.skip == 1 and cascade.diff is None and cascade.model is None,
         bound_fpr=b_fpr, bound_fnr=b_fnr, confidence=evidence.confidence,
         certified=b_fpr <= targets.fpr and b_fnr <= targets.fnr,
@@ -801,18 +802,23 @@ def stages_line(plan: Plan, fractions: Mapping[str, float], model_text: str, ref
     return " -> ".join(parts)
 
 
+def rate_text(rate: float | None) -> str:
+    """A rate for a person: n/a where it is undefined (no frame of its kind), never 0."""
+    return "n/a" if rate is None else f"{rate:.2%}"
+
+
 def plan_summary(plan: Plan) -> str:
     """One line describing a plan, e.g. for the CLI."""
     model = f"model {plan.model!r} (no < {_lo(plan.c_low):.4g}, yes > {_hi(plan.c_high):.4g})"
     stages = stages_line(plan, plan.fractions, model, plan.reference_only,
                          "no cascade met the targets at a clear saving")
     return (f"{stages}; {plan.expected_cost * 1e3:.3g} ms/frame; "
-            f"held-out FPR {plan.heldout_fpr:.2%}, FNR {plan.heldout_fnr:.2%} "
+            f"held-out FPR {rate_text(plan.heldout_fpr)}, FNR {rate_text(plan.heldout_fnr)} "
             f"({plan.confidence:.0%} bounds {plan.bound_fpr:.2%}, {plan.bound_fnr:.2%}"
             f"{': certified' if plan.certified else ''})")
 
 
 __all__ = [
     "Cascade", "Costs", "DEFAULT_DIFF_QUANTILES", "DEFAULT_SKIPS", "HeldOut", "Plan", "STAGES", "Targets",
-    "expected_cost", "optimize", "plan_summary", "simulate", "stage_fractions", "stages_line",
+    "expected_cost", "optimize", "plan_summary", "rate_text", "simulate", "stage_fractions", "stages_line",
 ]

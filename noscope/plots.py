@@ -9,7 +9,9 @@ draw the same picture from the run in memory or from the result folder.
 
 from __future__ import annotations
 
+import functools
 import io
+import warnings
 
 import numpy as np
 
@@ -21,6 +23,17 @@ ANSWER = "#2e7d32"
 # Time bins across the picture: about one per pixel column, so hours of video draw as fast as
 # a minute and a bin's shade shows the share of its frames, not just "some frame".
 _BINS = 1200
+
+
+def _quiet_glyphs(draw):
+    """A file name in a script the font lacks (カメラ.mp4) draws as boxes in the title; matplotlib
+    would also warn once per missing glyph on stderr, noise in a batch job's log."""
+    @functools.wraps(draw)
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+            return draw(*args, **kwargs)
+    return quiet
 
 
 def _pyplot():
@@ -68,6 +81,7 @@ def _runs(level: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, ends) if level[a] > 0]
 
 
+@_quiet_glyphs
 def timeline_png(table, fps: float, min_score: float | None = None, title: str = "") -> bytes:
     """Reference score where known, the cascade's answer, and which stage decided, over time."""
     plt = _pyplot()
@@ -133,6 +147,7 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
     return _png(fig, plt)
 
 
+@_quiet_glyphs
 def costs_png(summary: dict, decided: dict[str, int], title: str = "") -> bytes:
     """Seconds spent in each stage, and the share of frames each stage decided."""
     plt = _pyplot()

@@ -62,8 +62,42 @@ def make_reference(cfg):
     return configured_reference(cfg)
 
 
-def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, say=None):
-    """Load the bundle; with --object and no bundle, train one on this video first."""
+def own_bundle_paths(root: Path, video_hash: str) -> list[Path]:
+    """Where the bundle trained on demand for a video lives: ROOT (VIDEOSTEM-OBJECT), or
+    ROOT-<video hash> when ROOT holds a bundle of another video that shared the file name."""
+    return [root, root.with_name(f"{root.name}-{video_hash}")]
+
+
+def trained_on(root: Path) -> str | None:
+    """The content hash of the video the bundle at `root` was trained on; None if there is no
+    readable bundle (loading it then says why)."""
+    from .bundle import load_manifest
+
+    try:
+        return str(load_manifest(root)["video"]["hash"])
+    except (NoscopeError, KeyError, TypeError):
+        return None
+
+
+def own_bundle(root: Path, video, backend: str = "auto") -> Path:
+    """The bundle of this very video (same contents) for training on demand, never one that
+    merely shares its file name: another camera's clip once called b.mp4 trained `b-car`."""
+    from .video import open_video
+
+    v = open_video(video, backend)
+    for p in own_bundle_paths(root, v.hash):
+        if not (p / "bundle.yaml").is_file() or trained_on(p) in (v.hash, None):
+            return p
+    raise NoscopeError(f"bundles {root} and {p} were both trained on other videos than {video}; "
+                       f"give --model to pick one or remove {p}")
+
+
+def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, say=None, own=False):
+    """Load the bundle; with --object and no bundle, train one on this video first.
+
+    Without --model (or with `own`: `model` is the path a batch gave this video's own bundle)
+    only a bundle trained on this video is used (see own_bundle); with --model the user's bundle
+    is used whatever video it was trained on (the same camera, say)."""
     from .cascade import load_bundle
     from .train import train as run_train
 
@@ -74,6 +108,8 @@ def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, s
     say = say or (lambda *a, **k: None)
     objects = parse_objects(object_name)
     root = bundle_path(model or default_name(video, objects))
+    if (model is None or own) and objects and video:
+        root = own_bundle(root, video, cfg["decode"]["backend"])
     if not (root / "bundle.yaml").is_file() and objects and video:
         say(f"no bundle at {root}; training one on {video} for {', '.join(objects)}")
         run_train(video, objects if len(objects) > 1 else objects[0], root, cfg, start, end, quiet=quiet, say=say)
@@ -82,6 +118,16 @@ def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, s
     if objects and not (set(objects) <= set(tb.objects) if tb.multi else objects == tb.objects):
         raise NoscopeError(f"bundle {root} was trained for {tb.object!r}, not {','.join(objects)!r}")
     return tb
+
+
+def warn_min_score(cfg, tb) -> None:
+    """What counts as a positive frame is the bundle's labels.min_score: its models, thresholds and
+    held-out estimates were all fit to the labels it made, and the check on the video judges the
+    answers by it too. A different value in the configuration is said, not silently dropped."""
+    asked, used = float(cfg["labels"]["min_score"]), float(tb.meta["labels"]["min_score"])
+    if asked != used:
+        log.warning("labels.min_score is %g in the configuration but bundle %s was trained with %g: the answers use "
+                    "%g; train a bundle with labels.min_score=%g to use that", asked, tb.root, used, used, asked)
 
 
 def check_reference_matches(tb, ref_key) -> None:
@@ -105,14 +151,16 @@ def bundle_reference_cfg(cfg, tb, reference_name=None) -> None:
 
 
 def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, out=None, start=None, end=None,
-                reference_name=None, plot=True, quiet=False, say=None, summary_extra=None, tell=True) -> dict:
+                reference_name=None, plot=True, quiet=False, say=None, summary_extra=None, tell=True,
+                own_model=False) -> dict:
     """Answer every frame of [start, end) of `video`; write the result folder; return its summary.
 
     `summary_extra` adds keys to summary.json (the batch runner's record of what was asked).
     `say` takes progress lines for a person (stderr at the command line); warnings go to the
     "noscope" logger. `tell`: say what the check on the video found (one line; a warning when the
-    targets are not shown met); a batch says it in each video's line instead. Raises NoscopeError
-    for bad input, like every pipeline step.
+    targets are not shown met); a batch says it in each video's line instead. `own_model`: `model`
+    names this video's own bundle, trained on demand (a batch with --object; see resolve_model).
+    Raises NoscopeError for bad input, like every pipeline step.
     """
     from .answer import answer
     from .cascade import choose_plan, usable_models
@@ -121,7 +169,8 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     from .video import open_video
 
     say = say or (lambda *a, **k: None)
-    tb = resolve_model(cfg, video, model, object_name, quiet, say=say)
+    tb = resolve_model(cfg, video, model, object_name, quiet, say=say, own=own_model)
+    warn_min_score(cfg, tb)
     video = video or tb.meta["video"]["path"]
     v = open_video(video, cfg["decode"]["backend"])
     s, e = v.segment(start, end)
@@ -146,6 +195,20 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     return write_result(out, result, v, summary, tb.meta["labels"]["min_score"], plot=plot)
 
 
+def bundle_video(tb, v) -> dict:
+    """What the bundle was trained on, for the summary: its video's path and contents hash, and
+    whether that is the queried video (a bundle of the same camera is fine when the user named it)."""
+    trained = tb.meta["video"]
+    return dict(video=trained["path"], hash=trained["hash"], this_video=trained["hash"] == v.hash)
+
+
+def model_words(summary: dict) -> str:
+    """'bundle NAME (trained on this video)' or '... (trained on PATH)', for a summary line."""
+    t = summary.get("trained_on") or {}
+    where = "this video" if t.get("this_video") else t.get("video", "an unknown video")
+    return f"bundle {Path(summary['model']).name} (trained on {where})"
+
+
 def _summary(v, tb, obj, result, plan, targets, key, s, e, out) -> dict:
     """One object's summary.json (the same fields whether it was answered alone or with others)."""
     from .cascade import STAGES
@@ -153,7 +216,7 @@ def _summary(v, tb, obj, result, plan, targets, key, s, e, out) -> dict:
     n = len(result.frames)
     return dict(
         video=str(v.path), video_abspath=str(v.path.resolve()), video_hash=v.hash, fps=v.fps,
-        object=obj, model=str(tb.root), segment=[s, e], frames=n,
+        object=obj, model=str(tb.root), trained_on=bundle_video(tb, v), segment=[s, e], frames=n,
         positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
         frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
         reference_calls=len(result.reference_scores), fractions=result.fractions(),
@@ -214,7 +277,7 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     from .cascade import STAGES, choose_joint_plan, usable_models
     from .joint import joint_decided, joint_summary
     from .optimizer import stage_fractions
-    from .report import write_json, write_result
+    from .report import clear_result, write_json, write_result
 
     plan = choose_joint_plan(tb, targets, cfg["optimizer"], objects)
     guard = cfg["optimizer"]["min_auc"]
@@ -224,7 +287,7 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     results, reports = answer(v, tb, plan, ref, key, s, e, cfg, targets, quiet=quiet)
     out = Path(out) if out else Path("noscope-out") / default_name(v.path, objects)
     first = results[objects[0]]  # frames, timings and reference calls are the pass's, shared by all
-    (out / "summary.json").unlink(missing_ok=True)  # an earlier run's must not vouch for folders rewritten now
+    clear_result(out)  # an earlier result (its summary.json first) must not mix with, or vouch for, this one
     stop: dict = {}
     _warn_if_stopped(v, first, s, e, stop)  # once: every object has the same frames
     per = {}
@@ -239,7 +302,7 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     codes = joint_decided([np.select([r.decided_by == st for st in STAGES], range(len(STAGES))) for r in results.values()])
     n = len(first.frames)
     top = dict(
-        video=str(v.path), objects=objects, model=str(tb.root), segment=[s, e], frames=n,
+        video=str(v.path), objects=objects, model=str(tb.root), trained_on=bundle_video(tb, v), segment=[s, e], frames=n,
         wall_seconds=round(first.seconds, 3), frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
         reference_calls=len(first.reference_scores),
         fractions=stage_fractions(codes),

@@ -3,6 +3,12 @@ read them back for `noscope report`.
 
 Every file is written to a temporary name and renamed into place, and summary.json goes last,
 so a folder with a summary.json is a finished result.
+
+A query owns what it writes in its folder, and a new result replaces an earlier one whole
+(`clear_result`): "ours" is exactly RESULT_FILES, the temp files of their atomic writes
+(`.tmp-NAME.*`), the clips `noscope report` names `clip-NNN-<start>s-<end>s.mp4` in `clips/`
+(the folder too once that empties it), and, for several objects answered in one pass, the
+per-object folders the earlier summary.json names. Anything else a user put there stays.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +27,11 @@ from .errors import NoscopeError
 from .optimizer import STAGES
 
 _COLUMNS = ["frame", "time_s", "label", "decided_by"]
+# What a result folder holds that noscope wrote (module docstring); summary.json first, so a
+# folder being cleared stops looking finished before anything else goes.
+RESULT_FILES = ("summary.json", "frames.csv", "intervals.json", "timeline.png", "costs.png")
+CLIPS_DIR = "clips"
+_CLIP_NAME = re.compile(r"(\.tmp-\d+-)?clip-\d{3,}-\d+\.\d\ds-\d+\.\d\ds\.mp4")
 
 
 @dataclass
@@ -170,7 +182,49 @@ def draw_costs(path: Path, table: FrameTable, summary: dict) -> None:
     atomic_write_bytes(path, costs_png(summary, decided, title))
 
 
+def _earlier_parts(out: Path) -> list[Path]:
+    """The per-object folders an earlier several-objects result in `out` names (by name, inside `out`)."""
+    try:
+        old = json.loads((out / "summary.json").read_text())
+        names = [Path(r["out"]).name for r in old["results"].values()] if isinstance(old.get("objects"), list) else []
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    return [out / n for n in names if n not in ("", ".", "..") and (out / n).is_dir() and not (out / n).is_symlink()]
+
+
+def clear_result(out: Path) -> None:
+    """Remove what an earlier result left in `out` (ours only: module docstring), so the result
+    written next is not mixed with it. summary.json goes first."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    parts = _earlier_parts(out)
+    for name in RESULT_FILES:
+        (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(f".tmp-{name}.*"):
+            tmp.unlink(missing_ok=True)
+    clips = out / CLIPS_DIR
+    if clips.is_dir() and not clips.is_symlink():
+        for f in clips.iterdir():
+            if _CLIP_NAME.fullmatch(f.name) and not f.is_dir():
+                f.unlink(missing_ok=True)
+        _rmdir_if_empty(clips)
+    for part in parts:
+        clear_result(part)
+        _rmdir_if_empty(part)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:  # not empty: something of the user's is in it
+        pass
+
+
 def write_result(out: Path, result, video, summary: dict, min_score: float, plot: bool = True) -> dict:
+    """The result folder: frames.csv, intervals.json, timeline.png, then summary.json, replacing
+    whatever an earlier result left there."""
+    clear_result(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "frames.csv", frames_csv(result.frames, result.times, result.labels, result.decided_by,
                                                       result.reference_scores))

@@ -670,6 +670,54 @@ def save_model(model: SpecializedCNN, arch: Arch, mean_frame: np.ndarray, path: 
     atomic.atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def _read_payload(path: Path, mmap: bool = False) -> dict:
+    """A model file's contents, tensors only (weights_only: a crafted file cannot run code);
+    with `mmap` the tensors' data is mapped, not read."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise NoscopeError(f"specialized model {path} not found; train one first") from None
+    except Exception as e:  # untrusted bytes: whatever the unpickler or zip reader raises, it is a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NoscopeError(f"refusing to load {path}: not a plain-tensor noscope model bundle ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _BUNDLE_FORMAT:
+        raise NoscopeError(f"{path} is not a noscope specialized model bundle (format {_BUNDLE_FORMAT} expected)")
+    return payload
+
+
+def _damaged(path: Path, e: Exception) -> NoscopeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return NoscopeError(f"{path} is a damaged specialized model bundle: {first[:200]}")
+
+
+def _payload_arch(payload: dict) -> tuple[Arch, int]:
+    arch = Arch.parse(payload["arch"])
+    outputs = payload.get("outputs", 1)
+    if isinstance(outputs, bool) or not isinstance(outputs, int) or not 1 <= outputs <= 1000:
+        raise ValueError(f"bad number of outputs {outputs!r}")
+    return arch, outputs
+
+
+def model_arch(path: str | Path) -> tuple[Arch, int]:
+    """The architecture and number of outputs a model file holds, checked against its tensors'
+    shapes without reading their data (memory-mapped; the expected shapes come from a model on
+    torch's "meta" device), so a bundle can check every model it names when it is loaded."""
+    path = Path(path)
+    payload = _read_payload(path, mmap=True)
+    try:
+        arch, outputs = _payload_arch(payload)
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in SpecializedCNN(arch, outputs).state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+        if got != want:
+            raise ValueError(f"its tensors are not those of a {arch.name} model")
+        if tuple(payload["mean_frame"].shape) != (arch.size, arch.size, 3):
+            raise ValueError(f"its mean frame is not {arch.size}x{arch.size}x3")
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as e:
+        raise _damaged(path, e) from None
+    return arch, outputs
+
+
 def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[SpecializedCNN, Arch, np.ndarray]:
     """Read a bundle written by save_model -> (model in eval mode on device, arch, mean frame).
 
@@ -678,27 +726,13 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
     """
     path = Path(path)
     dev = resolve_device(device)
+    payload = _read_payload(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise NoscopeError(f"specialized model {path} not found; train one first") from None
-    except NoscopeError:
-        raise
-    except Exception as e:  # untrusted bytes: whatever the unpickler or zip reader raises, it is a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NoscopeError(f"refusing to load {path}: not a plain-tensor noscope model bundle ({first[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != _BUNDLE_FORMAT:
-        raise NoscopeError(f"{path} is not a noscope specialized model bundle (format {_BUNDLE_FORMAT} expected)")
-    try:
-        arch = Arch.parse(payload["arch"])
+        arch, outputs = _payload_arch(payload)
         mean = payload["mean_frame"].numpy().astype(np.float32)
         _check_mean(mean, arch.size)
-        outputs = payload.get("outputs", 1)
-        if isinstance(outputs, bool) or not isinstance(outputs, int) or not 1 <= outputs <= 1000:
-            raise ValueError(f"bad number of outputs {outputs!r}")
         model = SpecializedCNN(arch, outputs)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NoscopeError(f"{path} is a damaged specialized model bundle: {first[:200]}") from None
+        raise _damaged(path, e) from None
     return _prepare_model(model, dev).eval(), arch, mean

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import bundle as B
 from . import difference, specialized
+from .config import MIN_TRAIN_FRAMES
 from .costs import measure_decode_costs, measure_reference_cost
 from .errors import NoscopeError
 from .framecache import cached_batches
@@ -38,7 +39,7 @@ from .reference import Reference, configured_reference
 from .split import sample_frames, split
 from .video import Video, decode_options, open_video
 
-MIN_FRAMES = 100  # fewer labelled frames than this cannot be split into training and held-out
+MIN_FRAMES = MIN_TRAIN_FRAMES  # fewer labelled frames than this cannot be split into training and held-out
 
 
 def train(video_path: str | Path, object_name: str | list[str], out: Path, cfg: dict, start=None, end=None,

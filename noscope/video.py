@@ -102,6 +102,8 @@ def parse_position(spec: str | int | float | None, fps: float) -> int | None:
     if not m:
         raise UsageError(f"cannot read position {spec!r}: use seconds (12.5 or 12.5s), m:ss (1:02), or a frame (300f)")
     parts = [p for p in m.groups() if p is not None]
+    if any(float(p) >= 60 for p in parts[1:]):  # 1:99 is a typo, not 2:39
+        raise UsageError(f"cannot read position {spec!r}: minutes and seconds after a colon must be below 60")
     seconds = 0.0
     for p in parts:
         seconds = seconds * 60 + float(p)
@@ -169,7 +171,8 @@ class Video:
         e = self.frame_count if e is None else min(e, self.frame_count)
         if s < 0 or (e is not None and s >= e):
             raise UsageError(
-                f"--start ({start}) must come before --end ({end if end is not None else 'end of video'}) "
+                f"--start ({start if start not in (None, '') else 'start of video'}) must come before --end "
+                f"({end if end not in (None, '') else 'end of video'}) "
                 f"and inside the video ({self.frame_count} frames, {self.duration:.1f} s)"
             )
         return s, e
@@ -412,7 +415,8 @@ def open_video(path: str | Path, backend: str = "auto") -> Video:
     decoder_name(backend)  # an unknown or missing decoder fails here, before any work
     p = Path(path)
     if not p.exists():
-        raise NoscopeError(f"video not found: {p}")
+        gone = f" (a link to {os.readlink(p)}, which does not exist)" if p.is_symlink() else ""
+        raise NoscopeError(f"video not found: {p}{gone}")
     if p.is_dir():
         raise NoscopeError(f"{p} is a directory, not a video file")
     if not os.access(p, os.R_OK):

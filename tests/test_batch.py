@@ -262,3 +262,51 @@ def test_nightly_script_reports_partial(trained, clips, tmp_path):
         p = subprocess.run([str(ROOT / "scripts" / "nightly.sh"), str(clips), str(trained["a"]), str(night)],
                            env=dict(env, NIGHTLY_ARGS=args), cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert p.returncode == code and said in (night / "nightly.log").read_text(), (args, p.returncode)
+
+
+def test_dangling_link_in_a_folder_is_a_failed_video(trained, tmp_path, monkeypatch):
+    """A folder's .mp4 link whose target is gone fails as that video, as it does when named explicitly."""
+    monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))  # frames 450-469 are labelled there
+    d = tmp_path / "clips"
+    d.mkdir()
+    (d / "good.mp4").symlink_to(URBAN)
+    (d / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    (d / "sub.mp4").mkdir()  # a folder named like a video is still not one
+    assert [p.name for p in expand_videos([str(d)])] == ["gone.mp4", "good.mp4"]
+    assert [p.name for p in expand_videos([str(d / "*.mp4")])] == ["gone.mp4", "good.mp4"]
+    out = tmp_path / "out"
+    r = run("query", d, "--model", trained["a"], "--out", out, "-q", "--start", "450f", "--end", "470f", *SEG[2:])
+    assert r.exit_code == 1, r.output
+    assert stderr_lines(r) == [f"noscope: error: gone.mp4: video not found: {d / 'gone.mp4'} "
+                               f"(a link to {tmp_path / 'deleted.mp4'}, which does not exist)"]
+    assert r.stdout.splitlines()[-1].startswith("2 videos: 1 done, 0 skipped, 1 failed")
+    assert [(Path(x["path"]).name, x["status"]) for x in read_records(out / "runs.jsonl")] == [
+        ("gone.mp4", "failed"), ("good.mp4", "done")]
+
+
+def test_object_batch_uses_each_videos_own_bundle(trained, tmp_path, monkeypatch, isolated_cache):
+    """--object in a batch: a bundle that only shares a video's file name is not that video's."""
+    import shutil
+
+    import yaml
+
+    from noscope.video import content_hash
+
+    monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))
+    d = tmp_path / "clips"
+    d.mkdir()
+    (d / "b.mp4").symlink_to(URBAN)
+    other, own = isolated_cache / "models" / "b-bus", isolated_cache / "models" / f"b-bus-{content_hash(URBAN)}"
+    for b in (other, own):
+        shutil.copytree(trained["a"], b)
+    meta = yaml.safe_load((other / "bundle.yaml").read_text())
+    meta["video"].update(path="/cams/street/b.mp4", hash="0" * 16)  # a namesake: another camera's b.mp4
+    (other / "bundle.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    args = ["query", d, "--object", "bus", "--out", tmp_path / "out", "--start", "450f", "--end", "470f", *SEG[2:]]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    (rec,) = read_records(tmp_path / "out" / "runs.jsonl")
+    assert rec["status"] == "done" and rec["model"] == str(own) and rec["trained_on"]["this_video"] is True
+    assert f"bundle {own.name} (trained on this video)" in r.stdout
+    r = run(*args)  # resuming knows the folder was answered by the video's own bundle
+    assert r.exit_code == 0 and read_records(tmp_path / "out" / "runs.jsonl")[-1]["status"] == "skipped", r.output

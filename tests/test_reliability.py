@@ -106,7 +106,7 @@ def test_truncated_video_label(tmp_path):
     half.write_bytes(data[: len(data) // 2])
     r = run("label", half, "--object", "car", "-q")
     line = assert_one_line(r, 0, "warning: the video stops decoding at frame")
-    assert "labelled what decoded" in line
+    assert "labelled what decoded" in line and line.startswith("noscope: warning: ")  # issue 13: the logger's prefix
     n_done = int(line.split("at frame ")[1].split()[0])
     assert 5 < n_done < 40
     assert f"{n_done} frames labelled" in r.stdout
@@ -253,6 +253,7 @@ class _RunsCode:
 
 def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
     from noscope.cascade import load_bundle
+    from noscope.specialized import load_model
 
     meta = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
     assert meta["candidates"], "the fixture bundle should hold specialized models"
@@ -265,9 +266,10 @@ def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
         torch.save({"format": 1, "arch": meta["candidates"][0]["name"], "evil": _RunsCode()}, f)
     meta["files"][rel] = sha(bundle_copy / rel)  # the checksum passes: only weights_only stops it
     (bundle_copy / "bundle.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    tb = load_bundle(bundle_copy)
     with pytest.raises(NoscopeError, match="refusing to load"):
-        tb.model(meta["candidates"][0]["name"], "cpu")
+        load_bundle(bundle_copy)  # issue 13: every model file is read (weights only) when the bundle loads
+    with pytest.raises(NoscopeError, match="refusing to load"):
+        load_model(bundle_copy / rel, "cpu")
     assert not marker.exists()
     # the payload is real: unrestricted unpickling runs it (a harmless `touch` in tmp_path)
     torch.load(bundle_copy / rel, weights_only=False)
@@ -345,3 +347,118 @@ def test_bundle_from_another_reference(bundle_copy):
     y.write_text(yaml.safe_dump(meta, sort_keys=False))
     assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1,
                     "trained with reference yolov4-608x608-0123abcd")
+
+
+# ------------------------------------------------------------------ 4. every answer belongs to the right frame (issue 13)
+
+CACHED = ["--start", "450f", "--end", "470f", "--set", "optimizer.min_auc=2", "--set", "optimizer.skips=[1]",
+          "--target-fpr", "0.05", "--target-fnr", "0.05", "--no-plot"]  # labels in the session's cache: fast
+
+
+def _rewrite(bundle: Path, change) -> dict:
+    y = bundle / "bundle.yaml"
+    meta = yaml.safe_load(y.read_text())
+    change(meta)
+    y.write_text(yaml.safe_dump(meta, sort_keys=False))
+    return meta
+
+
+def test_on_demand_bundle_is_this_videos_not_a_namesakes(trained, shared_cache, isolated_cache, tmp_path):
+    """b.mp4 once named another camera's clip: its bundle b-bus must not answer today's b.mp4."""
+    import shutil
+
+    from noscope.video import content_hash
+
+    video = tmp_path / "b.mp4"
+    video.symlink_to(URBAN)
+    models = isolated_cache / "models"
+    other, own = models / "b-bus", models / f"b-bus-{content_hash(URBAN)}"
+    for d in (other, own):
+        shutil.copytree(trained["a"], d)
+    _rewrite(other, lambda m: m["video"].update(path="/cams/street/b.mp4", hash="0" * 16))  # trained on another video
+    r = run("query", video, "--object", "bus", *CACHED, "-q", "--out", tmp_path / "q")
+    assert r.exit_code == 0, r.output
+    summary = yaml.safe_load((tmp_path / "q" / "summary.json").read_text())
+    assert summary["model"] == str(own) and summary["trained_on"]["this_video"] is True
+    assert f"bundle {own.name} (trained on this video)" in r.stdout
+    # named with --model, a bundle of another video (the same camera, say) is the user's choice: used, and said
+    r = run("query", video, "--model", "b-bus", *CACHED, "-q", "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    assert "bundle b-bus (trained on /cams/street/b.mp4)" in r.stdout
+
+
+def test_evaluate_on_a_cut_video_reports_what_it_compared(trained, tmp_path):
+    data = URBAN.read_bytes()
+    half = tmp_path / "half.mp4"
+    half.write_bytes(data[: len(data) // 2])  # decoding stops near frame 560
+    r = run("evaluate", half, "--model", trained["a"], "--start", "545f", "--end", "600f", "--target-fpr", "0.05",
+            "--target-fnr", "0.05", "--set", "optimizer.min_auc=2", "-q")
+    line = assert_one_line(r, 0, "noscope: warning: only ", "of the 55 frames asked for ([545, 600))",
+                           "the video stops decoding at frame")
+    n = int(line.split("only ")[1].split()[0])
+    assert 0 < n < 55
+    assert f"[545, {545 + n}) bus" in r.stdout and f"{n} frames compared" in r.stdout and "[545, 600)" not in r.stdout
+
+
+@pytest.mark.parametrize("cmd", ["query", "label"])
+@pytest.mark.parametrize("item", ["query.batch_size=0", "reference.batch_size=0", "labels.min_score=1.5"])
+def test_config_values_out_of_range_are_usage_errors(trained, cmd, item):
+    args = ["--model", trained["a"]] if cmd == "query" else ["--object", "bus"]
+    assert_one_line(run(cmd, URBAN, *args, "--end", "5f", "--set", item, "-q"), 2,
+                    f"noscope: error: config key {item.split('=')[0]} must be ")
+
+
+def test_query_says_which_min_score_applies(trained, shared_cache, tmp_path):
+    r = run("query", URBAN, "--model", trained["a"], *CACHED, "-q", "--set", "labels.min_score=0.3", "--out", tmp_path / "q")
+    line = assert_one_line(r, 0, "noscope: warning: labels.min_score is 0.3 in the configuration",
+                           "trained with 0.5: the answers use 0.5")
+    summary = yaml.safe_load((tmp_path / "q" / "summary.json").read_text())
+    assert summary["min_score"] == 0.5
+    rows = [row.split(",") for row in (tmp_path / "q" / "frames.csv").read_text().splitlines()[1:]]
+    scored = [(row[2] == "1", float(row[4])) for row in rows if row[4]]
+    assert scored and all(label == (score >= 0.5) for label, score in scored), line
+
+
+def test_bundle_without_files_section_is_refused(bundle_copy):
+    _rewrite(bundle_copy, lambda m: m.pop("files"))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1, "is corrupt: bundle.yaml lists no files")
+
+
+@pytest.mark.parametrize("which", ["heldout", "model"])
+def test_bundle_file_missing_from_the_list_is_refused(bundle_copy, which):
+    meta = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
+    rel = "heldout.npz" if which == "heldout" else meta["candidates"][0]["file"]
+    _rewrite(bundle_copy, lambda m: m["files"].pop(rel))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1, f"is corrupt: {rel} is not listed with a checksum")
+
+
+def test_model_file_of_another_architecture_is_refused(bundle_copy):
+    meta = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
+    a, b = meta["candidates"][0], meta["candidates"][-1]
+    assert a["name"] != b["name"]
+    (bundle_copy / a["file"]).write_bytes((bundle_copy / b["file"]).read_bytes())
+    _rewrite(bundle_copy, lambda m: m["files"].update({a["file"]: sha(bundle_copy / a["file"])}))  # checksum passes
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1,
+                    f"{a['file']} holds a {b['name']} model", f"not the {a['name']}")
+
+
+def test_start_errors_name_the_start_of_the_video(trained):
+    for cmd in (["label", URBAN, "--object", "car"], ["query", URBAN, "--model", trained["a"]]):
+        line = assert_one_line(run(*cmd, "--end", "0f", "-q"), 2, "--start (start of video) must come before --end (0f)")
+        assert "None" not in line
+    assert_one_line(run("label", URBAN, "--object", "car", "--end", "1:99", "-q"), 2, "must be below 60")
+
+
+def test_no_heldout_positive_shows_fnr_as_na(bundle_copy, shared_cache, tmp_path):
+    """A held-out set with no positive frame has no FNR: the cascade line says n/a, summary.json null."""
+    with np.load(bundle_copy / "heldout.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["truth"] = np.zeros_like(arrays["truth"])
+    np.savez(bundle_copy / "heldout.npz", **arrays)
+    _rewrite(bundle_copy, lambda m: m["files"].update({"heldout.npz": sha(bundle_copy / "heldout.npz")}))
+    r = run("query", URBAN, "--model", bundle_copy, *CACHED, "--out", tmp_path / "q")
+    assert r.exit_code == 0, r.output
+    (cascade,) = [line for line in r.stderr.splitlines() if line.startswith("cascade:")]
+    assert "FNR n/a" in cascade and "FNR 0.00%" not in cascade
+    summary = yaml.safe_load((tmp_path / "q" / "summary.json").read_text())
+    assert summary["cascade"]["heldout_fnr"] is None and summary["cascade"]["heldout_fpr"] is not None

@@ -230,3 +230,55 @@ def test_query_then_report(trained, tmp_path, monkeypatch):
     assert len(rep["clips"]) == len(expect) >= 1
     for c, e in zip(rep["clips"], expect):
         assert count_frames(c["path"]) == c["frames"] == e.end_frame - e.start_frame
+
+
+def test_query_replaces_an_earlier_result_in_its_folder(result, trained, monkeypatch):
+    """An --out folder reused for another video holds only the new result, plus what the user put there."""
+    monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))  # frames 450-469 are labelled there
+    out = result["out"]
+    r = run("report", out, "--clips", out / "clips", "--pad", "0")
+    assert r.exit_code == 0, r.output
+    assert (out / "costs.png").is_file() and (out / "timeline.png").is_file() and list((out / "clips").glob("clip-*.mp4"))
+    (out / "notes.txt").write_text("mine")
+    (out / "clips" / "my-cut.mp4").write_bytes(b"mine")
+    (out / ".tmp-frames.csv.x1y2").write_bytes(b"half")  # left by a killed write
+    r = run("query", URBAN, "--model", trained["a"], "--start", "450f", "--end", "470f", "--set", "optimizer.min_auc=2",
+            "--set", "optimizer.skips=[1]", "--target-fpr", "0.05", "--target-fnr", "0.05", "--no-plot", "-q", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["clips", "frames.csv", "intervals.json", "notes.txt", "summary.json"]
+    assert [p.name for p in (out / "clips").iterdir()] == ["my-cut.mp4"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["video"] == str(URBAN) and len(read_frames_csv(out / "frames.csv").frame) == 20
+
+
+def test_clear_result_of_several_objects_keeps_what_is_not_ours(tmp_path):
+    from noscope.report import clear_result
+
+    out = tmp_path / "out"
+    for sub in ("cam-car", "cam-bus", "mine"):
+        (out / sub).mkdir(parents=True)
+        for name in ("frames.csv", "intervals.json", "timeline.png", "summary.json"):
+            (out / sub / name).write_text("x")
+    (out / "cam-bus" / "notes.txt").write_text("mine")
+    results = {o: dict(out=f"/elsewhere/out/cam-{o}") for o in ("car", "bus")}  # written from another cwd
+    (out / "summary.json").write_text(json.dumps(dict(video="cam.mp4", objects=["car", "bus"], results=results)))
+    clear_result(out)
+    assert sorted(p.name for p in out.iterdir()) == ["cam-bus", "mine"]
+    assert [p.name for p in (out / "cam-bus").iterdir()] == ["notes.txt"]
+    assert len(list((out / "mine").iterdir())) == 4  # not named by the earlier result: the user's
+
+
+def test_non_latin_video_name_draws_without_stderr_noise(result, tmp_path):
+    """Matplotlib's font lacks CJK glyphs; its per-glyph warnings must not reach stderr."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    video = result["video"].rename(tmp_path / "カメラ.avi")
+    s = json.loads((result["out"] / "summary.json").read_text())
+    (result["out"] / "summary.json").write_text(json.dumps(dict(s, video=str(video))))
+    p = subprocess.run([sys.executable, "-m", "noscope.cli", "report", str(result["out"])], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert "wrote" in p.stdout

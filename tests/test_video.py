@@ -18,6 +18,13 @@ def test_positions():
         parse_position("soon", 10)
 
 
+@pytest.mark.parametrize("spec", ["1:99", "1:60", "1:60:00", "0:00:75.5"])
+def test_clock_fields_after_a_colon_stay_below_60(spec):
+    with pytest.raises(UsageError, match="below 60"):
+        parse_position(spec, 10)
+    assert parse_position("1:59.9", 10) == 1199 and parse_position("90:00", 1) == 5400  # leading field: any size
+
+
 def test_generated_video_indices_and_sizes(square_video):
     path, frames, _ = square_video
     v = open_video(path)
