@@ -41,7 +41,7 @@ from .joint import JointPlan, optimize_joint
 from .labels import label_frames
 from .optimizer import STAGES, Costs, HeldOut, Plan, Targets, optimize
 from .progress import progress_bar
-from .video import Video
+from .video import Video, missing_ranges
 
 # per processed frame, before the reference pass
 _COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
@@ -219,6 +219,7 @@ class CascadeResult:
     stopped_at: int | None = None
     model_scores: np.ndarray | None = None  # float (N,): the CNN's score where it ran, NaN elsewhere
     diff_scores: np.ndarray | None = None  # float (N,): the difference detector's score where it ran, NaN elsewhere
+    missing: list = field(default_factory=list)  # [a, b) frames with no answer: the video could not be decoded there
 
     def fractions(self) -> dict[str, float]:
         n = max(len(self.frames), 1)
@@ -275,7 +276,10 @@ def run_cascade(
     state = np.full((len(processed), len(objects)), _REF, np.int8)  # one column per object
     pscore = np.full((len(processed), len(objects)), np.nan, np.float32)  # the CNN's scores where it ran
     dscore = np.full(len(processed), np.nan, np.float32)  # the difference detector's
+    got = np.ones(len(processed), bool)  # processed frames that decoded
+    lost: list[tuple[int, int]] = []  # ranges the passes found lost to damage
     if sizes:
+        got[:] = False
         prev_last = None  # last processed frame of the previous batch, for "prev" difference detectors
         i = 0
         decode = partial(cached_batches, video) if frame_cache else video.batches
@@ -286,6 +290,7 @@ def run_cascade(
             for batch in decode(sizes, start, end, stride=skip, batch_size=batch_size, prefetch=prefetch, workers=workers):
                 stage_t["decode"] += time.perf_counter() - t_dec
                 n = len(batch)
+                at = np.searchsorted(processed, batch.indices)  # frames lost to damage leave holes
                 st = np.full((n, len(objects)), _REF, np.int8)
                 todo = np.ones(n, bool)
                 if det is not None:
@@ -303,7 +308,7 @@ def run_cascade(
                         sc = det.score(x)
                         unchanged = sc < plan.diff_threshold
                         st[unchanged] = _EMPTY
-                    dscore[i : i + n] = sc
+                    dscore[at] = sc
                     todo &= ~unchanged
                     stage_t["diff"] += time.perf_counter() - t
                 if model is not None and todo.any():
@@ -314,14 +319,16 @@ def run_cascade(
                     sub[p < c_low] = _NO
                     sub[p > c_high] = _YES
                     st[todo] = sub
-                    pscore[i + np.flatnonzero(todo)] = p
+                    pscore[at[todo]] = p
                     stage_t["model"] += time.perf_counter() - t
-                state[i : i + n] = st
+                state[at] = st
+                got[at] = True
                 i += n
                 bar.update(n)
                 t_dec = time.perf_counter()
-        if i < len(processed):  # the file ended early
-            processed, state, pscore, dscore = processed[:i], state[:i], pscore[:i], dscore[:i]
+        lost += video.missing
+        # the file ended early, or frames were lost to damage
+        processed, state, pscore, dscore = processed[got], state[got], pscore[got], dscore[got]
     stopped_at = video.stopped_at
 
     # reference pass over the frames some object could not decide; it answers them all at once
@@ -336,45 +343,70 @@ def run_cascade(
         lab = label_frames(video, reference, ref_key, ask, use_cache=use_label_cache, quiet=quiet, desc="reference")
         scores.update(zip(lab.frames.tolist(), lab.scores[:, classes].astype(float)))
         known.update(zip(lab.frames.tolist(), lab.scores))
+        lost += video.missing
         if video.stopped_at is not None:
             stopped_at = video.stopped_at if stopped_at is None else min(stopped_at, video.stopped_at)
     stage_t["reference"] = time.perf_counter() - t
-    # A frame that vanished on the second pass (file damaged in between) ends every answer there.
-    missing = np.flatnonzero(asks & ~np.isin(processed, np.fromiter(scores, np.int64, len(scores))))
-    if len(missing):
-        cut = missing[0]
-        processed, state, pscore, dscore = processed[:cut], state[:cut], pscore[:cut], dscore[:cut]
+    # A frame the second pass could not decode (lost, or the file ended) has no answer.
+    answered = ~asks | np.isin(processed, np.fromiter(scores, np.int64, len(scores)))
+    processed, state, pscore, dscore = processed[answered], state[answered], pscore[answered], dscore[answered]
 
     last_frame = (processed[-1] + skip) if len(processed) else start
     end_eff = min(end, last_frame if stopped_at is None else max(stopped_at, start))
-    frames = np.arange(start, end_eff, dtype=np.int64)
+    frames, missing = answerable(np.arange(start, end_eff, dtype=np.int64), processed, start, skip, lost)
+    times = video.times_of(frames)
     seconds = time.perf_counter() - t0
     results = {}
-    on_processed = (frames - start) % skip == 0
-    n_on = np.count_nonzero(on_processed)
+    on, on_processed = _places(processed, frames)
     diff_scores = np.full(len(frames), np.nan, np.float32)
-    diff_scores[on_processed] = dscore[:n_on]
+    diff_scores[on_processed] = dscore[on[on_processed]]
     for k, o in enumerate(objects):
         ref_scores = {f: float(v[k]) for f, v in scores.items()}
-        labels, decided = _resolve(processed, state[:, k], ref_scores, min_score, frames, start, skip)
+        labels, decided = _resolve(processed, state[:, k], ref_scores, min_score, frames)
         model_scores = np.full(len(frames), np.nan, np.float32)
-        model_scores[on_processed] = pscore[:n_on, k]
-        results[o] = CascadeResult(frames, frames / video.fps, labels, decided, ref_scores, seconds, stage_t, stopped_at,
-                                   model_scores, diff_scores)
+        model_scores[on_processed] = pscore[on[on_processed], k]
+        results[o] = CascadeResult(frames, times, labels, decided, ref_scores, seconds, stage_t, stopped_at,
+                                   model_scores, diff_scores, missing)
     return results if joint else results[objects[0]]
 
 
-def _resolve(processed, state, ref_scores, min_score, frames, start, skip) -> tuple[np.ndarray, np.ndarray]:
+def _places(processed: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's place in the sorted `processed`, and whether it is a processed frame at all."""
+    if not len(processed):
+        return np.zeros(len(frames), np.int64), np.zeros(len(frames), bool)
+    on = np.minimum(np.searchsorted(processed, frames), len(processed) - 1)
+    return on, processed[on] == frames
+
+
+def answerable(frames: np.ndarray, processed: np.ndarray, start: int, skip: int, lost) -> tuple[np.ndarray, list]:
+    """The frames of `frames` that get an answer, and the [a, b) ranges that do not: a frame lost
+    to damage has none, nor does a skipped frame whose processed frame (the one it copies) was lost.
+    Empty ranges in `lost` (pictures lost where a counted file gives no numbers) are kept."""
+    source = start + (frames - start) // skip * skip
+    keep = np.isin(source, processed)
+    for a, b in lost:
+        keep &= (frames < a) | (frames >= b)
+    gone = frames[~keep]
+    breaks = np.flatnonzero(np.diff(gone) != 1) + 1
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(gone, breaks) if len(r)]
+    marks = [(a, b) for a, b in lost if a == b]
+    end = int(frames[-1]) + 1 if len(frames) else start
+    return frames[keep], missing_ranges(runs + marks, start, end)
+
+
+def _resolve(processed, state, ref_scores, min_score, frames) -> tuple[np.ndarray, np.ndarray]:
     """One object's answers: processed frames in order (copies take the previous processed
-    answer, "no" before the first one), then every frame (skipped frames copy the last processed frame)."""
+    answer, "no" before the first one), then every frame (skipped frames copy the last processed
+    frame, `answerable` made sure it was answered)."""
     own = (state == _YES) | ((state == _REF) & np.array([ref_scores.get(f, -np.inf) >= min_score
                                                          for f in processed.tolist()], bool))
     idx = np.arange(len(processed))
     source = np.maximum.accumulate(np.where(state != _COPY, idx, -1)) if len(processed) else idx
     plabel = np.where(source >= 0, own[np.maximum(source, 0)], False)
     pdec = np.array(STAGES)[np.select([state == _REF, (state == _NO) | (state == _YES)], [3, 2], 1)]
-    pos = np.clip((frames - start) // skip, 0, max(len(processed) - 1, 0))
+    pos = np.clip(np.searchsorted(processed, frames, side="right") - 1, 0, max(len(processed) - 1, 0))
     labels = plabel[pos] if len(processed) else np.zeros(len(frames), bool)
     decided = pdec[pos].astype(str) if len(processed) else np.full(len(frames), "reference")
-    decided[(frames - start) % skip != 0] = "skip"
+    if len(processed):
+        decided[processed[pos] != frames] = "skip"
     return labels, decided

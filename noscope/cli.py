@@ -171,7 +171,7 @@ def config_cmd(config_file, sets, quiet, verbose):
 def label(video, object_name, every, as_json, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Run the reference detector on the frames of VIDEO and cache its answers."""
     from .labels import label_frames
-    from .video import open_video, stop_is_truncation
+    from .video import missing_ranges, open_video, stop_is_truncation
 
     cfg = setup(config_file, sets, quiet, verbose)
     apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
@@ -191,6 +191,9 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
                    frames_per_s=round(fresh / labels.seconds, 2) if fresh and labels.seconds else None)
     if stop_is_truncation(v):
         summary["stopped_at"] = v.stopped_at
+    lost = missing_ranges(v.missing, s, e)
+    if lost:
+        summary["missing_frames"] = lost
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -199,6 +202,9 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
                f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
     if "stopped_at" in summary:
         log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
+    if lost:
+        log.warning("part of the video cannot be decoded: no labels for frames %s; labelled the rest",
+                    ", ".join(f"{x}-{y - 1}" if y > x else f"before {x}" for x, y in lost))
 
 
 @cli.command()

@@ -13,7 +13,10 @@ Layout, per video content hash and decoder: ~/.cache/noscope/frames/<hash>-<deco
   <W>x<H>.u8      raw uint8 RGB frames, frame i at byte i*W*H*3 (a sparse file)
   <W>x<H>.have    bitmap (npy) of the frames the .u8 file holds, replaced atomically after the
                   frame bytes are written, so a kill never marks a frame it did not write
-  end.json        the frame where decoding stopped, once a pass reached the end of the file
+  end.json        the frame (and second) where decoding stopped, once a pass reached the end of the file
+  lost.json       [a, b) frame ranges a pass found lost to damage (never asked of the decoder again)
+  times.npy       files numbered by counting (variable frame rate): each frame's time, NaN where
+                  no pass has decoded it yet; a frame is served only with its time
 
 Frames are read and written with plain file I/O, not a memory map, so a query's resident memory
 stays flat however long the video is.
@@ -33,16 +36,18 @@ from filelock import FileLock
 
 from .atomic import atomic_write_bytes
 from .paths import cache_dir
-from .video import Batch, Size, Video, decoder_version
+from .video import Batch, Size, Video, decoder_version, missing_ranges
 
 log = logging.getLogger(__name__)
 
 _SAVE_EVERY = 8  # batches between bitmap saves: a kill loses at most this much decoding
+_LAYOUT = 2  # 2: one numbering on every path, upright frames, times and lost ranges kept
 
 
 def cache_root(video: Video) -> Path:
-    # frames from another decoder or build may differ by a grey level: never mix them
-    return cache_dir() / "frames" / f"{video.hash}-{decoder_version(video.backend)}"
+    # frames from another decoder or build may differ by a grey level: never mix them; nor
+    # an older layout's (numbered after seeks in variable-frame-rate files, not turned upright)
+    return cache_dir() / "frames" / f"{video.hash}-{decoder_version(video.backend)}-v{_LAYOUT}"
 
 
 class _Store:
@@ -106,17 +111,85 @@ class _Store:
             atomic_write_bytes(self.have_path, buf.getvalue())
 
 
-def _read_end(root: Path) -> int | None:
+def _read_json(path: Path):
     try:
-        return int(json.loads((root / "end.json").read_text())["stopped_at"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
 
 
-def _readable(root: Path, wanted: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """The wanted frames before where decoding is known to end (end.json), and that end."""
-    stop = _read_end(root)
-    return (wanted if stop is None else wanted[wanted < stop]), stop
+def _read_end(root: Path) -> tuple[int | None, float | None]:
+    """Where decoding is known to end: (frame, seconds), from end.json."""
+    end = _read_json(root / "end.json")
+    try:
+        return int(end["stopped_at"]), (None if end.get("stop_time") is None else float(end["stop_time"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None, None
+
+
+def _read_lost(root: Path) -> list[tuple[int, int]]:
+    """The [a, b) frame ranges a decoding pass found lost to damage (lost.json)."""
+    lost = _read_json(root / "lost.json")
+    try:
+        return [(int(a), int(b)) for a, b in lost]
+    except (TypeError, ValueError):
+        return []
+
+
+def _readable(root: Path, wanted: np.ndarray) -> tuple[np.ndarray, int | None, float | None, list]:
+    """The wanted frames that decode: before where decoding is known to end (end.json), outside
+    the ranges known lost (lost.json); that end (frame, seconds), and the lost ranges."""
+    stop, stop_time = _read_end(root)
+    lost = _read_lost(root)
+    keep = np.ones(len(wanted), bool) if stop is None else wanted < stop
+    for a, b in lost:
+        keep &= (wanted < a) | (wanted >= b)
+    return wanted[keep], stop, stop_time, lost
+
+
+def _load_times(root: Path, video: Video) -> None:
+    """Counted files: the frame times earlier passes recorded, into `video`."""
+    try:
+        t = np.load(root / "times.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return
+    if t.dtype == np.float64 and t.ndim == 1:
+        known = np.flatnonzero(~np.isnan(t))
+        video.note_times(known, t[known])
+
+
+def _save_facts(root: Path, video: Video) -> None:
+    """What decoding learnt besides pixels, merged with what other processes saved: frame times
+    (counted files) and ranges lost to damage. Saved before the bitmaps that vouch for frames."""
+    with FileLock(str(root / "facts.lock")):
+        if video.counted:
+            mine = video.recorded_times()
+            try:
+                old = np.load(root / "times.npy", allow_pickle=False)
+            except (OSError, ValueError):
+                old = np.zeros(0)
+            merged = np.full(max(len(mine), len(old)), np.nan)
+            merged[: len(old)] = old
+            merged[: len(mine)] = np.where(np.isnan(mine), merged[: len(mine)], mine)
+            buf = io.BytesIO()
+            np.save(buf, merged, allow_pickle=False)
+            atomic_write_bytes(root / "times.npy", buf.getvalue())
+        if video.missing:
+            lost = missing_ranges(_read_lost(root) + list(video.missing), 0, 1 << 62)
+            atomic_write_bytes(root / "lost.json", json.dumps(lost).encode())
+
+
+def _servable(video: Video, root: Path, stores, wanted: np.ndarray):
+    """(frames, stop, stop_time, lost) when the cache holds every wanted frame that decodes
+    (and, for a counted file, its time), else None."""
+    readable, stop, stop_time, lost = _readable(root, wanted)
+    if video.counted:
+        _load_times(root, video)
+        if np.isnan(video.recorded_times(readable)).any():
+            return None
+    if not all(s.holds(readable) for s in stores):
+        return None
+    return readable, stop, stop_time, lost
 
 
 def holds_all(video: Video, sizes: dict[str, Size], start: int = 0, end: int | None = None, stride: int = 1) -> bool:
@@ -124,9 +197,9 @@ def holds_all(video: Video, sizes: dict[str, Size], start: int = 0, end: int | N
     root = cache_root(video)
     if not root.is_dir():
         return False
-    readable, _ = _readable(root, video.wanted(start, end, stride))
     try:
-        return all(_Store(root, z, video.frame_count).holds(readable) for z in set(sizes.values()))
+        stores = [_Store(root, z, video.frame_count) for z in set(sizes.values())]
+        return _servable(video, root, stores, video.wanted(start, end, stride)) is not None
     except OSError:
         return False
 
@@ -143,8 +216,10 @@ def cached_batches(
     workers: int = 1,
 ) -> Iterator[Batch]:
     """Like `video.batches`, reading from the frame cache when it holds every wanted frame,
-    else decoding (and filling the cache as it goes). Sets `video.stopped_at` the same way."""
+    else decoding (and filling the cache as it goes). Sets `video.stopped_at`, `stop_time` and
+    `missing` the same way, and gives the same times."""
     wanted = video.wanted(start, end, stride, frames)
+    until = end if end is not None or frames is not None else video.frame_count  # as video.batches decodes on to
     root = cache_root(video)
     uniq = sorted(set(sizes.values()))
     try:
@@ -152,20 +227,23 @@ def cached_batches(
         stores = {z: _Store(root, z, video.frame_count) for z in uniq}
     except OSError as e:  # a read-only or full cache only costs speed
         log.warning("frame cache unavailable (%s); decoding", e)
-        yield from video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
+        yield from video.batches(sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
         return
-    readable, stop = _readable(root, wanted)
-    if all(s.holds(readable) for s in stores.values()):
-        video.stopped_at = stop if stop is not None and len(readable) < len(wanted) else None
+    served = _servable(video, root, stores.values(), wanted) if len(wanted) else None
+    if served is not None:
+        readable, stop, stop_time, lost = served
+        ends = stop is not None and wanted[-1] >= stop
+        video.stopped_at, video.stop_time = (stop, stop_time) if ends else (None, None)
+        video.missing = [tuple(r) for r in missing_ranges(lost, int(wanted[0]), int(wanted[-1]) + 1)]
         for i in range(0, len(readable), batch_size):
             idx = readable[i : i + batch_size]
             arrays = {z: s.read(idx) for z, s in stores.items()}
-            yield Batch(idx, idx / video.fps, {name: arrays[z] for name, z in sizes.items()})
+            yield Batch(idx, video.times_of(idx), {name: arrays[z] for name, z in sizes.items()})
         return
-    yield from _decode_and_fill(video, sizes, wanted, batch_size, prefetch, workers, root, stores)
+    yield from _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root, stores)
 
 
-def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, workers, root: Path, stores: dict) -> Iterator[Batch]:
+def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root: Path, stores: dict) -> Iterator[Batch]:
     """Decode the wanted frames, writing each distinct size into the cache as it passes.
 
     The cache only ever costs speed: when it cannot be written (full disk, permissions) the
@@ -188,12 +266,14 @@ def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, workers, root: 
     except OSError as e:
         give_up(e)
     try:
-        for k, b in enumerate(video.batches(sizes, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)):
+        decoded = video.batches(sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
+        for k, b in enumerate(decoded):
             if files:
                 try:
                     for z, name in name_of.items():
                         stores[z].write(files[z], b.indices, b.frames[name])
                     if (k + 1) % _SAVE_EVERY == 0:
+                        _save_facts(root, video)
                         for z, s in stores.items():
                             s.save_have(files[z])
                 except OSError as e:
@@ -203,10 +283,12 @@ def _decode_and_fill(video, sizes, wanted, batch_size, prefetch, workers, root: 
     finally:
         if files:
             try:
+                _save_facts(root, video)
                 for z, s in stores.items():
                     s.save_have(files[z])
                 if finished and video.stopped_at is not None and wanted[-1] >= video.stopped_at:
-                    atomic_write_bytes(root / "end.json", json.dumps(dict(stopped_at=int(video.stopped_at))).encode())
+                    end = dict(stopped_at=int(video.stopped_at), stop_time=video.stop_time)
+                    atomic_write_bytes(root / "end.json", json.dumps(end).encode())
             except OSError as e:
                 give_up(e)
             for f in files.values():

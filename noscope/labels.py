@@ -6,7 +6,7 @@
 
 The cache keeps, for every labelled frame, the max confidence of *every* class plus the boxes,
 so one labelling pass serves queries for any object. It lives in
-`<cache>/labels/<video content hash>/<reference key>/` as chunk files of consecutive work
+`<cache>/labels/<video content hash>/<reference key>_<decoder>_<device-precision>/` as chunk files of consecutive work
 (`chunk-<first>-<last>.npz`), each written atomically as soon as it is finished: an
 interrupted run loses at most one chunk, a second run only labels what is missing, and a
 different segment or stride reuses every frame already labelled. A chunk that fails to load
@@ -28,8 +28,9 @@ from . import atomic
 from .metrics import smooth
 from .paths import cache_dir
 from .progress import progress_bar
+from .reference import reference_runtime
 from .reference.base import Detections, Reference
-from .video import Video
+from .video import Video, decoder_version
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,12 @@ class Labels:
         return self.scores[:, class_index]
 
 
-def store_dir(video: Video, ref_key: str) -> Path:
-    return cache_dir() / "labels" / video.hash / ref_key
+def store_dir(video: Video, ref_key: str, reference: Reference) -> Path:
+    """Where one video's labels by one reference live. Keyed by the decoder that made the frames
+    and by how the reference runs here (device, precision) as well as by the reference: a label
+    made on OpenCV's frames, or in fp16 on a GPU, can differ on a borderline frame from the one
+    this run would compute, so it is never reused for it."""
+    return cache_dir() / "labels" / video.hash / f"{ref_key}_{decoder_version(video.backend)}_{reference_runtime(reference)}"
 
 
 def _write_npz_atomic(path: Path, **arrays) -> None:
@@ -128,7 +133,7 @@ def label_frames(
     (for honest timings) and writes the results.
     """
     frames = np.unique(np.asarray(frames, np.int64))
-    directory = store_dir(video, ref_key)
+    directory = store_dir(video, ref_key, reference)
     n_classes = len(reference.class_names)
     cached = load_cached(directory, n_classes) if use_cache and not refresh else {}
     missing = np.array([f for f in frames.tolist() if f not in cached], np.int64)

@@ -256,11 +256,31 @@ def tell_verified(verified: dict, targets: Targets, say, prefix: str = "") -> No
 
 
 def _warn_if_stopped(v, result, s, e, summary: dict) -> None:
-    from .video import stop_is_truncation
+    """One warning when decoding stopped well before the end of the segment or of the file,
+    judged in time (the frames' presentation times): a frame count is only the container's guess."""
+    from .video import stop_is_truncation, stopped_early
 
-    if stop_is_truncation(v) or (result.stopped_at is not None and e - result.stopped_at > 0.05 * (e - s) + 3):
+    stop_time = (float(result.times[-1]) + 1 / v.fps) if len(result.times) else s / v.fps
+    early = stopped_early(result.stopped_at, stop_time, v.fps, s, e)
+    if result.stopped_at is not None and (early or stopped_early(result.stopped_at, stop_time, v.fps, 0, v.frame_count)
+                                          or stop_is_truncation(v)):
         summary["stopped_at"] = int(result.stopped_at)
         log.warning("the video stops decoding at frame %d; answered the frames before it", result.stopped_at)
+    warn_if_missing(result, summary)
+
+
+def warn_if_missing(result, summary: dict) -> None:
+    """summary["missing_frames"] ([a, b) ranges) and one warning line when damage left frames
+    without an answer; an empty range [n, n) marks pictures lost before frame n in a file
+    numbered by counting (variable frame rate), which has no numbers to give them."""
+    if not result.missing:
+        return
+    summary["missing_frames"] = [[int(a), int(b)] for a, b in result.missing]
+    lost = sum(b - a for a, b in result.missing)
+    where = ", ".join(f"{a}-{b - 1}" if b > a else f"before {a}" for a, b in result.missing[:5])
+    more = f" and {len(result.missing) - 5} more" if len(result.missing) > 5 else ""
+    log.warning("part of the video cannot be decoded: %d frames have no answer (frames %s%s); answered the rest",
+                lost, where, more)
 
 
 def _all_met(each: list) -> bool | None:

@@ -49,16 +49,26 @@ class FrameTable:
         return {s: int((self.decided_by == s).sum()) for s in STAGES}
 
 
-def intervals(frames: np.ndarray, labels: np.ndarray, fps: float) -> list[dict]:
-    """Maximal runs of consecutive positive frames, as [start, end) in frames and seconds."""
+def intervals(frames: np.ndarray, labels: np.ndarray, fps: float, times: np.ndarray | None = None) -> list[dict]:
+    """Maximal runs of consecutive positive frames, as [start, end) in frames and seconds.
+
+    Seconds are the frames' presentation times (`times`, as in frames.csv; frame / fps without
+    them): an interval starts at its first frame's time and ends at the next frame's, or one
+    average frame after its last frame where no next frame was answered. A frame missing from
+    `frames` (lost to damage) ends a run.
+    """
     out = []
     if len(frames) == 0:
         return out
-    x = np.concatenate([[False], labels.astype(bool), [False]])
-    edges = np.flatnonzero(np.diff(x.astype(np.int8)))
-    for a, b in zip(edges[::2], edges[1::2]):
-        f0, f1 = int(frames[a]), int(frames[b - 1]) + 1
-        out.append(dict(start_frame=f0, end_frame=f1, start_s=round(f0 / fps, 3), end_s=round(f1 / fps, 3)))
+    frames, lab = np.asarray(frames, np.int64), np.asarray(labels, bool)
+    times = frames / fps if times is None else np.asarray(times, float)
+    cont = np.diff(frames) == 1  # frame i + 1 directly follows frame i
+    first = lab & ~np.r_[False, lab[:-1] & cont]
+    last = lab & ~np.r_[lab[1:] & cont, False]
+    for a, b in zip(np.flatnonzero(first).tolist(), np.flatnonzero(last).tolist()):
+        f0, f1 = int(frames[a]), int(frames[b]) + 1
+        t1 = times[b + 1] if b + 1 < len(frames) and frames[b + 1] == f1 else times[b] + 1 / fps
+        out.append(dict(start_frame=f0, end_frame=f1, start_s=round(float(times[a]), 3), end_s=round(float(t1), 3)))
     return out
 
 
@@ -228,7 +238,7 @@ def write_result(out: Path, result, video, summary: dict, min_score: float, plot
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "frames.csv", frames_csv(result.frames, result.times, result.labels, result.decided_by,
                                                       result.reference_scores))
-    iv = intervals(result.frames, result.labels, video.fps)
+    iv = intervals(result.frames, result.labels, video.fps, result.times)
     write_json(out / "intervals.json", iv)
     summary = dict(summary, intervals=len(iv))
     if plot:

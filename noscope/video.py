@@ -14,6 +14,18 @@ resizes. Measured on 2 cores, one thread, CPU time per frame: 1.15 ms (PyAV) vs 
 wanted (stride, sparse samples) are decoded but never converted, which is most of the cost
 saved. A file that stops decoding early (truncated) yields the frames that decode and records
 where it stopped in `video.stopped_at`.
+
+Frame numbers mean one picture on every path (sequential, seek, worker segments, caches):
+- Where the packets' timestamps are exactly one frame apart (constant frame rate), a frame's
+  number comes from its timestamp, so seeking is exact and a frame lost to damage leaves a gap.
+- Otherwise (variable frame rate, AVI's packed B-frames, no timestamps) the only consistent
+  numbering is counting frames from the start, so such files are never seeked: every pass
+  decodes from the first frame (`video.counted`).
+A packet that fails to decode is skipped, and so is every frame after it up to the next
+keyframe that decodes (those show the damage, and a decoder started elsewhere would show them
+differently); `video.missing` lists what was lost. Frames come upright: PyAV applies the
+display-matrix rotation, as OpenCV does. Times are the frames' presentation times (seconds from
+the stream start); for constant frame rate that is frame / fps.
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ Size = tuple[int, int]  # (width, height)
 
 # Beyond this many unwanted frames in a row, seeking beats grabbing through them.
 _SEEK_GAP = 250
+_REORDER_DEPTH = 16  # most frames a decoder holds back for reordering (H.264's limit)
+_PLACEHOLDER_BYTES = 8  # packets this small carry no picture (the smallest real ones on our clips: 18 bytes)
 AUTO_WORKERS = 8  # decode.workers=0: one process per core, at most this many
 
 try:  # PyAV is a dependency, but a broken or missing install must not stop decoding
@@ -140,9 +154,69 @@ class Video:
         self.height = height
         self.frame_count = frame_count  # as the container reports it; may be a few off
         self.stopped_at: int | None = None  # first frame that failed to decode before `end`
+        self.stop_time: float | None = None  # seconds (from the stream start) where decoding stopped
+        # [a, b) frame ranges the last `batches` call found undecodable (damage); an empty range
+        # [n, n) marks pictures lost before frame n in a file numbered by counting (no numbers to give)
+        self.missing: list[tuple[int, int]] = []
         self.backend = "auto"  # decoder: auto (PyAV where installed) | pyav | opencv
         self._hash: str | None = None
         self._t0: float | None = None  # timestamp of frame 0 (PyAV), learnt on the first seek
+        self._keys: tuple | None | bool = False  # keyframes(self), False until scanned
+        self._times = np.zeros(0)  # counted files: each decoded frame's time, NaN where not yet seen
+
+    def seek_points(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """keyframes(self), scanned once: keyframe numbers and timestamps, None for a counted file."""
+        if self._keys is False:
+            try:
+                self._keys = keyframes(self) if _av is not None else None
+            except Exception:  # PyAV cannot read what OpenCV decodes: count frames, never seek
+                self._keys = None
+        return self._keys
+
+    @property
+    def counted(self) -> bool:
+        """True when frames can only be numbered by counting from the first one: then it is never seeked."""
+        return self.seek_points() is None
+
+    def note_times(self, frames, times) -> None:
+        """Remember decoded frames' times (counted files: a frame's time is not its number / fps)."""
+        frames = np.asarray(frames, np.int64)
+        if not len(frames):
+            return
+        if frames.max() >= len(self._times):
+            grown = np.full(max(int(frames.max()) + 1, 2 * len(self._times)), np.nan)
+            grown[: len(self._times)] = self._times
+            self._times = grown
+        self._times[frames] = times
+
+    def times_of(self, frames) -> np.ndarray:
+        """Seconds from the stream start of each frame: frame / fps at a constant frame rate, else
+        the time its decoding recorded (decoding again for frames not seen yet)."""
+        frames = np.asarray(frames, np.int64)
+        if not self.counted or not len(frames):
+            return frames / self.fps
+        t = self.recorded_times(frames)
+        if np.isnan(t).any():
+            state = self.stopped_at, self.stop_time, self.missing
+            for _ in self.batches({}, frames=frames[np.isnan(t)], prefetch=0):
+                pass
+            self.stopped_at, self.stop_time, self.missing = state
+            t = self.recorded_times(frames)
+        known = np.flatnonzero(~np.isnan(self._times))
+        if np.isnan(t).any() and len(known):  # past the last frame that decodes: one average frame each
+            last = known[-1]
+            t = np.where(np.isnan(t), self._times[last] + (frames - last) / self.fps, t)
+        return np.where(np.isnan(t), frames / self.fps, t)
+
+    def recorded_times(self, frames=None) -> np.ndarray:
+        """The times decoding recorded for `frames` (NaN: not seen yet); all of them for None."""
+        if frames is None:
+            return self._times.copy()
+        frames = np.asarray(frames, np.int64)
+        t = np.full(len(frames), np.nan)
+        inside = frames < len(self._times)
+        t[inside] = self._times[frames[inside]]
+        return t
 
     @property
     def hash(self) -> str:
@@ -203,40 +277,43 @@ class Video:
         """Yield batches of resized RGB frames.
 
         Either every `stride`-th frame of [start, end), or exactly the sorted frame numbers in
-        `frames`. Sets `self.stopped_at` if the file ends early. With `prefetch` > 0 a thread
+        `frames`. Sets `self.stopped_at` if the file ends early, `self.missing` for frames lost
+        to damage (those are not yielded). With `prefetch` > 0 a thread
         decodes up to that many batches ahead, so decoding overlaps with whatever the caller
         does with a batch (OpenCV, FFmpeg and torch all release the GIL while they work).
         With `workers` > 1 (PyAV only) that many processes decode keyframe-aligned segments
-        side by side (noscope.decode_pool); the batches are the same either way.
+        side by side (noscope.decode_pool); the batches are the same either way. A counted file
+        is decoded on to `end` (not converted), so the times of the frames between the wanted
+        ones are known too (`times_of`).
         """
         wanted = self.wanted(start, end, stride, frames)
-        self.stopped_at = None
+        until = (self.frame_count if end is None else end) if frames is None or end is not None else None
+        self.stopped_at, self.stop_time, self.missing = None, None, []
         if len(wanted) == 0:
             return
         pyav = decoder_name(self.backend) == "pyav"
-        if pyav and workers > 1:
+        if pyav and workers > 1 and not self.counted:  # a counted file is decoded from its start, by one process
             from .decode_pool import parallel_batches
 
             decode = partial(parallel_batches, self, wanted, sizes, batch_size, workers)
         elif pyav:
-            decode = partial(self._decode_pyav, wanted, sizes, batch_size)
+            decode = partial(self._decode_pyav, wanted, sizes, batch_size, until=until)
         else:
             cap = self._capture()
 
             def decode():
                 try:
-                    yield from self._decode(cap, wanted, sizes, batch_size)
+                    yield from self._decode(cap, wanted, sizes, batch_size, until)
                 finally:
                     cap.release()
 
         yield from (prefetched(decode(), prefetch) if prefetch > 0 else decode())
 
     def _decode_pyav(self, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
-                     seek_pts: int | None = None) -> Iterator[Batch]:
-        """PyAV: frame numbers count decoded frames from the first one, as OpenCV's grab does.
-        After a seek the number comes from the frame's timestamp, relative to frame 0's.
-        `seek_pts`: start with a seek to exactly this timestamp (a keyframe's, from
-        `keyframes`), so a segment that begins on a keyframe decodes nothing before it."""
+                     seek_pts: int | None = None, until: int | None = None) -> Iterator[Batch]:
+        """PyAV: the wanted frames, numbered as `_numbered` says. Seeks over large gaps unless the
+        file is counted. `seek_pts`: start with a seek to exactly this timestamp (a keyframe's,
+        from `keyframes`), so a segment that begins on a keyframe decodes nothing before it."""
         try:
             container = _av.open(str(self.path))
         except Exception as e:
@@ -244,100 +321,251 @@ class Video:
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame threads: decoding uses the cores it is given
-            buf = _Buffer(sizes, self.fps, batch_size)
-            frames_iter, pos = container.decode(stream), -1  # pos: number of the last frame decoded
-            t0 = None  # timestamp of frame 0, learnt before the first seek
+            buf = _Buffer(sizes, batch_size)
+            track = _Tracker(self)
+            frames_iter = None
             for target in wanted.tolist():
-                if seek_pts is not None or target - pos > _SEEK_GAP:
-                    if t0 is None:
-                        t0 = self._first_time()
-                    # to the keyframe at or before a point safely before the target
+                seek = seek_pts is not None or (not self.counted and target - track.pos > _SEEK_GAP)
+                if seek:  # to the keyframe at or before a point safely before the target
+                    t0 = self._first_time()
                     ts = int((t0 + max(0.0, target - 2) / self.fps) / stream.time_base) if seek_pts is None else seek_pts
-                    seek_pts = None
                     container.seek(ts, stream=stream, backward=True, any_frame=False)
-                    frames_iter, pos = container.decode(stream), None
-                ended = False
-                while pos is None or pos < target:
-                    try:
-                        frame = next(frames_iter)
-                    except (StopIteration, _av.error.FFmpegError):
-                        ended = True
+                if seek or frames_iter is None:
+                    frames_iter, seek_pts = self._numbered(stream, container), None
+                    track.restart(seek)
+                frame = track.advance(frames_iter, target)
+                if frame is None:
+                    if track.ended:  # end of file, or a container that cannot be read on
                         break
-                    if pos is not None:
-                        pos += 1
-                    elif frame.time is None:
-                        raise NoscopeError(f"cannot seek in {self.path}: its frames carry no timestamps")
-                    else:
-                        pos = int(round((frame.time - t0) * self.fps))
-                if ended:  # end of file, or damage: what decoded so far stands
-                    self.stopped_at = target if pos is None else pos + 1
-                    break
-                if pos != target:  # a seek landed past it (no keyframe before it): it cannot be had
-                    continue
+                    continue  # lost to damage, or a seek landed past it: it cannot be had
                 for name, (w, h) in sizes.items():
-                    buf.frames[name].append(frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA"))
-                buf.add(target)
+                    buf.frames[name].append(upright_rgb(frame, w, h))
+                buf.add(target, track.time)
                 if buf.full():
                     yield buf.take()
+            if self.counted and until is not None and frames_iter is not None and not track.ended:
+                track.advance(frames_iter, until - 1)  # times of the frames after the last wanted one
             if len(buf):
                 yield buf.take()
         finally:
             container.close()
+
+    def _numbered(self, stream, container) -> Iterator[tuple[int, float, object, bool]]:
+        """(number, seconds from the stream start, frame, pictures lost just before) per decoded frame.
+
+        Numbers count from the first frame (counted files; every pass starts there) or come from
+        the timestamp relative to frame 0's. A packet that fails to decode is skipped, and every
+        frame after it until a keyframe decodes (and frames before that keyframe in time): they
+        may show the damage, differently for a decoder started elsewhere."""
+        tb, origin = stream.time_base, stream.start_time or 0
+        t0 = None if self.counted else self._first_time()
+        n, clean, floor, lost = -1, True, None, False
+        for packet in packets(container, stream):
+            try:
+                out = packet.decode()
+            except _av.error.FFmpegError:
+                clean, lost = False, True
+                continue
+            if not clean and packet.is_keyframe:
+                clean, floor = True, packet.pts
+            for frame in out:
+                if not clean or (floor is not None and frame.pts is not None and frame.pts < floor):
+                    lost = True
+                    continue
+                if t0 is None:
+                    m = n + 1
+                elif frame.time is None:
+                    continue  # cannot be numbered (never seen in a file whose packets all had timestamps)
+                else:
+                    m = int(round((frame.time - t0) * self.fps))
+                if m <= n:  # out of order after damage
+                    continue
+                n = m
+                yield n, (np.nan if frame.pts is None else round(float((frame.pts - origin) * tb), 6)), frame, lost
+                lost = False
 
     def _first_time(self) -> float:
         """Timestamp of frame 0 in seconds (cached: a segment worker asks for every segment)."""
         if self._t0 is None:
             self._t0 = 0.0
             with _av.open(str(self.path)) as c:
-                for frame in c.decode(c.streams.video[0]):
-                    self._t0 = float(frame.time or 0.0)
-                    break
+                stream = c.streams.video[0]
+                for packet in packets(c, stream):
+                    try:
+                        out = packet.decode()
+                    except _av.error.FFmpegError:
+                        continue  # damage: frame 0 is the first picture that decodes
+                    if out:
+                        self._t0 = float(out[0].time or 0.0)
+                        break
         return self._t0
 
-    def _decode(self, cap, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int) -> Iterator[Batch]:
+    def _time(self, n: int) -> float:
+        """Seconds from the stream start of frame `n`, decoded in this pass (NaN: no time was recorded)."""
+        if not self.counted:
+            return n / self.fps
+        return float(self._times[n]) if n < len(self._times) else np.nan
+
+    def _stop(self, n: int) -> None:
+        """Decoding stopped before frame `n`: where, in frames and in seconds (the end of frame n - 1)."""
+        last = self._time(n - 1) if n > 0 else np.nan
+        self.stopped_at = n
+        self.stop_time = n / self.fps if np.isnan(last) else last + 1 / self.fps
+
+    def _decode(self, cap, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
+                until: int | None = None) -> Iterator[Batch]:
+        """OpenCV: frames counted by `grab`; seeks over large gaps unless the file is counted. OpenCV
+        cannot decode past a damaged packet: there decoding stops."""
+        counted = self.counted
         pos = 0  # index of the next frame `grab` will return
-        if wanted[0] > 0:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int(wanted[0]))
-            pos = int(wanted[0])
-        buf = _Buffer(sizes, self.fps, batch_size)
-        for target in wanted:
-            target = int(target)
-            if target - pos > _SEEK_GAP:
+
+        def grab() -> bool:
+            nonlocal pos
+            if not cap.grab():
+                return False
+            if counted:
+                self.note_times([pos], [round(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000, 6)])
+            pos += 1
+            return True
+
+        buf = _Buffer(sizes, batch_size)
+        for target in wanted.tolist():
+            if not counted and (target - pos > _SEEK_GAP or (pos == 0 and target > 0)):
                 cap.set(cv2.CAP_PROP_POS_FRAMES, target)
                 pos = target
             ok = True
-            while pos <= target:
-                ok = cap.grab()
-                if not ok:
-                    break
-                pos += 1
+            while ok and pos <= target:
+                ok = grab()
             if not ok:
-                self.stopped_at = pos
+                self._stop(pos)
                 break
             ok, bgr = cap.retrieve()
             if not ok or bgr is None:
-                self.stopped_at = target
+                self._stop(target)
                 break
             for name, (w, h) in sizes.items():
                 small = bgr if (bgr.shape[1], bgr.shape[0]) == (w, h) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
                 buf.frames[name].append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-            buf.add(target)
+            buf.add(target, self._time(target))
             if buf.full():
                 yield buf.take()
+        while counted and until is not None and self.stopped_at is None and pos < until:
+            if not grab():  # times of the frames after the last wanted one; the file may end there
+                self._stop(pos)
         if len(buf):
             yield buf.take()
+
+
+class _Tracker:
+    """Where one PyAV pass is in the file; what it finds lost or where it stops goes to the video."""
+
+    def __init__(self, video: Video):
+        self.video = video
+        self.pos = -1  # number of the last frame taken from the decoder
+        self.frame, self.time = None, 0.0  # that frame and its time
+        self.ended = False
+        self.fresh = False  # just seeked: what came before the first frame is unknown
+
+    def restart(self, seeked: bool) -> None:
+        self.fresh = seeked
+
+    def advance(self, frames: Iterator, target: int):
+        """Take frames up to `target`: that frame, or None when it cannot be had (`ended`: the file ended)."""
+        v = self.video
+        while self.pos < target:
+            item = next(frames, None)
+            if item is None:
+                self.ended = True
+                v.stopped_at = target if self.fresh else self.pos + 1
+                v.stop_time = v.stopped_at / v.fps if self.fresh or self.pos < 0 else self.time + 1 / v.fps
+                return None
+            n, t, frame, lost = item
+            if v.counted:
+                v.note_times([n], [t])
+                if lost:
+                    v.missing.append((n, n))
+            elif self.fresh and n > target or not self.fresh and n > self.pos + 1:
+                v.missing.append((target if self.fresh else self.pos + 1, n))
+            self.fresh, self.pos, self.frame = False, n, frame
+            self.time = t if v.counted else n / v.fps
+        return self.frame if self.pos == target else None
+
+
+def upright_rgb(frame, w: int, h: int) -> np.ndarray:
+    """A PyAV frame as uint8 (h, w, 3) RGB, scaled while converted (area filter) and turned
+    upright by its display matrix's rotation, as OpenCV turns it (a phone held sideways)."""
+    turns = int(round(getattr(frame, "rotation", 0) / 90)) % 4  # counter-clockwise quarter turns
+    cw, ch = (h, w) if turns % 2 else (w, h)
+    rgb = frame.to_ndarray(width=cw, height=ch, format="rgb24", interpolation="AREA")
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def packets(container, stream) -> Iterator:
+    """The stream's packets up to the end, or up to where the container cannot be read on."""
+    try:
+        yield from container.demux(stream)
+    except _av.error.FFmpegError:
+        return
+
+
+def keyframes(video: Video) -> tuple[np.ndarray, np.ndarray] | None:
+    """Frame numbers and timestamps (stream time base) of the video's keyframes, sorted; None
+    when the file's timestamps cannot be trusted to number frames (then frames are counted).
+
+    Reads packets only. Numbers are seconds since frame 0 times fps. Timestamps number frames
+    when every packet has one, sorted they are exactly one frame apart (not variable frame
+    rate), and no packet is a placeholder that decodes to no frame (AVI's packed B-frames: 1-7
+    bytes).
+    """
+    t0 = video._first_time()
+    nums, pts, every = [], [], []
+    with _av.open(str(video.path)) as c:
+        stream = c.streams.video[0]
+        tb = float(stream.time_base)
+        for packet in packets(c, stream):
+            if packet.size == 0:  # the demuxer's flush packet at the end
+                continue
+            if packet.pts is None or packet.size < _PLACEHOLDER_BYTES:
+                return None
+            every.append(packet.pts)
+            if packet.is_keyframe:
+                nums.append(int(round((packet.pts * tb - t0) * video.fps)))
+                pts.append(int(packet.pts))
+    # The last few may leave gaps where a cut file lost frames that come before them in display
+    # order; those lie in the last segment, which then stops as one process would.
+    steps = np.diff(np.sort(np.asarray(every, np.int64))[:-_REORDER_DEPTH]) * tb * video.fps
+    if len(steps) and np.abs(steps - 1.0).max() > 0.01:
+        return None
+    order = np.argsort(nums, kind="stable")
+    return np.asarray(nums, np.int64)[order], np.asarray(pts, np.int64)[order]
+
+
+def missing_ranges(missing, start: int, end: int) -> list[list[int]]:
+    """The [a, b) ranges of `missing` inside [start, end), merged and sorted; empty ranges
+    (pictures lost where a counted file has no numbers to give) kept where they fall inside."""
+    spans = sorted((max(a, start), min(b, end)) for a, b in missing if a < end and b > start)
+    marks = sorted({(a, a) for a, b in missing if a == b and start <= a <= end})
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return sorted(merged + [[a, b] for a, b in marks if not any(x <= a < y for x, y in merged)])
 
 
 class _Buffer:
     """Frames collected for the next batch."""
 
-    def __init__(self, sizes: dict[str, Size], fps: float, batch_size: int):
-        self.sizes, self.fps, self.batch_size = sizes, fps, batch_size
+    def __init__(self, sizes: dict[str, Size], batch_size: int):
+        self.sizes, self.batch_size = sizes, batch_size
         self.idx: list[int] = []
+        self.times: list[float] = []
         self.frames: dict[str, list[np.ndarray]] = {k: [] for k in sizes}
 
-    def add(self, index: int) -> None:
+    def add(self, index: int, time: float) -> None:
         self.idx.append(index)
+        self.times.append(time)
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -346,9 +574,9 @@ class _Buffer:
         return len(self.idx) >= self.batch_size
 
     def take(self) -> Batch:
-        b = Batch(np.asarray(self.idx, np.int64), np.asarray(self.idx, np.float64) / self.fps,
+        b = Batch(np.asarray(self.idx, np.int64), np.asarray(self.times, np.float64),
                   {k: np.stack(v) for k, v in self.frames.items()})
-        self.idx, self.frames = [], {k: [] for k in self.sizes}
+        self.idx, self.times, self.frames = [], [], {k: [] for k in self.sizes}
         return b
 
 
@@ -454,12 +682,19 @@ def _count_frames(path: Path) -> int:
     return n
 
 
-def stop_is_truncation(video: Video) -> bool:
-    """True when decoding stopped well before the container's frame count.
+def stopped_early(stopped_at: int | None, stop_time: float | None, fps: float, start: int, end: int) -> bool:
+    """True when decoding stopped well before frame `end` of a pass over [start, end).
 
-    Containers often report more frames than decode (2.6% more on one of our sample clips), so
-    a stop in the last 5% is the normal end of the file, not damage.
+    Judged in time, not frames: a container's frame count is a guess (2.6% more than decode on
+    one of our sample clips; far more for variable frame rate), its duration is not. A stop in
+    the last 5% (and 3 frames) is the normal end of the file, not damage.
     """
-    if video.stopped_at is None:
+    if stopped_at is None:
         return False
-    return video.stopped_at < 0.95 * video.frame_count - 3
+    stop = stopped_at / fps if stop_time is None else stop_time
+    return end / fps - stop > 0.05 * (end - start) / fps + 3 / fps
+
+
+def stop_is_truncation(video: Video) -> bool:
+    """True when decoding stopped well before the end of the file (see stopped_early)."""
+    return stopped_early(video.stopped_at, video.stop_time, video.fps, 0, video.frame_count)

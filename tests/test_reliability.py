@@ -127,6 +127,31 @@ def test_truncated_video_query(trained, tmp_path):
     assert len(rows) == 1 + stop - 545
 
 
+def test_damaged_middle_query(trained, tmp_path):
+    """query on the urban clip with random bytes over 2% of it from 45% on (frames 512-639 cannot
+    be decoded; decoding used to stop at 512): exit 0, the frames on both sides are answered, and
+    summary.json and one warning line name the ones without an answer (those, and the skipped
+    frames after 640 whose processed frame was lost)."""
+    import json
+
+    data = bytearray(URBAN.read_bytes())
+    a, b = int(len(data) * 0.45), int(len(data) * 0.47)
+    data[a:b] = np.random.default_rng(1).integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    bad = tmp_path / "damaged.mp4"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "q"
+    r = run("query", bad, "--model", trained["a"], "--start", "500f", "--end", "660f", "--target-fpr", "0.05",
+            "--target-fnr", "0.05", "-q", "--no-plot", "--out", out)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    [[first, after]] = summary["missing_frames"]
+    assert first == 512 and 640 <= after < 640 + summary["cascade"]["skip"]
+    lines = [line for line in r.stderr.splitlines() if "cannot be decoded" in line]
+    assert len(lines) == 1 and lines[0].startswith("noscope: warning: ") and f"frames 512-{after - 1})" in lines[0], r.stderr
+    rows = [int(row.split(",")[0]) for row in (out / "frames.csv").read_text().splitlines()[1:]]
+    assert rows == list(range(500, 512)) + list(range(after, 660))
+
+
 def test_unknown_object(bad_videos, tmp_path):
     frames, _ = moving_square_frames(10)
     v = write_video(tmp_path / "v.avi", frames)

@@ -49,6 +49,7 @@ __all__ = [
     "TORCHVISION_ARCHS",
     "load_reference",
     "reference_key",
+    "reference_runtime",
 ]
 
 
@@ -249,6 +250,17 @@ def reference_key(ref: Reference) -> str:
         digest = parts[0] if _is_stock_bundle(files) else hashlib.md5("|".join(parts).encode()).hexdigest()
         digest = digest[:8]
     return f"{name}-{size}-{digest}"
+
+
+def reference_runtime(ref: Reference) -> str:
+    """Where and in what arithmetic the reference runs here, e.g. "cpu-fp32", "cuda-fp16".
+
+    Part of the label cache's key (fp16 CUDA and fp32 CPU answers differ on borderline frames),
+    not of reference_key: a bundle trained on a GPU is still the same reference's on a CPU.
+    """
+    device = getattr(ref, "device", None)
+    kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    return f"{kind}-{getattr(ref, 'precision', 'fp32')}"
 
 
 def _is_stock_bundle(files: dict[str, Path]) -> bool:

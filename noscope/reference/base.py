@@ -34,6 +34,12 @@ class Reference:
     device: "torch.device"  # noqa: F821
     batch_size: int = 16
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic it runs in here: "fp32", "fp16" (weights in half precision) or
+        "fp16-autocast". The label cache keys on it (noscope.reference.reference_runtime)."""
+        return "fp32"
+
     def predict(self, frames: np.ndarray) -> tuple[np.ndarray, list[Detections]]:
         """frames: uint8 (N, H, W, 3) RGB.
 

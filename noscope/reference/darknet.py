@@ -495,6 +495,10 @@ class DarknetReference(Reference):
         self.nms_threshold = float(nms_threshold)
         self.batch_size = int(batch_size)
 
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.half else "fp32"  # the whole net is converted (CUDA default)
+
     def _check_frames(self, frames) -> np.ndarray:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:

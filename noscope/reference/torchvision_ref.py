@@ -286,6 +286,10 @@ class TorchvisionReference(Reference):
             raise NoscopeError(f"unknown object class {name!r} for reference {self.name}; valid: {', '.join(valid)}")
         return self.class_names.index(key)
 
+    @property
+    def precision(self) -> str:
+        return "fp16-autocast" if self.device.type == "cuda" else "fp32"  # predict() autocasts on CUDA
+
     def predict(self, frames: np.ndarray) -> tuple[np.ndarray, list[Detections]]:
         import torch
 
