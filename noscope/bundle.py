@@ -23,14 +23,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from . import __version__
+from . import __version__, difference, specialized
 from .atomic import atomic_write_bytes
 from .errors import NoscopeError
+from .optimizer import Costs, HeldOut
 from .paths import models_dir
 
 FORMAT = 1
@@ -84,8 +86,6 @@ def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detect
                  meta: dict, fmt: int = FORMAT) -> None:
     """A trained bundle: the models trained into `work` (named NAME-KEY.pt), the difference
     detectors' images, the held-out arrays, then bundle.yaml last; `work` is removed after."""
-    from .difference import save_npy
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     for c in candidates:
@@ -93,7 +93,7 @@ def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detect
     (out / "diff").mkdir(exist_ok=True)
     for d in detectors:
         if d.reference_image is not None:
-            save_npy(out / f"diff/{d.name}.npy", d.reference_image)
+            difference.save_npy(out / f"diff/{d.name}.npy", d.reference_image)
     save_npz(out / "heldout.npz", **heldout)
     write_manifest(out, meta, fmt=fmt)
     shutil.rmtree(work, ignore_errors=True)
@@ -164,3 +164,104 @@ def load_npz(root: Path, rel: str) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as e:  # untrusted bytes: BadZipFile, zlib.error, ValueError, OSError, EOFError...
         raise NoscopeError(f"model bundle {root} is corrupt: {rel} cannot be read ({type(e).__name__})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a bundle back
+
+
+@dataclass
+class TrainedBundle:
+    root: Path
+    meta: dict
+    heldout: HeldOut | None  # None for a several-objects bundle: see heldouts
+    costs: Costs
+    heldouts: dict[str, HeldOut] = field(default_factory=dict)  # object -> its held-out view
+    _models: dict = field(default_factory=dict)
+
+    @property
+    def object(self) -> str:
+        """The object, or "car,bus" for a several-objects bundle."""
+        return self.meta["object"]
+
+    @property
+    def multi(self) -> bool:
+        return "objects" in self.meta
+
+    @property
+    def objects(self) -> list[str]:
+        return list(self.meta["objects"]) if self.multi else [self.meta["object"]]
+
+    def class_index(self, obj: str) -> int:
+        return int(self.meta["class_indices"][self.objects.index(obj)]) if self.multi else int(self.meta["class_index"])
+
+    def model(self, name: str, device):
+        if name not in self._models:
+            c = next(c for c in self.meta["candidates"] if c["name"] == name)
+            loaded = specialized.load_model(inside(self.root, c["file"]), device=device)
+            check_model(self, c, loaded[1], loaded[0].outputs)  # again: the file may have changed since loading
+            self._models[name] = loaded
+        return self._models[name]
+
+    def diff(self, name: str) -> difference.DiffDetector:
+        d = next(d for d in self.meta["diffs"] if d["name"] == name)
+        det = difference.DiffDetector.from_dict({k: v for k, v in d.items() if k not in ("cost_s", "size", "reference_image_file")})
+        if d.get("reference_image_file"):
+            det.reference_image = difference.load_npy(inside(self.root, d["reference_image_file"]))
+        return det
+
+    def diff_size(self, name: str) -> int:
+        return int(next(d for d in self.meta["diffs"] if d["name"] == name)["size"])
+
+
+def check_model(tb: TrainedBundle, candidate: dict, arch, outputs: int) -> None:
+    """A candidate's model file must hold the architecture its name says, with one output per
+    object: another model under its name would run with thresholds fit to a different one."""
+    want = len(tb.objects) if tb.multi else 1
+    if arch.name != candidate["name"] or arch.size != int(candidate["size"]) or outputs != want:
+        raise NoscopeError(f"model bundle {tb.root} is corrupt: {candidate['file']} holds a {arch.name} model with "
+                           f"{outputs} output(s), not the {candidate['name']} with {want} that bundle.yaml names")
+
+
+def load_bundle(root: Path) -> TrainedBundle:
+    """Read a bundle; anything malformed in it is one NoscopeError, never a stray KeyError.
+    A bundle must be complete: every file it uses listed and checked, every model what its name says."""
+    meta = load_manifest(root)
+    try:
+        check_complete(root, meta)
+        tb = _read_bundle(root, meta)
+        for c in meta["candidates"]:
+            check_model(tb, c, *specialized.model_arch(inside(root, c["file"])))
+        return tb
+    except NoscopeError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml or heldout.npz is malformed ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
+    z = load_npz(root, meta["heldout"]["file"])
+    model_scores = {k[len("model__"):]: v for k, v in z.items() if k.startswith("model__")}
+    diff_scores: dict[str, dict[int, np.ndarray]] = {}
+    for k, v in z.items():
+        if k.startswith("diff__"):
+            name, skip = k[len("diff__"):].rsplit("@", 1)
+            diff_scores.setdefault(name, {})[int(skip)] = v
+    kinds = {d["name"]: d["kind"] for d in meta["diffs"]}
+    c = meta["costs"]
+    costs = Costs(decode=c["decode"], convert=c["convert"], diff=dict(c["diff"]), model=dict(c["model"]), reference=c["reference"])
+    if "objects" not in meta:
+        heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
+                          diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames"))
+        return TrainedBundle(root, meta, heldout, costs, {meta["object"]: heldout})
+    objects = list(meta["objects"])
+    if meta.get("format") != MULTI_FORMAT or len(meta["class_indices"]) != len(objects) or len(objects) < 2:
+        raise NoscopeError(f"model bundle {root} is corrupt: its objects do not match its format")
+    truth = z["truth"].astype(bool)
+    for what, a in (("truth", truth), *((f"model__{m}", v) for m, v in model_scores.items())):
+        if a.ndim != 2 or a.shape[1] != len(objects):
+            raise NoscopeError(f"model bundle {root} is corrupt: heldout.npz {what} does not have one column per object")
+    # Views per object: same frames and difference scores, that object's truth and model output.
+    heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={m: v[:, k] for m, v in model_scores.items()},
+                           diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames")) for k, o in enumerate(objects)}
+    return TrainedBundle(root, meta, None, costs, heldouts)

@@ -1,7 +1,7 @@
 """Run a chosen cascade over a video: skip -> difference detector -> specialized CNN -> reference.
 
-    model = load_bundle(".noscope/models/store")
-    plan = choose_plan(model, Targets(0.01, 0.01), cfg["optimizer"])
+    model = load_bundle(".noscope/models/store")             # noscope.bundle
+    plan = choose_plan(model, Targets(0.01, 0.01), cfg["optimizer"])   # noscope.planning
     result = run_cascade(video, model, plan, reference, start, end)
     result.labels, result.decided_by                 # one entry per frame of [start, end)
 
@@ -29,161 +29,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
-from . import bundle as B
-from . import difference, specialized
-from .errors import NoscopeError
+from . import decode_pool, specialized
+from .bundle import TrainedBundle
 from .framecache import cached_batches, holds_all
-from .joint import JointPlan, optimize_joint
+from .joint import JointPlan
 from .labels import label_frames
-from .optimizer import STAGES, Costs, HeldOut, Plan, Targets, optimize
+from .optimizer import STAGES, Plan
 from .progress import progress_bar
 from .video import Video, missing_ranges
 
 # per processed frame, before the reference pass
 _COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
-
-
-@dataclass
-class TrainedBundle:
-    root: Path
-    meta: dict
-    heldout: HeldOut | None  # None for a several-objects bundle: see heldouts
-    costs: Costs
-    heldouts: dict[str, HeldOut] = field(default_factory=dict)  # object -> its held-out view
-    _models: dict = field(default_factory=dict)
-
-    @property
-    def object(self) -> str:
-        """The object, or "car,bus" for a several-objects bundle."""
-        return self.meta["object"]
-
-    @property
-    def multi(self) -> bool:
-        return "objects" in self.meta
-
-    @property
-    def objects(self) -> list[str]:
-        return list(self.meta["objects"]) if self.multi else [self.meta["object"]]
-
-    def class_index(self, obj: str) -> int:
-        return int(self.meta["class_indices"][self.objects.index(obj)]) if self.multi else int(self.meta["class_index"])
-
-    def model(self, name: str, device):
-        if name not in self._models:
-            c = next(c for c in self.meta["candidates"] if c["name"] == name)
-            loaded = specialized.load_model(B.inside(self.root, c["file"]), device=device)
-            check_model(self, c, loaded[1], loaded[0].outputs)  # again: the file may have changed since loading
-            self._models[name] = loaded
-        return self._models[name]
-
-    def diff(self, name: str) -> difference.DiffDetector:
-        d = next(d for d in self.meta["diffs"] if d["name"] == name)
-        det = difference.DiffDetector.from_dict({k: v for k, v in d.items() if k not in ("cost_s", "size", "reference_image_file")})
-        if d.get("reference_image_file"):
-            det.reference_image = difference.load_npy(B.inside(self.root, d["reference_image_file"]))
-        return det
-
-    def diff_size(self, name: str) -> int:
-        return int(next(d for d in self.meta["diffs"] if d["name"] == name)["size"])
-
-
-def check_model(tb: TrainedBundle, candidate: dict, arch, outputs: int) -> None:
-    """A candidate's model file must hold the architecture its name says, with one output per
-    object: another model under its name would run with thresholds fit to a different one."""
-    want = len(tb.objects) if tb.multi else 1
-    if arch.name != candidate["name"] or arch.size != int(candidate["size"]) or outputs != want:
-        raise NoscopeError(f"model bundle {tb.root} is corrupt: {candidate['file']} holds a {arch.name} model with "
-                           f"{outputs} output(s), not the {candidate['name']} with {want} that bundle.yaml names")
-
-
-def load_bundle(root: Path) -> TrainedBundle:
-    """Read a bundle; anything malformed in it is one NoscopeError, never a stray KeyError.
-    A bundle must be complete: every file it uses listed and checked, every model what its name says."""
-    meta = B.load_manifest(root)
-    try:
-        B.check_complete(root, meta)
-        tb = _read_bundle(root, meta)
-        for c in meta["candidates"]:
-            check_model(tb, c, *specialized.model_arch(B.inside(root, c["file"])))
-        return tb
-    except NoscopeError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml or heldout.npz is malformed ({type(e).__name__}: {str(e)[:100]})") from None
-
-
-def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
-    z = B.load_npz(root, meta["heldout"]["file"])
-    model_scores = {k[len("model__"):]: v for k, v in z.items() if k.startswith("model__")}
-    diff_scores: dict[str, dict[int, np.ndarray]] = {}
-    for k, v in z.items():
-        if k.startswith("diff__"):
-            name, skip = k[len("diff__"):].rsplit("@", 1)
-            diff_scores.setdefault(name, {})[int(skip)] = v
-    kinds = {d["name"]: d["kind"] for d in meta["diffs"]}
-    c = meta["costs"]
-    costs = Costs(decode=c["decode"], convert=c["convert"], diff=dict(c["diff"]), model=dict(c["model"]), reference=c["reference"])
-    if "objects" not in meta:
-        heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
-                          diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames"))
-        return TrainedBundle(root, meta, heldout, costs, {meta["object"]: heldout})
-    objects = list(meta["objects"])
-    if meta.get("format") != B.MULTI_FORMAT or len(meta["class_indices"]) != len(objects) or len(objects) < 2:
-        raise NoscopeError(f"model bundle {root} is corrupt: its objects do not match its format")
-    truth = z["truth"].astype(bool)
-    for what, a in (("truth", truth), *((f"model__{m}", v) for m, v in model_scores.items())):
-        if a.ndim != 2 or a.shape[1] != len(objects):
-            raise NoscopeError(f"model bundle {root} is corrupt: heldout.npz {what} does not have one column per object")
-    # Views per object: same frames and difference scores, that object's truth and model output.
-    heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={m: v[:, k] for m, v in model_scores.items()},
-                           diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames")) for k, o in enumerate(objects)}
-    return TrainedBundle(root, meta, None, costs, heldouts)
-
-
-def usable_models(tb: TrainedBundle, min_auc: float, obj: str | None = None) -> list[str]:
-    """Specialized models good enough to be offered to the optimizer.
-
-    A model that ranks the held-out frames worse than `min_auc` has not learnt the object, and
-    with a few hundred held-out frames and two dozen candidates the thresholds the optimizer
-    would fit to it are luck: on the urban-road clip such models (held-out AUC 0.6-0.88) scored
-    AUC 0.51-0.61 on later footage and the cascade's false-positive rate went from 5% held-out
-    to 87%. Rejecting them makes the cascade fall back on frame skip, difference detectors and
-    the reference instead.
-
-    Several objects: the guard is per object (`obj`), on that object's output's held-out AUC.
-    """
-    if obj is not None and tb.multi:
-        return [c["name"] for c in tb.meta["candidates"]
-                if c["heldout_aucs"][obj] is not None and c["heldout_aucs"][obj] >= min_auc]
-    return [c["name"] for c in tb.meta["candidates"] if c["heldout_auc"] >= min_auc]
-
-
-def search_options(ocfg: dict) -> dict:
-    """The optimizer's keyword arguments from a config's optimizer section (older bundles lack some)."""
-    return dict(skips=tuple(int(s) for s in ocfg.get("skips", (1, 2, 5, 10, 15, 30))),
-                min_saving=float(ocfg.get("min_saving", 0.0)), confidence=float(ocfg.get("confidence", 0.95)),
-                strict=bool(ocfg.get("strict", False)), cost_slack=float(ocfg.get("cost_slack", 0.0)))
-
-
-def choose_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None = None) -> Plan:
-    if tb.multi:
-        raise NoscopeError(f"bundle {tb.root} answers several objects ({', '.join(tb.objects)}); it needs a joint plan")
-    ocfg = dict(tb.meta.get("optimizer", {}), **(optimizer_cfg or {}))
-    models = usable_models(tb, float(ocfg.get("min_auc", 0.0)))
-    return optimize(tb.heldout, tb.costs, targets, models=models, **search_options(ocfg))
-
-
-def choose_joint_plan(tb: TrainedBundle, targets: Targets, optimizer_cfg: dict | None = None,
-                      objects: list[str] | None = None) -> JointPlan:
-    """One pass for `objects` (default: all of the bundle's), each held to `targets`."""
-    ocfg = dict(tb.meta.get("optimizer", {}), **(optimizer_cfg or {}))
-    objects = objects or tb.objects
-    models = {o: usable_models(tb, float(ocfg.get("min_auc", 0.0)), o) for o in objects}
-    return optimize_joint({o: tb.heldouts[o] for o in objects}, tb.costs, targets, models=models, **search_options(ocfg))
 
 
 @contextmanager
@@ -249,125 +108,176 @@ def run_cascade(
     batches are decoded ahead in a thread, by `workers` processes (noscope.decode_pool).
     `known`: frame -> the reference's class scores already in hand (an earlier pass), not asked again."""
     t0 = time.perf_counter()
-    stage_t = {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}
-    device = reference.device
     joint = isinstance(plan, JointPlan)
-    plans = plan.plans if joint else {tb.object: plan}
-    plan = next(iter(plans.values()))  # skip, diff and model are shared by every object's plan
-    skip = max(1, int(plan.skip))
-    min_score = tb.meta["labels"]["min_score"]
-    objects = list(plans)
-    cols = [tb.objects.index(o) if tb.multi else 0 for o in objects]  # each object's model output
-    # None: the model never says no / yes for that object (it asks the reference).
-    c_low = np.array([-np.inf if p.c_low is None else p.c_low for p in plans.values()])
-    c_high = np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()])
+    stages = Stages.of(tb, plan.plans if joint else {tb.object: plan}, reference.device)
+    cheap = cheap_pass(video, stages, start, end, batch_size=batch_size, frame_cache=frame_cache, prefetch=prefetch,
+                       workers=workers, quiet=quiet)
+    scores = reference_pass(video, tb, stages, cheap, reference, ref_key, use_label_cache, quiet, known)
+    results = _results(video, tb, stages, cheap, scores, start, end, time.perf_counter() - t0)
+    return results if joint else results[stages.objects[0]]
 
-    sizes: dict[str, tuple[int, int]] = {}
-    det = model = None
-    if plan.diff:
-        det = tb.diff(plan.diff)
-        dz = tb.diff_size(plan.diff)
-        sizes["diff"] = (dz, dz)
-    if plan.model:
-        model, arch, mean = tb.model(plan.model, device)
-        sizes["model"] = (arch.size, arch.size)
 
-    processed = np.arange(start, end, skip, dtype=np.int64)
-    state = np.full((len(processed), len(objects)), _REF, np.int8)  # one column per object
-    pscore = np.full((len(processed), len(objects)), np.nan, np.float32)  # the CNN's scores where it ran
-    dscore = np.full(len(processed), np.nan, np.float32)  # the difference detector's
-    got = np.ones(len(processed), bool)  # processed frames that decoded
-    lost: list[tuple[int, int]] = []  # ranges the passes found lost to damage
-    if sizes:
-        got[:] = False
-        prev_last = None  # last processed frame of the previous batch, for "prev" difference detectors
-        i = 0
-        decode = partial(cached_batches, video) if frame_cache else video.batches
-        if frame_cache and holds_all(video, sizes, start, end, skip):  # nothing to decode: torch keeps every core
+@dataclass
+class Stages:
+    """The cheap stages of a plan, ready to run: skip, difference detector, CNN and each object's
+    thresholds (skip, detector and CNN are shared by every object's plan)."""
+
+    objects: list[str]
+    skip: int
+    det: object | None  # difference.DiffDetector
+    threshold: float | None
+    model: object | None  # (SpecializedCNN, mean frame)
+    cols: list[int]  # each object's column of the model's output
+    c_low: np.ndarray  # per object; -inf: the model never says no for it (it asks the reference)
+    c_high: np.ndarray  # per object; +inf: never yes
+    sizes: dict[str, tuple[int, int]]  # frame sizes the stages need
+    device: object
+
+    @classmethod
+    def of(cls, tb: TrainedBundle, plans: dict[str, Plan], device) -> "Stages":
+        plan = next(iter(plans.values()))
+        sizes: dict[str, tuple[int, int]] = {}
+        det = model = None
+        if plan.diff:
+            det = tb.diff(plan.diff)
+            dz = tb.diff_size(plan.diff)
+            sizes["diff"] = (dz, dz)
+        if plan.model:
+            cnn, arch, mean = tb.model(plan.model, device)
+            model = (cnn, mean)
+            sizes["model"] = (arch.size, arch.size)
+        return cls(list(plans), max(1, int(plan.skip)), det, plan.diff_threshold, model,
+                   [tb.objects.index(o) if tb.multi else 0 for o in plans],
+                   np.array([-np.inf if p.c_low is None else p.c_low for p in plans.values()]),
+                   np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()]), sizes, device)
+
+
+@dataclass
+class Cheap:
+    """What the cheap stages said of every processed frame, before the reference pass."""
+
+    processed: np.ndarray  # int64: the processed frames that decoded
+    state: np.ndarray  # int8 (P, objects): _COPY, _NO, _YES, _REF or _EMPTY
+    pscore: np.ndarray  # float (P, objects): the CNN's score, NaN where it did not run
+    dscore: np.ndarray  # float (P,): the difference detector's score, NaN where it did not run
+    lost: list  # [a, b) ranges lost to damage
+    stopped_at: int | None
+    stage_t: dict[str, float]
+
+
+def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size: int, frame_cache: bool, prefetch: int,
+               workers: int, quiet: bool) -> Cheap:
+    """Decode every `skip`-th frame once and run the difference detector and the CNN on it."""
+    n_obj = len(stages.objects)
+    processed = np.arange(start, end, stages.skip, dtype=np.int64)
+    out = Cheap(processed, np.full((len(processed), n_obj), _REF, np.int8),
+                np.full((len(processed), n_obj), np.nan, np.float32), np.full(len(processed), np.nan, np.float32),
+                [], None, {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0})
+    if stages.sizes:
+        got = np.zeros(len(processed), bool)  # processed frames that decoded
+        prev_last = [None]  # last processed frame of the previous batch, for "prev" difference detectors
+        decode = partial(cached_batches if frame_cache else decode_pool.batches, video)
+        if frame_cache and holds_all(video, stages.sizes, start, end, stages.skip):  # nothing to decode: torch keeps every core
             prefetch, workers = 0, 1
-        with progress_bar(total=len(processed), desc="query", quiet=quiet) as bar, cpu_threads_beside_decoder(device, prefetch, workers):
+        with progress_bar(total=len(processed), desc="query", quiet=quiet) as bar, \
+                cpu_threads_beside_decoder(stages.device, prefetch, workers):
             t_dec = time.perf_counter()
-            for batch in decode(sizes, start, end, stride=skip, batch_size=batch_size, prefetch=prefetch, workers=workers):
-                stage_t["decode"] += time.perf_counter() - t_dec
-                n = len(batch)
+            for batch in decode(stages.sizes, start, end, stride=stages.skip, batch_size=batch_size, prefetch=prefetch,
+                                workers=workers):
+                out.stage_t["decode"] += time.perf_counter() - t_dec
                 at = np.searchsorted(processed, batch.indices)  # frames lost to damage leave holes
-                st = np.full((n, len(objects)), _REF, np.int8)
-                todo = np.ones(n, bool)
-                if det is not None:
-                    t = time.perf_counter()
-                    x = batch.frames["diff"]
-                    if det.kind == "prev":
-                        prev = np.concatenate([prev_last[None] if prev_last is not None else x[:1], x[:-1]])
-                        sc = det.score(x, prev)
-                        if prev_last is None:
-                            sc[0] = np.nan  # first frame of the segment has nothing to compare with
-                        prev_last = x[-1]
-                        unchanged = sc < plan.diff_threshold  # NaN compares False: changed
-                        st[unchanged] = _COPY
-                    else:
-                        sc = det.score(x)
-                        unchanged = sc < plan.diff_threshold
-                        st[unchanged] = _EMPTY
-                    dscore[at] = sc
-                    todo &= ~unchanged
-                    stage_t["diff"] += time.perf_counter() - t
-                if model is not None and todo.any():
-                    t = time.perf_counter()
-                    p = specialized.predict_scores(model, batch.frames["model"][todo], mean, device=device)
-                    p = p.reshape(len(p), -1)[:, cols]
-                    sub = np.full(p.shape, _REF, np.int8)
-                    sub[p < c_low] = _NO
-                    sub[p > c_high] = _YES
-                    st[todo] = sub
-                    pscore[at[todo]] = p
-                    stage_t["model"] += time.perf_counter() - t
-                state[at] = st
+                out.state[at] = _batch_states(stages, batch, at, out, prev_last)
                 got[at] = True
-                i += n
-                bar.update(n)
+                bar.update(len(batch))
                 t_dec = time.perf_counter()
-        lost += video.missing
+        out.lost += video.missing
         # the file ended early, or frames were lost to damage
-        processed, state, pscore, dscore = processed[got], state[got], pscore[got], dscore[got]
-    stopped_at = video.stopped_at
+        out.processed, out.state, out.pscore, out.dscore = processed[got], out.state[got], out.pscore[got], out.dscore[got]
+    out.stopped_at = video.stopped_at
+    return out
 
-    # reference pass over the frames some object could not decide; it answers them all at once
+
+def _batch_states(stages: Stages, batch, at: np.ndarray, out: Cheap, prev_last: list) -> np.ndarray:
+    """One batch through the difference detector and the CNN: each frame's state per object;
+    the stages' scores go into `out` at rows `at`."""
+    st = np.full((len(batch), len(stages.objects)), _REF, np.int8)
+    todo = np.ones(len(batch), bool)
+    if stages.det is not None:
+        t = time.perf_counter()
+        x = batch.frames["diff"]
+        if stages.det.kind == "prev":
+            prev = np.concatenate([prev_last[0][None] if prev_last[0] is not None else x[:1], x[:-1]])
+            sc = stages.det.score(x, prev)
+            if prev_last[0] is None:
+                sc[0] = np.nan  # first frame of the segment has nothing to compare with
+            prev_last[0] = x[-1]
+        else:
+            sc = stages.det.score(x)
+        unchanged = sc < stages.threshold  # NaN compares False: changed
+        st[unchanged] = _COPY if stages.det.kind == "prev" else _EMPTY
+        out.dscore[at] = sc
+        todo &= ~unchanged
+        out.stage_t["diff"] += time.perf_counter() - t
+    if stages.model is not None and todo.any():
+        t = time.perf_counter()
+        cnn, mean = stages.model
+        p = specialized.predict_scores(cnn, batch.frames["model"][todo], mean, device=stages.device)
+        p = p.reshape(len(p), -1)[:, stages.cols]
+        sub = np.full(p.shape, _REF, np.int8)
+        sub[p < stages.c_low] = _NO
+        sub[p > stages.c_high] = _YES
+        st[todo] = sub
+        out.pscore[at[todo]] = p
+        out.stage_t["model"] += time.perf_counter() - t
+    return st
+
+
+def reference_pass(video: Video, tb: TrainedBundle, stages: Stages, cheap: Cheap, reference, ref_key: str,
+                   use_label_cache: bool, quiet: bool, known: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
+    """The reference on the frames some object could not decide (one call answers them all):
+    frame -> per-object scores. Frames it could not decode lose their answer (`cheap` is cut)."""
     t = time.perf_counter()
-    asks = (state == _REF).any(axis=1)
-    need = processed[asks]
-    classes = [tb.class_index(o) for o in objects]
-    known = known or {}
+    asks = (cheap.state == _REF).any(axis=1)
+    need = cheap.processed[asks]
+    classes = [tb.class_index(o) for o in stages.objects]
+    known = {} if known is None else known
     scores = {f: known[f][classes].astype(float) for f in need.tolist() if f in known}
     ask = np.array([f for f in need.tolist() if f not in scores], np.int64)
     if len(ask):
         lab = label_frames(video, reference, ref_key, ask, use_cache=use_label_cache, quiet=quiet, desc="reference")
         scores.update(zip(lab.frames.tolist(), lab.scores[:, classes].astype(float)))
         known.update(zip(lab.frames.tolist(), lab.scores))
-        lost += video.missing
+        cheap.lost += video.missing
         if video.stopped_at is not None:
-            stopped_at = video.stopped_at if stopped_at is None else min(stopped_at, video.stopped_at)
-    stage_t["reference"] = time.perf_counter() - t
+            cheap.stopped_at = video.stopped_at if cheap.stopped_at is None else min(cheap.stopped_at, video.stopped_at)
+    cheap.stage_t["reference"] = time.perf_counter() - t
     # A frame the second pass could not decode (lost, or the file ended) has no answer.
-    answered = ~asks | np.isin(processed, np.fromiter(scores, np.int64, len(scores)))
-    processed, state, pscore, dscore = processed[answered], state[answered], pscore[answered], dscore[answered]
+    answered = ~asks | np.isin(cheap.processed, np.fromiter(scores, np.int64, len(scores)))
+    cheap.processed, cheap.state = cheap.processed[answered], cheap.state[answered]
+    cheap.pscore, cheap.dscore = cheap.pscore[answered], cheap.dscore[answered]
+    return scores
 
+
+def _results(video: Video, tb: TrainedBundle, stages: Stages, cheap: Cheap, scores: dict, start: int, end: int,
+             seconds: float) -> dict[str, CascadeResult]:
+    """Every frame's answer per object: processed frames their own, skipped frames a copy."""
+    processed, skip = cheap.processed, stages.skip
     last_frame = (processed[-1] + skip) if len(processed) else start
-    end_eff = min(end, last_frame if stopped_at is None else max(stopped_at, start))
-    frames, missing = answerable(np.arange(start, end_eff, dtype=np.int64), processed, start, skip, lost)
+    end_eff = min(end, last_frame if cheap.stopped_at is None else max(cheap.stopped_at, start))
+    frames, missing = answerable(np.arange(start, end_eff, dtype=np.int64), processed, start, skip, cheap.lost)
     times = video.times_of(frames)
-    seconds = time.perf_counter() - t0
-    results = {}
     on, on_processed = _places(processed, frames)
     diff_scores = np.full(len(frames), np.nan, np.float32)
-    diff_scores[on_processed] = dscore[on[on_processed]]
-    for k, o in enumerate(objects):
+    diff_scores[on_processed] = cheap.dscore[on[on_processed]]
+    results = {}
+    for k, o in enumerate(stages.objects):
         ref_scores = {f: float(v[k]) for f, v in scores.items()}
-        labels, decided = _resolve(processed, state[:, k], ref_scores, min_score, frames)
+        labels, decided = _resolve(processed, cheap.state[:, k], ref_scores, tb.meta["labels"]["min_score"], frames)
         model_scores = np.full(len(frames), np.nan, np.float32)
-        model_scores[on_processed] = pscore[on[on_processed], k]
-        results[o] = CascadeResult(frames, times, labels, decided, ref_scores, seconds, stage_t, stopped_at,
+        model_scores[on_processed] = cheap.pscore[on[on_processed], k]
+        results[o] = CascadeResult(frames, times, labels, decided, ref_scores, seconds, cheap.stage_t, cheap.stopped_at,
                                    model_scores, diff_scores, missing)
-    return results if joint else results[objects[0]]
+    return results
 
 
 def _places(processed: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Decode one video in several processes at once, each taking keyframe-aligned segments.
 
-    for batch in video.batches({"model": (50, 50)}, stride=2, batch_size=256, workers=4):
-        ...   # the same batches, in the same order, as with workers=1
+    for batch in batches(video, {"model": (50, 50)}, stride=2, batch_size=256, workers=4):
+        ...   # the same batches, in the same order, as video.batches (one process)
 
 One PyAV process converts frames on one core: FFmpeg's own threads decode, but the scaling
 and the copy out to numpy run in the calling thread, and for 360p video they are most of the
@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .video import Batch, Size, Video, keyframes
+from .video import Batch, Size, Video, decoder_name, keyframes, prefetched
 
 __all__ = ["keyframes", "parallel_batches", "plan_segments"]  # keyframes: the scan lives in noscope.video
 
@@ -66,6 +66,19 @@ def plan_segments(wanted: np.ndarray, key_nums: np.ndarray, key_pts: np.ndarray,
     return segments
 
 
+def batches(video: Video, sizes: dict[str, Size], start: int = 0, end: int | None = None, stride: int = 1,
+            batch_size: int = 64, frames: np.ndarray | None = None, prefetch: int = 2, workers: int = 1) -> Iterator[Batch]:
+    """`video.batches`, decoded by `workers` processes where that can work (PyAV, a file whose
+    frames can be numbered by timestamp); otherwise by one, exactly as video.batches."""
+    if workers <= 1 or decoder_name(video.backend) != "pyav" or video.counted:  # counted: one process from its start
+        yield from video.batches(sizes, start, end, stride, batch_size, frames, prefetch)
+        return
+    wanted, _ = video.begin(start, end, stride, frames)
+    if len(wanted):
+        decode = parallel_batches(video, wanted, sizes, batch_size, workers)
+        yield from (prefetched(decode, prefetch) if prefetch > 0 else decode)
+
+
 def parallel_batches(video: Video, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
                      workers: int) -> Iterator[Batch]:
     """`video.batches` for the sorted `wanted` frames, decoded by `workers` processes."""
@@ -77,7 +90,7 @@ def parallel_batches(video: Video, wanted: np.ndarray, sizes: dict[str, Size], b
     # one process: a counted file, a short request, keyframes far apart, or no processes to be had
     pool = _start_pool(video, min(workers, len(segments)), keys) if len(segments) >= 2 else None
     if pool is None:
-        yield from video._decode_pyav(wanted, sizes, batch_size)
+        yield from video.decode_pyav(wanted, sizes, batch_size)
         return
     try:
         todo = iter(segments)
@@ -111,7 +124,7 @@ def _start_pool(video: Video, n: int, keys):
     try:
         return multiprocessing.get_context("spawn").Pool(
             n, initializer=_start_worker,
-            initargs=(str(video.path), video.fps, video.width, video.height, video.frame_count, video._t0, keys))
+            initargs=(str(video.path), video.fps, video.width, video.height, video.frame_count, video.time_origin, keys))
     except OSError as e:
         log.warning("decoding in one process: cannot start decode workers (%s)", e)
         return None
@@ -158,14 +171,14 @@ def _start_worker(path: str, fps: float, width: int, height: int, frame_count: i
     global _video
     _video = Video(Path(path), fps, width, height, frame_count)
     _video.backend = "pyav"
-    _video._t0, _video._keys = t0, keys  # the parent's scan: number frames exactly as it does
+    _video.time_origin, _video.keyframe_scan = t0, keys  # the parent's scan: number frames exactly as it does
 
 
 def _decode_segment(frames: np.ndarray, sizes: dict[str, Size], seek_pts: int | None):
     """One segment, as one batch: (frame numbers, times, name -> frames, (stopped_at, stop_time)
     where the file stopped or None, the ranges lost to damage)."""
     _video.stopped_at, _video.stop_time, _video.missing = None, None, []
-    got = list(_video._decode_pyav(frames, sizes, len(frames), seek_pts))
+    got = list(_video.decode_pyav(frames, sizes, len(frames), seek_pts))
     stop = None if _video.stopped_at is None else (_video.stopped_at, _video.stop_time)
     if not got:
         return (np.zeros(0, np.int64), np.zeros(0), {k: np.zeros((0, h, w, 3), np.uint8) for k, (w, h) in sizes.items()},

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .answer import answer
-from .cascade import choose_plan
+from .planning import choose_plan
 from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
 from .video import open_video

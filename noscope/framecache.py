@@ -34,6 +34,7 @@ from typing import Iterator
 import numpy as np
 from filelock import FileLock
 
+from . import decode_pool
 from .atomic import atomic_write_bytes
 from .paths import cache_dir
 from .video import Batch, Size, Video, decoder_version, missing_ranges
@@ -227,7 +228,7 @@ def cached_batches(
         stores = {z: _Store(root, z, video.frame_count) for z in uniq}
     except OSError as e:  # a read-only or full cache only costs speed
         log.warning("frame cache unavailable (%s); decoding", e)
-        yield from video.batches(sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
+        yield from decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
         return
     served = _servable(video, root, stores.values(), wanted) if len(wanted) else None
     if served is not None:
@@ -266,7 +267,7 @@ def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers,
     except OSError as e:
         give_up(e)
     try:
-        decoded = video.batches(sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
+        decoded = decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
         for k, b in enumerate(decoded):
             if files:
                 try:

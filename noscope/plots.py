@@ -85,9 +85,6 @@ def _runs(level: np.ndarray) -> list[tuple[int, int]]:
 def timeline_png(table, fps: float, min_score: float | None = None, title: str = "") -> bytes:
     """Reference score where known, the cascade's answer, and which stage decided, over time."""
     plt = _pyplot()
-    from matplotlib.colors import to_rgba
-    from matplotlib.ticker import FuncFormatter, MultipleLocator
-
     fig, axes = plt.subplots(3, 1, figsize=(12, 5), sharex=True, gridspec_kw=dict(height_ratios=[2, 1, 1.4]))
     times = np.asarray(table.time_s, float)
     ax = axes[0]
@@ -118,7 +115,16 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
     ax.set_ylim(0, 1.05)
     ax.set_yticks([0, 1], ["no", "yes"])
     ax.set_ylabel("cascade\nanswer")
-    ax = axes[2]
+    _stage_panel(axes[2], left, width, shares, masks)
+    fig.tight_layout()
+    return _png(fig, plt)
+
+
+def _stage_panel(ax, left: np.ndarray, width: float, shares: dict, masks: dict) -> None:
+    """Which stage decided the frames of each time bin, and the time axis under it."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
     for k, s in enumerate(STAGES):
         # shade by the share of the bin's frames this stage decided, in tenths, so that runs of
         # bins with one shade draw as one bar (no hairline gaps between neighbouring bins)
@@ -143,8 +149,6 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
         ax.set_xlabel("time (h:mm:ss)" if hours else "time (m:ss)")
     else:
         ax.set_xlabel("time (s)")
-    fig.tight_layout()
-    return _png(fig, plt)
 
 
 @_quiet_glyphs

@@ -98,7 +98,7 @@ def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, s
     Without --model (or with `own`: `model` is the path a batch gave this video's own bundle)
     only a bundle trained on this video is used (see own_bundle); with --model the user's bundle
     is used whatever video it was trained on (the same camera, say)."""
-    from .cascade import load_bundle
+    from .bundle import load_bundle
     from .train import train as run_train
 
     if model is None and object_name is None:
@@ -163,7 +163,7 @@ def query_video(video, cfg, targets: Targets, *, model=None, object_name=None, o
     Raises NoscopeError for bad input, like every pipeline step.
     """
     from .answer import answer
-    from .cascade import choose_plan, usable_models
+    from .planning import choose_plan, usable_models
     from .optimizer import plan_summary
     from .report import write_result
     from .video import open_video
@@ -211,7 +211,7 @@ def model_words(summary: dict) -> str:
 
 def _summary(v, tb, obj, result, plan, targets, key, s, e, out) -> dict:
     """One object's summary.json (the same fields whether it was answered alone or with others)."""
-    from .cascade import STAGES
+    from .optimizer import STAGES
 
     n = len(result.frames)
     return dict(
@@ -294,7 +294,8 @@ def _query_joint(v, tb, objects, cfg, targets, ref, key, s, e, out, plot, quiet,
     import numpy as np
 
     from .answer import answer
-    from .cascade import STAGES, choose_joint_plan, usable_models
+    from .optimizer import STAGES
+    from .planning import choose_joint_plan, usable_models
     from .joint import joint_decided, joint_summary
     from .optimizer import stage_fractions
     from .report import clear_result, write_json, write_result

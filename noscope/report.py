@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .errors import NoscopeError
 from .optimizer import STAGES
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bundle as B
-from . import difference, specialized
+from . import decode_pool, difference, specialized
 from .config import MIN_TRAIN_FRAMES
 from .costs import measure_decode_costs, measure_reference_cost
 from .errors import NoscopeError
@@ -200,7 +200,7 @@ def decode_sample(video: Video, frames: np.ndarray, sizes: list[int], quiet: boo
     follows training does not decode these frames again."""
     out = {z: np.zeros((len(frames), z, z, 3), np.uint8) for z in sizes}
     pos = {f: i for i, f in enumerate(frames.tolist())}
-    decode = partial(cached_batches, video) if frame_cache else video.batches
+    decode = partial(cached_batches if frame_cache else decode_pool.batches, video)
     with progress_bar(total=len(frames), desc="decode", quiet=quiet) as bar:
         for b in decode({z: (z, z) for z in sizes}, frames=frames, batch_size=256, prefetch=prefetch, workers=workers):
             idx = [pos[f] for f in b.indices.tolist()]

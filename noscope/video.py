@@ -160,18 +160,19 @@ class Video:
         self.missing: list[tuple[int, int]] = []
         self.backend = "auto"  # decoder: auto (PyAV where installed) | pyav | opencv
         self._hash: str | None = None
-        self._t0: float | None = None  # timestamp of frame 0 (PyAV), learnt on the first seek
-        self._keys: tuple | None | bool = False  # keyframes(self), False until scanned
+        # What decoding learns once per file, handed to decode workers so they number frames alike:
+        self.time_origin: float | None = None  # timestamp of frame 0 (PyAV), learnt on the first seek
+        self.keyframe_scan: tuple | None | bool = False  # keyframes(self), False until scanned
         self._times = np.zeros(0)  # counted files: each decoded frame's time, NaN where not yet seen
 
     def seek_points(self) -> tuple[np.ndarray, np.ndarray] | None:
         """keyframes(self), scanned once: keyframe numbers and timestamps, None for a counted file."""
-        if self._keys is False:
+        if self.keyframe_scan is False:
             try:
-                self._keys = keyframes(self) if _av is not None else None
+                self.keyframe_scan = keyframes(self) if _av is not None else None
             except Exception:  # PyAV cannot read what OpenCV decodes: count frames, never seek
-                self._keys = None
-        return self._keys
+                self.keyframe_scan = None
+        return self.keyframe_scan
 
     @property
     def counted(self) -> bool:
@@ -272,7 +273,6 @@ class Video:
         batch_size: int = 64,
         frames: np.ndarray | None = None,
         prefetch: int = 2,
-        workers: int = 1,
     ) -> Iterator[Batch]:
         """Yield batches of resized RGB frames.
 
@@ -281,23 +281,15 @@ class Video:
         to damage (those are not yielded). With `prefetch` > 0 a thread
         decodes up to that many batches ahead, so decoding overlaps with whatever the caller
         does with a batch (OpenCV, FFmpeg and torch all release the GIL while they work).
-        With `workers` > 1 (PyAV only) that many processes decode keyframe-aligned segments
-        side by side (noscope.decode_pool); the batches are the same either way. A counted file
+        One process decodes; noscope.decode_pool.batches gives the same batches from several. A counted file
         is decoded on to `end` (not converted), so the times of the frames between the wanted
         ones are known too (`times_of`).
         """
-        wanted = self.wanted(start, end, stride, frames)
-        until = (self.frame_count if end is None else end) if frames is None or end is not None else None
-        self.stopped_at, self.stop_time, self.missing = None, None, []
+        wanted, until = self.begin(start, end, stride, frames)
         if len(wanted) == 0:
             return
-        pyav = decoder_name(self.backend) == "pyav"
-        if pyav and workers > 1 and not self.counted:  # a counted file is decoded from its start, by one process
-            from .decode_pool import parallel_batches
-
-            decode = partial(parallel_batches, self, wanted, sizes, batch_size, workers)
-        elif pyav:
-            decode = partial(self._decode_pyav, wanted, sizes, batch_size, until=until)
+        if decoder_name(self.backend) == "pyav":
+            decode = partial(self.decode_pyav, wanted, sizes, batch_size, until=until)
         else:
             cap = self._capture()
 
@@ -309,7 +301,15 @@ class Video:
 
         yield from (prefetched(decode(), prefetch) if prefetch > 0 else decode())
 
-    def _decode_pyav(self, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
+    def begin(self, start: int = 0, end: int | None = None, stride: int = 1, frames=None) -> tuple[np.ndarray, int | None]:
+        """A decoding pass starts: (the wanted frames, where a counted file is decoded on to), and
+        what the last pass recorded (stopped_at, stop_time, missing) is cleared."""
+        wanted = self.wanted(start, end, stride, frames)
+        until = (self.frame_count if end is None else end) if frames is None or end is not None else None
+        self.stopped_at, self.stop_time, self.missing = None, None, []
+        return wanted, until
+
+    def decode_pyav(self, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
                      seek_pts: int | None = None, until: int | None = None) -> Iterator[Batch]:
         """PyAV: the wanted frames, numbered as `_numbered` says. Seeks over large gaps unless the
         file is counted. `seek_pts`: start with a seek to exactly this timestamp (a keyframe's,
@@ -386,8 +386,8 @@ class Video:
 
     def _first_time(self) -> float:
         """Timestamp of frame 0 in seconds (cached: a segment worker asks for every segment)."""
-        if self._t0 is None:
-            self._t0 = 0.0
+        if self.time_origin is None:
+            self.time_origin = 0.0
             with _av.open(str(self.path)) as c:
                 stream = c.streams.video[0]
                 for packet in packets(c, stream):
@@ -396,9 +396,9 @@ class Video:
                     except _av.error.FFmpegError:
                         continue  # damage: frame 0 is the first picture that decodes
                     if out:
-                        self._t0 = float(out[0].time or 0.0)
+                        self.time_origin = float(out[0].time or 0.0)
                         break
-        return self._t0
+        return self.time_origin
 
     def _time(self, n: int) -> float:
         """Seconds from the stream start of frame `n`, decoded in this pass (NaN: no time was recorded)."""

@@ -43,8 +43,10 @@ import av
 import torch
 
 from noscope.bundle import bundle_path
+from noscope import decode_pool
 from noscope.answer import answer
-from noscope.cascade import choose_plan, load_bundle
+from noscope.bundle import load_bundle
+from noscope.planning import choose_plan
 from noscope.config import load_config
 from noscope.evaluate import evaluate
 from noscope.framecache import cache_root
@@ -83,7 +85,8 @@ def loop_video(src: Path, dst: Path, times: int, start_s: float = 0.0) -> Path:
 
 def decode_fps(video, start, end, workers: int, size=50) -> float:
     t = time.perf_counter()
-    n = sum(len(b) for b in video.batches({"s": (size, size)}, start, end, batch_size=256, prefetch=0, workers=workers))
+    n = sum(len(b) for b in decode_pool.batches(video, {"s": (size, size)}, start, end, batch_size=256, prefetch=0,
+                                                workers=workers))
     return n / (time.perf_counter() - t)
 
 

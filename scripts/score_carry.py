@@ -27,7 +27,8 @@ import numpy as np
 from noscope import specialized
 from noscope.answer import answer
 from noscope.bundle import bundle_path
-from noscope.cascade import choose_plan, load_bundle
+from noscope.bundle import load_bundle
+from noscope.planning import choose_plan
 from noscope.config import load_config
 from noscope.evaluate import measured
 from noscope.labels import label_frames, object_truth

@@ -76,7 +76,8 @@ def _between(values, q):
 def check_executor_matches_simulation():
     from noscope import difference, specialized
     from noscope.bundle import bundle_path
-    from noscope.cascade import load_bundle, run_cascade
+    from noscope.bundle import load_bundle
+    from noscope.cascade import run_cascade
     from noscope.labels import label_frames
     from noscope.optimizer import STAGES, HeldOut, Plan, simulate
     from noscope.reference import load_reference, reference_key

@@ -21,7 +21,8 @@ import torch
 
 from noscope import decode_pool
 from noscope import video as video_mod
-from noscope.cascade import TrainedBundle, run_cascade
+from noscope.bundle import TrainedBundle
+from noscope.cascade import run_cascade
 from noscope.framecache import cached_batches
 from noscope.labels import label_frames, store_dir
 from noscope.optimizer import Plan
@@ -108,7 +109,7 @@ class FrameReader(Reference):
 
 
 def decode_all(video: Video, sizes, **kw):
-    got = list(video.batches(sizes, batch_size=1000, **kw))
+    got = list(decode_pool.batches(video, sizes, batch_size=1000, **kw))
     idx = np.concatenate([b.indices for b in got])
     return idx, np.concatenate([b.times for b in got]), {k: np.concatenate([b.frames[k] for b in got]) for k in sizes}
 

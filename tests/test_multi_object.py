@@ -118,7 +118,8 @@ def test_executor_matches_the_simulation_for_every_object(multi):
     """Force a joint cascade using every stage, objects with different thresholds, and compare the
     run on video with `simulate` of each object's plan, frame by frame."""
     from noscope import difference, specialized
-    from noscope.cascade import STAGES, load_bundle, run_cascade
+    from noscope.bundle import load_bundle
+    from noscope.cascade import STAGES, run_cascade
     from noscope.joint import JointPlan, joint_decided, simulate_joint
     from noscope.labels import label_frames
     from noscope.optimizer import HeldOut, Plan, stage_fractions
@@ -167,7 +168,8 @@ def test_single_object_bundles_run_as_before(trained):
     """The generalised executor on a single-object bundle: a Plan gives one result, equal frame
     for frame to `simulate` and to the same plan run as a one-object JointPlan."""
     from noscope import difference, specialized
-    from noscope.cascade import STAGES, load_bundle, run_cascade
+    from noscope.bundle import load_bundle
+    from noscope.cascade import STAGES, run_cascade
     from noscope.joint import JointPlan
     from noscope.labels import label_frames
     from noscope.optimizer import HeldOut, Plan, simulate

@@ -277,7 +277,7 @@ class _RunsCode:
 
 
 def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
-    from noscope.cascade import load_bundle
+    from noscope.bundle import load_bundle
     from noscope.specialized import load_model
 
     meta = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())

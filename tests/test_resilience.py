@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from noscope import bundle as B
-from noscope.cascade import load_bundle
+from noscope.bundle import load_bundle
 from noscope.errors import NoscopeError
 from noscope.specialized import load_model
 from noscope.video import open_video
