@@ -15,8 +15,9 @@ are timed on the 40% once, from the error run):
   - decode-only frames/s: the decoder and resize to 50x50 that the cascade uses (PyAV: its own
     frame threads; decode.workers processes), no prefetch thread and nothing else (the ceiling
     of a full pass),
-  - the cascade end to end as a first query of the video runs it: nothing cached, its decoding
-    thread overlapping the cheap stages,
+  - the query end to end as a first query of the video runs it: nothing cached, its decoding
+    thread overlapping the cheap stages, then the check of its answers on the video (the
+    reference on query.verify randomly drawn frames per cheap answer) and any repair, all counted,
   - a repeat query of the same video, reading the frame and label caches the first one filled
     (decode once, query many),
   - the cascade's stages alone on already-decoded frames (the NoScope paper's way of counting).
