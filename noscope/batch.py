@@ -181,6 +181,8 @@ def record(job: Job, status: str, summary: dict | None = None, seconds: float | 
         rec["trained_on"] = s.get("trained_on")  # the bundle's video: this one, or another the user chose
     if s.get("stopped_at") is not None:
         rec["stopped_at"] = s["stopped_at"]
+    if s.get("missing_frames"):  # a damaged middle: the nightly log names the lost ranges too
+        rec["missing_frames"] = s["missing_frames"]
     return rec
 
 

@@ -26,7 +26,7 @@ import click
 import numpy as np
 
 from .errors import NoscopeError, UsageError
-from .query import (apply_reference_options, bundle_reference_cfg, check_reference_matches, default_name,
+from .query import (apply_reference_options, bundle_destination, bundle_reference_cfg, check_reference_matches,
                     make_reference, make_targets, model_words, parse_objects, resolve_model, warn_min_score)
 
 log = logging.getLogger("noscope")
@@ -227,7 +227,7 @@ def train(video, object_name, name, force, seed, start, end, reference_name, ref
     if seed is not None:
         cfg["seed"] = seed
     objects = parse_objects(object_name)
-    out = bundle_path(name or default_name(video, objects))
+    out = bundle_path(name) if name else bundle_destination(video, objects, cfg)  # never another video's namesake
     say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
     meta = run_train(video, objects if len(objects) > 1 else objects[0], out, cfg, start, end, quiet=quiet, force=force,
                      say=say)

@@ -30,8 +30,8 @@ class ClipRange:
     intervals: list[tuple[int, int]] = field(default_factory=list)  # the answer's intervals inside it
     truncated: bool = False  # cut at the length cap
 
-    def name(self, index: int, fps: float) -> str:
-        return f"clip-{index:03d}-{self.start_frame / fps:.2f}s-{self.end_frame / fps:.2f}s.mp4"
+    def name(self, index: int, start_s: float, end_s: float) -> str:
+        return f"clip-{index:03d}-{start_s:.2f}s-{end_s:.2f}s.mp4"
 
 
 def clip_ranges(intervals, fps: float, frame_count: int, pad_s: float = 1.0, max_clips: int = 50,
@@ -75,28 +75,32 @@ def _caption(bgr: np.ndarray, text: str, yes: bool) -> None:
 def write_clip(video, clip: ClipRange, path: Path, table=None, object_name: str = "object") -> int:
     """Decode the clip's frames from `video` into an mp4 at `path` (temp name, then renamed).
 
-    `table` (a FrameTable) supplies each frame's answer and deciding stage for the caption.
+    `table` (a FrameTable) supplies each frame's time, answer and deciding stage for the caption.
     Returns the number of frames written.
     """
     path = Path(path)
     scale = min(1.0, MAX_WIDTH / video.width)
     size = (int(round(video.width * scale)) // 2 * 2, int(round(video.height * scale)) // 2 * 2)
     answer: dict[int, tuple[bool, str]] = {}
+    frames = np.arange(clip.start_frame, clip.end_frame)
+    when = video.times_of(frames)
     if table is not None:
         m = (table.frame >= clip.start_frame) & (table.frame < clip.end_frame)
         answer = dict(zip(table.frame[m].tolist(), zip(table.label[m].tolist(), table.decided_by[m].tolist())))
+        when = table.seconds(frames, video.fps)  # the times frames.csv recorded
+    seconds = dict(zip(frames.tolist(), when.tolist()))
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the .mp4 suffix OpenCV picks the container by
     vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), video.fps, size)
     n = 0
     try:
         if not vw.isOpened():
             raise NoscopeError(f"cannot write {path}: this OpenCV build has no mp4v encoder")
-        for batch in video.batches({"clip": size}, frames=np.arange(clip.start_frame, clip.end_frame), batch_size=16):
+        for batch in video.batches({"clip": size}, frames=frames, batch_size=16):
             for f, rgb in zip(batch.indices.tolist(), batch.frames["clip"]):
                 bgr = np.ascontiguousarray(rgb[..., ::-1])
                 yes, stage = answer.get(f, (False, None))
                 said = f"{object_name}: {'yes' if yes else 'no'} ({stage})" if stage else "not answered"
-                _caption(bgr, f"{f / video.fps:.2f} s  frame {f}  {said}", yes)
+                _caption(bgr, f"{seconds[f]:.2f} s  frame {f}  {said}", yes)
                 vw.write(bgr)
                 n += 1
         vw.release()

@@ -58,11 +58,12 @@ def _clock(seconds: float, hours: bool) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if hours else f"{m}:{s % 60:02d}"
 
 
-def _bin_shares(frames: np.ndarray, fps: float, masks: dict[str, np.ndarray]):
-    """Left edges (seconds) and width of equal bins of frames, and each mask's share of frames per bin.
+def _bin_shares(frames: np.ndarray, seconds, masks: dict[str, np.ndarray]):
+    """Edges (seconds, one more than bins) of equal bins of frames, and each mask's share of frames per bin.
 
     Binned by frame number, not by the rounded times in frames.csv, so no bin is left empty
-    by rounding.
+    by rounding; `seconds` turns frame numbers into the times the rows recorded, so that under a
+    variable frame rate the bins line up with the reference scores drawn above them.
     """
     f0 = int(frames[0])
     span = int(frames[-1]) - f0 + 1
@@ -70,8 +71,7 @@ def _bin_shares(frames: np.ndarray, fps: float, masks: dict[str, np.ndarray]):
     idx = np.minimum((frames - f0) * nbins // span, nbins - 1)
     total = np.bincount(idx, minlength=nbins).astype(float)
     shares = {k: np.bincount(idx[m], minlength=nbins) / np.maximum(total, 1) for k, m in masks.items()}
-    width = span / nbins / fps
-    return f0 / fps + width * np.arange(nbins), width, shares
+    return seconds(f0 + span * np.arange(nbins + 1) / nbins), shares
 
 
 def _runs(level: np.ndarray) -> list[tuple[int, int]]:
@@ -108,19 +108,19 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
 
     masks = {s: table.decided_by == s for s in STAGES}
     masks["yes"] = np.asarray(table.label, bool)
-    left, width, shares = _bin_shares(np.asarray(table.frame, np.int64), fps, masks)
+    edges, shares = _bin_shares(np.asarray(table.frame, np.int64), lambda f: table.seconds(f, fps), masks)
     ax = axes[1]
     yes = shares["yes"]
-    ax.fill_between(np.r_[left, left[-1] + width], 0, np.r_[yes, yes[-1]], step="post", color=ANSWER, lw=0)
+    ax.fill_between(edges, 0, np.r_[yes, yes[-1]], step="post", color=ANSWER, lw=0)
     ax.set_ylim(0, 1.05)
     ax.set_yticks([0, 1], ["no", "yes"])
     ax.set_ylabel("cascade\nanswer")
-    _stage_panel(axes[2], left, width, shares, masks)
+    _stage_panel(axes[2], edges, shares, masks)
     fig.tight_layout()
     return _png(fig, plt)
 
 
-def _stage_panel(ax, left: np.ndarray, width: float, shares: dict, masks: dict) -> None:
+def _stage_panel(ax, edges: np.ndarray, shares: dict, masks: dict) -> None:
     """Which stage decided the frames of each time bin, and the time axis under it."""
     from matplotlib.colors import to_rgba
     from matplotlib.ticker import FuncFormatter, MultipleLocator
@@ -131,7 +131,7 @@ def _stage_panel(ax, left: np.ndarray, width: float, shares: dict, masks: dict) 
         level = np.where(shares[s] > 0, np.maximum(1, np.round(shares[s] * 10)), 0).astype(int)
         bars, colours = [], []
         for a, b in _runs(level):
-            bars.append((left[a], width * (b - a)))
+            bars.append((edges[a], edges[b] - edges[a]))
             colours.append(to_rgba(COLOURS[s], 0.2 + 0.08 * level[a]))
         if bars:
             ax.broken_barh(bars, (k - 0.4, 0.8), facecolors=colours, lw=0)
@@ -139,12 +139,12 @@ def _stage_panel(ax, left: np.ndarray, width: float, shares: dict, masks: dict) 
     ax.set_ylim(-0.6, len(STAGES) - 0.4)
     ax.invert_yaxis()
     ax.set_ylabel("decided by")
-    ax.set_xlim(left[0], left[-1] + width)
-    span = left[-1] + width - left[0]
+    ax.set_xlim(edges[0], edges[-1])
+    span = edges[-1] - edges[0]
     if span > 120:  # clock time, ticks on whole minutes
         step = next((m * 60 for m in (1, 2, 5, 10, 15, 30, 60, 120, 240, 480) if span / (m * 60) <= 10), 960 * 60)
         ax.xaxis.set_major_locator(MultipleLocator(step))
-        hours = left[-1] + width >= 3600
+        hours = edges[-1] >= 3600
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _clock(x, hours)))
         ax.set_xlabel("time (h:mm:ss)" if hours else "time (m:ss)")
     else:

@@ -92,6 +92,12 @@ def own_bundle(root: Path, video, backend: str = "auto") -> Path:
                        f"give --model to pick one or remove {p}")
 
 
+def bundle_destination(video, objects, cfg: dict) -> Path:
+    """Where `train` and training on demand put a bundle named for VIDEO (VIDEOSTEM-OBJECT): there,
+    unless that holds another video's bundle; then VIDEOSTEM-OBJECT-<hash> (see own_bundle)."""
+    return own_bundle(bundle_path(default_name(video, objects)), video, cfg["decode"]["backend"])
+
+
 def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, say=None, own=False):
     """Load the bundle; with --object and no bundle, train one on this video first.
 
@@ -107,8 +113,8 @@ def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, s
         raise UsageError("--object without --model trains a bundle on VIDEO: give the video")
     say = say or (lambda *a, **k: None)
     objects = parse_objects(object_name)
-    root = bundle_path(model or default_name(video, objects))
-    if (model is None or own) and objects and video:
+    root = bundle_path(model) if model else bundle_destination(video, objects, cfg)
+    if own and objects and video:
         root = own_bundle(root, video, cfg["decode"]["backend"])
     if not (root / "bundle.yaml").is_file() and objects and video:
         say(f"no bundle at {root}; training one on {video} for {', '.join(objects)}")

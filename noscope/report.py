@@ -48,6 +48,15 @@ class FrameTable:
     def decided_counts(self) -> dict[str, int]:
         return {s: int((self.decided_by == s).sum()) for s in STAGES}
 
+    def seconds(self, frames, fps: float) -> np.ndarray:
+        """Presentation times of `frames` as the rows recorded them (variable frame rate: not
+        frame / fps); frames before or after the rows (a clip's padding) step by 1 / fps."""
+        f = np.asarray(frames, float)
+        if len(self.frame) == 0:
+            return f / fps
+        near = np.clip(f, self.frame[0], self.frame[-1])
+        return np.interp(near, self.frame, self.time_s) + (f - near) / fps
+
 
 def intervals(frames: np.ndarray, labels: np.ndarray, fps: float, times: np.ndarray | None = None) -> list[dict]:
     """Maximal runs of consecutive positive frames, as [start, end) in frames and seconds.
@@ -296,9 +305,10 @@ def make_report(out: Path, clips: Path | None = None, pad_s: float = 1.0, max_cl
         clips.mkdir(parents=True, exist_ok=True)
         written = []
         for k, c in enumerate(ranges, 1):
-            path = clips / c.name(k, v.fps)
+            start_s, end_s = table.seconds([c.start_frame, c.end_frame], v.fps).tolist()
+            path = clips / c.name(k, start_s, end_s)
             n = write_clip(v, c, path, table, summary.get("object") or "object")
-            written.append(dict(path=str(path), start_s=round(c.start_frame / v.fps, 3), end_s=round(c.end_frame / v.fps, 3),
+            written.append(dict(path=str(path), start_s=round(start_s, 3), end_s=round(end_s, 3),
                                 start_frame=c.start_frame, end_frame=c.end_frame, frames=n, intervals=len(c.intervals),
                                 truncated=c.truncated))
         report.update(clips=written, clips_omitted=omitted)

@@ -40,7 +40,7 @@ from noscope.video import open_video
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 CASES = [("storefront-cctv_people.mp4", "person"), ("urban-road-cctv_cars-buses-motorbikes.mp4", "bus"),
          ("highway-cctv_cars-trucks.avi", "car"), ("highway-cctv_cars-trucks.avi", "truck"),
-         ("overhead-residential-street_cars.mp4", "car")]
+         ("overhead-residential-street_cars.mp4", "car"), ("highway-curve_cars.mp4", "truck")]
 SETTINGS = {"interleaved, no augmentation": ["train.split=interleaved", "train.augment=0"],
             "forward, no augmentation": ["train.split=forward", "train.augment=0"],
             "forward, augmentation (default)": ["train.split=forward", "train.augment=4"]}

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import noscope.batch
 import noscope.query
-from noscope.batch import append_record, expand_videos, plan_jobs, read_records
+from noscope.batch import Job, append_record, expand_videos, plan_jobs, read_records, record
 from noscope.cli import cli
 from noscope.errors import NoscopeError
 
@@ -155,6 +155,14 @@ def test_resume_key_follows_a_retrained_bundle(trained, tmp_path):
     before = query_key(job, opts)
     (bundle / "bundle.yaml").write_text((bundle / "bundle.yaml").read_text() + "\n# retrained\n")
     assert before is not None and query_key(job, opts) != before
+
+
+def test_runs_jsonl_names_lost_frames():
+    """A damaged file's lost frame ranges reach the nightly log, not only its summary.json."""
+    job = Job(video="/v.mp4", out="/o", model="m", object="car")
+    damaged = record(job, "done", dict(frames=100, missing_frames=[[40, 52]], stopped_at=None))
+    assert damaged["missing_frames"] == [[40, 52]] and "stopped_at" not in damaged
+    assert "missing_frames" not in record(job, "done", dict(frames=100, missing_frames=[]))
 
 
 def test_runs_jsonl_lines_stay_whole(tmp_path):

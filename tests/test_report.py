@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from noscope.cli import cli
 from noscope.clips import clip_ranges
-from noscope.report import frames_csv, intervals, read_frames_csv
+from noscope.report import FrameTable, frames_csv, intervals, read_frames_csv
 from noscope.video import open_video
 
 from .conftest import URBAN, moving_square_frames, write_video
@@ -99,7 +99,18 @@ def test_clip_ranges_pad_merge_cap():
     assert [(c.start_frame, c.end_frame, c.truncated) for c in r] == [(0, 30, False), (90, 140, True)]
     assert left == 2
     assert clip_ranges([], fps=10, frame_count=100) == ([], 0)
-    assert r[0].name(1, 10.0) == "clip-001-0.00s-3.00s.mp4"
+    assert r[0].name(1, 0.0, 3.0) == "clip-001-0.00s-3.00s.mp4"
+
+
+def test_clip_and_timeline_seconds_are_the_recorded_times():
+    """Variable frame rate: frames 0-3 one second apart, then 0.1 s apart. Clip names, captions
+    and the timeline's bins take the times frames.csv recorded, not frame / average fps; padding
+    outside the answered rows steps by 1 / fps."""
+    times = np.array([0.0, 1.0, 2.0, 3.0, 3.1, 3.2])
+    table = FrameTable(np.arange(10, 16), times, np.zeros(6, bool), np.full(6, "reference"), None)
+    got = table.seconds([10, 13, 15, 14.5, 17, 8], fps=10.0)
+    assert np.allclose(got, [0.0, 3.0, 3.2, 3.15, 3.4, -0.2])
+    assert np.allclose(FrameTable(np.arange(0), np.zeros(0), np.zeros(0, bool), np.zeros(0, str), None).seconds([5], 10.0), [0.5])
 
 
 def test_frames_csv_keeps_reference_scores(tmp_path):
