@@ -114,7 +114,7 @@ def resolve_model(cfg, video, model, object_name, quiet, start=None, end=None, s
     say = say or (lambda *a, **k: None)
     objects = parse_objects(object_name)
     root = bundle_path(model) if model else bundle_destination(video, objects, cfg)
-    if own and objects and video:
+    if own and model and objects and video:  # a batch names this video's own bundle by its path
         root = own_bundle(root, video, cfg["decode"]["backend"])
     if not (root / "bundle.yaml").is_file() and objects and video:
         say(f"no bundle at {root}; training one on {video} for {', '.join(objects)}")
