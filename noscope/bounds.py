@@ -37,13 +37,6 @@ def rate_upper(k: float, n: float, alpha: float) -> float:
     return float(stats.beta.ppf(1.0 - alpha, k + 1.0, n - k))
 
 
-def rate_lower(k: float, n: float, alpha: float) -> float:
-    """One-sided lower (1 - alpha) limit of a rate seen k times in n trials; 0 when k is 0."""
-    if n <= 0 or k <= 0:
-        return 0.0
-    return float(stats.beta.ppf(alpha, k, n - k + 1.0))
-
-
 def count_upper(k: int, population: int, sample: int, alpha: float) -> int:
     """Largest count K of bad items among `population` such that drawing `sample` items without
     replacement shows at most k bad ones with probability above alpha (exact hypergeometric)."""

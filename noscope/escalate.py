@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .optimizer import DEFAULT_SKIPS, Plan, Targets
-from .verify import Check, certification_size, draw, missed, verdict
+from .verify import Check, certification_sizes, draw, missed, rate_met, verdict
 
 SIDES = {"fpr": True, "fnr": False}  # the rate, and the cheap answer whose frames hold its errors
 
@@ -47,7 +47,7 @@ class Settings:
 
 def apply_known(result, scores: dict[int, float], min_score: float):
     """The result with every frame the reference answered taking the reference's answer."""
-    if not scores:
+    if not scores or not len(result.frames):
         return result
     frames = np.fromiter(scores, np.int64, len(scores))
     at = np.searchsorted(result.frames, frames)
@@ -74,14 +74,11 @@ def plan_round(result, targets: Targets, settings: Settings, alpha: float, rng) 
     pools = {ans: result.frames[cheap & (result.labels == ans)] for ans in (True, False)}
     ref_pos = int(np.count_nonzero(~cheap & result.labels))
     ref_neg = int(np.count_nonzero(~cheap & ~result.labels))
-    sizes = {}
-    for ans, pool in pools.items():
-        n = min(settings.per_stratum, len(pool))
-        if settings.guarantee:  # enough to certify if nothing wrong turns up; most of it -> all of it
-            other = (ref_neg + len(pools[False])) if ans else (ref_pos + len(pools[True]))
-            n = certification_size(len(pool), other, targets.fpr if ans else targets.fnr, alpha)
-            n = len(pool) if n * 2 >= len(pool) else n
-        sizes[ans] = n
+    sizes = {ans: min(settings.per_stratum, len(pool)) for ans, pool in pools.items()}
+    if settings.guarantee:  # enough to certify if nothing wrong turns up; most of a stratum -> all of it
+        sizes = certification_sizes(len(pools[True]), len(pools[False]), ref_pos, ref_neg, targets.fpr, targets.fnr,
+                                    alpha, settings.per_stratum)
+        sizes = {ans: len(pools[ans]) if n * 2 >= len(pools[ans]) else n for ans, n in sizes.items()}
     draws = {ans: draw(pools[ans], sizes[ans], rng) for ans in pools}
     at = {ans: np.searchsorted(result.frames, d) for ans, d in draws.items()}
     return Round(draws, {ans: len(p) for ans, p in pools.items()}, {ans: result.decided_by[at[ans]] for ans in at})
@@ -98,8 +95,8 @@ def judge(result, rnd: Round, scores: dict[int, float], min_score: float, target
         answered = np.array([f in scores for f in frames.tolist()], bool)
         truth = np.array([scores[f] >= min_score for f in frames[answered].tolist()], bool)
         wrong = truth != ans
-        checks[ans] = Check(rnd.population[ans] - int(np.count_nonzero(~answered)), int(answered.sum()),
-                            int(wrong.sum()))
+        lost = int(np.count_nonzero(~answered))  # the reference could not decode them: assume the worst
+        checks[ans] = Check(rnd.population[ans] - lost, int(answered.sum()), int(wrong.sum()), lost)
         wrong_stages[ans] = Counter(rnd.stages[ans][answered][wrong].tolist())
     v = verdict(checks[True], checks[False], ref_pos, ref_neg, targets.fpr, targets.fnr, alpha)
     v["checks"], v["wrong_stages"] = checks, wrong_stages
@@ -110,7 +107,7 @@ def failing(v: dict, targets: Targets, guarantee: bool) -> set[str]:
     """The rates to act on: the estimate misses the target, or (guarantee) the bound does."""
     out = {r for r in SIDES if missed(v[r], getattr(targets, r))}
     if guarantee and v["met"] is not True:
-        out |= {r for r in SIDES if v[r]["high"] is None or v[r]["high"] > getattr(targets, r)}
+        out |= {r for r in SIDES if rate_met(v[r], getattr(targets, r)) is not True}
     return out
 
 
@@ -140,7 +137,8 @@ def repair(plans: dict[str, Plan], broken: dict[str, set[str]], verdicts: dict[s
             if not verdicts[o]["wrong_stages"][SIDES[r]]["model"] or (c_low if r == "fnr" else c_high) is None:
                 continue
             c_low, c_high, what = _refit_model(results[o], r, c_low, c_high, weights[o], getattr(targets, r), min_score)
-            actions.append(f"{o}: {what}" if len(plans) > 1 else what)
+            if what:  # a threshold the errors do not move is no repair
+                actions.append(f"{o}: {what}" if len(plans) > 1 else what)
         new[o] = dataclasses.replace(p, skip=skip, diff=diff, diff_threshold=thr, c_low=c_low, c_high=c_high)
     return new, actions
 
@@ -167,11 +165,11 @@ def _refit_model(result, rate: str, c_low, c_high, weights: dict[int, float], ta
     scores, cum = p[kind][order], np.cumsum(w[kind][order])
     j = int(np.searchsorted(cum, target / 2 * cum[-1], side="right"))  # the first frame that must not be wrong
     cut = float(scores[min(j, len(scores) - 1)])
-    if rate == "fnr":
-        new = min(c_low, cut)
-        return new, c_high, f"model c_low {c_low:.4g} -> {new:.4g} (re-fitted to the reference on this video)"
-    new = max(c_high, cut)
-    return c_low, new, f"model c_high {c_high:.4g} -> {new:.4g} (re-fitted to the reference on this video)"
+    old = c_low if rate == "fnr" else c_high
+    new = min(old, cut) if rate == "fnr" else max(old, cut)
+    what = f"model {'c_low' if rate == 'fnr' else 'c_high'} {old:.4g} -> {new:.4g} (re-fitted to the reference on this video)"
+    what = what if new != old else None
+    return (new, c_high, what) if rate == "fnr" else (c_low, new, what)
 
 
 def _refit_diff(results: dict, broken: dict[str, set[str]], threshold: float, min_score: float) -> float | None:
@@ -212,7 +210,7 @@ def check_and_repair(results: dict, plans: dict[str, Plan], ask: Callable, rerun
             _log_round(reports[o], k, a, verdicts[o])
         if not broken:
             break
-        last = k == settings.rounds or all(_takes_all(rounds[o], r) for o, b in broken.items() for r in b)
+        last = k == settings.rounds
         fixable = {o: {r for r in b if missed(verdicts[o][r], getattr(targets, r))} for o, b in broken.items()}
         # the cascade's answers beside every reference answer so far, this round's draw included
         seen = {o: dataclasses.replace(results[o], reference_scores={**results[o].reference_scores, **known[o]})
@@ -246,11 +244,6 @@ def _ask_into(ask: Callable, known: dict[str, dict], frames: np.ndarray) -> None
         for f, per in ask(frames).items():
             for o, score in per.items():
                 known[o][f] = score
-
-
-def _takes_all(rnd: Round, rate: str) -> bool:
-    ans = SIDES[rate]
-    return len(rnd.draws[ans]) >= rnd.population[ans]
 
 
 def _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, alpha) -> dict:

@@ -43,14 +43,15 @@ class Check:
     population: int
     sample: int
     errors: int
+    lost: int = 0  # drawn frames the reference could not answer: counted wrong, and left uncorrected
 
     def limits(self, alpha: float) -> tuple[int, float | None, int]:
         """(lower, estimate, upper) of the count of wrong frames in the whole stratum."""
         if self.population == 0:
-            return 0, 0.0, 0
-        est = self.errors * self.population / self.sample if self.sample else None
-        return (count_lower(self.errors, self.population, self.sample, alpha), est,
-                count_upper(self.errors, self.population, self.sample, alpha))
+            return self.lost, float(self.lost), self.lost
+        est = self.errors * self.population / self.sample + self.lost if self.sample else None
+        return (count_lower(self.errors, self.population, self.sample, alpha) + self.lost, est,
+                count_upper(self.errors, self.population, self.sample, alpha) + self.lost)
 
 
 def _rate(wrong: float | None, seen: int, other_population: int, other_wrong: float | None, reference: int) -> float | None:
@@ -71,9 +72,10 @@ def rate_limits(own: Check, other: Check, reference: int, alpha: float) -> dict:
     out = dict(count_high=int(hi - own.errors))
     if seen_kind == 0:  # nothing of this kind seen anywhere: no rate, only a count
         return dict(out, estimate=None, low=None, high=None)
-    return dict(out, estimate=_rate(est, own.errors, other.population, oest, reference),
-                low=_rate(lo, own.errors, other.population, olo, reference),
-                high=_rate(hi, own.errors, other.population, ohi, reference))
+    frames = other.population + other.lost  # the other stratum's frames; its limits count its lost ones
+    return dict(out, estimate=_rate(est, own.errors, frames, oest, reference),
+                low=_rate(lo, own.errors, frames, olo, reference),
+                high=_rate(hi, own.errors, frames, ohi, reference))
 
 
 def rate_met(limits: dict, target: float) -> bool | None:
@@ -91,6 +93,8 @@ def verdict(yes: Check, no: Check, ref_pos: int, ref_neg: int, fpr_target: float
     fnr = rate_limits(no, yes, ref_pos, alpha)
     each = [rate_met(fpr, fpr_target), rate_met(fnr, fnr_target)]
     met = False if False in each else (True if all(each) else None)
+    if not (yes.population + yes.lost + no.population + no.lost + ref_pos + ref_neg):
+        met = None  # no frame was answered: there is nothing a target could be met on
     return dict(fpr=fpr, fnr=fnr, met=met)
 
 
@@ -115,6 +119,25 @@ def certification_size(population: int, other_kind: float, target: float, alpha:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
     return lo
+
+
+def certification_sizes(yes: int, no: int, ref_pos: int, ref_neg: int, fpr_target: float, fnr_target: float,
+                        alpha: float, floor: int) -> dict[bool, int]:
+    """Frames to draw from the cheap "yes" (`yes` frames) and "no" (`no`) answers so that, if none
+    is wrong, both upper bounds of `verdict` meet the targets. Each rate's denominator holds the
+    other stratum's frames less that stratum's own upper count of wrong frames, so the two sizes
+    depend on each other: start both at `floor` and grow each to what the other's size asks, until
+    neither changes (sizes only grow, and a larger draw only lowers the other's need)."""
+    n = {True: min(floor, yes), False: min(floor, no)}
+    while True:
+        wrong_yes = count_upper(0, yes, n[True], alpha / 2) if yes else 0
+        wrong_no = count_upper(0, no, n[False], alpha / 2) if no else 0
+        need = {True: certification_size(yes, ref_neg + no - wrong_no, fpr_target, alpha),
+                False: certification_size(no, ref_pos + yes - wrong_yes, fnr_target, alpha)}
+        grown = {ans: max(n[ans], need[ans]) for ans in n}
+        if grown == n:
+            return n
+        n = grown
 
 
 def draw(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,9 +10,9 @@ import pytest
 
 from noscope import bounds
 from noscope.cascade import CascadeResult
-from noscope.escalate import Settings, apply_known, check_and_repair
+from noscope.escalate import Settings, apply_known, check_and_repair, plan_round
 from noscope.optimizer import Plan, Targets
-from noscope.verify import Check, certification_size, rate_met, verdict
+from noscope.verify import Check, certification_size, certification_sizes, rate_met, verdict
 
 
 def test_hypergeometric_limits_are_exact_and_never_zero_width():
@@ -45,6 +45,8 @@ def test_no_positive_seen_is_a_count_not_a_rate():
     assert v["fnr"]["count_high"] > 100  # up to that many frames could be missed
     assert v["met"] is None  # not "FNR 0, target met"
     assert rate_met(dict(high=None, low=None, estimate=None, count_high=0), 0.01) is True
+    # no frame answered at all (nothing decoded in the range): nothing is vouched for
+    assert verdict(Check(0, 0, 0), Check(0, 0, 0), 0, 0, 0.01, 0.01, 0.05)["met"] is None
 
 
 def test_gross_failure_is_found_missed():
@@ -58,6 +60,42 @@ def test_certification_size_matches_the_issue_arithmetic():
     for n in (100_000, 1_000_000):
         size = certification_size(int(0.9 * n), 0.1 * n, 0.01, 0.05)
         assert 2500 < size < 4500, size
+
+
+@pytest.mark.parametrize("positives", [0.01, 0.10])
+def test_guarantee_sizes_certify_a_perfect_cascade_without_taking_every_frame(positives):
+    """100,000 frames, 3% answered by the reference, no wrong answer anywhere: the draw --guarantee
+    sizes certifies 1% / 1% in one round. Sizing each answer alone (as if the other's frames were
+    all of the rate's kind) leaves the "yes" draw so small that FNR's bound misses the target."""
+    n, share = 100_000, 0.03
+    yes, no = int(n * positives * (1 - share)), int(n * (1 - positives) * (1 - share))
+    ref_pos, ref_neg = int(n * positives * share), int(n * (1 - positives) * share)
+    sizes = certification_sizes(yes, no, ref_pos, ref_neg, 0.01, 0.01, 0.025, 100)
+    assert verdict(Check(yes, sizes[True], 0), Check(no, sizes[False], 0), ref_pos, ref_neg, 0.01, 0.01, 0.025)["met"] is True
+    assert sizes[False] < no / 2 and sizes[True] <= yes
+    alone = {True: certification_size(yes, ref_neg + no, 0.01, 0.025), False: certification_size(no, ref_pos + yes, 0.01, 0.025)}
+    assert verdict(Check(yes, alone[True], 0), Check(no, alone[False], 0), ref_pos, ref_neg, 0.01, 0.01, 0.025)["met"] is not True
+
+
+def test_drawn_frames_the_reference_cannot_answer_count_as_wrong():
+    """A drawn frame the reference could not decode keeps its cheap answer: the bound assumes it is
+    wrong, and a stratum with no answered draw has no estimate (shown as n/a), only a bound."""
+    from noscope.query import verified_line
+
+    v = verdict(Check(500, 100, 0), Check(4997, 97, 0, lost=3), 100, 400, 0.05, 0.05, 0.05)
+    clean = verdict(Check(500, 100, 0), Check(5000, 100, 0), 100, 400, 0.05, 0.05, 0.05)
+    assert v["fnr"]["count_high"] >= clean["fnr"]["count_high"] + 3 and v["fnr"]["estimate"] > 0
+    none = verdict(Check(500, 100, 0), Check(4990, 0, 0, lost=10), 100, 400, 0.05, 0.05, 0.05)
+    assert none["fnr"]["estimate"] is None and none["fnr"]["high"] > 0.5
+    line = verified_line(dict(none, confidence=0.95, checked=110), Targets(0.05, 0.05))
+    assert "FNR n/a (bound" in line
+
+
+def test_apply_known_and_plan_round_take_an_empty_result():
+    empty = _result(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, str), {})
+    assert apply_known(empty, {5: 0.9}, 0.5) is empty
+    rnd = plan_round(empty, Targets(0.01, 0.01), Settings(guarantee=True), 0.025, np.random.default_rng(0))
+    assert rnd.population == {True: 0, False: 0}
 
 
 def _result(frames, labels, decided, ref_scores, model=None):
