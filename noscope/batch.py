@@ -215,11 +215,13 @@ def run_job(job: Job, opts: RunOptions, quiet: bool = True, say=None, on_error: 
 
     KeyboardInterrupt is not caught: Ctrl-C stops the whole batch."""
     from .query import query_video
+    from .report import clear_result
 
     t0 = time.perf_counter()
     try:
-        # a half-rewritten folder must not look finished while this run replaces it
-        (Path(job.out) / "summary.json").unlink(missing_ok=True)
+        # a half-rewritten folder must not look finished while this run replaces it; cleared now,
+        # while the earlier summary.json still names an earlier several-objects result's folders
+        clear_result(Path(job.out))
         key = query_key(job, opts)
         summary = query_video(job.video, copy.deepcopy(opts.cfg), opts.targets, model=job.model, object_name=job.object_name,
                               out=job.out, start=opts.start, end=opts.end, reference_name=opts.reference_name,

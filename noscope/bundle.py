@@ -87,6 +87,9 @@ def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detect
     """A trained bundle: the models trained into `work` (named NAME-KEY.pt), the difference
     detectors' images, the held-out arrays, then bundle.yaml last; `work` is removed after."""
     out.mkdir(parents=True, exist_ok=True)
+    # an earlier bundle here stops being one before its files are replaced: a crash in between
+    # leaves no bundle.yaml vouching for a mix of old and new files
+    (out / "bundle.yaml").unlink(missing_ok=True)
     (out / "models").mkdir(exist_ok=True)
     for c in candidates:
         shutil.copyfile(work / f"{c['name']}-{key}.pt", out / c["file"])

@@ -83,11 +83,10 @@ def write_clip(video, clip: ClipRange, path: Path, table=None, object_name: str 
     size = (int(round(video.width * scale)) // 2 * 2, int(round(video.height * scale)) // 2 * 2)
     answer: dict[int, tuple[bool, str]] = {}
     frames = np.arange(clip.start_frame, clip.end_frame)
-    when = video.times_of(frames)
+    when = video.times_of(frames) if table is None else table.seconds(frames, video.fps)  # as frames.csv recorded them
     if table is not None:
         m = (table.frame >= clip.start_frame) & (table.frame < clip.end_frame)
         answer = dict(zip(table.frame[m].tolist(), zip(table.label[m].tolist(), table.decided_by[m].tolist())))
-        when = table.seconds(frames, video.fps)  # the times frames.csv recorded
     seconds = dict(zip(frames.tolist(), when.tolist()))
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the .mp4 suffix OpenCV picks the container by
     vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), video.fps, size)

@@ -58,6 +58,7 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
     final = measured(result, labels.frames, truth, targets.window)
     segment = compared_segment(labels.frames, result.frames, s, e, result.stopped_at)
     ref_fps = len(labels.frames) / t_ref if t_ref else float("nan")
+    ref_per_frame = t_ref / len(labels.frames) if len(labels.frames) else float("nan")  # nothing decoded: no speed
     per_frame = result.seconds / max(len(result.frames), 1)
     cascade_s = result.seconds - result.stage_seconds.get("verify", 0.0)
     return dict(
@@ -69,8 +70,8 @@ def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=N
         verify_seconds=round(result.stage_seconds.get("verify", 0.0), 3),
         reference_fps=ref_fps,
         cascade_fps=len(result.frames) / result.seconds if result.seconds else float("nan"),
-        speedup=(1 / ref_fps) / per_frame if result.seconds else float("nan"),
-        speedup_without_verify=(1 / ref_fps) / (cascade_s / max(len(result.frames), 1)) if cascade_s > 0 else float("nan"),
+        speedup=ref_per_frame / per_frame if result.seconds else float("nan"),
+        speedup_without_verify=ref_per_frame / (cascade_s / max(len(result.frames), 1)) if cascade_s > 0 else float("nan"),
         reference_calls=len(result.reference_scores), fractions=result.fractions(), cascade=plan.to_dict(),
         stage_seconds={k: round(v, 4) for k, v in result.stage_seconds.items()},
         device=str(reference.device),

@@ -69,13 +69,13 @@ def own_bundle_paths(root: Path, video_hash: str) -> list[Path]:
 
 
 def trained_on(root: Path) -> str | None:
-    """The content hash of the video the bundle at `root` was trained on; None if there is no
-    readable bundle (loading it then says why)."""
-    from .bundle import load_manifest
+    """The content hash of the video the bundle at `root` was trained on, read from its bundle.yaml
+    alone (loading the bundle checks the rest); None if that says nothing readable."""
+    import yaml
 
     try:
-        return str(load_manifest(root)["video"]["hash"])
-    except (NoscopeError, KeyError, TypeError):
+        return str(yaml.safe_load((root / "bundle.yaml").read_text())["video"]["hash"])
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
         return None
 
 
@@ -241,7 +241,8 @@ def verified_line(verified: dict, targets: Targets) -> str:
         if rate["high"] is None:
             kind = "positive" if name == "FNR" else "negative"
             return f"{name}: no {kind} frame seen, at most {rate['count_high']} frames wrong"
-        return f"{name} {rate['estimate']:.2%} (bound {rate['high']:.2%}, target {target:.2%})"
+        est = "n/a" if rate["estimate"] is None else f"{rate['estimate']:.2%}"  # no drawn frame could be answered
+        return f"{name} {est} (bound {rate['high']:.2%}, target {target:.2%})"
 
     conf = f"{verified.get('confidence', 0.95):.0%}"
     what = {True: f"targets met ({conf} bounds)", False: "targets missed", None: "targets not verified"}[verified["met"]]

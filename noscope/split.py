@@ -31,6 +31,7 @@ def sample_frames(start: int, end: int, max_frames: int, run_length: int) -> tup
     n = end - start
     if n <= max_frames:
         return np.arange(start, end, dtype=np.int64), np.zeros(n, np.int64)
+    run_length = min(run_length, max_frames, n)  # a run longer than the sample would read past `end`
     runs = max(1, max_frames // run_length)
     starts = np.linspace(start, end - run_length, runs).round().astype(np.int64)
     frames = np.concatenate([np.arange(s, s + run_length) for s in starts])

@@ -165,6 +165,25 @@ def test_runs_jsonl_names_lost_frames():
     assert "missing_frames" not in record(job, "done", dict(frames=100, missing_frames=[]))
 
 
+def test_a_rerun_clears_an_earlier_several_objects_result_first(tmp_path):
+    """The folder a batch reuses held a several-objects result: its per-object folders go too, found
+    through the earlier summary.json before anything is removed (a user's file stays), even when
+    the new run then fails."""
+    from noscope.batch import RunOptions, run_job
+    from noscope.config import load_config
+    from noscope.optimizer import Targets
+
+    out = tmp_path / "cam-car"
+    (out / "cam-car").mkdir(parents=True)
+    (out / "cam-car" / "summary.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    (out / "summary.json").write_text(json.dumps(dict(objects=["car", "bus"], results={"car": {"out": str(out / "cam-car")}})))
+    job = Job(video=str(tmp_path / "missing.mp4"), out=str(out), model=str(tmp_path / "none"), object="car")
+    rec = run_job(job, RunOptions(load_config(None, []), Targets(0.05, 0.05)))
+    assert rec["status"] == "failed"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_runs_jsonl_lines_stay_whole(tmp_path):
     p = tmp_path / "runs.jsonl"
     p.write_text('{"path": "a", "status": "done"}\n{"path": "b", "sta')  # a run killed mid-line

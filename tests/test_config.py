@@ -61,3 +61,20 @@ def test_values_in_range_are_kept(tmp_path):
     f.write_text("query:\n  batch_size: 0\n")  # a config file is checked like --set
     with pytest.raises(UsageError, match="config key query.batch_size must be an integer >= 1, got 0"):
         load_config(f)
+
+
+@pytest.mark.parametrize("given", ["640x352", "[640, 352]"])
+def test_reference_input_size_works_in_both_accepted_forms(given):
+    """`reference.input_size` passes the config check as WxH or [w, h]; both must reach the reference."""
+    from noscope.reference import configured_reference
+
+    ref, key = configured_reference(load_config(None, [f"reference.input_size={given}"]))
+    assert ref.input_size == (640, 352) and "640x352" in key
+
+
+def test_training_runs_never_read_past_the_segment():
+    """A train.run_length longer than the sample: the runs still lie inside [start, end)."""
+    from noscope.split import sample_frames
+
+    frames, runs = sample_frames(100, 25_100, 20_000, 30_000)
+    assert frames.min() >= 100 and frames.max() < 25_100 and len(frames) <= 20_000 and len(runs) == len(frames)

@@ -99,7 +99,7 @@ def configured_reference(cfg: dict) -> tuple[Reference, str]:
     """The reference the config's `reference` section and `device` describe, and its cache key."""
     r = cfg["reference"]
     ref = load_reference(r["name"], device=configured_device(cfg), weights=r["weights"], cfg=r["cfg"], names=r["names"],
-                         input_size=tuple(r["input_size"]) if r["input_size"] else None, batch_size=r["batch_size"])
+                         input_size=r["input_size"] or None, batch_size=r["batch_size"])
     return ref, reference_key(ref)
 
 
