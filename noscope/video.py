@@ -190,6 +190,13 @@ class Video:
             self._times = grown
         self._times[frames] = times
 
+    def note_time(self, n: int, t: float) -> None:
+        """One decoded frame's time: note_times without building arrays (called per decoded frame)."""
+        if n >= len(self._times):
+            self.note_times([n], [t])
+        else:
+            self._times[n] = t
+
     def times_of(self, frames) -> np.ndarray:
         """Seconds from the stream start of each frame: frame / fps at a constant frame rate, else
         the time its decoding recorded (decoding again for frames not seen yet)."""
@@ -357,7 +364,7 @@ class Video:
         the timestamp relative to frame 0's. A packet that fails to decode is skipped, and every
         frame after it until a keyframe decodes (and frames before that keyframe in time): they
         may show the damage, differently for a decoder started elsewhere."""
-        tb, origin = stream.time_base, stream.start_time or 0
+        tb, origin = float(stream.time_base), stream.start_time or 0  # float: no Fraction per frame
         t0 = None if self.counted else self._first_time()
         n, clean, floor, lost = -1, True, None, False
         for packet in packets(container, stream):
@@ -381,7 +388,7 @@ class Video:
                 if m <= n:  # out of order after damage
                     continue
                 n = m
-                yield n, (np.nan if frame.pts is None else round(float((frame.pts - origin) * tb), 6)), frame, lost
+                yield n, (np.nan if frame.pts is None else round((frame.pts - origin) * tb, 6)), frame, lost
                 lost = False
 
     def _first_time(self) -> float:
@@ -481,7 +488,7 @@ class _Tracker:
                 return None
             n, t, frame, lost = item
             if v.counted:
-                v.note_times([n], [t])
+                v.note_time(n, t)
                 if lost:
                     v.missing.append((n, n))
             elif self.fresh and n > target or not self.fresh and n > self.pos + 1:
