@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import NoscopeError, UsageError
 from .query import (apply_reference_options, bundle_destination, bundle_reference_cfg, check_reference_matches,
-                    make_reference, make_targets, model_words, parse_objects, resolve_model, warn_min_score)
+                    describe_missing, make_reference, make_targets, model_words, parse_objects, resolve_model, warn_min_score)
 
 log = logging.getLogger("noscope")
 
@@ -204,7 +204,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
         log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
     if lost:
         log.warning("part of the video cannot be decoded: no labels for frames %s; labelled the rest",
-                    ", ".join(f"{x}-{y - 1}" if y > x else f"before {x}" for x, y in lost))
+                    describe_missing(lost, most=None))
 
 
 @cli.command()

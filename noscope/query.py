@@ -284,10 +284,15 @@ def warn_if_missing(result, summary: dict) -> None:
         return
     summary["missing_frames"] = [[int(a), int(b)] for a, b in result.missing]
     lost = sum(b - a for a, b in result.missing)
-    where = ", ".join(f"{a}-{b - 1}" if b > a else f"before {a}" for a, b in result.missing[:5])
-    more = f" and {len(result.missing) - 5} more" if len(result.missing) > 5 else ""
-    log.warning("part of the video cannot be decoded: %d frames have no answer (frames %s%s); answered the rest",
-                lost, where, more)
+    log.warning("part of the video cannot be decoded: %d frames have no answer (frames %s); answered the rest",
+                lost, describe_missing(result.missing))
+
+
+def describe_missing(ranges, most: int | None = 5) -> str:
+    """[a, b) ranges of frames without an answer as words: "512-639, before 700" (and how many more
+    past `most`; None: all of them)."""
+    where = ", ".join(f"{a}-{b - 1}" if b > a else f"before {a}" for a, b in ranges[:most])
+    return where + (f" and {len(ranges) - most} more" if most is not None and len(ranges) > most else "")
 
 
 def _all_met(each: list) -> bool | None:
