@@ -2,7 +2,7 @@
 
     videos = expand_videos(["/cams/night/", "/cams/extra/*.avi"])
     jobs = plan_jobs(videos, out_root, "bus", model_root)
-    records = run_batch(jobs, options, out_root)                      # here, one video after another
+    records = run_batch(jobs, RunOptions(settings, targets), out_root)   # here, one video after another
     records = run_batch(jobs, options, out_root, remote=run_on_ray)   # elsewhere (noscope.distributed)
 
 A video that fails is one "failed" line in runs.jsonl and the run goes on; a video whose folder
@@ -12,7 +12,6 @@ executors run `run_job`, so a video answered on Ray is answered exactly as it is
 
 from __future__ import annotations
 
-import copy
 import errno
 import glob
 import hashlib
@@ -26,7 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import NoscopeError
-from .optimizer import Targets
+from .plans import Targets
+from .settings import Settings, default_name
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".mjpeg", ".mjpg"}
 GLOB_CHARS = set("*?[")
@@ -47,9 +47,9 @@ class Job:
 
 @dataclass
 class RunOptions:
-    """What every video of a batch is run with: the effective config and the query's options."""
+    """What every video of a batch is run with: the effective settings and the query's options."""
 
-    cfg: dict
+    settings: Settings
     targets: Targets
     start: str | None = None
     end: str | None = None
@@ -111,7 +111,6 @@ def plan_jobs(videos: list[Path], out_root: Path, object_for_names: str, model_r
     """One output folder per video, named STEM-OBJECT; stems that clash also get a hash of the
     video's path, so each video always lands in the same folder (what resuming relies on)."""
     from .bundle import bundle_path
-    from .query import default_name
 
     stems = Counter(v.stem for v in videos)
     jobs = []
@@ -136,7 +135,7 @@ def query_key(job: Job, opts: RunOptions) -> str | None:
         bundle = None if job.trains else hashlib.sha256((Path(job.model) / "bundle.yaml").read_bytes()).hexdigest()
     except OSError:
         return None
-    what = dict(cfg=opts.cfg, targets=[opts.targets.fpr, opts.targets.fnr, opts.targets.metric, opts.targets.window],
+    what = dict(cfg=opts.settings.as_config(), targets=[opts.targets.fpr, opts.targets.fnr, opts.targets.metric, opts.targets.window],
                 start=opts.start, end=opts.end, reference=opts.reference_name, video=[st.st_size, st.st_mtime_ns],
                 bundle=bundle)
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
@@ -145,14 +144,14 @@ def query_key(job: Job, opts: RunOptions) -> str | None:
 def _bundles(job: Job, summary: dict) -> list[str]:
     """The bundles this job may have answered with: its own may have moved aside for one of another
     video that shared the file name (query.own_bundle_paths)."""
-    from .query import own_bundle_paths
+    from .prepare import own_bundle_paths
 
     if not job.trains:
         return [job.model]
     return [str(p) for p in own_bundle_paths(Path(job.model), str(summary.get("video_hash")))]
 
 
-def finished(job: Job, opts: RunOptions) -> dict | None:
+def finished_result(job: Job, opts: RunOptions) -> dict | None:
     """The summary of a finished result for this very query in job.out, else None.
     summary.json is written last, so its presence means the folder is complete."""
     try:
@@ -223,8 +222,8 @@ def run_job(job: Job, opts: RunOptions, quiet: bool = True, say=None, on_error: 
         # while the earlier summary.json still names an earlier several-objects result's folders
         clear_result(Path(job.out))
         key = query_key(job, opts)
-        summary = query_video(job.video, copy.deepcopy(opts.cfg), opts.targets, model=job.model, object_name=job.object_name,
-                              out=job.out, start=opts.start, end=opts.end, reference_name=opts.reference_name,
+        summary = query_video(job.video, opts.settings, opts.targets, model=job.model, objects=job.object_name,
+                              out=job.out, start=opts.start, end=opts.end, reference_named=bool(opts.reference_name),
                               plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False,
                               own_model=job.trains)
     except Exception as e:
@@ -290,7 +289,7 @@ def run_batch(jobs: list[Job], opts: RunOptions, out_root: Path, *, force=False,
 
     todo = []
     for i, job in enumerate(jobs):
-        done = None if force else finished(job, opts)
+        done = None if force else finished_result(job, opts)
         if done is not None:
             got(i, record(job, "skipped", done))
         else:

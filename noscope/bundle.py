@@ -32,7 +32,7 @@ import yaml
 from . import __version__, difference, specialized
 from .atomic import atomic_write_bytes
 from .errors import NoscopeError
-from .optimizer import Costs, HeldOut
+from .plans import Costs, HeldOut
 from .paths import models_dir
 
 FORMAT = 1
@@ -102,7 +102,7 @@ def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detect
     shutil.rmtree(work, ignore_errors=True)
 
 
-def finished(root: Path, settings_key: str) -> dict | None:
+def finished_bundle(root: Path, settings_key: str) -> dict | None:
     """bundle.yaml of a complete bundle trained with these settings, else None."""
     if not (root / "bundle.yaml").is_file():
         return None
@@ -177,9 +177,8 @@ def load_npz(root: Path, rel: str) -> dict[str, np.ndarray]:
 class TrainedBundle:
     root: Path
     meta: dict
-    heldout: HeldOut | None  # None for a several-objects bundle: see heldouts
     costs: Costs
-    heldouts: dict[str, HeldOut] = field(default_factory=dict)  # object -> its held-out view
+    heldouts: dict[str, HeldOut]  # object -> its held-out view (several objects: same frames, its own truth and scores)
     _models: dict = field(default_factory=dict)
 
     @property
@@ -195,15 +194,21 @@ class TrainedBundle:
     def objects(self) -> list[str]:
         return list(self.meta["objects"]) if self.multi else [self.meta["object"]]
 
+    def heldout_auc(self, candidate: dict, obj: str) -> float | None:
+        """A candidate model's held-out AUC for one object (None: its output for that object had too
+        few training examples and is never used)."""
+        return candidate["heldout_aucs"][obj] if self.multi else candidate["heldout_auc"]
+
     def class_index(self, obj: str) -> int:
         return int(self.meta["class_indices"][self.objects.index(obj)]) if self.multi else int(self.meta["class_index"])
 
-    def model(self, name: str, device):
+    def model(self, name: str, device) -> specialized.Scorer:
+        """The specialized model `name`, ready to score frames (one column per object)."""
         if name not in self._models:
             c = next(c for c in self.meta["candidates"] if c["name"] == name)
-            loaded = specialized.load_model(inside(self.root, c["file"]), device=device)
-            check_model(self, c, loaded[1], loaded[0].outputs)  # again: the file may have changed since loading
-            self._models[name] = loaded
+            model, arch, mean = specialized.load_model(inside(self.root, c["file"]), device=device)
+            check_model(self, c, arch, model.outputs)  # again: the file may have changed since loading
+            self._models[name] = specialized.Scorer(model, arch, mean, device)
         return self._models[name]
 
     def diff(self, name: str) -> difference.DiffDetector:
@@ -217,12 +222,12 @@ class TrainedBundle:
         return int(next(d for d in self.meta["diffs"] if d["name"] == name)["size"])
 
 
-def check_model(tb: TrainedBundle, candidate: dict, arch, outputs: int) -> None:
+def check_model(bundle: TrainedBundle, candidate: dict, arch, outputs: int) -> None:
     """A candidate's model file must hold the architecture its name says, with one output per
     object: another model under its name would run with thresholds fit to a different one."""
-    want = len(tb.objects) if tb.multi else 1
+    want = len(bundle.objects) if bundle.multi else 1
     if arch.name != candidate["name"] or arch.size != int(candidate["size"]) or outputs != want:
-        raise NoscopeError(f"model bundle {tb.root} is corrupt: {candidate['file']} holds a {arch.name} model with "
+        raise NoscopeError(f"model bundle {bundle.root} is corrupt: {candidate['file']} holds a {arch.name} model with "
                            f"{outputs} output(s), not the {candidate['name']} with {want} that bundle.yaml names")
 
 
@@ -232,10 +237,10 @@ def load_bundle(root: Path) -> TrainedBundle:
     meta = load_manifest(root)
     try:
         check_complete(root, meta)
-        tb = _read_bundle(root, meta)
+        bundle = _read_bundle(root, meta)
         for c in meta["candidates"]:
-            check_model(tb, c, *specialized.model_arch(inside(root, c["file"])))
-        return tb
+            check_model(bundle, c, *specialized.model_arch(inside(root, c["file"])))
+        return bundle
     except NoscopeError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
@@ -256,7 +261,7 @@ def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
     if "objects" not in meta:
         heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
                           diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames"))
-        return TrainedBundle(root, meta, heldout, costs, {meta["object"]: heldout})
+        return TrainedBundle(root, meta, costs, {meta["object"]: heldout})
     objects = list(meta["objects"])
     if meta.get("format") != MULTI_FORMAT or len(meta["class_indices"]) != len(objects) or len(objects) < 2:
         raise NoscopeError(f"model bundle {root} is corrupt: its objects do not match its format")
@@ -267,4 +272,4 @@ def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
     # Views per object: same frames and difference scores, that object's truth and model output.
     heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={m: v[:, k] for m, v in model_scores.items()},
                            diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames")) for k, o in enumerate(objects)}
-    return TrainedBundle(root, meta, None, costs, heldouts)
+    return TrainedBundle(root, meta, costs, heldouts)

@@ -1,15 +1,12 @@
 """Run a chosen cascade over a video: skip -> difference detector -> specialized CNN -> reference.
 
-    model = load_bundle(".noscope/models/store")             # noscope.bundle
-    plan = choose_plan(model, Targets(0.01, 0.01), cfg["optimizer"])   # noscope.planning
-    result = run_cascade(video, model, plan, reference, start, end)
-    result.labels, result.decided_by                 # one entry per frame of [start, end)
+    bundle = load_bundle(bundle_path("store"))                                 # noscope.bundle
+    plan = choose_plan(bundle, Targets(0.01, 0.01), ["person"], settings.optimizer)   # noscope.planning
+    results = run_cascade(video, bundle, plan, reference, key, start, end, decode=settings.decode)
+    results["person"].labels, results["person"].decided_by     # one entry per frame of [start, end)
 
-    plan = choose_joint_plan(multi, Targets(0.01, 0.01))  # a several-objects bundle
-    results = run_cascade(video, multi, plan, reference, start, end)   # object -> CascadeResult
-
-Semantics are those of `optimizer.simulate`, so what the optimizer promised on held-out
-frames is what runs here:
+Semantics are those of `noscope.simulate`, so what the optimizer promised on held-out frames is
+what runs here:
   * only every `skip`-th frame is decoded (the others are grabbed, not converted) and the rest
     copy the last processed frame's answer;
   * a processed frame the difference detector calls unchanged copies the previous processed
@@ -18,9 +15,9 @@ frames is what runs here:
   * everything else goes to the reference, in one sparse second pass over the video that also
     fills the label cache, so repeated queries never pay twice for a reference call.
 
-Several objects (noscope.joint): one decode, one difference detector, one CNN pass with one
-output per object, each object's own thresholds; a frame goes to the reference if any object is
-undecided there, and each object's answers are exactly `optimizer.simulate` of its own Plan.
+Several objects: one decode, one difference detector, one CNN pass with one output per object,
+each object's own thresholds; a frame goes to the reference if any object is undecided there, and
+each object's answers are exactly `simulate` of its own ObjectPlan.
 """
 
 from __future__ import annotations
@@ -32,14 +29,14 @@ from functools import partial
 
 import numpy as np
 
-from . import decode_pool, specialized
+from . import decode_pool
 from .bundle import TrainedBundle
 from .framecache import cached_batches, holds_all
-from .joint import JointPlan
 from .labels import label_frames
-from .optimizer import STAGES, Plan
+from .plans import STAGES, ObjectPlan, Plan
 from .progress import progress_bar
-from .video import Video, missing_ranges
+from .settings import DecodeSettings
+from .video import Video, decode_workers, missing_ranges
 
 # per processed frame, before the reference pass
 _COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
@@ -85,36 +82,20 @@ class CascadeResult:
         return {s: float((self.decided_by == s).sum()) / n for s in STAGES}
 
 
-def run_cascade(
-    video: Video,
-    tb: TrainedBundle,
-    plan: Plan | JointPlan,
-    reference,
-    ref_key: str,
-    start: int,
-    end: int,
-    *,
-    batch_size: int = 256,
-    use_label_cache: bool = True,
-    frame_cache: bool = True,
-    prefetch: int = 2,
-    workers: int = 1,
-    quiet: bool = False,
-    known: dict[int, np.ndarray] | None = None,
-) -> CascadeResult | dict[str, CascadeResult]:
-    """Run `plan` over [start, end): a Plan (single-object bundle) gives one CascadeResult, a
-    JointPlan gives object -> CascadeResult, all from one decode, one CNN pass, one reference pass.
-    `frame_cache` reads and fills the decoded-frame cache (decode once, query many); `prefetch`
-    batches are decoded ahead in a thread, by `workers` processes (noscope.decode_pool).
-    `known`: frame -> the reference's class scores already in hand (an earlier pass), not asked again."""
+def run_cascade(video: Video, bundle: TrainedBundle, plan: Plan, reference, ref_key: str, start: int, end: int, *,
+                decode: DecodeSettings, batch_size: int = 256, use_label_cache: bool = True, quiet: bool = False,
+                known: dict[int, np.ndarray] | None = None) -> dict[str, CascadeResult]:
+    """Run `plan` over [start, end): object -> CascadeResult, all from one decode, one CNN pass, one
+    reference pass. `decode.frame_cache` reads and fills the decoded-frame cache (decode once, query
+    many); `decode.prefetch` batches are decoded ahead in a thread, by `decode.workers` processes
+    (noscope.decode_pool). `known`: frame -> the reference's class scores already in hand (an
+    earlier pass), not asked again."""
     t0 = time.perf_counter()
-    joint = isinstance(plan, JointPlan)
-    stages = Stages.of(tb, plan.plans if joint else {tb.object: plan}, reference.device)
-    cheap = cheap_pass(video, stages, start, end, batch_size=batch_size, frame_cache=frame_cache, prefetch=prefetch,
-                       workers=workers, quiet=quiet)
-    scores = reference_pass(video, tb, stages, cheap, reference, ref_key, use_label_cache, quiet, known)
-    results = _results(video, tb, stages, cheap, scores, start, end, time.perf_counter() - t0)
-    return results if joint else results[stages.objects[0]]
+    stages = Stages.of(bundle, plan.plans, reference.device)
+    cheap = cheap_pass(video, stages, start, end, batch_size=batch_size, frame_cache=decode.frame_cache,
+                       prefetch=decode.prefetch, workers=decode_workers(decode.workers), quiet=quiet)
+    scores = reference_pass(video, bundle, stages, cheap, reference, ref_key, use_label_cache, quiet, known)
+    return _results(video, bundle, stages, cheap, scores, start, end, time.perf_counter() - t0)
 
 
 @dataclass
@@ -126,7 +107,7 @@ class Stages:
     skip: int
     det: object | None  # difference.DiffDetector
     threshold: float | None
-    model: object | None  # (SpecializedCNN, mean frame)
+    model: object | None  # specialized.Scorer
     cols: list[int]  # each object's column of the model's output
     c_low: np.ndarray  # per object; -inf: the model never says no for it (it asks the reference)
     c_high: np.ndarray  # per object; +inf: never yes
@@ -134,26 +115,25 @@ class Stages:
     device: object
 
     @classmethod
-    def of(cls, tb: TrainedBundle, plans: dict[str, Plan], device) -> "Stages":
+    def of(cls, bundle: TrainedBundle, plans: dict[str, ObjectPlan], device) -> "Stages":
         plan = next(iter(plans.values()))
         sizes: dict[str, tuple[int, int]] = {}
         det = model = None
         if plan.diff:
-            det = tb.diff(plan.diff)
-            dz = tb.diff_size(plan.diff)
+            det = bundle.diff(plan.diff)
+            dz = bundle.diff_size(plan.diff)
             sizes["diff"] = (dz, dz)
         if plan.model:
-            cnn, arch, mean = tb.model(plan.model, device)
-            model = (cnn, mean)
-            sizes["model"] = (arch.size, arch.size)
+            model = bundle.model(plan.model, device)
+            sizes["model"] = model.size
         return cls(list(plans), max(1, int(plan.skip)), det, plan.diff_threshold, model,
-                   [tb.objects.index(o) if tb.multi else 0 for o in plans],
+                   [bundle.objects.index(o) for o in plans],
                    np.array([-np.inf if p.c_low is None else p.c_low for p in plans.values()]),
                    np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()]), sizes, device)
 
 
 @dataclass
-class Cheap:
+class CheapAnswers:
     """What the cheap stages said of every processed frame, before the reference pass."""
 
     processed: np.ndarray  # int64: the processed frames that decoded
@@ -166,11 +146,11 @@ class Cheap:
 
 
 def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size: int, frame_cache: bool, prefetch: int,
-               workers: int, quiet: bool) -> Cheap:
+               workers: int, quiet: bool) -> CheapAnswers:
     """Decode every `skip`-th frame once and run the difference detector and the CNN on it."""
     n_obj = len(stages.objects)
     processed = np.arange(start, end, stages.skip, dtype=np.int64)
-    out = Cheap(processed, np.full((len(processed), n_obj), _REF, np.int8),
+    out = CheapAnswers(processed, np.full((len(processed), n_obj), _REF, np.int8),
                 np.full((len(processed), n_obj), np.nan, np.float32), np.full(len(processed), np.nan, np.float32),
                 [], None, {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0})
     if stages.sizes:
@@ -197,7 +177,7 @@ def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size
     return out
 
 
-def _batch_states(stages: Stages, batch, at: np.ndarray, out: Cheap, prev_last: list) -> np.ndarray:
+def _batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev_last: list) -> np.ndarray:
     """One batch through the difference detector and the CNN: each frame's state per object;
     the stages' scores go into `out` at rows `at`."""
     st = np.full((len(batch), len(stages.objects)), _REF, np.int8)
@@ -220,9 +200,7 @@ def _batch_states(stages: Stages, batch, at: np.ndarray, out: Cheap, prev_last: 
         out.stage_t["diff"] += time.perf_counter() - t
     if stages.model is not None and todo.any():
         t = time.perf_counter()
-        cnn, mean = stages.model
-        p = specialized.predict_scores(cnn, batch.frames["model"][todo], mean, device=stages.device)
-        p = p.reshape(len(p), -1)[:, stages.cols]
+        p = stages.model.predict(batch.frames["model"][todo])[:, stages.cols]
         sub = np.full(p.shape, _REF, np.int8)
         sub[p < stages.c_low] = _NO
         sub[p > stages.c_high] = _YES
@@ -232,14 +210,14 @@ def _batch_states(stages: Stages, batch, at: np.ndarray, out: Cheap, prev_last: 
     return st
 
 
-def reference_pass(video: Video, tb: TrainedBundle, stages: Stages, cheap: Cheap, reference, ref_key: str,
+def reference_pass(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAnswers, reference, ref_key: str,
                    use_label_cache: bool, quiet: bool, known: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
     """The reference on the frames some object could not decide (one call answers them all):
     frame -> per-object scores. Frames it could not decode lose their answer (`cheap` is cut)."""
     t = time.perf_counter()
     asks = (cheap.state == _REF).any(axis=1)
     need = cheap.processed[asks]
-    classes = [tb.class_index(o) for o in stages.objects]
+    classes = [bundle.class_index(o) for o in stages.objects]
     known = {} if known is None else known
     scores = {f: known[f][classes].astype(float) for f in need.tolist() if f in known}
     ask = np.array([f for f in need.tolist() if f not in scores], np.int64)
@@ -258,7 +236,7 @@ def reference_pass(video: Video, tb: TrainedBundle, stages: Stages, cheap: Cheap
     return scores
 
 
-def _results(video: Video, tb: TrainedBundle, stages: Stages, cheap: Cheap, scores: dict, start: int, end: int,
+def _results(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAnswers, scores: dict, start: int, end: int,
              seconds: float) -> dict[str, CascadeResult]:
     """Every frame's answer per object: processed frames their own, skipped frames a copy."""
     processed, skip = cheap.processed, stages.skip
@@ -272,7 +250,7 @@ def _results(video: Video, tb: TrainedBundle, stages: Stages, cheap: Cheap, scor
     results = {}
     for k, o in enumerate(stages.objects):
         ref_scores = {f: float(v[k]) for f, v in scores.items()}
-        labels, decided = _resolve(processed, cheap.state[:, k], ref_scores, tb.meta["labels"]["min_score"], frames)
+        labels, decided = _resolve(processed, cheap.state[:, k], ref_scores, bundle.meta["labels"]["min_score"], frames)
         model_scores = np.full(len(frames), np.nan, np.float32)
         model_scores[on_processed] = cheap.pscore[on[on_processed], k]
         results[o] = CascadeResult(frames, times, labels, decided, ref_scores, seconds, cheap.stage_t, cheap.stopped_at,

@@ -26,8 +26,7 @@ import click
 import numpy as np
 
 from .errors import NoscopeError, UsageError
-from .query import (apply_reference_options, bundle_destination, bundle_reference_cfg, check_reference_matches,
-                    describe_missing, make_reference, make_targets, model_words, parse_objects, resolve_model, warn_min_score)
+from .settings import Settings, make_targets, parse_objects
 
 log = logging.getLogger("noscope")
 
@@ -83,15 +82,22 @@ def common(f):
     return f
 
 
-def setup(config_file, sets, quiet, verbose) -> dict:
+def setup(config_file, sets, quiet, verbose, reference_name=None, reference_weights=None, reference_cfg=None) -> Settings:
+    """Logging for this command, and the configuration read once into typed settings (with the
+    command line's reference flags applied)."""
     from .config import load_config
 
+    configure_logging(verbose)
+    settings = Settings.from_config(load_config(config_file, list(sets)))
+    return settings.with_reference(settings.reference.with_options(reference_name, reference_weights, reference_cfg))
+
+
+def configure_logging(verbose: bool) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.WARNING)
     for h in [h for h in log.handlers if isinstance(h, _EchoHandler)]:
         log.removeHandler(h)
     log.addHandler(_EchoHandler(verbose))
     log.propagate = False
-    return load_config(config_file, list(sets))
 
 
 class _EchoHandler(logging.Handler):
@@ -157,7 +163,7 @@ def config_cmd(config_file, sets, quiet, verbose):
     """Print the effective configuration (defaults + --config + --set)."""
     from .config import dump
 
-    click.echo(dump(setup(config_file, sets, quiet, verbose)), nl=False)
+    click.echo(dump(setup(config_file, sets, quiet, verbose).as_config()), nl=False)
 
 
 @cli.command()
@@ -171,18 +177,19 @@ def config_cmd(config_file, sets, quiet, verbose):
 def label(video, object_name, every, as_json, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Run the reference detector on the frames of VIDEO and cache its answers."""
     from .labels import label_frames
+    from .prepare import open_reference
+    from .results import describe_missing
     from .video import missing_ranges, open_video, stop_is_truncation
 
-    cfg = setup(config_file, sets, quiet, verbose)
-    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
-    v = open_video(video, cfg["decode"]["backend"])
+    settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg)
+    v = open_video(video, settings.decode.backend)
     s, e = v.segment(start, end)
-    ref, key = make_reference(cfg)
+    ref, key = open_reference(settings.reference)
     cls = ref.class_index(object_name)
     t0 = time.perf_counter()
     labels = label_frames(v, ref, key, np.arange(s, e, every), quiet=quiet or as_json)
     wall = time.perf_counter() - t0
-    min_score = cfg["labels"]["min_score"]
+    min_score = settings.labels.min_score
     pos = int((labels.score_of(cls) >= min_score).sum())
     n = len(labels.frames)
     fresh = n - labels.from_cache
@@ -220,17 +227,15 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
 def train(video, object_name, name, force, seed, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Train specialized models and difference detectors for OBJECT on VIDEO."""
     from .bundle import bundle_path
+    from .prepare import bundle_destination
     from .train import train as run_train
 
-    cfg = setup(config_file, sets, quiet, verbose)
-    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
-    if seed is not None:
-        cfg["seed"] = seed
+    settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg).with_seed(seed)
     objects = parse_objects(object_name)
-    out = bundle_path(name) if name else bundle_destination(video, objects, cfg)  # never another video's namesake
+    # never another video's namesake
+    out = bundle_path(name) if name else bundle_destination(video, objects, settings.decode.backend)
     say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
-    meta = run_train(video, objects if len(objects) > 1 else objects[0], out, cfg, start, end, quiet=quiet, force=force,
-                     say=say)
+    meta = run_train(video, objects, out, settings, start, end, quiet=quiet, force=force, say=say)
     if len(objects) > 1:
         aucs = {o: [c["heldout_aucs"][o] for c in meta["candidates"] if c["heldout_aucs"][o] is not None] for o in objects}
         best = "; ".join(f"{o} {max(a):.3f}" if a else f"{o} unused" for o, a in aucs.items())
@@ -278,46 +283,50 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     Several videos, a folder (its videos, not recursive) or a quoted glob run as a batch: one
     folder per video under --out, a runs.jsonl line per video, finished videos skipped unless
     --force; exit 0 all done, 1 some videos failed."""
-    from .batch import is_batch
+    from .batch import RunOptions, is_batch
     from .query import query_video
     from .report import json_safe
 
-    cfg = setup(config_file, sets, quiet, verbose)
-    targets = make_targets(cfg, target_fpr, target_fnr, metric)
-    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
-    if guarantee:
-        cfg["query"]["guarantee"] = True
+    settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg)
+    settings = settings.with_guarantee(guarantee)
+    targets = make_targets(settings, target_fpr, target_fnr, metric)
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
     if is_batch(videos, executor):
-        _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, not no_plot, force, executor or "local",
-                     ray_address, start, end, reference_name, quiet, verbose)
+        opts = RunOptions(settings, targets, start, end, reference_name, not no_plot)
+        _query_batch(videos, opts, model, object_name, out_dir, as_json, force, executor or "local", ray_address, quiet,
+                     verbose)
         return
     video = videos[0] if videos else None
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
-    summary = query_video(video, cfg, targets, model=model, object_name=object_name, out=out_dir, start=start, end=end,
-                          reference_name=reference_name, plot=not no_plot, quiet=quiet or as_json, say=say)
-    if as_json:
-        click.echo(json.dumps(json_safe(summary)))
-    elif "objects" in summary:
-        found = ", ".join(f"{o} in {r['positives']} ({r['intervals']} intervals, targets {_met_word(r['verified_met'])})"
+    summary = query_video(video, settings, targets, model=model, objects=object_name, out=out_dir, start=start, end=end,
+                          reference_named=bool(reference_name), plot=not no_plot, quiet=quiet or as_json, say=say)
+    click.echo(json.dumps(json_safe(summary)) if as_json else _summary_line(summary))
+
+
+def _summary_line(summary: dict) -> str:
+    """The one line a query prints on stdout: what was found where, how fast, and what backs it."""
+    from .results import met_word, model_words
+
+    if "objects" in summary:
+        found = ", ".join(f"{o} in {r['positives']} ({r['intervals']} intervals, targets {met_word(r['verified_met'])})"
                           for o, r in summary["results"].items())
-        click.echo(f"{Path(summary['video']).name}: {found} of {summary['frames']} frames, {summary['frames_per_s']} "
-                   f"frames/s, {summary['reference_calls']} reference calls, {model_words(summary)} -> {summary['out']}")
-    else:
-        click.echo(f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
-                   f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
-                   f"{summary['reference_calls']} reference calls, {model_words(summary)}, "
-                   f"targets {_met_word(summary['verified']['met'])} -> {summary['out']}")
+        return (f"{Path(summary['video']).name}: {found} of {summary['frames']} frames, {summary['frames_per_s']} "
+                f"frames/s, {summary['reference_calls']} reference calls, {model_words(summary)} -> {summary['out']}")
+    return (f"{Path(summary['video']).name}: {summary['object']} in {summary['positives']} of {summary['frames']} frames "
+            f"({summary['intervals']} intervals), {summary['frames_per_s']} frames/s, "
+            f"{summary['reference_calls']} reference calls, {model_words(summary)}, "
+            f"targets {met_word(summary['verified']['met'])} -> {summary['out']}")
 
 
-def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plot, force, executor, ray_address,
-                 start, end, reference_name, quiet, verbose):
+def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, executor, ray_address, quiet, verbose):
     """Many videos: one result folder and one runs.jsonl line each; exit 1 if any failed."""
     from collections import Counter
 
-    from .batch import RUNS_FILE, RunOptions, expand_videos, plan_jobs, run_batch
+    from .batch import RUNS_FILE, expand_videos, plan_jobs, run_batch
+    from .prepare import resolve_bundle
     from .report import json_safe
+    from .results import met_word, model_words
 
     if model is None and object_name is None:
         raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one per video first)")
@@ -329,8 +338,8 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
     root = Path(out_dir or "noscope-out").absolute()
     model_root, obj = None, object_name
     if model is not None:  # a bundle that cannot be used would fail every video: say so once, up front
-        tb = resolve_model(cfg, None, model, object_name, quiet)
-        model_root, obj = Path(tb.root).absolute(), object_name or tb.object
+        bundle = resolve_bundle(opts.settings, None, model, object_name, quiet)
+        model_root, obj = Path(bundle.root).absolute(), object_name or bundle.object
     jobs = plan_jobs(paths, root, obj, model_root, object_name)
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
 
@@ -346,7 +355,7 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
         elif rec["status"] == "done":
             click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames, "
                        f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
-                       f"targets {_met_word(rec['verified']['met'])} -> {rec['out']}")
+                       f"targets {met_word(rec['verified']['met'])} -> {rec['out']}")
         elif rec["status"] == "skipped":
             click.echo(f"{name}: already done -> {rec['out']} (--force to redo)")
 
@@ -363,8 +372,8 @@ def _query_batch(videos, cfg, targets, model, object_name, out_dir, as_json, plo
         from .distributed import run_on_ray
 
         remote = partial(run_on_ray, address=ray_address)
-    records = run_batch(jobs, RunOptions(cfg, targets, start, end, reference_name, plot), root, force=force,
-                        remote=remote, quiet=quiet or as_json, say=say, on_record=show, on_error=trace)
+    records = run_batch(jobs, opts, root, force=force, remote=remote, quiet=quiet or as_json, say=say, on_record=show,
+                        on_error=trace)
     n = Counter(r["status"] for r in records)
     unmet = sum(1 for r in records if r["status"] != "failed" and (r.get("verified") or {}).get("met") is not True)
     if not as_json:
@@ -387,7 +396,7 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
     """Draw timeline.png and costs.png for the result in OUT_DIR; with --clips, cut clips of the intervals."""
     from .report import make_report
 
-    setup(None, (), True, verbose)
+    configure_logging(verbose)
     rep = make_report(Path(out_dir), Path(clips_dir) if clips_dir else None, pad, max_clips, max_clip_seconds, video_path)
     if as_json:
         click.echo(json.dumps(rep))
@@ -413,42 +422,34 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
 @common
 def evaluate(video, model, as_json, guarantee, target_fpr, target_fnr, metric, start, end,
              reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
-    """Measure a query's errors and speed-up against the reference on every frame."""
+    """Measure a query's errors and speed-up against the reference on every frame (a several-objects
+    bundle: one report per object, answered in one pass)."""
     from .evaluate import evaluate as run_evaluate
-    from .query import verified_line
+    from .prepare import open_query
     from .report import json_safe
 
-    cfg = setup(config_file, sets, quiet, verbose)
-    targets = make_targets(cfg, target_fpr, target_fnr, metric)
-    if guarantee:
-        cfg["query"]["guarantee"] = True
-    apply_reference_options(cfg, reference_name, reference_weights, reference_cfg)
-    tb = resolve_model(cfg, video, model, None, quiet)
-    warn_min_score(cfg, tb)
-    if tb.multi:
-        raise NoscopeError(f"evaluate takes a single-object bundle; {tb.root} answers {', '.join(tb.objects)} "
-                           "(train one bundle per object to evaluate it)")
-    video = video or tb.meta["video"]["path"]
-    bundle_reference_cfg(cfg, tb, reference_name)
-    ref, key = make_reference(cfg)
-    check_reference_matches(tb, key)
-    report = run_evaluate(video, tb, ref, key, targets, cfg, start, end, quiet=quiet or as_json)
-    if as_json:
-        click.echo(json.dumps(json_safe(report)))
-        return
+    settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg)
+    settings = settings.with_guarantee(guarantee)
+    targets = make_targets(settings, target_fpr, target_fnr, metric)
+    q = open_query(settings, video, model, None, start, end, reference_named=bool(reference_name), quiet=quiet)
+    reports = run_evaluate(q, targets, settings, quiet=quiet or as_json)
+    for report in reports.values():
+        click.echo(json.dumps(json_safe(report)) if as_json else _evaluate_lines(report, targets))
+
+
+def _evaluate_lines(report: dict, targets) -> str:
+    """What `evaluate` prints for one object: measured errors and speed, then what the check said."""
+    from .results import verified_line
+
     f, w = report["frames"], report["windows"]
-    click.echo(
-        f"{Path(video).name} [{report['segment'][0]}, {report['segment'][1]}) {tb.object} @ targets "
+    return (
+        f"{Path(report['video']).name} [{report['segment'][0]}, {report['segment'][1]}) {report['object']} @ targets "
         f"{targets.fpr}/{targets.fnr}, {report['frames_compared']} frames compared ({report['positives']} positive): "
         f"frames FPR {_rate(f['fpr'])} FNR {_rate(f['fnr'])}; windows FPR {_rate(w['fpr'])} FNR {_rate(w['fnr'])}; "
         f"reference {report['reference_fps']:.1f} frames/s, query {report['cascade_fps']:.1f} frames/s, speed-up "
         f"{report['speedup']:.1f}x ({report['reference_calls']} reference calls, verification {report['verify_seconds']:.1f} s)"
+        f"\n{verified_line(report['verified'], targets)}"
     )
-    click.echo(verified_line(report["verified"], targets))
-
-
-def _met_word(met) -> str:
-    return {True: "met", False: "missed", None: "not verified"}[met]
 
 
 def _rate(x) -> str:

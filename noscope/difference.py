@@ -540,12 +540,12 @@ class Fitted:
 
 def fit_and_score(frames: np.ndarray, truth: np.ndarray, blocks: np.ndarray, parts, skips: list[int], grid: int,
                   size: int) -> Fitted:
-    """Fit every detector on the training frames (`parts.tr`), score it on the held-out frames
-    (`parts.ho`) at every skip, time it."""
-    detectors = fit_detectors(frames[parts.tr], truth[parts.tr], blocks[parts.tr], skips=skips, grid=grid)
+    """Fit every detector on the training frames (`parts.train`), score it on the held-out frames
+    (`parts.heldout`) at every skip, time it."""
+    detectors = fit_detectors(frames[parts.train], truth[parts.train], blocks[parts.train], skips=skips, grid=grid)
     out = Fitted(detectors, {}, {}, [])
     for d in detectors:
-        for k, v in diff_scores(d, frames[parts.ho], blocks[parts.ho], skips).items():
+        for k, v in diff_scores(d, frames[parts.heldout], blocks[parts.heldout], skips).items():
             out.heldout_scores[f"{d.name}@{k}"] = v
         out.costs[d.name] = float(measure_cost(d, size))
         meta = d.to_dict()

@@ -1,6 +1,9 @@
 """`noscope evaluate`: the answers a query gives against the reference on every frame, both timed end to end.
 
     noscope evaluate storefront.mp4 --model store --start 60% --target-fpr 0.01 --target-fnr 0.01 --json
+    reports = evaluate(q, targets, settings)          # object -> report (q: prepare.open_query)
+
+A several-objects bundle is answered in one pass, as a query answers it, and measured per object.
 
 Both runs decode the same file with the same decoder, and neither reads the label cache (the
 reference pass refreshes it; the cascade's and the verification's reference calls go to the
@@ -17,10 +20,12 @@ import time
 import numpy as np
 
 from .answer import answer
-from .planning import choose_plan
 from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
-from .video import open_video
+from .planning import choose_plan
+from .plans import Plan, Targets
+from .prepare import Query
+from .settings import Settings
 
 log = logging.getLogger("noscope")
 
@@ -39,42 +44,49 @@ def measured(result, frames: np.ndarray, truth: np.ndarray, window: int) -> dict
                 windows=dict(fpr=float(w_fpr) if has_neg else None, fnr=float(w_fnr) if has_pos else None, window=window))
 
 
-def evaluate(video_path, tb, reference, ref_key, targets, cfg, start=None, end=None, quiet=False) -> dict:
-    video = open_video(video_path, cfg["decode"]["backend"])
-    s, e = video.segment(start, end)
-    cls = tb.meta["class_index"]
-    lab = tb.meta["labels"]
-
+def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False) -> dict[str, dict]:
+    """object -> report: the query's answers (after its check and any repair) and its first pass,
+    against the reference on every frame of the segment, and both runs' speed."""
+    lab = q.bundle.meta["labels"]
     t0 = time.perf_counter()
-    labels = label_frames(video, reference, ref_key, np.arange(s, e), refresh=True, quiet=quiet, desc="reference")
+    labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
+                          desc="reference")
     t_ref = time.perf_counter() - t0
-    truth = object_truth(labels.score_of(cls), lab["min_score"], lab["smooth"])
-
-    plan = choose_plan(tb, targets, cfg["optimizer"])
+    plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
     first: dict = {}
-    results, reports = answer(video, tb, plan, reference, ref_key, s, e, cfg, targets, use_label_cache=False,
-                              frame_cache=False, quiet=quiet, first_pass=first)
-    result, verified = results[tb.object], reports[tb.object]
-    final = measured(result, labels.frames, truth, targets.window)
-    segment = compared_segment(labels.frames, result.frames, s, e, result.stopped_at)
-    ref_fps = len(labels.frames) / t_ref if t_ref else float("nan")
-    ref_per_frame = t_ref / len(labels.frames) if len(labels.frames) else float("nan")  # nothing decoded: no speed
+    results, reports = answer(q, plan, targets, settings, use_label_cache=False, frame_cache=False, quiet=quiet,
+                              first_pass=first)
+    out = {}
+    for o in q.objects:
+        truth = object_truth(labels.score_of(q.bundle.class_index(o)), lab["min_score"], lab["smooth"])
+        out[o] = _report(q, o, labels.frames, truth, t_ref, results[o], first[o], reports[o], plan, targets)
+    return out
+
+
+def _report(q: Query, obj: str, frames: np.ndarray, truth: np.ndarray, t_ref: float, result, first, verified: dict,
+            plan: Plan, targets: Targets) -> dict:
+    """One object's report: measured errors of the final answers and of the first pass, the check's
+    report, and the speed-up end to end against the reference on every frame."""
+    s, e = q.start, q.end
+    segment = compared_segment(frames, result.frames, s, e, result.stopped_at)
+    ref_fps = len(frames) / t_ref if t_ref else float("nan")
+    ref_per_frame = t_ref / len(frames) if len(frames) else float("nan")  # nothing decoded: no speed
     per_frame = result.seconds / max(len(result.frames), 1)
     cascade_s = result.seconds - result.stage_seconds.get("verify", 0.0)
     return dict(
-        video=str(video.path), object=tb.object, model=str(tb.root), segment=segment, requested_segment=[int(s), int(e)],
-        **final, first_pass=measured(first[tb.object], labels.frames, truth, targets.window),
-        targets=dict(fpr=targets.fpr, fnr=targets.fnr, metric=targets.metric, window=targets.window),
-        verified=verified,
+        video=str(q.video.path), object=obj, model=str(q.bundle.root), segment=segment,
+        requested_segment=[int(s), int(e)], **measured(result, frames, truth, targets.window),
+        first_pass=measured(first, frames, truth, targets.window),
+        targets=targets.to_dict(), verified=verified,
         reference_seconds=round(t_ref, 3), cascade_seconds=round(result.seconds, 3),
         verify_seconds=round(result.stage_seconds.get("verify", 0.0), 3),
         reference_fps=ref_fps,
         cascade_fps=len(result.frames) / result.seconds if result.seconds else float("nan"),
         speedup=ref_per_frame / per_frame if result.seconds else float("nan"),
         speedup_without_verify=ref_per_frame / (cascade_s / max(len(result.frames), 1)) if cascade_s > 0 else float("nan"),
-        reference_calls=len(result.reference_scores), fractions=result.fractions(), cascade=plan.to_dict(),
+        reference_calls=len(result.reference_scores), fractions=result.fractions(), cascade=plan.plans[obj].to_dict(),
         stage_seconds={k: round(v, 4) for k, v in result.stage_seconds.items()},
-        device=str(reference.device),
+        device=str(q.reference.device),
     )
 
 

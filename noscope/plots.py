@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from .optimizer import STAGES
+from .plans import STAGES
 
 COSTS = ("decode", "diff", "model", "reference")  # where the seconds go; skipping costs nothing
 COLOURS = {"skip": "#b0b0b0", "decode": "#6c757d", "diff": "#5b9bd5", "model": "#f2a900", "reference": "#d9534f"}

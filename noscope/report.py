@@ -24,7 +24,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import NoscopeError
-from .optimizer import STAGES
+from .plans import STAGES
 
 _COLUMNS = ["frame", "time_s", "label", "decided_by"]
 # What a result folder holds that noscope wrote (module docstring); summary.json first, so a

@@ -506,12 +506,13 @@ class GridResult:
 
 
 def train_grid(archs: list[Arch], small: dict[int, np.ndarray], truth: np.ndarray, parts, objects: list[str],
-               work: Path, key: str, tcfg: dict, seed: int, device, say) -> GridResult:
+               work: Path, key: str, train, seed: int, device, say) -> GridResult:
     """Train (or resume from `work`) every candidate of the grid on the training frames, score
-    it on the held-out frames, time it. `parts` has masks tr, va, ho. An object with too few
+    it on the held-out frames, time it. `parts` (split.SampleSplit) has the masks train, val, heldout;
+    `train` is the training settings (settings.TrainSettings). An object with too few
     training frames of one answer gets no trusted output (several objects: the others still do;
     one object: no CNN at all, the cascade uses skip, difference detectors and the reference)."""
-    lacking = _lacking(truth.reshape(len(truth), -1)[parts.tr], objects)
+    lacking = _lacking(truth.reshape(len(truth), -1)[parts.train], objects)
     multi = len(objects) > 1
     if len(lacking) == len(objects):
         say(f"warning: too few {lacking[objects[0]]} training frames{' of any object' if multi else ''} for a "
@@ -525,11 +526,11 @@ def train_grid(archs: list[Arch], small: dict[int, np.ndarray], truth: np.ndarra
     out = GridResult([], {}, {})
     for i, arch in enumerate(archs):
         x = small[arch.size]
-        model, mean, info = _trained(arch, x, truth, parts, work / f"{arch.name}-{key}.pt", tcfg, seed, device)
-        p = predict_scores(model, x[parts.ho], mean, device=device)
+        model, mean, info = _trained(arch, x, truth, parts, work / f"{arch.name}-{key}.pt", train, seed, device)
+        p = predict_scores(model, x[parts.heldout], mean, device=device)
         cost = measure_cost(model, arch.size, device=device)
         out.heldout_scores[arch.name], out.costs[arch.name] = p, cost
-        each = truth.reshape(len(truth), -1)[parts.ho]
+        each = truth.reshape(len(truth), -1)[parts.heldout]
         aucs = {o: None if o in lacking else float(roc_auc(pk, tk)) for o, pk, tk in zip(objects, p.reshape(len(p), -1).T, each.T)}
         # Several objects: the worst-learnt trusted output's (the guard is applied per object).
         auc = float(np.min([a for a in aucs.values() if a is not None]))  # NaN (one class held out) stays NaN
@@ -553,15 +554,15 @@ def _lacking(train_truth: np.ndarray, objects: list[str]) -> dict[str, str]:
     return out
 
 
-def _trained(arch, x, truth, parts, path: Path, tcfg: dict, seed: int, device):
+def _trained(arch, x, truth, parts, path: Path, train, seed: int, device):
     """(model, mean frame, info): the one saved at `path` by an interrupted run, or a new one saved there."""
     if path.is_file():
         model, _, mean = load_model(path, device=device)
         return model, mean, {"resumed": True}
-    mean = mean_frame(x[parts.tr])
+    mean = mean_frame(x[parts.train])
     model, info = train_candidate(
-        arch, x[parts.tr], truth[parts.tr], x[parts.va], truth[parts.va], mean, epochs=tcfg["epochs"],
-        batch_size=tcfg["batch_size"], lr=tcfg["lr"], patience=tcfg["patience"], augment=tcfg["augment"], seed=seed,
+        arch, x[parts.train], truth[parts.train], x[parts.val], truth[parts.val], mean, epochs=train.epochs,
+        batch_size=train.batch_size, lr=train.lr, patience=train.patience, augment=train.augment, seed=seed,
         device=device,
     )
     save_model(model, arch, mean, path)
@@ -606,6 +607,26 @@ def predict_scores(
             logits = model(to_input(batch, mean_t))
             out[s : s + len(batch)] = torch.sigmoid(logits.float()).cpu().numpy()
     return out
+
+
+@dataclass
+class Scorer:
+    """A trained specialized model ready to answer frames: what the cascade calls per batch."""
+
+    model: SpecializedCNN
+    arch: Arch
+    mean: np.ndarray
+    device: object
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames it takes."""
+        return self.arch.size, self.arch.size
+
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float32 (N, outputs): one score column per object."""
+        p = predict_scores(self.model, frames, self.mean, device=self.device)
+        return p.reshape(len(p), -1)
 
 
 def measure_cost(

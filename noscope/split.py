@@ -1,8 +1,8 @@
 """Which labelled frames train the models, which stop training early, which the optimizer judges on.
 
     frames, runs = sample_frames(0, 20000, max_frames=20000, run_length=300)
-    blocks, train, val, heldout = split(runs, truth, "forward", block=150, heldout_fraction=0.4,
-                                        val_fraction=0.15, seed=0)
+    parts = SampleSplit(*split(runs, truth, "forward", block=150, heldout_fraction=0.4, val_fraction=0.15, seed=0))
+    parts.train, parts.val, parts.heldout                 # masks over the sampled frames
 
 A user trains on last week and queries tonight, so the optimizer's held-out frames must come
 *after* the training frames in time ("forward", the default): drift between the minutes the
@@ -18,11 +18,23 @@ sets, so it estimates the error *inside* the training period; kept as an option
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 SPLITS = ("forward", "interleaved")
 # A forward held-out set reaches back at most this share of the sample: the rest trains.
 MAX_FORWARD_HELDOUT = 2 / 3
+
+
+@dataclass
+class SampleSplit:
+    """The sample split: block ids, and masks of the training, validation and held-out frames."""
+
+    blocks: np.ndarray
+    train: np.ndarray
+    val: np.ndarray
+    heldout: np.ndarray
 
 
 def sample_frames(start: int, end: int, max_frames: int, run_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,56 +36,58 @@ from .framecache import cached_batches
 from .labels import Sample, labelled_sample
 from .progress import progress_bar
 from .reference import Reference, configured_reference
-from .split import sample_frames, split
-from .video import Video, decode_options, open_video
+from .settings import Settings
+from .split import SampleSplit, sample_frames, split
+from .video import Video, decode_workers, open_video
 
 MIN_FRAMES = MIN_TRAIN_FRAMES  # fewer labelled frames than this cannot be split into training and held-out
 
 
-def train(video_path: str | Path, object_name: str | list[str], out: Path, cfg: dict, start=None, end=None,
+def train(video_path: str | Path, objects: str | list[str], out: Path, settings: Settings, start=None, end=None,
           quiet: bool = False, force: bool = False, say=print) -> dict:
-    """Train a bundle for `object_name` on a segment of `video_path`, written to `out`.
+    """Train a bundle for `objects` (one name or a list) on a segment of `video_path`, written to `out`.
 
-    A list of several objects trains one bundle for all of them: one sample labelled once, one
-    model per grid point with one output per object, one set of difference detectors (see
+    Several objects train one bundle for all of them: one sample labelled once, one model per grid
+    point with one output per object, one set of difference detectors (see
     difference.fit_detectors), and per-object held-out truth and scores (bundle format 2).
     """
     t0 = time.perf_counter()
-    job = Job.open(video_path, object_name, cfg, start, end)
-    done = None if force else B.finished(out, job.key)
+    run = TrainingRun.open(video_path, objects, settings, start, end)
+    done = None if force else B.finished_bundle(out, run.key)
     if done is not None:
         say(f"{out} is already trained with these settings (use --force to retrain)")
         return done
-    tcfg = cfg["train"]
-    frames, run_ids = sample_frames(job.start, job.end, tcfg["max_frames"], tcfg["run_length"])
-    sample = labelled_sample(job.video, job.reference, job.ref_key, frames, run_ids, job.classes,
-                             cfg["labels"]["min_score"], cfg["labels"]["smooth"], quiet)
-    _check_sample(sample, job, cfg)
-    parts = _split(sample, job, tcfg, say)
-    archs = specialized.resolve_grid(tcfg["grid"])
-    sizes = sorted({a.size for a in archs} | {tcfg["diff_size"]})
+    ts, labels = settings.train, settings.labels
+    frames, run_ids = sample_frames(run.start, run.end, ts.max_frames, ts.run_length)
+    sample = labelled_sample(run.video, run.reference, run.ref_key, frames, run_ids, run.classes, labels.min_score,
+                             labels.smooth, quiet)
+    _check_sample(sample, run, labels.min_score)
+    parts = _split(sample, run, settings, say)
+    archs = specialized.resolve_grid(ts.grid)
+    sizes = sorted({a.size for a in archs} | {ts.diff_size})
     say(f"decoding {len(sample.frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
-    small = decode_sample(job.video, sample.frames, sizes, quiet, **decode_options(cfg))
+    d = settings.decode
+    small = decode_sample(run.video, sample.frames, sizes, quiet, d.frame_cache, d.prefetch, decode_workers(d.workers))
     work = _work_dir(out, force)
-    grid = specialized.train_grid(archs, small, sample.truth, parts, job.objects, work, job.key, tcfg, job.seed,
-                                  job.reference.device, say)
-    diffs = difference.fit_and_score(small[tcfg["diff_size"]], sample.truth, parts.blocks, parts,
-                                     [int(k) for k in cfg["optimizer"]["skips"]], tcfg["diff_grid"], tcfg["diff_size"])
-    t_grab, t_convert = measure_decode_costs(job.video, job.start, job.end, (max(sizes), max(sizes)))
+    grid = specialized.train_grid(archs, small, sample.truth, parts, run.objects, work, run.key, ts, run.seed,
+                                  run.reference.device, say)
+    diffs = difference.fit_and_score(small[ts.diff_size], sample.truth, parts.blocks, parts,
+                                     [int(k) for k in settings.optimizer.skips], ts.diff_grid, ts.diff_size)
+    t_grab, t_convert = measure_decode_costs(run.video, run.start, run.end, (max(sizes), max(sizes)))
     costs = dict(decode=t_grab, convert=t_convert, diff=diffs.costs, model=grid.costs,
-                 reference=float(sample.reference_cost or measure_reference_cost(job.reference)))
-    meta = _manifest(job, sample, parts, cfg, costs, grid.candidates, diffs.meta, round(time.perf_counter() - t0, 1))
-    heldout = dict(frames=sample.frames[parts.ho], truth=sample.truth[parts.ho],
-                   scores=sample.scores[parts.ho].astype(np.float32), blocks=parts.blocks[parts.ho],
+                 reference=float(sample.reference_cost or measure_reference_cost(run.reference)))
+    meta = _manifest(run, sample, parts, settings, costs, grid.candidates, diffs.meta, round(time.perf_counter() - t0, 1))
+    heldout = dict(frames=sample.frames[parts.heldout], truth=sample.truth[parts.heldout],
+                   scores=sample.scores[parts.heldout].astype(np.float32), blocks=parts.blocks[parts.heldout],
                    **{f"model__{k}": v.astype(np.float32) for k, v in grid.heldout_scores.items()},
                    **{f"diff__{k}": v.astype(np.float32) for k, v in diffs.heldout_scores.items()})
-    B.write_bundle(out, work, job.key, grid.candidates, diffs.detectors, heldout, meta,
-                   fmt=B.MULTI_FORMAT if job.multi else B.FORMAT)
+    B.write_bundle(out, work, run.key, grid.candidates, diffs.detectors, heldout, meta,
+                   fmt=B.MULTI_FORMAT if run.multi else B.FORMAT)
     return meta
 
 
 @dataclass
-class Job:
+class TrainingRun:
     """What is trained: the video's segment, the objects, the reference, and the settings' key
     (a finished bundle with the same key is reused, a resumed run finds its work by it)."""
 
@@ -104,52 +106,43 @@ class Job:
         return len(self.objects) > 1
 
     @classmethod
-    def open(cls, video_path, object_name, cfg: dict, start, end) -> "Job":
-        objects = [object_name] if isinstance(object_name, str) else list(object_name)
-        video = open_video(video_path, cfg["decode"]["backend"])
+    def open(cls, video_path, objects, settings: Settings, start, end) -> "TrainingRun":
+        objects = [objects] if isinstance(objects, str) else list(objects)
+        video = open_video(video_path, settings.decode.backend)
         s, e = video.segment(start, end)
-        reference, ref_key = configured_reference(cfg)
+        reference, ref_key = configured_reference(settings.reference)
         classes = [reference.class_index(o) for o in objects]
-        seed = int(cfg["seed"])
-        settings = dict(video=video.hash, segment=[s, e], ref=ref_key, object=objects if len(objects) > 1 else objects[0],
-                        labels=cfg["labels"], train=cfg["train"], seed=seed)
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        return cls(video, s, e, objects, reference, ref_key, classes, seed, key)
+        config = settings.as_config()
+        what = dict(video=video.hash, segment=[s, e], ref=ref_key, object=objects if len(objects) > 1 else objects[0],
+                    labels=config["labels"], train=config["train"], seed=settings.seed)
+        key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return cls(video, s, e, objects, reference, ref_key, classes, settings.seed, key)
 
 
-@dataclass
-class Parts:
-    """The sample split: block ids, and masks of the training, validation and held-out frames."""
-
-    blocks: np.ndarray
-    tr: np.ndarray
-    va: np.ndarray
-    ho: np.ndarray
-
-
-def _check_sample(sample: Sample, job: Job, cfg: dict) -> None:
+def _check_sample(sample: Sample, run: TrainingRun, min_score: float) -> None:
     if len(sample.frames) < MIN_FRAMES:
         raise NoscopeError(f"only {len(sample.frames)} frames could be labelled in the segment; train needs at least {MIN_FRAMES}")
     each = sample.truth.reshape(len(sample.truth), -1)
-    for k, o in enumerate(job.objects):
+    for k, o in enumerate(run.objects):
         if not each[:, k].any():
             raise NoscopeError(
-                f"too few positive frames: the reference never sees {o} (score >= {cfg['labels']['min_score']}) in the "
+                f"too few positive frames: the reference never sees {o} (score >= {min_score}) in the "
                 f"{len(sample.frames)} sampled frames; use a segment where it appears or lower labels.min_score"
             )
 
 
-def _split(sample: Sample, job: Job, tcfg: dict, say) -> Parts:
+def _split(sample: Sample, run: TrainingRun, settings: Settings, say) -> SampleSplit:
     """Held-out frames after the training ones in time (train.split: forward), and a warning for
     every answer the held-out frames never show (the optimizer cannot estimate that rate)."""
-    block = min(int(tcfg["block"]), len(sample.frames) // 4)
-    parts = Parts(*split(sample.run_ids, sample.truth, tcfg["split"], block, tcfg["heldout_fraction"],
-                         tcfg["val_fraction"], job.seed, tcfg["heldout_min_runs"]))
+    ts = settings.train
+    block = min(int(ts.block), len(sample.frames) // 4)
+    parts = SampleSplit(*split(sample.run_ids, sample.truth, ts.split, block, ts.heldout_fraction, ts.val_fraction,
+                               run.seed, ts.heldout_min_runs))
     each = sample.truth.reshape(len(sample.truth), -1)
-    for k, o in enumerate(job.objects):
-        lacks = [w for w, m in (("positive", each[parts.ho, k]), ("negative", ~each[parts.ho, k])) if not m.any()]
+    for k, o in enumerate(run.objects):
+        lacks = [w for w, m in (("positive", each[parts.heldout, k]), ("negative", ~each[parts.heldout, k])) if not m.any()]
         if lacks:
-            say(f"warning: the held-out frames{f' of {o}' if job.multi else ''} have no {lacks[0]} frame, so the optimizer "
+            say(f"warning: the held-out frames{f' of {o}' if run.multi else ''} have no {lacks[0]} frame, so the optimizer "
                 f"cannot estimate that error rate; query-time verification checks the plan on the queried video")
     return parts
 
@@ -165,32 +158,33 @@ def _work_dir(out: Path, force: bool) -> Path:
     return work
 
 
-def _manifest(job: Job, sample: Sample, parts: Parts, cfg: dict, costs: dict, candidates: list[dict], diffs: list[dict],
-              seconds: float) -> dict:
+def _manifest(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: Settings, costs: dict,
+              candidates: list[dict], diffs: list[dict], seconds: float) -> dict:
     """bundle.yaml's contents (without format and checksums, which the writer adds)."""
-    objects, truth, rcfg, lcfg = job.objects, sample.truth, cfg["reference"], cfg["labels"]
+    objects, truth, rs, ls, config = run.objects, sample.truth, settings.reference, settings.labels, settings.as_config()
     each = truth.reshape(len(truth), -1)
-    ident = (dict(object=",".join(objects), objects=objects, class_indices=[int(c) for c in job.classes]) if job.multi
-             else dict(object=objects[0], class_index=int(job.classes[0])))
-    positives = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if job.multi else int(truth.sum())
-    held_pos = {o: int(each[parts.ho, k].sum()) for k, o in enumerate(objects)} if job.multi else int(truth[parts.ho].sum())
-    ref, v = job.reference, job.video
+    ho = parts.heldout
+    ident = (dict(object=",".join(objects), objects=objects, class_indices=[int(c) for c in run.classes]) if run.multi
+             else dict(object=objects[0], class_index=int(run.classes[0])))
+    positives = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if run.multi else int(truth.sum())
+    held_pos = {o: int(each[ho, k].sum()) for k, o in enumerate(objects)} if run.multi else int(truth[ho].sum())
+    ref, v = run.reference, run.video
     return dict(
         **ident,
-        reference=dict(name=ref.name, key=job.ref_key, input_size=list(ref.input_size) if ref.input_size else None,
-                       weights=rcfg["weights"], cfg=rcfg["cfg"], names=rcfg["names"]),
-        labels=dict(min_score=float(lcfg["min_score"]), smooth=int(lcfg["smooth"])),
+        reference=dict(name=ref.name, key=run.ref_key, input_size=list(ref.input_size) if ref.input_size else None,
+                       weights=rs.weights, cfg=rs.cfg, names=rs.names),
+        labels=dict(min_score=float(ls.min_score), smooth=int(ls.smooth)),
         video=dict(path=str(v.path.resolve()), hash=v.hash, fps=v.fps, width=v.width, height=v.height,
-                   segment=[int(job.start), int(job.end)], frames_labelled=int(len(sample.frames)), positives=positives),
-        seed=job.seed,
-        settings_key=job.key,
+                   segment=[int(run.start), int(run.end)], frames_labelled=int(len(sample.frames)), positives=positives),
+        seed=run.seed,
+        settings_key=run.key,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        train=dict(cfg["train"], seconds=seconds),
-        optimizer=cfg["optimizer"],
+        train=dict(config["train"], seconds=seconds),
+        optimizer=config["optimizer"],
         costs=costs,
         candidates=candidates,
         diffs=diffs,
-        heldout=dict(file="heldout.npz", frames=int(parts.ho.sum()), positives=held_pos),
+        heldout=dict(file="heldout.npz", frames=int(ho.sum()), positives=held_pos),
     )
 
 

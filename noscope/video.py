@@ -86,12 +86,6 @@ def decode_workers(setting: int = 0, cores: int | None = None) -> int:
     return setting or (1 if cores < 4 else min(AUTO_WORKERS, cores))
 
 
-def decode_options(cfg: dict) -> dict:
-    """The decode.* settings as keyword arguments of run_cascade and the training decode."""
-    d = cfg["decode"]
-    return dict(frame_cache=d["frame_cache"], prefetch=d["prefetch"], workers=decode_workers(d["workers"]))
-
-
 @dataclass
 class Batch:
     indices: np.ndarray  # int64 (B,) frame numbers in the file
@@ -364,7 +358,7 @@ class Video:
         the timestamp relative to frame 0's. A packet that fails to decode is skipped, and every
         frame after it until a keyframe decodes (and frames before that keyframe in time): they
         may show the damage, differently for a decoder started elsewhere."""
-        tb, origin = float(stream.time_base), stream.start_time or 0  # float: no Fraction per frame
+        time_base, origin = float(stream.time_base), stream.start_time or 0  # float: no Fraction per frame
         t0 = None if self.counted else self._first_time()
         n, clean, floor, lost = -1, True, None, False
         for packet in packets(container, stream):
@@ -388,7 +382,7 @@ class Video:
                 if m <= n:  # out of order after damage
                     continue
                 n = m
-                yield n, (np.nan if frame.pts is None else round((frame.pts - origin) * tb, 6)), frame, lost
+                yield n, (np.nan if frame.pts is None else round((frame.pts - origin) * time_base, 6)), frame, lost
                 lost = False
 
     def _first_time(self) -> float:
@@ -528,7 +522,7 @@ def keyframes(video: Video) -> tuple[np.ndarray, np.ndarray] | None:
     nums, pts, every = [], [], []
     with _av.open(str(video.path)) as c:
         stream = c.streams.video[0]
-        tb = float(stream.time_base)
+        time_base = float(stream.time_base)
         for packet in packets(c, stream):
             if packet.size == 0:  # the demuxer's flush packet at the end
                 continue
@@ -536,11 +530,11 @@ def keyframes(video: Video) -> tuple[np.ndarray, np.ndarray] | None:
                 return None
             every.append(packet.pts)
             if packet.is_keyframe:
-                nums.append(int(round((packet.pts * tb - t0) * video.fps)))
+                nums.append(int(round((packet.pts * time_base - t0) * video.fps)))
                 pts.append(int(packet.pts))
     # The last few may leave gaps where a cut file lost frames that come before them in display
     # order; those lie in the last segment, which then stops as one process would.
-    steps = np.diff(np.sort(np.asarray(every, np.int64))[:-_REORDER_DEPTH]) * tb * video.fps
+    steps = np.diff(np.sort(np.asarray(every, np.int64))[:-_REORDER_DEPTH]) * time_base * video.fps
     if len(steps) and np.abs(steps - 1.0).max() > 0.01:
         return None
     order = np.argsort(nums, kind="stable")

@@ -43,19 +43,19 @@ from pathlib import Path
 import av
 import torch
 
-from noscope.bundle import bundle_path
 from noscope import decode_pool
 from noscope.answer import answer
-from noscope.bundle import load_bundle
-from noscope.planning import choose_plan
+from noscope.bundle import bundle_path
 from noscope.config import load_config
 from noscope.evaluate import evaluate
 from noscope.framecache import cache_root
 from noscope.labels import store_dir
-from noscope.optimizer import Targets
-from noscope.reference import configured_device, load_reference, reference_key
+from noscope.planning import choose_plan
+from noscope.plans import Targets
+from noscope.prepare import Query, open_query, open_reference
+from noscope.settings import Settings
 from noscope.train import train
-from noscope.video import decode_options, open_video
+from noscope.video import decode_workers, open_video
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "videos"
@@ -91,12 +91,13 @@ def decode_fps(video, start, end, workers: int, size=50) -> float:
     return n / (time.perf_counter() - t)
 
 
-def timed_query(video, tb, plan, ref, key, cfg, targets):
+def timed_query(q: Query, plan, settings: Settings, targets):
     """The query over the whole video as `noscope query` answers it: the cascade, then the check on
     the video and any repair (frame and label caches on). -> (result, its verification, frames/s)."""
     t = time.perf_counter()
-    results, reports = answer(video, tb, plan, ref, key, 0, video.frame_count, cfg, targets, quiet=True)
-    return results[tb.object], reports[tb.object], len(results[tb.object].frames) / (time.perf_counter() - t)
+    results, reports = answer(q, plan, targets, settings, quiet=True)
+    o = q.objects[0]
+    return results[o], reports[o], len(results[o].frames) / (time.perf_counter() - t)
 
 
 def _rate(x) -> str:
@@ -146,14 +147,12 @@ def main() -> None:
     ap.add_argument("--rss-loops", type=int, default=0, help="peak RSS of a query on the first clip, 1x and this many x")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json")
     args = ap.parse_args()
-    cfg = load_config(None, args.sets)
+    settings = Settings.from_config(load_config(None, args.sets))
     targets = Targets(args.target, args.target)
-    r = cfg["reference"]
-    ref = load_reference(r["name"], device=configured_device(cfg), batch_size=r["batch_size"])
-    key = reference_key(ref)
+    ref, key = open_reference(settings.reference)
     tmp = Path(tempfile.mkdtemp(prefix="noscope-bench-"))
     try:
-        run(args, cfg, targets, ref, key, tmp)
+        run(args, settings, targets, ref, key, tmp)
     finally:  # the looped videos and the --rss-loops results (and their label caches) are the bench's alone
         for v in tmp.glob("*.*"):
             if v.is_file():
@@ -164,17 +163,18 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(args, cfg, targets, ref, key, tmp: Path) -> None:
+# Long: one row per clip: train, evaluate the unseen 40%, time the looped query, project heavy references.
+def run(args, settings: Settings, targets, ref, key, tmp: Path) -> None:
     rows, heavy_rows, rss_rows = [], [], []
     heavy_cache: dict[tuple[int, int], dict[str, float]] = {}
-    workers = decode_options(cfg)["workers"]
+    workers = decode_workers(settings.decode.workers)
     for clip, obj in CASES:
         path = VIDEOS / clip
         root = bundle_path(f"bench-{Path(clip).stem}-{obj}")
-        train(path, obj, root, cfg, None, "60%", quiet=True, say=lambda *a: None)
-        tb = load_bundle(root)
-        plan = choose_plan(tb, targets, cfg["optimizer"])
-        rep = evaluate(path, tb, ref, key, targets, cfg, "60%", None, quiet=True)
+        train(path, obj, root, settings, None, "60%", quiet=True, say=lambda *a: None)
+        q = open_query(settings, path, str(root.absolute()), None, "60%", None)
+        plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
+        rep = evaluate(q, targets, settings, quiet=True)[obj]
         ref_share = rep["fractions"]["reference"]
         n_clip = open_video(path).frame_count
         if ref_share > 0.2:  # the reference dominates: long enough already, and looping would take hours
@@ -188,12 +188,13 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
             dec = decode_fps(tv, 0, tv.frame_count, workers)
             for d in (cache_root(tv), store_dir(tv, key, ref)):  # a first query: nothing cached yet
                 shutil.rmtree(d, ignore_errors=True)
-            res, verified, cascade_fps = timed_query(tv, tb, plan, ref, key, cfg, targets)  # fills both caches
-            _, _, second_fps = timed_query(tv, tb, plan, ref, key, cfg, targets)  # a repeat query reads them
+            looped = Query(tv, 0, tv.frame_count, q.bundle, q.objects, q.reference, q.ref_key)
+            res, verified, cascade_fps = timed_query(looped, plan, settings, targets)  # fills both caches
+            _, _, second_fps = timed_query(looped, plan, settings, targets)  # a repeat query reads them
             n_timed, stages = len(res.frames), res.stage_seconds
         cheap_s = stages["diff"] + stages["model"] + stages["reference"]
         predecoded = n_timed / max(cheap_s, 1e-9)
-        rows.append(dict(clip=clip, object=obj, plan=plan.to_dict(), frames=rep["frames_compared"], positives=rep["positives"],
+        rows.append(dict(clip=clip, object=obj, plan=plan.plans[obj].to_dict(), frames=rep["frames_compared"], positives=rep["positives"],
                          timed_frames=n_timed, loops=loops, decode_fps=dec, reference_fps=rep["reference_fps"],
                          cascade_fps=cascade_fps, speedup=cascade_fps / rep["reference_fps"], cascade_of_decode=cascade_fps / dec,
                          second_query_fps=second_fps, predecoded_fps=predecoded, fpr=rep["frames"]["fpr"], fnr=rep["frames"]["fnr"],
@@ -201,8 +202,8 @@ def run(args, cfg, targets, ref, key, tmp: Path) -> None:
                          verify_share=stages.get("verify", 0.0) * cascade_fps / n_timed, verified_met=verified["met"],
                          checked=verified.get("checked", 0), escalations=verified.get("escalations", []),
                          timed_reference_calls=len(res.reference_scores) if tv is not None else rep["reference_calls"],
-                         threads=torch.get_num_threads(), reference_batch=ref.batch_size, query_batch=cfg["query"]["batch_size"],
-                         prefetch=cfg["decode"]["prefetch"], decode_workers=workers))
+                         threads=torch.get_num_threads(), reference_batch=ref.batch_size, query_batch=settings.query.batch_size,
+                         prefetch=settings.decode.prefetch, decode_workers=workers))
         print(json.dumps(rows[-1]), file=sys.stderr)
         if args.heavy:
             v = open_video(path)

@@ -24,18 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from noscope import specialized
 from noscope.answer import answer
 from noscope.bundle import bundle_path
-from noscope.bundle import load_bundle
-from noscope.planning import choose_plan
 from noscope.config import load_config
 from noscope.evaluate import measured
 from noscope.labels import label_frames, object_truth
-from noscope.optimizer import Targets
-from noscope.query import make_reference
+from noscope.planning import choose_plan
+from noscope.plans import Targets
+from noscope.prepare import open_query
+from noscope.settings import Settings
+from noscope.specialized import roc_auc
 from noscope.train import train
-from noscope.video import open_video
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 CASES = [("storefront-cctv_people.mp4", "person"), ("urban-road-cctv_cars-buses-motorbikes.mp4", "bus"),
@@ -46,38 +45,38 @@ SETTINGS = {"interleaved, no augmentation": ["train.split=interleaved", "train.a
             "forward, augmentation (default)": ["train.split=forward", "train.augment=4"]}
 
 
-def later_scores(tb, video, frames: np.ndarray, name: str) -> np.ndarray:
-    model, arch, mean = tb.model(name, "cpu")
-    x = np.concatenate([b.frames["s"] for b in video.batches({"s": (arch.size, arch.size)}, frames=frames)])
-    return specialized.predict_scores(model, x, mean)
+def later_scores(bundle, video, frames: np.ndarray, name: str) -> np.ndarray:
+    scorer = bundle.model(name, "cpu")
+    x = np.concatenate([b.frames["s"] for b in video.batches({"s": scorer.size}, frames=frames)])
+    return scorer.predict(x)[:, 0]
 
 
+# Long: one table row: train, score the later footage, then each target's first pass.
 def one(clip: str, obj: str, label: str, sets: list[str], targets: list[float]) -> dict:
-    cfg = load_config(None, ["train.grid=small", "query.verify=0", *sets])
+    settings = Settings.from_config(load_config(None, ["train.grid=small", "query.verify=0", *sets]))
     path = VIDEOS / clip
     root = bundle_path(f"carry-{Path(clip).stem}-{obj}-{'-'.join(s.split('=')[1] for s in sets)}")
-    train(path, obj, root, cfg, None, "60%", quiet=True, say=lambda *a: None)
-    tb = load_bundle(root)
-    ref, key = make_reference(cfg)
-    v = open_video(path)
-    s, e = v.segment("60%", None)
-    labels = label_frames(v, ref, key, np.arange(s, e), quiet=True)
-    truth = object_truth(labels.score_of(tb.meta["class_index"]), 0.5, 1)
+    train(path, obj, root, settings, None, "60%", quiet=True, say=lambda *a: None)
+    q = open_query(settings, path, str(root.absolute()), None, "60%", None)
+    tb, v, s, e = q.bundle, q.video, q.start, q.end
+    labels = label_frames(v, q.reference, q.ref_key, np.arange(s, e), quiet=True)
+    truth = object_truth(labels.score_of(tb.class_index(obj)), 0.5, 1)
     row = dict(clip=clip, object=obj, setting=label, positives_later=int(truth.sum()), frames_later=len(truth))
     if tb.meta["candidates"]:
         best = max(tb.meta["candidates"], key=lambda c: np.nan_to_num(c["heldout_auc"], nan=-1))
         p_later = later_scores(tb, v, labels.frames, best["name"])
-        p_held = tb.heldout.model_scores[best["name"]]
+        held = tb.heldouts[obj]
+        p_held = held.model_scores[best["name"]]
         row.update(model=best["name"], heldout_auc=best["heldout_auc"],
-                   later_auc=specialized.roc_auc(p_later, truth) if truth.any() and (~truth).any() else None,
-                   heldout_pos_median=float(np.median(p_held[tb.heldout.truth])) if tb.heldout.truth.any() else None,
+                   later_auc=roc_auc(p_later, truth) if truth.any() and (~truth).any() else None,
+                   heldout_pos_median=float(np.median(p_held[held.truth])) if held.truth.any() else None,
                    later_pos_median=float(np.median(p_later[truth])) if truth.any() else None,
                    later_neg_median=float(np.median(p_later[~truth])) if (~truth).any() else None)
     for t in targets:
-        plan = choose_plan(tb, Targets(t, t), cfg["optimizer"])
-        results, _ = answer(v, tb, plan, ref, key, s, e, cfg, Targets(t, t), quiet=True)
-        m = measured(results[tb.object], labels.frames, truth, 30)["frames"]
-        row[f"T={t}"] = dict(fpr=m["fpr"], fnr=m["fnr"], model=plan.model, reference_share=plan.fractions["reference"])
+        plan = choose_plan(tb, Targets(t, t), [obj], settings.optimizer)
+        results, _ = answer(q, plan, Targets(t, t), settings, quiet=True)
+        m = measured(results[obj], labels.frames, truth, 30)["frames"]
+        row[f"T={t}"] = dict(fpr=m["fpr"], fnr=m["fnr"], model=plan.shared.model, reference_share=plan.fractions["reference"])
     print(json.dumps(row), file=sys.stderr)
     return row
 

@@ -17,6 +17,14 @@ STOREFRONT = SHARED / "storefront-cctv_people.mp4"
 URBAN = SHARED / "urban-road-cctv_cars-buses-motorbikes.mp4"
 
 
+def default_settings(*sets: str):
+    """The typed settings of the default configuration (plus `sets`, as --set would give them)."""
+    from noscope.config import load_config
+    from noscope.settings import Settings
+
+    return Settings.from_config(load_config(None, list(sets)))
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own label cache and model folder; detector weights stay shared."""

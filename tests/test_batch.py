@@ -22,7 +22,7 @@ from noscope.batch import Job, append_record, expand_videos, plan_jobs, read_rec
 from noscope.cli import cli
 from noscope.errors import NoscopeError
 
-from .conftest import STOREFRONT, URBAN
+from .conftest import STOREFRONT, URBAN, default_settings
 
 SEG = ["--end", "60f", "--set", "optimizer.min_auc=1.01", "--no-plot"]
 GOOD = {"storefront-cctv_people", "urban-road-cctv_cars-buses-motorbikes"}
@@ -145,13 +145,12 @@ def test_resume_key_follows_a_retrained_bundle(trained, tmp_path):
     import shutil
 
     from noscope.batch import RunOptions, query_key
-    from noscope.config import load_config
-    from noscope.optimizer import Targets
+    from noscope.plans import Targets
 
     bundle = tmp_path / "bundle"
     shutil.copytree(trained["a"], bundle)
     job = plan_jobs([URBAN], tmp_path / "out", "bus", bundle, "bus")[0]
-    opts = RunOptions(cfg=load_config(), targets=Targets(0.01, 0.01))
+    opts = RunOptions(settings=default_settings(), targets=Targets(0.01, 0.01))
     before = query_key(job, opts)
     (bundle / "bundle.yaml").write_text((bundle / "bundle.yaml").read_text() + "\n# retrained\n")
     assert before is not None and query_key(job, opts) != before
@@ -170,8 +169,7 @@ def test_a_rerun_clears_an_earlier_several_objects_result_first(tmp_path):
     through the earlier summary.json before anything is removed (a user's file stays), even when
     the new run then fails."""
     from noscope.batch import RunOptions, run_job
-    from noscope.config import load_config
-    from noscope.optimizer import Targets
+    from noscope.plans import Targets
 
     out = tmp_path / "cam-car"
     (out / "cam-car").mkdir(parents=True)
@@ -179,7 +177,7 @@ def test_a_rerun_clears_an_earlier_several_objects_result_first(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "summary.json").write_text(json.dumps(dict(objects=["car", "bus"], results={"car": {"out": str(out / "cam-car")}})))
     job = Job(video=str(tmp_path / "missing.mp4"), out=str(out), model=str(tmp_path / "none"), object="car")
-    rec = run_job(job, RunOptions(load_config(None, []), Targets(0.05, 0.05)))
+    rec = run_job(job, RunOptions(default_settings(), Targets(0.05, 0.05)))
     assert rec["status"] == "failed"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 

@@ -68,7 +68,9 @@ def test_reference_input_size_works_in_both_accepted_forms(given):
     """`reference.input_size` passes the config check as WxH or [w, h]; both must reach the reference."""
     from noscope.reference import configured_reference
 
-    ref, key = configured_reference(load_config(None, [f"reference.input_size={given}"]))
+    from noscope.settings import Settings
+
+    ref, key = configured_reference(Settings.from_config(load_config(None, [f"reference.input_size={given}"])).reference)
     assert ref.input_size == (640, 352) and "640x352" in key
 
 

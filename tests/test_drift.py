@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 import noscope.reference
-from noscope.config import load_config
-from noscope.optimizer import Targets
+from noscope.plans import Targets
 from noscope.reference.base import Detections, Reference
 
-from .conftest import write_video
+from .conftest import default_settings, write_video
 
 N, HALF = 480, 240
 
@@ -75,13 +74,13 @@ def test_query_finds_the_miss_and_repairs_it(drift_video, tmp_path):
     from noscope.train import train
 
     path, present = drift_video
-    cfg = load_config(None, ["train.grid=small", "train.epochs=4", "train.block=40", "train.augment=1",
-                             "decode.frame_cache=false"])
-    train(path, "square", tmp_path / "bundle", cfg, end=f"{HALF}f", quiet=True, say=lambda *a: None)
+    settings = default_settings("train.grid=small", "train.epochs=4", "train.block=40", "train.augment=1",
+                                "decode.frame_cache=false")
+    train(path, "square", tmp_path / "bundle", settings, end=f"{HALF}f", quiet=True, say=lambda *a: None)
     targets = Targets(0.05, 0.05)
-    off = query_video(path, load_config(None, ["query.verify=0"]), targets, model=str(tmp_path / "bundle"),
+    off = query_video(path, default_settings("query.verify=0"), targets, model=str(tmp_path / "bundle"),
                       out=tmp_path / "unchecked", start=f"{HALF}f", plot=False, quiet=True)
-    summary = query_video(path, load_config(None, []), targets, model=str(tmp_path / "bundle"),
+    summary = query_video(path, default_settings(), targets, model=str(tmp_path / "bundle"),
                           out=tmp_path / "checked", start=f"{HALF}f", plot=False, quiet=True)
 
     truth = present[HALF:]

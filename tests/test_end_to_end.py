@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from noscope.cli import cli
 
-from .conftest import URBAN
+from .conftest import URBAN, default_settings
 
 TRAIN = ["--object", "bus", "--start", "300f", "--end", "900f", "--name", "bus",
          "--set", "train.grid=small", "--set", "train.epochs=8", "--set", "train.block=50", "-q"]
@@ -74,12 +74,13 @@ def _between(values, q):
 
 
 def check_executor_matches_simulation():
-    from noscope import difference, specialized
+    from noscope import difference
     from noscope.bundle import bundle_path
     from noscope.bundle import load_bundle
     from noscope.cascade import run_cascade
     from noscope.labels import label_frames
-    from noscope.optimizer import STAGES, HeldOut, Plan, simulate
+    from noscope.plans import STAGES, HeldOut, ObjectPlan, Plan
+    from noscope.simulate import simulate
     from noscope.reference import load_reference, reference_key
     from noscope.video import open_video
 
@@ -90,17 +91,17 @@ def check_executor_matches_simulation():
     frames = np.arange(600, 800)
     x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 600, 800)])
     name = tb.meta["candidates"][0]["name"]
-    model, arch, mean = tb.model(name, ref.device)
-    p = specialized.predict_scores(model, x, mean)
+    p = tb.model(name, ref.device).predict(x)[:, 0]
     blocks = np.zeros(len(frames), np.int64)
     ds = difference.diff_scores(tb.diff("prev-global"), x, blocks, [2])
-    truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.meta["class_index"]) >= tb.meta["labels"]["min_score"]
-    plan = Plan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.3), model=name,
-                c_low=_between(p, 0.3), c_high=_between(p, 0.7), expected_cost=0.0, heldout_fpr=0.0, heldout_fnr=0.0)
+    truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.class_index("bus")) >= tb.meta["labels"]["min_score"]
+    plan = ObjectPlan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.3), model=name,
+                      c_low=_between(p, 0.3), c_high=_between(p, 0.7), expected_cost=0.0, heldout_fpr=0.0, heldout_fnr=0.0)
     held = HeldOut(truth=truth, blocks=blocks, model_scores={name: p}, diff_scores={"prev-global": {2: ds[2]}},
                    diff_kinds={"prev-global": "prev"})
     sim_labels, sim_codes = simulate(plan, held)
-    res = run_cascade(v, tb, plan, ref, key, 600, 800, quiet=True)
+    res = run_cascade(v, tb, Plan({"bus": plan}, 0.0, {}), ref, key, 600, 800, decode=default_settings().decode,
+                      quiet=True)["bus"]
     assert res.frames.tolist() == frames.tolist()
     assert [STAGES[c] for c in sim_codes] == res.decided_by.tolist()
     assert np.array_equal(sim_labels, res.labels)

@@ -25,14 +25,14 @@ from noscope.bundle import TrainedBundle
 from noscope.cascade import run_cascade
 from noscope.framecache import cached_batches
 from noscope.labels import label_frames, store_dir
-from noscope.optimizer import Plan
-from noscope.query import warn_if_missing
+from noscope.plans import ObjectPlan, Plan
+from noscope.results import warn_if_missing
 from noscope.reference import reference_key, reference_runtime
 from noscope.reference.base import Detections, Reference
 from noscope.report import intervals, write_result
 from noscope.video import Video, open_video, stop_is_truncation
 
-from .conftest import SHARED, STOREFRONT
+from .conftest import SHARED, STOREFRONT, default_settings
 
 W, H = 64, 48
 STEPS = [1, 1, 3, 2, 1, 4, 1]  # frame durations in 1/30 s: a variable frame rate
@@ -126,12 +126,17 @@ def one_object_bundle(root: Path, min_score: float = 0.5) -> TrainedBundle:
     the reference: the cascade then decodes every processed frame and asks the reference about it."""
     meta = dict(object="car", class_index=0, labels=dict(min_score=min_score),
                 diffs=[dict(name="d", kind="prev", mode="global", grid=1, size=16)])
-    return TrainedBundle(root, meta, None, None)
+    return TrainedBundle(root, meta, None, {})
 
 
 def plan(skip: int) -> Plan:
-    return Plan(skip=skip, diff="d", diff_threshold=-1.0, model=None, c_low=None, c_high=None, expected_cost=0.0,
-                heldout_fpr=0.0, heldout_fnr=0.0)
+    car = ObjectPlan(skip=skip, diff="d", diff_threshold=-1.0, model=None, c_low=None, c_high=None, expected_cost=0.0,
+                     heldout_fpr=0.0, heldout_fnr=0.0)
+    return Plan({"car": car}, 0.0, {})
+
+
+def run_car(v, tb, p, ref, start, end):
+    return run_cascade(v, tb, p, ref, reference_key(ref), start, end, decode=default_settings().decode, quiet=True)["car"]
 
 
 # ------------------------------------------------------------------------- 1: frame numbers
@@ -224,7 +229,7 @@ def test_vfr_times_are_presentation_times(tmp_path, monkeypatch, ext):
     v = open_video(path, "pyav")
     ref = FrameReader()
     tb = one_object_bundle(tmp_path, min_score=0.1)  # the reader says index / 1000: yes from frame 100 on
-    result = run_cascade(v, tb, plan(3), ref, reference_key(ref), 0, v.frame_count, quiet=True)
+    result = run_car(v, tb, plan(3), ref, 0, v.frame_count)
     assert result.frames.tolist() == list(range(300)) and np.abs(result.times - truth).max() < 1e-3
     assert np.array_equal(result.labels, np.arange(300) // 3 * 3 >= 100)  # skipped frames copy their processed frame
     write_result(tmp_path / "out", result, v, {}, 0.1, plot=False)
@@ -235,7 +240,7 @@ def test_vfr_times_are_presentation_times(tmp_path, monkeypatch, ext):
     assert abs(iv["start_s"] - truth[102]) < 1e-3 and abs(iv["end_s"] - (truth[299] + 1 / v.fps)) < 1e-3
     v = open_video(path, "pyav")  # a fresh one: times come from the frame cache
     refuse_decoding(monkeypatch)  # a second query reads frames and times from the caches
-    again = run_cascade(v, tb, plan(3), ref, reference_key(ref), 0, v.frame_count, quiet=True)
+    again = run_car(v, tb, plan(3), ref, 0, v.frame_count)
     assert np.array_equal(again.frames, result.frames) and np.array_equal(again.times, result.times)
 
 
@@ -317,7 +322,7 @@ def test_damaged_middle_answers_the_rest_and_says_what_is_missing(damaged, tmp_p
     missing in summary.json's missing_frames and in one warning line."""
     v = open_video(damaged, "pyav")
     ref = FrameReader(size=(32, 18), reads_index=False)
-    result = run_cascade(v, one_object_bundle(tmp_path), plan(5), ref, reference_key(ref), 1250, 1650, quiet=True)
+    result = run_car(v, one_object_bundle(tmp_path), plan(5), ref, 1250, 1650)
     assert result.missing == [[1280, 1600]]
     assert np.array_equal(result.frames, np.r_[np.arange(1250, 1280), np.arange(1600, 1650)])
     assert set(result.reference_scores) == set(range(1250, 1280, 5)) | set(range(1600, 1650, 5))

@@ -1,4 +1,4 @@
-"""noscope.joint: one cascade for several objects, on synthetic held-out data with known answers."""
+"""noscope.optimizer with several objects: one cascade for all of them, on synthetic held-out data with known answers."""
 
 import json
 
@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from noscope.errors import NoscopeError
-from noscope.joint import JointPlan, joint_decided, optimize_joint, simulate_joint
 from noscope.metrics import evaluate
-from noscope.optimizer import (DEFAULT_SKIPS, REFERENCE, Cascade, Costs, HeldOut, Targets, expected_cost, optimize,
-                               simulate, stage_fractions)
+from noscope.optimizer import optimize as optimize_joint
+from noscope.plans import (DEFAULT_SKIPS, REFERENCE, Cascade, Costs, HeldOut, Plan as JointPlan, Targets, expected_cost,
+                           pass_decided as joint_decided, stage_fractions)
+from noscope.simulate import simulate, simulate_plan as simulate_joint
 
-from .test_optimizer import random_instance, runs
+from .test_optimizer import optimize, random_instance, runs
 
 
 def objects_of(truths, blocks, models, diffs=None, kinds=None):
@@ -40,16 +41,17 @@ def check_joint(plan, heldouts, targets, costs):
     assert plan.expected_cost <= costs.decode + costs.convert + costs.reference + 1e-12
 
 
-def test_one_object_gives_the_single_object_plan():
+def test_one_object_is_a_pass_of_one():
+    """K = 1: the pass's cost and stage shares are the object's own, and its promises hold."""
     rng = np.random.default_rng(21)
     for _ in range(25):
         h, c, targets = random_instance(rng)
-        single = optimize(h, c, targets)
-        joint = optimize_joint({"x": h}, c, targets)
-        p = joint.plans["x"]
-        assert p.cascade == single.cascade
-        assert joint.expected_cost == pytest.approx(single.expected_cost)
-        assert joint.fractions == single.fractions == p.fractions
+        plan = optimize_joint({"x": h}, c, targets)
+        p = plan.plans["x"]
+        assert plan.objects == ["x"] and plan.shared is p
+        assert plan.expected_cost == p.expected_cost
+        assert plan.fractions == p.fractions
+        check_joint(plan, {"x": h}, targets, c)
 
 
 def test_objects_share_skip_diff_and_model_but_not_thresholds():

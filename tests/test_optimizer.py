@@ -1,4 +1,5 @@
-"""noscope.optimizer: simulate's semantics by hand, and the search on synthetic data with a known optimum."""
+"""noscope.optimizer and noscope.simulate: simulate's semantics by hand, and the search on synthetic data with a
+known optimum (one object; tests/test_joint.py has several)."""
 
 import json
 
@@ -8,7 +9,8 @@ import pytest
 import noscope.optimizer as opt
 from noscope.errors import NoscopeError, UsageError
 from noscope.metrics import Windowing, evaluate
-from noscope.optimizer import (
+from noscope.plans import (
+    DEFAULT_SKIPS,
     DIFF,
     MODEL,
     REFERENCE,
@@ -16,14 +18,18 @@ from noscope.optimizer import (
     Cascade,
     Costs,
     HeldOut,
-    Plan,
+    ObjectPlan as Plan,
     Targets,
     expected_cost,
-    optimize,
-    plan_summary,
-    simulate,
+    object_plan_line as plan_summary,
     stage_fractions,
 )
+from noscope.simulate import HeldOutArrays, layout_of, simulate
+
+
+def optimize(heldout, costs, targets, **options):
+    """The optimizer's one entry point with one object (K = 1): that object's plan."""
+    return opt.optimize({"x": heldout}, costs, targets, **options).plans["x"]
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -328,7 +334,7 @@ def random_instance(rng, n=None):
     diffs, kinds = {}, {}
     if rng.random() < 0.7:
         kinds["prev"] = "prev"
-        diffs["prev"] = {s: prev_scores(truth, blocks, s, rng, noise=rng.uniform(0, 1.5)) for s in opt.DEFAULT_SKIPS}
+        diffs["prev"] = {s: prev_scores(truth, blocks, s, rng, noise=rng.uniform(0, 1.5)) for s in DEFAULT_SKIPS}
     if rng.random() < 0.7:
         kinds["ref"] = "ref"
         diffs["ref"] = {1: truth * rng.uniform(0, 2) + rng.random(n)}
@@ -357,7 +363,7 @@ def test_search_is_not_beaten_by_any_model_free_grid_point():
         h, c, targets = random_instance(rng, n=800)
         thresholds = [0.2, 0.5, 1.0, 1.5]
         plan = optimize(h, c, targets, diff_thresholds=thresholds)
-        for s in opt.DEFAULT_SKIPS:
+        for s in DEFAULT_SKIPS:
             for d in [None, *h.diff_scores]:
                 for t in [None] if d is None else thresholds:
                     labels, decided = simulate(Cascade(s, d, t), h)
@@ -372,18 +378,18 @@ def test_search_error_counts_agree_with_simulate():
     rng = np.random.default_rng(10)
     for _ in range(15):
         h, c, targets = random_instance(rng)
-        prep = opt.Prepared(h)
+        prep = HeldOutArrays(h)
         for s, d in [(1, None), (5, None), *[(s, d) for d in h.diff_scores for s in (1, 10)]]:
             scores = None if d is None else prep.diff_scores(d, s)
             t = None if d is None else float(np.nanmedian(scores))
-            layout = opt._layout(prep, s, scores, None if d is None else h.diff_kinds[d], t)
+            layout = layout_of(prep, s, scores, None if d is None else h.diff_kinds[d], t)
             for metric in ("frames", "windows"):
                 tg = Targets(targets.fpr, targets.fnr, metric=metric, window=targets.window)
                 if metric == "frames":
-                    errors = opt._FrameErrors(prep, layout)
+                    errors = opt.FrameErrors(prep, layout)
                 else:
                     windowing = Windowing(prep.n, tg.window, blocks=h.blocks)
-                    errors = opt._WindowErrors(prep, layout, windowing, windowing.labels(h.truth))
+                    errors = opt.WindowErrors(prep, layout, windowing, windowing.labels(h.truth))
                 for m in h.model_scores:
                     p = prep.model_scores(m)
                     c_low, c_high = np.quantile(p, [0.3, 0.7])
@@ -453,7 +459,7 @@ def test_optimize_is_fast_on_a_full_grid():
     truth = runs(n, rng, mean_len=100, p_on=0.3)
     blocks = np.arange(n) // 1000
     models = {f"m{i}": truth * (0.2 + 0.2 * i) + rng.normal(0, 0.5, n) for i in range(10)}
-    diffs = {"prev": {s: prev_scores(truth, blocks, s, rng, 0.5) for s in opt.DEFAULT_SKIPS},
+    diffs = {"prev": {s: prev_scores(truth, blocks, s, rng, 0.5) for s in DEFAULT_SKIPS},
              "ref": {1: truth + rng.normal(0, 0.5, n)}}
     h = HeldOut(truth, blocks, models, diffs, {"prev": "prev", "ref": "ref"})
     # Costs under which pruning helps little: the reference is the only expensive stage.

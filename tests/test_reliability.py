@@ -412,15 +412,13 @@ def test_on_demand_bundle_is_this_videos_not_a_namesakes(trained, shared_cache, 
     assert r.exit_code == 0, r.output
     assert "bundle b-bus (trained on /cams/street/b.mp4)" in r.stdout
     # `noscope train b.mp4 --object bus` (no --name) writes where the query looks: never over the namesake
-    from noscope.config import load_config
-    from noscope.query import bundle_destination
+    from noscope.prepare import bundle_destination
 
-    cfg = load_config(None, [])
-    assert bundle_destination(video, ["bus"], cfg) == own
+    assert bundle_destination(video, ["bus"]) == own
     shutil.rmtree(own)
-    assert bundle_destination(video, ["bus"], cfg) == own
+    assert bundle_destination(video, ["bus"]) == own
     shutil.rmtree(other)
-    assert bundle_destination(video, ["bus"], cfg) == other
+    assert bundle_destination(video, ["bus"]) == other
 
 
 def test_evaluate_on_a_cut_video_reports_what_it_compared(trained, tmp_path):

@@ -5,6 +5,7 @@ Imports inside functions count too: a lazy import that closes a cycle is still a
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,67 @@ def test_functions_are_short_or_say_why(name):
             if size > MAX_LINES and not lines[first - 2].strip().startswith(REASON):
                 long.append(f"{node.name} ({size} lines, line {node.lineno})")
     assert not long, long
+
+
+# The command layer reads the configuration into typed settings (noscope.settings); nothing below it
+# takes the raw tree. These parameters named "cfg" are something else, and say so here.
+CONFIG_READERS = {"noscope.cli", "noscope.config", "noscope.settings"}
+NOT_THE_CONFIG = {
+    ("noscope.reference", "load_reference"): "cfg is a Darknet .cfg file (--reference-cfg), not the configuration",
+    ("noscope.reference", "_yolo_tiny_files"): "cfg is a Darknet .cfg file",
+    ("noscope.reference", "_darknet_files"): "cfg is a Darknet .cfg file",
+}
+
+
+def _config_like(name: str) -> bool:
+    return name in ("cfg", "config", "ocfg", "tcfg", "rcfg", "lcfg") or name.endswith("_cfg")
+
+
+def test_no_function_below_the_command_layer_takes_the_raw_configuration():
+    bad = []
+    for m, tree in modules().items():
+        if m in CONFIG_READERS:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (m, node.name) not in NOT_THE_CONFIG:
+                a = node.args
+                bad += [f"{m}.{node.name}({p.arg})" for p in a.posonlyargs + a.args + a.kwonlyargs if _config_like(p.arg)]
+    assert not bad, bad
+
+
+def test_the_raw_configuration_check_finds_a_cfg_parameter():
+    tree = ast.parse("def f(video, cfg):\n    return cfg['train']\n")
+    node = tree.body[0]
+    assert [p.arg for p in node.args.args if _config_like(p.arg)] == ["cfg"]
+
+
+def test_no_module_outside_the_optimizer_imports_it_for_a_type():
+    """The cascade's vocabulary (Targets, Plan, Costs, ...) lives in noscope.plans; the optimizer is
+    imported only for its search functions."""
+    mods = modules()
+    functions = {n.name for n in mods["noscope.optimizer"].body if isinstance(n, ast.FunctionDef)}
+    bad = sorted(f"{m} takes {name}" for m, deps in imports(mods).items() if m != "noscope.optimizer"
+                 for t, name in deps if t == "noscope.optimizer" and name and name not in functions)
+    assert not bad, bad
+
+
+def readme_table_order() -> dict[str, int]:
+    """README's "How it works" table: each module (or package) -> its row, top to bottom."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    table = text[text.index("| module | job |"):]
+    table = table[: table.index("\n\n")]
+    rows = {}
+    for i, line in enumerate(table.splitlines()[2:]):
+        for name in re.findall(r"`([\w/]+?)(?:\.py)?`", line.split("|")[1]):
+            rows["noscope." + name.rstrip("/").replace("/", ".")] = i
+    return rows
+
+
+def test_readme_module_table_lists_the_package_in_import_order():
+    """Every module is in the table, and each imports only modules in rows above its own."""
+    rows, mods = readme_table_order(), modules()
+    top = {m: ".".join(m.split(".")[:2]) for m in mods if m != "noscope"}
+    assert set(top.values()) == set(rows), sorted(set(top.values()) ^ set(rows))
+    below = sorted(f"{m} imports {t}" for m, deps in imports(mods).items() if m in top for t, _ in deps
+                   if t in top and top[t] != top[m] and rows[top[t]] > rows[top[m]])
+    assert not below, below

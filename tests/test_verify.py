@@ -10,9 +10,15 @@ import pytest
 
 from noscope import bounds
 from noscope.cascade import CascadeResult
-from noscope.escalate import Settings, apply_known, check_and_repair, plan_round
-from noscope.optimizer import Plan, Targets
-from noscope.verify import Check, certification_size, certification_sizes, rate_met, verdict
+from noscope.check import apply_known, check_and_repair, plan_round
+from noscope.check_stats import Check, certification_size, certification_sizes, rate_met, verdict
+from noscope.plans import ObjectPlan, Plan, Targets
+from noscope.settings import CheckSettings as Settings
+
+
+def one(plan: ObjectPlan) -> Plan:
+    """A pass for one object, "x"."""
+    return Plan({"x": plan}, 0.0, {})
 
 
 def test_hypergeometric_limits_are_exact_and_never_zero_width():
@@ -80,7 +86,7 @@ def test_guarantee_sizes_certify_a_perfect_cascade_without_taking_every_frame(po
 def test_drawn_frames_the_reference_cannot_answer_count_as_wrong():
     """A drawn frame the reference could not decode keeps its cheap answer: the bound assumes it is
     wrong, and a stratum with no answered draw has no estimate (shown as n/a), only a bound."""
-    from noscope.query import verified_line
+    from noscope.results import verified_line
 
     v = verdict(Check(500, 100, 0), Check(4997, 97, 0, lost=3), 100, 400, 0.05, 0.05, 0.05)
     clean = verdict(Check(500, 100, 0), Check(5000, 100, 0), 100, 400, 0.05, 0.05, 0.05)
@@ -128,8 +134,8 @@ def _cascade(rng, truth, error_rate):
 def test_upper_bounds_hold_jointly_over_many_video_like_sequences():
     rng = np.random.default_rng(1)
     targets = Targets(0.02, 0.02)
-    plan = Plan(skip=5, diff="prev-global", diff_threshold=0.5, model="m", c_low=0.3, c_high=0.7, expected_cost=0.0,
-                heldout_fpr=0.0, heldout_fnr=0.0)
+    plan = ObjectPlan(skip=5, diff="prev-global", diff_threshold=0.5, model="m", c_low=0.3, c_high=0.7,
+                      expected_cost=0.0, heldout_fpr=0.0, heldout_fnr=0.0)
     held = tried = repaired = 0
     for trial in range(300):
         n = int(rng.integers(3000, 8000))
@@ -141,7 +147,7 @@ def test_upper_bounds_hold_jointly_over_many_video_like_sequences():
         def ask(frames, truth=truth):
             return {int(f): {"x": float(truth[f])} for f in frames}
 
-        results, reports = check_and_repair({"x": first}, {"x": plan}, ask, rerun, targets,
+        results, reports = check_and_repair({"x": first}, one(plan), ask, rerun, targets,
                                             Settings(per_stratum=100, rounds=3), rng, 0.5)
         final = results["x"].labels
         fp, fn = np.count_nonzero(final & ~truth), np.count_nonzero(~final & truth)
@@ -183,15 +189,15 @@ def test_a_miss_found_is_repaired_and_checked_again():
     frames = np.arange(n, dtype=np.int64)
     bad = _result(frames, np.zeros(n, bool), ["skip"] * n, {})
     good = _result(frames, truth.copy(), ["model"] * n, {}, np.where(truth, 0.9, 0.1).astype(np.float32))
-    plan = Plan(skip=30, diff=None, diff_threshold=None, model="m", c_low=0.3, c_high=0.7, expected_cost=0.0,
-                heldout_fpr=0.0, heldout_fnr=0.0)
+    plan = ObjectPlan(skip=30, diff=None, diff_threshold=None, model="m", c_low=0.3, c_high=0.7, expected_cost=0.0,
+                      heldout_fpr=0.0, heldout_fnr=0.0)
     calls = []
 
-    def rerun(plans):
-        calls.append(plans["x"].skip)
+    def rerun(p):
+        calls.append(p.plans["x"].skip)
         return {"x": good}
 
-    results, reports = check_and_repair({"x": bad}, {"x": plan}, lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
+    results, reports = check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
                                         rerun, Targets(0.05, 0.05), Settings(per_stratum=100), rng, 0.5)
     rep = reports["x"]
     assert calls == [15] and rep["escalations"] and rep["escalations"][0].startswith("frame skip 30 -> 15")

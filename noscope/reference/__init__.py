@@ -83,23 +83,22 @@ def _existing(path, what: str, fix: str) -> Path:
     return p
 
 
-def configured_device(cfg: dict):
-    """The torch device the config's `device` asks for (auto: CUDA when available)."""
+def configured_device(device: str = "auto"):
+    """The torch device the configuration's `device` asks for (auto: CUDA when available)."""
     import torch
 
-    d = cfg.get("device", "auto")
-    if d == "auto":
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise NoscopeError("device: cuda was asked for but no CUDA GPU is available; use --set device=cpu")
-    return torch.device(d)
+    return torch.device(device)
 
 
-def configured_reference(cfg: dict) -> tuple[Reference, str]:
-    """The reference the config's `reference` section and `device` describe, and its cache key."""
-    r = cfg["reference"]
-    ref = load_reference(r["name"], device=configured_device(cfg), weights=r["weights"], cfg=r["cfg"], names=r["names"],
-                         input_size=r["input_size"] or None, batch_size=r["batch_size"])
+def configured_reference(r) -> tuple[Reference, str]:
+    """The reference that reference settings (noscope.settings.ReferenceSettings: name, weights,
+    cfg, names, input_size, batch_size, device) describe, and its cache key."""
+    ref = load_reference(r.name, device=configured_device(r.device), weights=r.weights, cfg=r.cfg, names=r.names,
+                         input_size=r.input_size or None, batch_size=r.batch_size)
     return ref, reference_key(ref)
 
 

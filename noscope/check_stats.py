@@ -1,8 +1,11 @@
-"""Query-time verification: how wrong can the cascade's answers on *this* video be?
+"""The statistics of the check: how wrong can the cascade's answers on *this* video be?
 
-    n_yes, n_no = sample_sizes(...)                       # frames to check in each stratum
-    v = verdict(Check(N_yes, n_yes, k_yes), Check(N_no, n_no, k_no), ref_pos, ref_neg, targets, alpha)
-    v["fnr"]["high"], v["met"]                            # upper bound on FNR; True / False / None
+    sizes = certification_sizes(N_yes, N_no, ref_pos, ref_neg, 0.01, 0.01, alpha, floor=100)  # --guarantee
+    frames = draw(cheap_yes_frames, sizes[True], rng)      # a uniform draw from one stratum
+    v = verdict(Check(N_yes, n_yes, k_yes), Check(N_no, n_no, k_no), ref_pos, ref_neg, 0.01, 0.01, alpha)
+    v["fnr"]["high"], v["met"]                              # upper bound on FNR; True / False / None
+
+The rounds that draw, judge and repair are in noscope.check.
 
 After the cascade has answered every frame, the frames whose answer did not come from running the
 reference on that very frame (skipped frames and copies, including copies of a reference answer,
@@ -91,11 +94,16 @@ def verdict(yes: Check, no: Check, ref_pos: int, ref_neg: int, fpr_target: float
     """What one round's draw says of the final answers (module docstring)."""
     fpr = rate_limits(yes, no, ref_neg, alpha)
     fnr = rate_limits(no, yes, ref_pos, alpha)
-    each = [rate_met(fpr, fpr_target), rate_met(fnr, fnr_target)]
-    met = False if False in each else (True if all(each) else None)
+    met = all_met([rate_met(fpr, fpr_target), rate_met(fnr, fnr_target)])
     if not (yes.population + yes.lost + no.population + no.lost + ref_pos + ref_neg):
         met = None  # no frame was answered: there is nothing a target could be met on
     return dict(fpr=fpr, fnr=fnr, met=met)
+
+
+def all_met(each: list) -> bool | None:
+    """The one `met` rule, for two rates or for several objects: False when any is missed, True when
+    every one is met, else None (not enough evidence)."""
+    return False if False in each else (True if all(m is True for m in each) else None)
 
 
 def missed(limits: dict, target: float) -> bool:

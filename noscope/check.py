@@ -1,6 +1,9 @@
-"""Check a query's answers on the queried video and repair what the check finds broken.
+"""The check of a query's answers on the queried video: its rounds of drawing, judging and repairing.
 
-    results, report = check_and_repair(results, plans, ask, rerun, targets, settings, rng, min_score)
+    results, reports = check_and_repair(results, plans, ask, rerun, targets, settings, rng, min_score)
+
+The statistics of one round (how many frames to draw, the bounds a draw gives) are in
+noscope.check_stats; what a repair changes in a plan is in noscope.check_repair.
 
 Round k (1, 2, ...) spends alpha / 2^k of the error budget (alpha = 1 - confidence), so however
 many rounds run, and whatever they decide from what they saw, the final statement holds with
@@ -9,14 +12,14 @@ probability at least 1 - alpha. Each round:
   1. every frame the reference has answered so far (the cascade's own calls and all earlier
      checks) takes the reference's answer;
   2. a fresh uniform sample of the other frames, per answer (yes / no) and per object, goes to
-     the reference (noscope.verify: `settings.per_stratum` frames each, or with `guarantee` as
+     the reference (noscope.check_stats: `settings.per_stratum` frames each, or with `guarantee` as
      many as certifying the targets takes);
   3. the draw bounds both error rates; if they meet the targets, or (default mode) the estimates
      do, the answers stand;
-  4. otherwise the stages that made the wrong answers seen are repaired: the model's thresholds
-     and the difference detector's threshold are moved past every wrong answer the reference has
-     shown on this video, the frame skip is lowered; the cascade runs again and the next round
-     checks it on fresh frames.
+  4. otherwise the stages that made the wrong answers seen are repaired (noscope.check_repair):
+     the model's thresholds and the difference detector's threshold are moved past every wrong
+     answer the reference has shown on this video, the frame skip is lowered; the cascade runs
+     again and the next round checks it on fresh frames.
 After `settings.rounds` rounds, or when a check would take most of a stratum anyway, the reference
 answers the whole failing stratum, which leaves no error there to bound.
 """
@@ -30,19 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from .optimizer import DEFAULT_SKIPS, Plan, Targets
-from .verify import Check, certification_sizes, draw, missed, rate_met, verdict
-
-SIDES = {"fpr": True, "fnr": False}  # the rate, and the cheap answer whose frames hold its errors
-
-
-@dataclass(frozen=True)
-class Settings:
-    per_stratum: int = 100  # query.verify: frames checked per cheap answer and round (0: no check)
-    rounds: int = 4  # query.verify_rounds
-    guarantee: bool = False  # query.guarantee: keep checking until the bounds meet the targets
-    confidence: float = 0.95  # optimizer.confidence
-    skips: tuple[int, ...] = DEFAULT_SKIPS
+from .check_repair import SIDES, repair
+from .check_stats import Check, certification_sizes, draw, missed, rate_met, verdict
+from .plans import ObjectPlan, Plan, Targets
+from .settings import CheckSettings
 
 
 def apply_known(result, scores: dict[int, float], min_score: float):
@@ -68,7 +62,7 @@ class Round:
     stages: dict[bool, np.ndarray]  # the stage that answered each drawn frame
 
 
-def plan_round(result, targets: Targets, settings: Settings, alpha: float, rng) -> Round:
+def plan_round(result, targets: Targets, settings: CheckSettings, alpha: float, rng) -> Round:
     """Draw this round's frames for one object from its cheap answers."""
     cheap = result.decided_by != "reference"
     pools = {ans: result.frames[cheap & (result.labels == ans)] for ans in (True, False)}
@@ -111,85 +105,14 @@ def failing(v: dict, targets: Targets, guarantee: bool) -> set[str]:
     return out
 
 
-def repair(plans: dict[str, Plan], broken: dict[str, set[str]], verdicts: dict[str, dict], results: dict,
-           weights: dict[str, dict[int, float]], targets: Targets, skips, min_score: float) -> tuple[dict[str, Plan], list[str]]:
-    """Plans with the stages that made the wrong answers seen repaired (module docstring), and what
-    was done. Skip and difference detector are shared by every object's plan."""
-    shared = next(iter(plans.values()))
-    stages = Counter()
-    for o, rates in broken.items():
-        for r in rates:
-            stages.update(verdicts[o]["wrong_stages"][SIDES[r]])
-    skip, diff, thr = shared.skip, shared.diff, shared.diff_threshold
-    actions = []
-    if stages["skip"] and skip > 1:
-        skip = max([s for s in skips if s < skip] or [1])
-        actions.append(f"frame skip {shared.skip} -> {skip} ({stages['skip']} wrong answers copied to skipped frames)")
-    if stages["diff"] and diff is not None:
-        thr = _refit_diff(results, broken, thr, min_score)
-        diff, thr = (None, None) if thr is None else (diff, thr)
-        actions.append(f"difference detector {shared.diff} " + (f"threshold {shared.diff_threshold:.4g} -> {thr:.4g}" if diff
-                       else "dropped") + f" ({stages['diff']} wrong answers)")
-    new = {}
-    for o, p in plans.items():
-        c_low, c_high = p.c_low, p.c_high
-        for r in sorted(broken.get(o, ())):
-            if not verdicts[o]["wrong_stages"][SIDES[r]]["model"] or (c_low if r == "fnr" else c_high) is None:
-                continue
-            c_low, c_high, what = _refit_model(results[o], r, c_low, c_high, weights[o], getattr(targets, r), min_score)
-            if what:  # a threshold the errors do not move is no repair
-                actions.append(f"{o}: {what}" if len(plans) > 1 else what)
-        new[o] = dataclasses.replace(p, skip=skip, diff=diff, diff_threshold=thr, c_low=c_low, c_high=c_high)
-    return new, actions
-
-
-def _answered(result, min_score: float, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frames' positions, the reference's answers, `scores` there) where both are known."""
-    at = np.flatnonzero(np.isfinite(scores) & np.isin(result.frames, np.fromiter(result.reference_scores, np.int64)))
-    truth = np.array([result.reference_scores[f] >= min_score for f in result.frames[at].tolist()], bool)
-    return at, truth, scores[at]
-
-
-def _refit_model(result, rate: str, c_low, c_high, weights: dict[int, float], target: float, min_score: float):
-    """Move one model threshold past the wrong answers the reference has shown on this video, until
-    the errors it would still make there, each frame counted for the frames its draw stands for
-    (`weights`; 1 for frames not drawn), are at most half the target. No frame of the kind needed
-    (no positive for c_low): the model stops answering that way."""
-    at, truth, p = _answered(result, min_score, result.model_scores)
-    w = np.array([weights.get(f, 1.0) for f in result.frames[at].tolist()])
-    kind = truth if rate == "fnr" else ~truth
-    if not kind.any():
-        return (None, c_high, "the model no longer answers no") if rate == "fnr" else \
-            (c_low, None, "the model no longer answers yes")
-    order = np.argsort(p[kind] if rate == "fnr" else -p[kind], kind="stable")
-    scores, cum = p[kind][order], np.cumsum(w[kind][order])
-    j = int(np.searchsorted(cum, target / 2 * cum[-1], side="right"))  # the first frame that must not be wrong
-    cut = float(scores[min(j, len(scores) - 1)])
-    old = c_low if rate == "fnr" else c_high
-    new = min(old, cut) if rate == "fnr" else max(old, cut)
-    what = f"model {'c_low' if rate == 'fnr' else 'c_high'} {old:.4g} -> {new:.4g} (re-fitted to the reference on this video)"
-    what = what if new != old else None
-    return (new, c_high, what) if rate == "fnr" else (c_low, new, what)
-
-
-def _refit_diff(results: dict, broken: dict[str, set[str]], threshold: float, min_score: float) -> float | None:
-    """A difference threshold below the scores of every frame it let copy a wrong answer, or None
-    (drop the detector) when no such score is known."""
-    worst = []
-    for o, rates in broken.items():
-        res = results[o]
-        at, truth, d = _answered(res, min_score, res.diff_scores)
-        wrong = (res.decided_by[at] == "diff") & (res.labels[at] != truth)
-        worst += d[wrong].tolist()
-    return min(threshold, min(worst)) if worst else None
-
-
-def check_and_repair(results: dict, plans: dict[str, Plan], ask: Callable, rerun: Callable, targets: Targets,
-                     settings: Settings, rng: np.random.Generator, min_score: float) -> tuple[dict, dict[str, dict]]:
+# Long: the rounds read top to bottom: draw, judge, then stop, answer with the reference, or repair.
+def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, targets: Targets,
+                     settings: CheckSettings, rng: np.random.Generator, min_score: float) -> tuple[dict, dict[str, dict]]:
     """The rounds of the module docstring. `ask(frames)` runs the reference: frame -> {object:
-    score}; `rerun(plans)` runs the cascade again: object -> result. Returns the final results
+    score}; `rerun(plan)` runs the cascade again: object -> result. Returns the final results
     (every reference answer in them) and each object's report for summary.json."""
     objects = list(results)
+    plans = plan.plans
     alpha = 1.0 - settings.confidence
     known = {o: dict(results[o].reference_scores) for o in objects}
     reports = {o: dict(mode="guarantee" if settings.guarantee else "default", confidence=settings.confidence,
@@ -228,7 +151,7 @@ def check_and_repair(results: dict, plans: dict[str, Plan], ask: Callable, rerun
             plans = plans_new
             for o in objects:
                 reports[o]["escalations"] += actions
-            results = rerun(plans)
+            results = rerun(plan.with_plans(plans))
     results = {o: apply_known(results[o], known[o], min_score) for o in objects}
     return results, {o: _final(reports[o], plans[o]) for o in objects}
 
@@ -278,7 +201,7 @@ def _log_round(report: dict, k: int, alpha: float, v: dict, final: bool = False)
     report.update(fpr=v["fpr"], fnr=v["fnr"], met=v["met"])
 
 
-def _final(report: dict, plan: Plan) -> dict:
+def _final(report: dict, plan: ObjectPlan) -> dict:
     report["checked"] = int(sum(r["sample"]["yes"] + r["sample"]["no"] for r in report["rounds"]))
     report["sample"] = report["rounds"][-1]["sample"] if report["rounds"] else dict(yes=0, no=0)
     report["escalated"] = bool(report["escalations"] or report["reference_answered"])

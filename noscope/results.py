@@ -1,0 +1,181 @@
+"""A query's answers written down: each object's result folder, the summaries, and the lines a person reads.
+
+    summary = write_results(out, q, plan, results, reports, targets)     # -> the summary written last
+    verified_line(summary["verified"], targets)                          # what the check found, in words
+
+A single-object bundle's result is one folder: frames.csv, intervals.json, timeline.png, then
+summary.json (noscope.report writes the files). A several-objects bundle's result is one such
+folder per object, OUT/VIDEOSTEM-OBJECT/, so downstream tools work unchanged, then OUT/summary.json
+for the pass, last.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .check_stats import all_met
+from .plans import STAGES, Plan, Targets, pass_decided, stage_fractions
+from .prepare import Query
+from .report import clear_result, write_json, write_result
+from .settings import default_name
+
+log = logging.getLogger("noscope")
+
+
+def write_results(out, q: Query, plan: Plan, results: dict, reports: dict, targets: Targets, *, plot: bool = True,
+                  say=None, tell: bool = True, extra: dict | None = None) -> dict:
+    """Write the result folder(s) and return the summary written last (`extra`: more keys for it,
+    e.g. the batch runner's record of what was asked). `tell`: say what the check found (one line
+    per object; a warning when the targets are not shown met)."""
+    say = say or (lambda *a, **k: None)
+    if not q.bundle.multi:
+        o = q.objects[0]
+        out = Path(out) if out else Path("noscope-out") / default_name(q.video.path, o)
+        summary = dict(object_summary(q, o, results[o], plan, targets, out), verified=reports[o], **(extra or {}))
+        warn_if_stopped(q, results[o], summary)
+        if tell:
+            tell_verified(reports[o], targets, say)
+        return write_result(out, results[o], q.video, summary, q.bundle.meta["labels"]["min_score"], plot=plot)
+    return _write_pass(out, q, plan, results, reports, targets, plot, say, tell, extra)
+
+
+def _write_pass(out, q: Query, plan: Plan, results: dict, reports: dict, targets: Targets, plot: bool, say, tell: bool,
+                extra: dict | None) -> dict:
+    """Several objects from one pass: OUT/VIDEOSTEM-OBJECT/ per object, then OUT/summary.json last."""
+    objects, v = q.objects, q.video
+    out = Path(out) if out else Path("noscope-out") / default_name(v.path, objects)
+    first = results[objects[0]]  # frames, timings and reference calls are the pass's, shared by all
+    clear_result(out)  # an earlier result (its summary.json first) must not mix with, or vouch for, this one
+    stop: dict = {}
+    warn_if_stopped(q, first, stop)  # once: every object has the same frames
+    per = {}
+    for o in objects:
+        sub = out / default_name(v.path, o)
+        summary = dict(object_summary(q, o, results[o], plan, targets, sub), answered_with=objects, verified=reports[o],
+                       **stop)
+        per[o] = write_result(sub, results[o], v, summary, q.bundle.meta["labels"]["min_score"], plot=plot)
+        if tell:
+            tell_verified(reports[o], targets, say, prefix=f"{o}: ")
+    top = dict(pass_summary(q, plan, results, targets, out),
+               results={o: dict(out=per[o]["out"], positives=per[o]["positives"], intervals=per[o]["intervals"],
+                                fractions=per[o]["fractions"], verified_met=reports[o]["met"]) for o in objects},
+               verified_met=all_met([reports[o]["met"] for o in objects]), **stop, **(extra or {}))
+    write_json(out / "summary.json", top)  # last: its presence means every object's folder is complete
+    return top
+
+
+def object_summary(q: Query, obj: str, result, plan: Plan, targets: Targets, out: Path) -> dict:
+    """One object's summary.json (the same fields whether it was answered alone or with others)."""
+    v, s, e, n = q.video, q.start, q.end, len(result.frames)
+    return dict(
+        video=str(v.path), video_abspath=str(v.path.resolve()), video_hash=v.hash, fps=v.fps,
+        object=obj, model=str(q.bundle.root), trained_on=bundle_video(q), segment=[s, e], frames=n,
+        positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
+        frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
+        reference_calls=len(result.reference_scores), fractions=result.fractions(),
+        decided_frames={st: int((result.decided_by == st).sum()) for st in STAGES},
+        stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
+        cascade=plan.plans[obj].to_dict(), targets=targets.to_dict(),
+        min_score=q.bundle.meta["labels"]["min_score"], reference=q.ref_key, out=str(out),
+    )
+
+
+def pass_summary(q: Query, plan: Plan, results: dict, targets: Targets, out: Path) -> dict:
+    """The pass's own summary for several objects: shared frames, timings and reference calls; a
+    frame counts as the reference's when any object sent it there."""
+    v, first = q.video, results[q.objects[0]]
+    codes = pass_decided([np.select([r.decided_by == st for st in STAGES], range(len(STAGES))) for r in results.values()])
+    n = len(first.frames)
+    return dict(
+        video=str(v.path), objects=q.objects, model=str(q.bundle.root), trained_on=bundle_video(q),
+        segment=[q.start, q.end], frames=n, wall_seconds=round(first.seconds, 3),
+        frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
+        reference_calls=len(first.reference_scores), fractions=stage_fractions(codes),
+        stage_seconds={k: round(x, 3) for k, x in first.stage_seconds.items()},
+        cascade=plan.to_dict(), targets=targets.to_dict(), min_score=q.bundle.meta["labels"]["min_score"],
+        reference=q.ref_key, out=str(out),
+    )
+
+
+def bundle_video(q: Query) -> dict:
+    """What the bundle was trained on, for the summary: its video's path and contents hash, and
+    whether that is the queried video (a bundle of the same camera is fine when the user named it)."""
+    trained = q.bundle.meta["video"]
+    return dict(video=trained["path"], hash=trained["hash"], this_video=trained["hash"] == q.video.hash)
+
+
+def model_words(summary: dict) -> str:
+    """'bundle NAME (trained on this video)' or '... (trained on PATH)', for a summary line."""
+    t = summary.get("trained_on") or {}
+    where = "this video" if t.get("this_video") else t.get("video", "an unknown video")
+    return f"bundle {Path(summary['model']).name} (trained on {where})"
+
+
+def met_word(met) -> str:
+    return {True: "met", False: "missed", None: "not verified"}[met]
+
+
+def verified_line(verified: dict, targets: Targets) -> str:
+    """One line on what the check on the queried video says of the targets."""
+    def one(name: str, rate: dict | None, target: float) -> str:
+        if rate is None:
+            return f"{name} unchecked"
+        if rate["high"] is None:
+            kind = "positive" if name == "FNR" else "negative"
+            return f"{name}: no {kind} frame seen, at most {rate['count_high']} frames wrong"
+        est = "n/a" if rate["estimate"] is None else f"{rate['estimate']:.2%}"  # no drawn frame could be answered
+        return f"{name} {est} (bound {rate['high']:.2%}, target {target:.2%})"
+
+    conf = f"{verified.get('confidence', 0.95):.0%}"
+    what = {True: f"targets met ({conf} bounds)", False: "targets missed", None: "targets not verified"}[verified["met"]]
+    rates = f"{one('FPR', verified['fpr'], targets.fpr)}, {one('FNR', verified['fnr'], targets.fnr)}"
+    extra = f"; repaired: {'; '.join(verified['escalations'])}" if verified.get("escalations") else ""
+    if verified.get("reference_answered"):
+        extra += f"; the reference answered every cheap {' and '.join(verified['reference_answered'])} frame"
+    hint = "" if verified["met"] or verified.get("mode") == "guarantee" else "; --guarantee checks until they are met"
+    return f"{what} on this video: {rates}, {verified.get('checked', 0)} frames checked{extra}{hint}"
+
+
+def tell_verified(verified: dict, targets: Targets, say, prefix: str = "") -> None:
+    """A met target is a progress line; anything else is one warning line on stderr."""
+    if verified.get("met"):
+        say(f"{prefix}verified: {verified_line(verified, targets)}")
+    else:
+        log.warning("%s%s", prefix, verified_line(verified, targets))
+
+
+def warn_if_stopped(q: Query, result, summary: dict) -> None:
+    """One warning when decoding stopped well before the end of the segment or of the file,
+    judged in time (the frames' presentation times): a frame count is only the container's guess."""
+    from .video import stop_is_truncation, stopped_early
+
+    v, s, e = q.video, q.start, q.end
+    stop_time = (float(result.times[-1]) + 1 / v.fps) if len(result.times) else s / v.fps
+    early = stopped_early(result.stopped_at, stop_time, v.fps, s, e)
+    if result.stopped_at is not None and (early or stopped_early(result.stopped_at, stop_time, v.fps, 0, v.frame_count)
+                                          or stop_is_truncation(v)):
+        summary["stopped_at"] = int(result.stopped_at)
+        log.warning("the video stops decoding at frame %d; answered the frames before it", result.stopped_at)
+    warn_if_missing(result, summary)
+
+
+def warn_if_missing(result, summary: dict) -> None:
+    """summary["missing_frames"] ([a, b) ranges) and one warning line when damage left frames
+    without an answer; an empty range [n, n) marks pictures lost before frame n in a file
+    numbered by counting (variable frame rate), which has no numbers to give them."""
+    if not result.missing:
+        return
+    summary["missing_frames"] = [[int(a), int(b)] for a, b in result.missing]
+    lost = sum(b - a for a, b in result.missing)
+    log.warning("part of the video cannot be decoded: %d frames have no answer (frames %s); answered the rest",
+                lost, describe_missing(result.missing))
+
+
+def describe_missing(ranges, most: int | None = 5) -> str:
+    """[a, b) ranges of frames without an answer as words: "512-639, before 700" (and how many more
+    past `most`; None: all of them)."""
+    where = ", ".join(f"{a}-{b - 1}" if b > a else f"before {a}" for a, b in ranges[:most])
+    return where + (f" and {len(ranges) - most} more" if most is not None and len(ranges) > most else "")
