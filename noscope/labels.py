@@ -86,23 +86,39 @@ def _pack(frames: list[int], scores: list[np.ndarray], dets: list[Detections]) -
 def _unpack(z) -> tuple[np.ndarray, np.ndarray, list[Detections]]:
     frames, scores = z["frames"], z["scores"]
     owner = z["det_frame"]
-    dets = []
-    for i in range(len(frames)):
-        m = owner == i
-        dets.append(Detections(z["det_boxes"][m], z["det_scores"][m], z["det_classes"][m]))
+    # one stable sort and split, not a scan of every detection per frame (a chunk of a busy road
+    # holds thousands of boxes)
+    order = np.argsort(owner, kind="stable")
+    cuts = np.searchsorted(owner[order], np.arange(1, len(frames)))
+    boxes, det_scores, classes = (np.split(z[k][order], cuts) for k in ("det_boxes", "det_scores", "det_classes"))
+    dets = [Detections(b, s, c) for b, s, c in zip(boxes, det_scores, classes)]
     return frames, scores, dets
 
 
-def load_cached(directory: Path, num_classes: int) -> dict[int, tuple[np.ndarray, Detections]]:
-    """Everything cached for one (video, reference): frame -> (class scores, detections)."""
+def _chunk_span(path: Path) -> tuple[int, int] | None:
+    """The first and last frame a chunk file's name says it holds (chunk-FIRST-LAST-N.npz)."""
+    parts = path.stem.split("-")
+    try:
+        return int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return None
+
+
+def load_cached(directory: Path, num_classes: int, frames: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, Detections]]:
+    """What is cached for one (video, reference): frame -> (class scores, detections); with
+    `frames` (sorted), only the chunks whose span holds one of them are read (a long video's
+    cache holds many chunks, and a query's check asks for a few hundred frames at a time)."""
     out: dict[int, tuple[np.ndarray, Detections]] = {}
     if not directory.is_dir():
         return out
     for path in sorted(directory.glob("chunk-*.npz")):
+        span = _chunk_span(path) if frames is not None else None
+        if span is not None and not _holds_any(frames, *span):
+            continue
         try:
             with np.load(path, allow_pickle=False) as z:
-                frames, scores, dets = _unpack(z)
-            if scores.ndim != 2 or scores.shape[1] != num_classes or len(frames) != len(scores):
+                held, scores, dets = _unpack(z)
+            if scores.ndim != 2 or scores.shape[1] != num_classes or len(held) != len(scores):
                 raise ValueError("wrong shape")
         except Exception as e:  # corrupt or foreign file: relabel those frames rather than fail
             log.warning("label cache file %s is unreadable (%s); moving it aside and relabelling", path, e)
@@ -111,9 +127,14 @@ def load_cached(directory: Path, num_classes: int) -> dict[int, tuple[np.ndarray
             except OSError:
                 pass
             continue
-        for f, s, d in zip(frames.tolist(), scores, dets):
+        for f, s, d in zip(held.tolist(), scores, dets):
             out[f] = (s, d)
     return out
+
+
+def _holds_any(frames: np.ndarray, first: int, last: int) -> bool:
+    i = np.searchsorted(frames, first)
+    return bool(i < len(frames) and frames[i] <= last)
 
 
 def label_frames(
@@ -135,7 +156,7 @@ def label_frames(
     frames = np.unique(np.asarray(frames, np.int64))
     directory = store_dir(video, ref_key, reference)
     n_classes = len(reference.class_names)
-    cached = load_cached(directory, n_classes) if use_cache and not refresh else {}
+    cached = load_cached(directory, n_classes, frames) if use_cache and not refresh else {}
     missing = np.array([f for f in frames.tolist() if f not in cached], np.int64)
     from_cache = len(frames) - len(missing)
 
