@@ -27,32 +27,48 @@ from .settings import Settings
 def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_label_cache: bool = True,
            frame_cache: bool = True, quiet: bool = False, first_pass: dict | None = None) -> tuple[dict, dict[str, dict]]:
     """object -> CascadeResult with every reference answer in it, and object -> check report.
-    Each result's `seconds` is the whole answer's; stage_seconds["verify"] is the checking and repairing.
-    `first_pass`, when given, receives the cascade's own results before any check (for evaluate)."""
+
+    Each result's `seconds` is the whole answer's. Its stage_seconds hold the first pass's stages
+    (decode, diff, model, reference) and the check's: "verify" in all, of which "check_reference"
+    (the reference on drawn frames and on strata it answers), "check_reruns" (the cascade run again
+    after a repair) and "check_repairs" (refitting thresholds and models). Each result's
+    `first_fractions` are the shares of frames each stage settled in the first pass. `first_pass`,
+    when given, receives the cascade's own results before any check (for evaluate)."""
     t0 = time.perf_counter()
     known: dict[int, np.ndarray] = {}  # frame -> the reference's class scores, every call of this answer
     decode = dataclasses.replace(settings.decode, frame_cache=frame_cache and settings.decode.frame_cache)
+    clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
 
     def run(p: Plan) -> dict:
         return run_cascade(q.video, q.bundle, p, q.reference, q.ref_key, q.start, q.end, decode=decode,
                            batch_size=settings.query.batch_size, use_label_cache=use_label_cache, quiet=quiet, known=known)
 
+    def rerun(p: Plan) -> dict:
+        t = time.perf_counter()
+        out = run(p)
+        clock["check_reruns"] += time.perf_counter() - t
+        return out
+
     def ask(frames: np.ndarray) -> dict[int, dict[str, float]]:
+        t = time.perf_counter()
         lab = label_frames(q.video, q.reference, q.ref_key, frames, use_cache=use_label_cache, quiet=True, desc="verify")
         known.update(zip(lab.frames.tolist(), lab.scores))
+        clock["check_reference"] += time.perf_counter() - t
         return {f: {o: float(s[q.bundle.class_index(o)]) for o in plan.objects} for f, s in zip(lab.frames.tolist(), lab.scores)}
 
     results = run(plan)
     first = time.perf_counter() - t0
     if first_pass is not None:
         first_pass.update(results)
-    stages = next(iter(results.values())).stage_seconds  # the first pass's; re-runs count as verifying
+    stages = next(iter(results.values())).stage_seconds  # the first pass's; re-runs count as checking
+    shares = {o: r.fractions() for o, r in results.items()}
     rng = np.random.default_rng([int(settings.seed), zlib.crc32(q.video.hash.encode()), int(q.start), int(q.end)])
-    results, reports = check_and_repair(results, plan, ask, run, targets, settings.check, rng,
-                                        float(q.bundle.meta["labels"]["min_score"]))
+    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings.check, rng,
+                                        float(q.bundle.meta["labels"]["min_score"]), clock)
     seconds = time.perf_counter() - t0
     for o, r in results.items():
         r.seconds = seconds
-        r.stage_seconds = dict(stages, verify=seconds - first)
+        r.stage_seconds = dict(stages, verify=seconds - first, **clock)
+        r.first_fractions = shares[o]
         reports[o]["seconds"] = round(seconds - first, 3)
     return results, reports

@@ -76,6 +76,7 @@ class CascadeResult:
     model_scores: np.ndarray | None = None  # float (N,): the CNN's score where it ran, NaN elsewhere
     diff_scores: np.ndarray | None = None  # float (N,): the difference detector's score where it ran, NaN elsewhere
     missing: list = field(default_factory=list)  # [a, b) frames with no answer: the video could not be decoded there
+    first_fractions: dict[str, float] | None = None  # each stage's share of frames in the first pass, before the check
 
     def fractions(self) -> dict[str, float]:
         n = max(len(self.frames), 1)

@@ -27,6 +27,7 @@ answers the whole failing stratum, which leaves no error there to bound.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -107,10 +108,13 @@ def failing(v: dict, targets: Targets, guarantee: bool) -> set[str]:
 
 # Long: the rounds read top to bottom: draw, judge, then stop, answer with the reference, or repair.
 def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, targets: Targets,
-                     settings: CheckSettings, rng: np.random.Generator, min_score: float) -> tuple[dict, dict[str, dict]]:
+                     settings: CheckSettings, rng: np.random.Generator, min_score: float,
+                     clock: dict | None = None) -> tuple[dict, dict[str, dict]]:
     """The rounds of the module docstring. `ask(frames)` runs the reference: frame -> {object:
     score}; `rerun(plan)` runs the cascade again: object -> result. Returns the final results
-    (every reference answer in them) and each object's report for summary.json."""
+    (every reference answer in them) and each object's report for summary.json. `clock`, when
+    given, gets the seconds spent repairing under "check_repairs"."""
+    clock = {} if clock is None else clock
     objects = list(results)
     plans = plan.plans
     alpha = 1.0 - settings.confidence
@@ -138,9 +142,11 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         # the cascade's answers beside every reference answer so far, this round's draw included
         seen = {o: dataclasses.replace(results[o], reference_scores={**results[o].reference_scores, **known[o]})
                 for o in objects}
+        t = time.perf_counter()
         plans_new, actions = ({}, []) if last else repair(plans, {o: b for o, b in fixable.items() if b}, verdicts, seen,
                                                           {o: _weights(rounds[o]) for o in objects}, targets,
                                                           settings.skips, min_score)
+        clock["check_repairs"] = clock.get("check_repairs", 0.0) + time.perf_counter() - t
         if last or (not actions and not settings.guarantee):
             verdicts = _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, a)
             for o, b in broken.items():

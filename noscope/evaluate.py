@@ -76,7 +76,7 @@ def _report(q: Query, obj: str, frames: np.ndarray, truth: np.ndarray, t_ref: fl
     return dict(
         video=str(q.video.path), object=obj, model=str(q.bundle.root), segment=segment,
         requested_segment=[int(s), int(e)], **measured(result, frames, truth, targets.window),
-        first_pass=measured(first, frames, truth, targets.window),
+        first_pass=dict(measured(first, frames, truth, targets.window), fractions=first.fractions()),
         targets=targets.to_dict(), verified=verified,
         reference_seconds=round(t_ref, 3), cascade_seconds=round(result.seconds, 3),
         verify_seconds=round(result.stage_seconds.get("verify", 0.0), 3),

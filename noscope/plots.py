@@ -17,8 +17,10 @@ import numpy as np
 
 from .plans import STAGES
 
-COSTS = ("decode", "diff", "model", "reference")  # where the seconds go; skipping costs nothing
-COLOURS = {"skip": "#b0b0b0", "decode": "#6c757d", "diff": "#5b9bd5", "model": "#f2a900", "reference": "#d9534f"}
+# where the seconds go (skipping costs nothing); "verify" is the check on the video and its repairs
+COSTS = ("decode", "diff", "model", "reference", "verify")
+COLOURS = {"skip": "#b0b0b0", "decode": "#6c757d", "diff": "#5b9bd5", "model": "#f2a900", "reference": "#d9534f",
+           "verify": "#8e44ad"}
 ANSWER = "#2e7d32"
 # Time bins across the picture: about one per pixel column, so hours of video draw as fast as
 # a minute and a bin's shade shows the share of its frames, not just "some frame".

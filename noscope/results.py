@@ -76,6 +76,7 @@ def object_summary(q: Query, obj: str, result, plan: Plan, targets: Targets, out
         positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
         frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
         reference_calls=len(result.reference_scores), fractions=result.fractions(),
+        first_pass_fractions=result.first_fractions or result.fractions(),
         decided_frames={st: int((result.decided_by == st).sum()) for st in STAGES},
         stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
         cascade=plan.plans[obj].to_dict(), targets=targets.to_dict(),
