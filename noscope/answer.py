@@ -39,9 +39,14 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
     decode = dataclasses.replace(settings.decode, frame_cache=frame_cache and settings.decode.frame_cache)
     clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
 
+    last: list = [None]  # the latest pass's cheap answers: a repair that keeps skip and detector re-answers from them
+
     def run(p: Plan) -> dict:
-        return run_cascade(q.video, q.bundle, p, q.reference, q.ref_key, q.start, q.end, decode=decode,
-                           batch_size=settings.query.batch_size, use_label_cache=use_label_cache, quiet=quiet, known=known)
+        out = run_cascade(q.video, q.bundle, p, q.reference, q.ref_key, q.start, q.end, decode=decode,
+                          batch_size=settings.query.batch_size, use_label_cache=use_label_cache, quiet=quiet, known=known,
+                          previous=last[0])
+        last[0] = next(iter(out.values())).cheap
+        return out
 
     def rerun(p: Plan) -> dict:
         t = time.perf_counter()

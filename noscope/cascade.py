@@ -77,6 +77,7 @@ class CascadeResult:
     diff_scores: np.ndarray | None = None  # float (N,): the difference detector's score where it ran, NaN elsewhere
     missing: list = field(default_factory=list)  # [a, b) frames with no answer: the video could not be decoded there
     first_fractions: dict[str, float] | None = None  # each stage's share of frames in the first pass, before the check
+    cheap: CheapAnswers | None = None  # the pass's cheap answers, shared by every object's result (run_cascade's `previous`)
 
     def fractions(self) -> dict[str, float]:
         n = max(len(self.frames), 1)
@@ -85,16 +86,20 @@ class CascadeResult:
 
 def run_cascade(video: Video, bundle: TrainedBundle, plan: Plan, reference, ref_key: str, start: int, end: int, *,
                 decode: DecodeSettings, batch_size: int = 256, use_label_cache: bool = True, quiet: bool = False,
-                known: dict[int, np.ndarray] | None = None) -> dict[str, CascadeResult]:
+                known: dict[int, np.ndarray] | None = None, previous: CheapAnswers | None = None) -> dict[str, CascadeResult]:
     """Run `plan` over [start, end): object -> CascadeResult, all from one decode, one CNN pass, one
     reference pass. `decode.frame_cache` reads and fills the decoded-frame cache (decode once, query
     many); `decode.prefetch` batches are decoded ahead in a thread, by `decode.workers` processes
     (noscope.decode_pool). `known`: frame -> the reference's class scores already in hand (an
-    earlier pass), not asked again."""
+    earlier pass), not asked again. `previous`: an earlier pass's cheap answers (a result's
+    `cheap`); where the plan keeps its skip and difference detector, they are answered again from
+    those scores without decoding (`restate`)."""
     t0 = time.perf_counter()
     stages = Stages.of(bundle, plan.plans, reference.device)
-    cheap = cheap_pass(video, stages, start, end, batch_size=batch_size, frame_cache=decode.frame_cache,
-                       prefetch=decode.prefetch, workers=decode_workers(decode.workers), quiet=quiet)
+    cheap = restate(previous, stages) if previous is not None else None
+    if cheap is None:
+        cheap = cheap_pass(video, stages, start, end, batch_size=batch_size, frame_cache=decode.frame_cache,
+                           prefetch=decode.prefetch, workers=decode_workers(decode.workers), quiet=quiet)
     scores = reference_pass(video, bundle, stages, cheap, reference, ref_key, use_label_cache, quiet, known)
     return _results(video, bundle, stages, cheap, scores, start, end, time.perf_counter() - t0)
 
@@ -114,6 +119,13 @@ class Stages:
     c_high: np.ndarray  # per object; +inf: never yes
     sizes: dict[str, tuple[int, int]]  # frame sizes the stages need
     device: object
+    model_name: str | None = None
+
+    @property
+    def shape(self) -> tuple:
+        """What decides which frames reach the model, and the model: a later pass with the same
+        shape can be answered again from this one's scores."""
+        return self.skip, None if self.det is None else self.det.name, self.threshold, self.model_name
 
     @classmethod
     def of(cls, bundle: TrainedBundle, plans: dict[str, ObjectPlan], device) -> "Stages":
@@ -130,7 +142,8 @@ class Stages:
         return cls(list(plans), max(1, int(plan.skip)), det, plan.diff_threshold, model,
                    [bundle.objects.index(o) for o in plans],
                    np.array([-np.inf if p.c_low is None else p.c_low for p in plans.values()]),
-                   np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()]), sizes, device)
+                   np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()]), sizes, device,
+                   plan.model)
 
 
 @dataclass
@@ -144,6 +157,16 @@ class CheapAnswers:
     lost: list  # [a, b) ranges lost to damage
     stopped_at: int | None
     stage_t: dict[str, float]
+    shape: tuple = ()  # Stages.shape of the pass
+    scores: np.ndarray | None = None  # float (P, outputs): every output of the model where it ran, NaN elsewhere
+    features: np.ndarray | None = None  # float16 (P, D): the model's features where it ran (models that have them)
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Only these rows of the processed frames (the others were lost or could not be answered)."""
+        self.processed, self.state, self.pscore, self.dscore = (self.processed[rows], self.state[rows], self.pscore[rows],
+                                                                self.dscore[rows])
+        self.scores = None if self.scores is None else self.scores[rows]
+        self.features = None if self.features is None else self.features[rows]
 
 
 def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size: int, frame_cache: bool, prefetch: int,
@@ -152,8 +175,8 @@ def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size
     n_obj = len(stages.objects)
     processed = np.arange(start, end, stages.skip, dtype=np.int64)
     out = CheapAnswers(processed, np.full((len(processed), n_obj), _REF, np.int8),
-                np.full((len(processed), n_obj), np.nan, np.float32), np.full(len(processed), np.nan, np.float32),
-                [], None, {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0})
+                       np.full((len(processed), n_obj), np.nan, np.float32), np.full(len(processed), np.nan, np.float32),
+                       [], None, {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}, stages.shape)
     if stages.sizes:
         got = np.zeros(len(processed), bool)  # processed frames that decoded
         prev_last = [None]  # last processed frame of the previous batch, for "prev" difference detectors
@@ -173,8 +196,43 @@ def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size
                 t_dec = time.perf_counter()
         out.lost += video.missing
         # the file ended early, or frames were lost to damage
-        out.processed, out.state, out.pscore, out.dscore = processed[got], out.state[got], out.pscore[got], out.dscore[got]
+        out.keep(got)
     out.stopped_at = video.stopped_at
+    return out
+
+
+def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
+    """The cheap answers of a pass with `stages`, from an earlier pass's, without decoding: when skip
+    and difference detector (and threshold) are the same, the same frames reach the model, so only
+    its thresholds, or its head (a model refitted on this video's reference answers, from the kept
+    features), decide anew. None when that cannot be done."""
+    skip, diff, threshold, model = stages.shape
+    if previous.shape[:3] != (skip, diff, threshold) or (model is None) != (previous.shape[3] is None):
+        return None
+    ran = np.isfinite(previous.pscore[:, 0]) if previous.pscore.shape[1] else np.zeros(len(previous.processed), bool)
+    if model is None:
+        scores = None
+    elif model == previous.shape[3] and previous.scores is not None:
+        scores = previous.scores
+    elif getattr(stages.model, "refitted_from", None) == previous.shape[3] and previous.features is not None:
+        scores = np.full(previous.scores.shape if previous.scores is not None else (len(previous.processed), 1), np.nan,
+                         np.float32)
+        scores[ran] = stages.model.from_features(previous.features[ran].astype(np.float32))
+    else:
+        return None
+    t = time.perf_counter()
+    out = CheapAnswers(previous.processed, previous.state.copy(), np.full((len(previous.processed), len(stages.objects)),
+                       np.nan, np.float32), previous.dscore, list(previous.lost), previous.stopped_at,
+                       {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}, stages.shape, scores,
+                       previous.features)
+    if scores is not None and ran.any():
+        p = scores[ran][:, stages.cols]
+        sub = np.full(p.shape, _REF, np.int8)
+        sub[p < stages.c_low] = _NO
+        sub[p > stages.c_high] = _YES
+        out.state[ran] = sub
+        out.pscore[ran] = p
+    out.stage_t["model"] = time.perf_counter() - t
     return out
 
 
@@ -201,7 +259,8 @@ def _batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev
         out.stage_t["diff"] += time.perf_counter() - t
     if stages.model is not None and todo.any():
         t = time.perf_counter()
-        p = stages.model.predict(batch.frames["model"][todo])[:, stages.cols]
+        every = _model_scores(stages.model, batch.frames["model"][todo], at[todo], out)
+        p = every[:, stages.cols]
         sub = np.full(p.shape, _REF, np.int8)
         sub[p < stages.c_low] = _NO
         sub[p > stages.c_high] = _YES
@@ -209,6 +268,23 @@ def _batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev
         out.pscore[at[todo]] = p
         out.stage_t["model"] += time.perf_counter() - t
     return st
+
+
+def _model_scores(model, frames: np.ndarray, rows: np.ndarray, out: CheapAnswers) -> np.ndarray:
+    """The model's every output on `frames` (rows `rows` of the pass), kept in `out` with its
+    features where the model has them, so a later pass can answer again without decoding."""
+    if hasattr(model, "features"):
+        f = model.features(frames)
+        every = model.from_features(f)
+        if out.features is None:
+            out.features = np.zeros((len(out.processed), f.shape[1]), np.float16)
+        out.features[rows] = f
+    else:
+        every = model.predict(frames)
+    if out.scores is None:
+        out.scores = np.full((len(out.processed), every.shape[1]), np.nan, np.float32)
+    out.scores[rows] = every
+    return every
 
 
 def reference_pass(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAnswers, reference, ref_key: str,
@@ -232,8 +308,8 @@ def reference_pass(video: Video, bundle: TrainedBundle, stages: Stages, cheap: C
     cheap.stage_t["reference"] = time.perf_counter() - t
     # A frame the second pass could not decode (lost, or the file ended) has no answer.
     answered = ~asks | np.isin(cheap.processed, np.fromiter(scores, np.int64, len(scores)))
-    cheap.processed, cheap.state = cheap.processed[answered], cheap.state[answered]
-    cheap.pscore, cheap.dscore = cheap.pscore[answered], cheap.dscore[answered]
+    if not answered.all():
+        cheap.keep(answered)
     return scores
 
 
@@ -255,7 +331,7 @@ def _results(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAn
         model_scores = np.full(len(frames), np.nan, np.float32)
         model_scores[on_processed] = cheap.pscore[on[on_processed], k]
         results[o] = CascadeResult(frames, times, labels, decided, ref_scores, seconds, cheap.stage_t, cheap.stopped_at,
-                                   model_scores, diff_scores, missing)
+                                   model_scores, diff_scores, missing, cheap=cheap)
     return results
 
 

@@ -3,6 +3,7 @@ and car (100 labelled frames of the urban clip), query both from one decode, and
 executor does, object by object and frame by frame, what the optimizer simulated."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -217,3 +218,47 @@ def test_single_object_bundles_run_as_before(trained):
     assert [STAGES[c] for c in codes] == res.decided_by.tolist()
     assert np.array_equal(labels, res.labels)
     assert len(res.reference_scores) > 0
+
+
+def test_a_repair_that_keeps_skip_and_detector_answers_again_without_decoding(trained, monkeypatch):
+    """New thresholds on the same skip and difference detector: the re-run is answered from the first
+    pass's scores (no decoding), exactly as a fresh pass would answer it."""
+    import noscope.cascade as cascade
+    from noscope import difference
+    from noscope.bundle import load_bundle
+    from noscope.plans import ObjectPlan, Plan
+    from noscope.reference import load_reference, reference_key
+    from noscope.video import open_video
+
+    with mock.patch.dict(os.environ, NOSCOPE_CACHE=str(trained["cache"])):
+        tb = load_bundle(trained["a"])
+        v = open_video(URBAN)
+        ref = load_reference("yolov3-tiny")
+        key = reference_key(ref)
+        x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 450, 500)])
+        name = tb.meta["candidates"][0]["name"]
+        p = tb.model(name, ref.device).predict(x)[:, 0]
+        ds = difference.diff_scores(tb.diff("prev-global"), x, np.zeros(len(x), np.int64), [2])
+
+        def plan(lo, hi):
+            one = ObjectPlan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.2), model=name,
+                             c_low=_between(p, lo), c_high=_between(p, hi), expected_cost=0.0, heldout_fpr=0.0,
+                             heldout_fnr=0.0)
+            return Plan({"bus": one}, 0.0, {})
+
+        def run(pl, previous=None):
+            return cascade.run_cascade(v, tb, pl, ref, key, 450, 500, decode=default_settings().decode, quiet=True,
+                                       previous=previous)["bus"]
+
+        first = run(plan(0.45, 0.55))
+        fresh = run(plan(0.2, 0.8))
+        monkeypatch.setattr(cascade, "cheap_pass", lambda *a, **k: pytest.fail("the re-run decoded the video"))
+        again = run(plan(0.2, 0.8), previous=first.cheap)
+        other = Plan({"bus": dataclasses.replace(plan(0.2, 0.8).shared, skip=1)}, 0.0, {})
+        with pytest.raises(pytest.fail.Exception):
+            run(other, previous=first.cheap)  # another skip: the frames reaching the model differ, so it decodes
+    assert fresh.decided_by.tolist() != first.decided_by.tolist()  # the thresholds really changed the answers
+    assert again.decided_by.tolist() == fresh.decided_by.tolist()
+    assert np.array_equal(again.labels, fresh.labels)
+    assert again.reference_scores == fresh.reference_scores
+    assert np.array_equal(again.model_scores, fresh.model_scores, equal_nan=True)
