@@ -21,6 +21,7 @@ from .check import check_and_repair
 from .labels import label_frames
 from .plans import Plan, Targets
 from .prepare import Query
+from .refit import refit_on_video
 from .settings import Settings
 
 
@@ -61,6 +62,11 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
         clock["check_reference"] += time.perf_counter() - t
         return {f: {o: float(s[q.bundle.class_index(o)]) for o in plan.objects} for f, s in zip(lab.frames.tolist(), lab.scores)}
 
+    def learn(model: str, seen: dict):
+        frames_of = {o: r.frames for o, r in seen.items()}
+        return refit_on_video(q.bundle, model, last[0], known, min_score, frames_of, q.reference.device)
+
+    min_score = float(q.bundle.meta["labels"]["min_score"])
     results = run(plan)
     first = time.perf_counter() - t0
     if first_pass is not None:
@@ -68,8 +74,8 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
     stages = next(iter(results.values())).stage_seconds  # the first pass's; re-runs count as checking
     shares = {o: r.fractions() for o, r in results.items()}
     rng = np.random.default_rng([int(settings.seed), zlib.crc32(q.video.hash.encode()), int(q.start), int(q.end)])
-    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings.check, rng,
-                                        float(q.bundle.meta["labels"]["min_score"]), clock)
+    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings.check, rng, min_score, clock,
+                                        learn)
     seconds = time.perf_counter() - t0
     for o, r in results.items():
         r.seconds = seconds

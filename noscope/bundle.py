@@ -211,6 +211,13 @@ class TrainedBundle:
             self._models[name] = specialized.Scorer(model, arch, mean, device)
         return self._models[name]
 
+    def adopt(self, prefix: str, model) -> str:
+        """Keep a model made while a query runs (a head refitted on the video) under a new name
+        starting with `prefix` (PREFIX1, PREFIX2, ...): plans may then name it like the bundle's own."""
+        n = 1 + sum(1 for k in self._models if k.startswith(prefix))
+        self._models[f"{prefix}{n}"] = model
+        return f"{prefix}{n}"
+
     def diff(self, name: str) -> difference.DiffDetector:
         d = next(d for d in self.meta["diffs"] if d["name"] == name)
         det = difference.DiffDetector.from_dict({k: v for k, v in d.items() if k not in ("cost_s", "size", "reference_image_file")})

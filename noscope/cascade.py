@@ -123,9 +123,11 @@ class Stages:
 
     @property
     def shape(self) -> tuple:
-        """What decides which frames reach the model, and the model: a later pass with the same
-        shape can be answered again from this one's scores."""
-        return self.skip, None if self.det is None else self.det.name, self.threshold, self.model_name
+        """What decides which frames reach the model, the model, and the model whose features it
+        scores (itself, or the one a refitted model was refitted from): a later pass with the same
+        skip, detector and threshold can be answered again from this one's scores or features."""
+        base = getattr(self.model, "base", None) or self.model_name
+        return self.skip, None if self.det is None else self.det.name, self.threshold, self.model_name, base
 
     @classmethod
     def of(cls, bundle: TrainedBundle, plans: dict[str, ObjectPlan], device) -> "Stages":
@@ -206,7 +208,7 @@ def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
     and difference detector (and threshold) are the same, the same frames reach the model, so only
     its thresholds, or its head (a model refitted on this video's reference answers, from the kept
     features), decide anew. None when that cannot be done."""
-    skip, diff, threshold, model = stages.shape
+    skip, diff, threshold, model, base = stages.shape
     if previous.shape[:3] != (skip, diff, threshold) or (model is None) != (previous.shape[3] is None):
         return None
     ran = np.isfinite(previous.pscore[:, 0]) if previous.pscore.shape[1] else np.zeros(len(previous.processed), bool)
@@ -214,7 +216,7 @@ def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
         scores = None
     elif model == previous.shape[3] and previous.scores is not None:
         scores = previous.scores
-    elif getattr(stages.model, "refitted_from", None) == previous.shape[3] and previous.features is not None:
+    elif base == previous.shape[4] and previous.features is not None:
         scores = np.full(previous.scores.shape if previous.scores is not None else (len(previous.processed), 1), np.nan,
                          np.float32)
         scores[ran] = stages.model.from_features(previous.features[ran].astype(np.float32))
@@ -268,6 +270,15 @@ def _batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev
         out.pscore[at[todo]] = p
         out.stage_t["model"] += time.perf_counter() - t
     return st
+
+
+def frame_scores(cheap: CheapAnswers, row_scores: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Scores given per processed frame (rows of `cheap`) as scores of `frames`: NaN on frames
+    that were not processed (skipped, or lost)."""
+    on, is_processed = _places(cheap.processed, frames)
+    out = np.full(len(frames), np.nan, np.float32)
+    out[is_processed] = row_scores[on[is_processed]]
+    return out
 
 
 def _model_scores(model, frames: np.ndarray, rows: np.ndarray, out: CheapAnswers) -> np.ndarray:

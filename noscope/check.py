@@ -1,6 +1,6 @@
 """The check of a query's answers on the queried video: its rounds of drawing, judging and repairing.
 
-    results, reports = check_and_repair(results, plans, ask, rerun, targets, settings, rng, min_score)
+    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings, rng, min_score, clock, learn)
 
 The statistics of one round (how many frames to draw, the bounds a draw gives) are in
 noscope.check_stats; what a repair changes in a plan is in noscope.check_repair.
@@ -109,11 +109,12 @@ def failing(v: dict, targets: Targets, guarantee: bool) -> set[str]:
 # Long: the rounds read top to bottom: draw, judge, then stop, answer with the reference, or repair.
 def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, targets: Targets,
                      settings: CheckSettings, rng: np.random.Generator, min_score: float,
-                     clock: dict | None = None) -> tuple[dict, dict[str, dict]]:
+                     clock: dict | None = None, learn: Callable | None = None) -> tuple[dict, dict[str, dict]]:
     """The rounds of the module docstring. `ask(frames)` runs the reference: frame -> {object:
-    score}; `rerun(plan)` runs the cascade again: object -> result. Returns the final results
-    (every reference answer in them) and each object's report for summary.json. `clock`, when
-    given, gets the seconds spent repairing under "check_repairs"."""
+    score}; `rerun(plan)` runs the cascade again: object -> result; `learn(model, results)` refits a
+    model on this video's reference answers (check_repair.repair). Returns the final results (every
+    reference answer in them) and each object's report for summary.json. `clock`, when given, gets
+    the seconds spent repairing under "check_repairs"."""
     clock = {} if clock is None else clock
     objects = list(results)
     plans = plan.plans
@@ -145,7 +146,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         t = time.perf_counter()
         plans_new, actions = ({}, []) if last else repair(plans, {o: b for o, b in fixable.items() if b}, verdicts, seen,
                                                           {o: _weights(rounds[o]) for o in objects}, targets,
-                                                          settings.skips, min_score)
+                                                          settings.skips, min_score, learn)
         clock["check_repairs"] = clock.get("check_repairs", 0.0) + time.perf_counter() - t
         if last or (not actions and not settings.guarantee):
             verdicts = _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, a)

@@ -1,13 +1,16 @@
 """Repairs: what the check changes in a plan when it finds the cascade's answers wrong on this video.
 
-    plans, actions = repair(plans, broken, verdicts, results, weights, targets, skips, min_score)
+    plans, actions = repair(plans, broken, verdicts, results, weights, targets, skips, min_score, learn)
 
 Only the stages that made the wrong answers seen change, and each by the least that removes them:
 the frame skip steps down to the next smaller one, the difference detector's threshold moves
-below the scores of the frames it let copy a wrong answer (or the detector is dropped), the
-model's thresholds move past the wrong answers the reference has shown on this video (weighted
-by how many frames each drawn frame stands for). The check then runs the cascade again and
-checks it on fresh frames (noscope.check).
+below the scores of the frames it let copy a wrong answer (or the detector is dropped). A model
+that answered wrong learns where it can: a model whose head can be refitted (`learn`) is fitted
+again on its training frames plus every frame of this video the reference has answered, and both
+its thresholds are chosen anew on this video's answered frames; otherwise its thresholds move past
+the wrong answers the reference has shown on this video. Thresholds count each frame for the
+frames its draw stands for. The check then runs the cascade again and checks it on fresh frames
+(noscope.check), never on a frame the model was fitted on: those carry the reference's answer.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from .plans import ObjectPlan, Targets
 SIDES = {"fpr": True, "fnr": False}  # the rate, and the cheap answer whose frames hold its errors
 
 
+# Long: one block per stage, in the cascade's order: skip, difference detector, model (refitted, or its thresholds).
 def repair(plans: dict[str, ObjectPlan], broken: dict[str, set[str]], verdicts: dict[str, dict], results: dict,
-           weights: dict[str, dict[int, float]], targets: Targets, skips, min_score: float) -> tuple[dict[str, ObjectPlan], list[str]]:
+           weights: dict[str, dict[int, float]], targets: Targets, skips, min_score: float,
+           learn=None) -> tuple[dict[str, ObjectPlan], list[str]]:
     """Plans with the stages that made the wrong answers seen repaired (module docstring), and what
-    was done. Skip and difference detector are shared by every object's plan."""
+    was done. Skip and difference detector are shared by every object's plan. `learn(model)`, where
+    given, refits the model on this video's reference answers: (new model's name, object -> its
+    scores on each result's frames, frames it learnt from), or None when it cannot."""
     shared = next(iter(plans.values()))
     stages = Counter()
     for o, rates in broken.items():
@@ -41,6 +48,14 @@ def repair(plans: dict[str, ObjectPlan], broken: dict[str, set[str]], verdicts: 
         diff, thr = (None, None) if thr is None else (diff, thr)
         actions.append(f"difference detector {shared.diff} " + (f"threshold {shared.diff_threshold:.4g} -> {thr:.4g}" if diff
                        else "dropped") + f" ({stages['diff']} wrong answers)")
+    learnt = _learn(learn, shared.model, stages, results)
+    if learnt is not None:
+        name, scores, n = learnt
+        actions.append(f"model {shared.model} re-fitted on {n} reference answers of this video -> {name}")
+        cuts = {o: _fitted_cuts(dataclasses.replace(results[o], model_scores=scores[o]), weights[o], targets, min_score)
+                for o in plans}
+        return {o: dataclasses.replace(p, skip=skip, diff=diff, diff_threshold=thr, model=name, c_low=cuts[o][0],
+                                       c_high=cuts[o][1]) for o, p in plans.items()}, actions
     new = {}
     for o, p in plans.items():
         c_low, c_high = p.c_low, p.c_high
@@ -52,6 +67,24 @@ def repair(plans: dict[str, ObjectPlan], broken: dict[str, set[str]], verdicts: 
                 actions.append(f"{o}: {what}" if len(plans) > 1 else what)
         new[o] = dataclasses.replace(p, skip=skip, diff=diff, diff_threshold=thr, c_low=c_low, c_high=c_high)
     return new, actions
+
+
+def _learn(learn, model: str | None, stages: Counter, results: dict):
+    """A refitted model when the model made wrong answers and can learn, else None."""
+    if learn is None or model is None or not stages["model"]:
+        return None
+    return learn(model, results)
+
+
+def _fitted_cuts(result, weights: dict[int, float], targets: Targets, min_score: float) -> tuple[float | None, float | None]:
+    """(c_low, c_high) for a refitted model, each fitted on this video's answered frames as
+    `_refit_model` moves one (from no threshold at all); crossed thresholds meet in the middle."""
+    c_low, _, _ = _refit_model(result, "fnr", np.inf, None, weights, targets.fnr, min_score)
+    _, c_high, _ = _refit_model(result, "fpr", None, -np.inf, weights, targets.fpr, min_score)
+    if c_low is not None and c_high is not None and c_low > c_high:
+        c_low = c_high = (c_low + c_high) / 2
+    return (None if c_low is None or not np.isfinite(c_low) else c_low,
+            None if c_high is None or not np.isfinite(c_high) else c_high)
 
 
 def _answered(result, min_score: float, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

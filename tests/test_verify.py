@@ -204,3 +204,82 @@ def test_a_miss_found_is_repaired_and_checked_again():
     assert len(rep["rounds"]) == 2 and rep["rounds"][0]["errors"]["no"] > 0
     assert np.array_equal(results["x"].labels, truth)
     assert rep["final_cascade"]["skip"] == 15
+
+
+def _model_video(n=6000, seed=3):
+    """A video where the first pass's model says "no" on a long positive stretch (a drifted scene):
+    frames 0..n, positives in [2000, 3000), every frame processed by the model (skip 1)."""
+    truth = np.zeros(n, bool)
+    truth[2000:3000] = True
+    frames = np.arange(n, dtype=np.int64)
+    bad = np.where(truth & (frames % 4 != 0), 0.1, np.where(truth, 0.9, 0.1)).astype(np.float32)  # 3/4 of positives missed
+    plan = ObjectPlan(skip=1, diff=None, diff_threshold=None, model="m", c_low=0.3, c_high=0.7, expected_cost=0.0,
+                      heldout_fpr=0.0, heldout_fnr=0.0)
+    return truth, frames, bad, plan
+
+
+def _answers_of(frames, scores, plan_x, truth):
+    labels = np.where(scores < plan_x.c_low, False, np.where(scores > plan_x.c_high, True, truth))
+    decided = np.where((scores < plan_x.c_low) | (scores > plan_x.c_high), "model", "reference")
+    ref = {int(f): float(truth[f]) for f in frames[decided == "reference"]}
+    return _result(frames, labels, decided, ref, scores)
+
+
+def test_a_repair_that_refits_never_certifies_on_frames_it_learnt_from(monkeypatch):
+    """The model learns from this video's reference answers (a perfect refit here); the rounds after
+    it draw only frames it was not fitted on, and the final answers are right."""
+    import noscope.check as check
+
+    truth, frames, bad, plan = _model_video()
+    good = np.where(truth, 0.95, 0.05).astype(np.float32)
+    learnt_from: set[int] = set()
+    drawn_after: set[int] = set()
+    real_round = check.plan_round
+
+    def recording_round(result, *a, **k):
+        rnd = real_round(result, *a, **k)
+        if learnt_from:
+            drawn_after.update(int(f) for d in rnd.draws.values() for f in d)
+        return rnd
+
+    def learn(model, seen):
+        learnt_from.update(seen["x"].reference_scores)  # every frame the reference has answered so far
+        return "m~1", {"x": good}, len(learnt_from)
+
+    def rerun(p):
+        assert p.shared.model == "m~1"
+        return {"x": _answers_of(frames, good, p.plans["x"], truth)}
+
+    monkeypatch.setattr(check, "plan_round", recording_round)
+    results, reports = check_and_repair({"x": _answers_of(frames, bad, plan, truth)}, one(plan),
+                                        lambda fr: {int(f): {"x": float(truth[f])} for f in fr}, rerun,
+                                        Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
+                                        np.random.default_rng(0), 0.5, learn=learn)
+    rep = reports["x"]
+    assert learnt_from and drawn_after, "the refit and a later round both happened"
+    assert not learnt_from & drawn_after
+    assert rep["escalations"][0].startswith("model m re-fitted on") and rep["final_cascade"]["model"] == "m~1"
+    assert not rep["reference_answered"]  # the refit was enough: no stratum went to the reference
+    assert np.array_equal(results["x"].labels, truth)
+
+
+def test_a_refit_that_cannot_help_falls_back_to_the_reference():
+    """A refit that learns nothing (its scores stay wrong) is checked like any repair: its thresholds,
+    fitted on this video's answers, leave every frame it cannot tell apart to the reference, which
+    then answers them, as without learning."""
+    truth, frames, bad, plan = _model_video(seed=4)
+    calls = []
+
+    def learn(model, seen):
+        calls.append(model)
+        return f"{model}~", {"x": bad}, 100
+
+    results, reports = check_and_repair({"x": _answers_of(frames, bad, plan, truth)}, one(plan),
+                                        lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
+                                        lambda p: {"x": _answers_of(frames, bad, p.plans["x"], truth)},
+                                        Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
+                                        np.random.default_rng(1), 0.5, learn=learn)
+    assert calls == ["m"] and reports["x"]["final_cascade"]["model"] == "m~"
+    low = bad < 0.3  # where the model said "no" and missed three positives in four
+    assert (results["x"].decided_by[low] == "reference").all()
+    assert np.array_equal(results["x"].labels, truth)
