@@ -149,7 +149,7 @@ def main() -> None:
     cfg = load_config(None, args.sets)
     targets = Targets(args.target, args.target)
     r = cfg["reference"]
-    ref = load_reference(r["name"], device=configured_device(cfg), batch_size=r["batch_size"])
+    ref = load_reference(r["name"], device=configured_device(cfg), batch_size=r["batch_size"], runtime=r["runtime"])
     key = reference_key(ref)
     tmp = Path(tempfile.mkdtemp(prefix="noscope-bench-"))
     try:
