@@ -147,3 +147,16 @@ def test_direct_construction_runs_in_torch(tmp_path):
     files = _v4_files(tmp_path)
     ref = DarknetReference(files["cfg"], files["weights"], files["names"], device="cpu")
     assert ref.runtime == "torch" and ref.net.conv_layers()[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fp16_export_runs(tmp_path):
+    """The fp16 graph CUDA's ONNX Runtime provider gets (no GPU here: ONNX Runtime's CPU provider runs it)."""
+    skip_unless_installed("onnxruntime")
+    files = _v4_files(tmp_path)
+    small = np.random.default_rng(0).integers(0, 255, (4, 96, 96, 3), dtype=np.uint8)
+    want = DarknetReference(files["cfg"], files["weights"], files["names"], device="cpu").raw_predictions(small)
+    ref = DarknetReference(files["cfg"], files["weights"], files["names"], device="cpu", half=True)
+    R.attach(ref, "onnxruntime", "v4ish-fp16-test")
+    assert reference_runtime(ref) == "cpu-fp16-onnxruntime"
+    got = ref.raw_predictions(small)
+    assert np.abs(got[..., 4:] - want[..., 4:]).max() < 2e-2  # fp16 rounding of the logits

@@ -11,7 +11,7 @@ The ONNX file is exported here, from the very module PyTorch runs (uint8 RGB fra
 `<cache>/exported/`, keyed by the reference key (name, input size, weights), the precision and
 the input handling (uint8 NHWC, any batch size). Nothing is downloaded. Decoding and NMS stay in
 PyTorch for every runtime, so answers differ only by the network's float rounding (ONNX Runtime
-vs PyTorch on yolov3-tiny: 3e-5 on class scores). `auto` never fails: a runtime that is missing
+and OpenVINO vs PyTorch on yolov3-tiny, storefront clip: <= 3e-6 on class scores). `auto` never fails: a runtime that is missing
 or cannot export or load the model is skipped, and PyTorch runs it. Asked for by name, the same
 problem is one NoscopeError line saying how to fix it.
 """
@@ -33,9 +33,10 @@ from ..paths import cache_dir
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-# auto's order of preference per device type (measured on 2 CPU cores, yolov3-tiny 416x416, batches
-# of 16: ONNX Runtime ~1.2x OpenVINO in fp32 ~1.2x PyTorch channels_last); on CUDA, PyTorch's fp16
-# cuDNN path is the one measured, so auto keeps it.
+# auto's order of preference per device type. On 2 CPU cores (yolov3-tiny 416x416, batches of 16,
+# scripts/reference_speed.py) ONNX Runtime and OpenVINO in fp32 were within noise of each other and
+# ~2x PyTorch channels_last; ONNX Runtime comes first as the usual install (the `onnx` extra). On
+# CUDA nothing exported has been measured here, so auto keeps PyTorch's fp16 cuDNN path.
 AUTO_ORDER = {"cpu": ("onnxruntime", "openvino")}
 # what each runtime imports (exporting needs torch.onnx's dynamo exporter: onnx and onnxscript)
 NEEDS = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
