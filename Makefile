@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.noscope-installed
 VIDEOS ?= ../shared/videos
 DEMO_VIDEO ?= $(VIDEOS)/storefront-cctv_people.mp4
 # torch and torchvision are pinned here, not in pyproject.toml, so a GPU host can keep its own build.
+# The onnx extra brings ONNX Runtime, the default reference runtime on the CPU (reference.runtime: auto).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup weights test demo bench clean
@@ -17,7 +18,7 @@ setup: $(STAMP) weights
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,onnx]'
 	touch $(STAMP)
 
 weights: $(STAMP)

@@ -139,6 +139,7 @@ RULES: dict[str, Rule] = {
     "reference.name": _name, "reference.weights": nullable(_path), "reference.cfg": nullable(_path),
     "reference.names": nullable(_path), "reference.input_size": nullable(_size),
     "reference.batch_size": nullable(_POSITIVE_INT),
+    "reference.runtime": one_of("auto", "torch", "onnxruntime", "openvino"),
     "labels.min_score": between(0, 1, lo_open=True), "labels.smooth": _odd,
     "train.max_frames": between(MIN_TRAIN_FRAMES, integer=True), "train.run_length": _POSITIVE_INT,
     "train.split": one_of("forward", "interleaved"), "train.block": _POSITIVE_INT,

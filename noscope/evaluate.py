@@ -25,6 +25,7 @@ from .metrics import evaluate as rates
 from .planning import choose_plan
 from .plans import Plan, Targets
 from .prepare import Query
+from .reference import reference_runtime
 from .settings import Settings
 
 log = logging.getLogger("noscope")
@@ -86,7 +87,7 @@ def _report(q: Query, obj: str, frames: np.ndarray, truth: np.ndarray, t_ref: fl
         speedup_without_verify=ref_per_frame / (cascade_s / max(len(result.frames), 1)) if cascade_s > 0 else float("nan"),
         reference_calls=len(result.reference_scores), fractions=result.fractions(), cascade=plan.plans[obj].to_dict(),
         stage_seconds={k: round(v, 4) for k, v in result.stage_seconds.items()},
-        device=str(q.reference.device),
+        device=str(q.reference.device), reference_runtime=reference_runtime(q.reference),
     )
 
 

@@ -34,6 +34,7 @@ class ReferenceSettings:
     names: str | None
     input_size: object  # [width, height], "WxH" or None (the detector's own)
     batch_size: int | None
+    runtime: str = "auto"  # what runs a Darknet network: auto, torch, onnxruntime, openvino
     device: str = "auto"
 
     def with_options(self, name=None, weights=None, cfg=None) -> "ReferenceSettings":

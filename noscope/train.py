@@ -35,7 +35,7 @@ from .errors import NoscopeError
 from .framecache import cached_batches
 from .labels import Sample, labelled_sample
 from .progress import progress_bar
-from .reference import Reference, configured_reference
+from .reference import Reference, configured_reference, reference_runtime
 from .settings import Settings
 from .split import SampleSplit, sample_frames, split
 from .video import Video, decode_workers, open_video
@@ -172,7 +172,7 @@ def _manifest(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: Se
     return dict(
         **ident,
         reference=dict(name=ref.name, key=run.ref_key, input_size=list(ref.input_size) if ref.input_size else None,
-                       weights=rs.weights, cfg=rs.cfg, names=rs.names),
+                       weights=rs.weights, cfg=rs.cfg, names=rs.names, runtime=reference_runtime(ref)),
         labels=dict(min_score=float(ls.min_score), smooth=int(ls.smooth)),
         video=dict(path=str(v.path.resolve()), hash=v.hash, fps=v.fps, width=v.width, height=v.height,
                    segment=[int(run.start), int(run.end)], frames_labelled=int(len(sample.frames)), positives=positives),

@@ -25,13 +25,24 @@ def default_settings(*sets: str):
     return Settings.from_config(load_config(None, list(sets)))
 
 
+def share_detector_files(cache: Path) -> Path:
+    """Link the real cache's detector weights and exported models (noscope.reference.runtime) into
+    the test cache `cache`: fetched and exported once per machine, not once per test."""
+    real = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")).resolve()
+    if (real / "weights").is_dir():
+        (cache / "weights").symlink_to(real / "weights", target_is_directory=True)
+    try:
+        (real / "exported").mkdir(parents=True, exist_ok=True)
+        (cache / "exported").symlink_to(real / "exported", target_is_directory=True)
+    except OSError:  # a read-only real cache: each test cache exports its own
+        pass
+    return cache
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test gets its own label cache and model folder; detector weights stay shared."""
-    root = tmp_path_factory.mktemp("cache")
-    real_weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
-    if real_weights.is_dir():
-        (root / "weights").symlink_to(real_weights, target_is_directory=True)
+    """Each test gets its own label cache and model folder; detector weights and exports stay shared."""
+    root = share_detector_files(tmp_path_factory.mktemp("cache"))
     monkeypatch.setenv("NOSCOPE_CACHE", str(root))
     monkeypatch.setenv("NOSCOPE_MODELS", str(root / "models"))
     return root
@@ -88,9 +99,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     cache = root / "cache"
     cache.mkdir()
-    real_weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
-    if real_weights.is_dir():
-        (cache / "weights").symlink_to(real_weights, target_is_directory=True)
+    share_detector_files(cache)
     with mock.patch.dict(os.environ, NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(root / "models")):
         for name in ("bus-a", "bus-b"):
             r = CliRunner().invoke(cli, ["train", str(URBAN), *TRAIN, "--name", str(root / name)], catch_exceptions=False)

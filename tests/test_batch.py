@@ -22,7 +22,7 @@ from noscope.batch import Job, append_record, expand_videos, plan_jobs, read_rec
 from noscope.cli import cli
 from noscope.errors import NoscopeError
 
-from .conftest import STOREFRONT, URBAN, default_settings
+from .conftest import STOREFRONT, URBAN, default_settings, share_detector_files
 
 SEG = ["--end", "60f", "--set", "optimizer.min_auc=1.01", "--no-plot"]
 GOOD = {"storefront-cctv_people", "urban-road-cctv_cars-buses-motorbikes"}
@@ -241,7 +241,7 @@ def test_ray_matches_local_frame_for_frame(trained, clips, tmp_path, monkeypatch
         # the workers were started with the old environment: only an explicitly passed one reaches them
         cache = tmp_path / "driver-cache"
         cache.mkdir()
-        (cache / "weights").symlink_to(Path(os.environ["NOSCOPE_CACHE"]) / "weights")
+        share_detector_files(cache)
         monkeypatch.setenv("NOSCOPE_CACHE", str(cache))
         r = run("query", clips, "--model", trained["a"], "--out", tmp_path / "ray", "--executor", "ray", "-q", *SEG)
     finally:

@@ -41,6 +41,7 @@ def test_every_key_has_a_range_and_the_defaults_are_in_it():
 
 @pytest.mark.parametrize("item", [
     "query.batch_size=0", "reference.batch_size=0", "labels.min_score=1.5", "labels.min_score=0", "labels.smooth=2",
+    "reference.runtime=tensorflow", "reference.runtime=null",
     "seed=-1", "device=gpu", "optimizer.skips=[]", "optimizer.skips=[0, 1]", "optimizer.confidence=1",
     "optimizer.min_saving=1", "train.grid=[c3f16d32s50]", "train.grid=fast", "train.epochs=0", "train.epochs=true",
     "train.lr=.nan", "train.val_fraction=0", "train.heldout_fraction=1", "train.max_frames=99", "train.diff_grid=51",

@@ -177,6 +177,31 @@ def test_resizes_frames_not_at_input_size(ref, frames_rgb, ours):
     assert dets[0].boxes.max() > SIZE  # pixel coordinates of the 832x832 frame
 
 
+def test_predict_equals_decoding_every_row(ref, frames_rgb, ours, monkeypatch):
+    """predict's batched post-processing (threshold on the raw layout, boxes decoded for the
+    candidates only, one NMS call) gives what decoding every row and thresholding them gives."""
+    from torchvision.ops import nms
+
+    rows = ref.raw_predictions(frames_rgb)
+    scores, dets = ours
+    np.testing.assert_array_equal(scores, rows[..., 5:].max(1))
+    for r, det in zip(torch.from_numpy(rows), dets):
+        row, cls = torch.nonzero(r[:, 5:] >= ref.conf_threshold, as_tuple=True)
+        box = r[row, :4] * SIZE
+        xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1).clamp(0, SIZE)
+        score = r[row, 5 + cls]
+        keep = torch.cat([torch.nonzero(cls == k)[:, 0][nms(xyxy[cls == k], score[cls == k], ref.nms_threshold)]
+                          for k in cls.unique().tolist()] or [torch.zeros(0, dtype=torch.long)])
+        keep = keep[torch.argsort(score[keep], descending=True, stable=True)]
+        np.testing.assert_array_equal(det.classes, cls[keep].numpy())
+        np.testing.assert_allclose(det.boxes, xyxy[keep].numpy(), atol=1e-3)
+        np.testing.assert_array_equal(det.scores, score[keep].numpy())
+    # frames at the input size (as label_frames decodes them) are not resized again
+    monkeypatch.setattr(cv2, "resize", lambda *a, **k: pytest.fail("predict resized frames already at input size"))
+    again, _ = ref.predict(frames_rgb[:2])
+    np.testing.assert_allclose(again, scores[:2], atol=1e-5)  # another batch size: kernels may differ
+
+
 # --- a synthetic yolov4-tiny-style net: route groups, shortcut, mish/swish, SPP maxpools, scale_x_y
 
 V4_CFG = """

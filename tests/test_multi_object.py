@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import shutil
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -17,7 +16,7 @@ from click.testing import CliRunner
 
 from noscope.cli import cli
 
-from .conftest import TRAIN, URBAN, default_settings
+from .conftest import TRAIN, URBAN, default_settings, share_detector_files
 
 MULTI = [a if a != "bus" else "bus,car" for a in TRAIN]  # the session bundle's settings, two objects
 STEM = URBAN.stem
@@ -30,9 +29,7 @@ def multi(tmp_path_factory, trained):
     root = tmp_path_factory.mktemp("multi")
     cache = root / "cache"
     shutil.copytree(trained["cache"] / "labels", cache / "labels")
-    real_weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
-    if real_weights.is_dir():
-        (cache / "weights").symlink_to(real_weights, target_is_directory=True)
+    share_detector_files(cache)
     env = dict(NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(root / "models"))
     with mock.patch.dict(os.environ, env):
         r = CliRunner().invoke(cli, ["train", str(URBAN), *MULTI, "--name", str(root / "bus-car")], catch_exceptions=False)

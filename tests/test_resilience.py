@@ -27,7 +27,7 @@ from noscope.errors import NoscopeError
 from noscope.specialized import load_model
 from noscope.video import open_video
 
-from .conftest import ROOT, URBAN, moving_square_frames, write_video
+from .conftest import ROOT, URBAN, moving_square_frames, share_detector_files, write_video
 
 N_FRAMES = 32
 LABEL = ["label", str(URBAN), "--object", "car", "--end", f"{N_FRAMES}f", "--json", "-q",
@@ -41,13 +41,9 @@ def cache_env(cache: Path) -> dict[str, str]:
 
 
 def new_cache(root: Path) -> Path:
-    """An empty cache that shares the real detector weights (like conftest's isolated_cache)."""
+    """An empty cache that shares the real detector weights and exports (like conftest's isolated_cache)."""
     root.mkdir(parents=True)
-    weights = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")) / "weights"
-    real = weights.resolve() if weights.exists() else Path.home() / ".cache" / "noscope" / "weights"
-    if real.is_dir():
-        (root / "weights").symlink_to(real, target_is_directory=True)
-    return root
+    return share_detector_files(root)
 
 
 def start_label(cache: Path) -> subprocess.Popen:

@@ -96,9 +96,9 @@ def configured_device(device: str = "auto"):
 
 def configured_reference(r) -> tuple[Reference, str]:
     """The reference that reference settings (noscope.settings.ReferenceSettings: name, weights,
-    cfg, names, input_size, batch_size, device) describe, and its cache key."""
+    cfg, names, input_size, batch_size, runtime, device) describe, and its cache key."""
     ref = load_reference(r.name, device=configured_device(r.device), weights=r.weights, cfg=r.cfg, names=r.names,
-                         input_size=r.input_size or None, batch_size=r.batch_size)
+                         input_size=r.input_size or None, batch_size=r.batch_size, runtime=r.runtime)
     return ref, reference_key(ref)
 
 
@@ -112,6 +112,7 @@ def load_reference(
     input_size=None,
     batch_size: int | None = None,
     random_weights: bool = False,
+    runtime: str = "auto",
 ) -> Reference:
     """Build the reference detector called `name` (one of REFERENCES).
 
@@ -122,6 +123,8 @@ def load_reference(
     device: None/"auto" (CUDA when available), "cpu", "cuda", "cuda:1", a torch.device.
     input_size: (width, height) or "WxH"; None = the detector's own.
     batch_size: None = the detector's default.
+    runtime: what runs a darknet network (noscope.reference.runtime): "auto" (the fastest installed
+    here, else PyTorch), "torch", "onnxruntime", "openvino"; torchvision detectors run in PyTorch.
     """
     key = (name or DEFAULT_REFERENCE).strip().lower()
     if key not in REFERENCES:
@@ -130,9 +133,12 @@ def load_reference(
     size = _normalize_size(input_size)
     extra = {} if batch_size is None else {"batch_size": int(batch_size)}
 
+    from . import runtime as runtimes
+
     if key in TORCHVISION_ARCHS:
         if cfg is not None or names is not None:
             raise NoscopeError(f"--reference-cfg/--reference-names only apply to darknet references, not {key}")
+        runtimes.torch_only(runtime, key)
         from .torchvision_ref import TorchvisionReference
 
         if weights is not None:
@@ -143,6 +149,7 @@ def load_reference(
 
     if random_weights:
         raise NoscopeError(f"random weights are only available for torchvision references, not {key}")
+    runtimes.check_name(runtime)  # a typo fails before the network is built
 
     cfg_p, weights_p, names_p = _yolo_tiny_files(weights, cfg, names) if key == "yolov3-tiny" else \
         _darknet_files(weights, cfg, names)
@@ -152,6 +159,7 @@ def load_reference(
     ref.source_files = {"weights": Path(weights_p), "cfg": Path(cfg_p), "names": Path(names_p)}
     if key == "yolov3-tiny":
         ref.name = "yolov3-tiny"
+    runtimes.attach(ref, runtime, reference_key(ref))
     return ref
 
 
@@ -252,14 +260,18 @@ def reference_key(ref: Reference) -> str:
 
 
 def reference_runtime(ref: Reference) -> str:
-    """Where and in what arithmetic the reference runs here, e.g. "cpu-fp32", "cuda-fp16".
+    """Where, in what arithmetic and by what the reference runs here: "cpu-fp32", "cuda-fp16"
+    (PyTorch), "cpu-fp32-onnxruntime", "cpu-fp32-openvino", "cuda-fp16-onnxruntime".
 
-    Part of the label cache's key (fp16 CUDA and fp32 CPU answers differ on borderline frames),
-    not of reference_key: a bundle trained on a GPU is still the same reference's on a CPU.
+    Part of the label cache's key (fp16 CUDA and fp32 CPU answers differ on borderline frames, and
+    another runtime's float rounding might too), not of reference_key: a bundle trained on a GPU
+    is still the same reference's on a CPU. PyTorch adds no suffix, so its labels cached before
+    runtimes existed are still found.
     """
     device = getattr(ref, "device", None)
     kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
-    return f"{kind}-{getattr(ref, 'precision', 'fp32')}"
+    engine = getattr(ref, "runtime", "torch")
+    return f"{kind}-{getattr(ref, 'precision', 'fp32')}" + ("" if engine == "torch" else f"-{engine}")
 
 
 def _is_stock_bundle(files: dict[str, Path]) -> bool:

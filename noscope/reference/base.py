@@ -33,6 +33,7 @@ class Reference:
     input_size: tuple[int, int] | None  # (width, height) frames must be resized to; None: any size
     device: "torch.device"  # noqa: F821
     batch_size: int = 16
+    runtime: str = "torch"  # what runs the network: "torch", "onnxruntime", "openvino" (reference.runtime)
 
     @property
     def precision(self) -> str:

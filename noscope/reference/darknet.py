@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
 
 from ..errors import NoscopeError
 from .base import Detections, Reference
+from .yolo_post import postprocess
 
 # Darknet (AlexeyAB) normalizes with sqrt(var + 1e-5); pjreddie's used sqrt(var) + 1e-6 and
 # OpenCV sqrt(var + 1e-6). With trained variances the three differ by ~1e-6 relative: immaterial.
@@ -260,29 +260,64 @@ class YoloLayer(nn.Module):
     def forward(self, x):
         return x
 
+    # The math below runs on a (N, A, 5+C, H, W) view of the raw output in its own memory order:
+    # planes of H*W for a contiguous tensor (ONNX runtimes), rows of 5+C for a channels_last one
+    # (PyTorch). A copy to one fixed layout, or the old (cell, anchor, channel) permute of the
+    # contiguous tensor (stride H*W floats), cost about a sixth of the network on CPU.
+
+    def _planes(self, raw: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = raw.shape
+        a, c5 = self.num_anchors, 5 + self.classes
+        if raw.is_contiguous():
+            return raw.float().reshape(n, a, c5, h, w)
+        # channels_last: memory is (N, H, W, A, 5+C); a view of it
+        return raw.float().permute(0, 2, 3, 1).reshape(n, h, w, a, c5).permute(0, 3, 4, 1, 2)
+
+    def objectness(self, raw: torch.Tensor) -> torch.Tensor:
+        """raw (N, A*(5+C), H, W) -> (N, A, H, W) float32 objectness."""
+        return torch.sigmoid(self._planes(raw)[:, :, 4])
+
+    def class_probs(self, raw: torch.Tensor) -> torch.Tensor:
+        """raw (N, A*(5+C), H, W) -> (N, A, C, H, W) float32 objectness * p(class)."""
+        p = self._planes(raw)
+        return torch.sigmoid(p[:, :, 5:]) * torch.sigmoid(p[:, :, 4:5])
+
+    def boxes_at(self, raw: torch.Tensor, b, a, y, x, net_w: int, net_h: int) -> torch.Tensor:
+        """(K, 4) [cx, cy, w, h] as fractions of the image, of the K cells (frame b, anchor a,
+        row y, column x) only: boxes are decoded after the score threshold, not for every cell."""
+        _, _, h, w = raw.shape
+        t = self._planes(raw)[b, a, :4, y, x]  # (K, 4)
+        s = self.scale_x_y
+        # scale_x_y > 1 (yolov4) lets the centre reach the cell borders: sigmoid*s - (s-1)/2.
+        xy = torch.sigmoid(t[:, 0:2]) * s - (s - 1) / 2
+        cx = (xy[:, 0] + x.float()) / w
+        cy = (xy[:, 1] + y.float()) / h
+        anchors = self.anchors.float()[a]  # the buffer follows the net to fp16; decode in fp32
+        bw = torch.exp(t[:, 2]) * anchors[:, 0] / net_w
+        bh = torch.exp(t[:, 3]) * anchors[:, 1] / net_h
+        return torch.stack([cx, cy, bw, bh], 1)
+
     def decode(self, raw: torch.Tensor, net_w: int, net_h: int) -> torch.Tensor:
         """raw (N, A*(5+C), H, W) -> (N, H*W*A, 5+C) float32 rows of
         [cx, cy, w, h (all as fractions of the image), objectness, objectness * p(class)...]."""
         n, _, h, w = raw.shape
         a, c = self.num_anchors, self.classes
-        p = raw.float().reshape(n, a, 5 + c, h, w).permute(0, 3, 4, 1, 2)  # N, H, W, A, 5+C
+        p = self._planes(raw)  # N, A, 5+C, H, W
         gy, gx = torch.meshgrid(
             torch.arange(h, device=raw.device, dtype=torch.float32),
             torch.arange(w, device=raw.device, dtype=torch.float32),
             indexing="ij",
         )
         s = self.scale_x_y
-        # scale_x_y > 1 (yolov4) lets the centre reach the cell borders: sigmoid*s - (s-1)/2.
-        xy = torch.sigmoid(p[..., 0:2]) * s - (s - 1) / 2
-        cx = (xy[..., 0] + gx[..., None]) / w
-        cy = (xy[..., 1] + gy[..., None]) / h
-        anchors = self.anchors.float()  # the buffer follows the net to fp16; decode in fp32
-        bw = torch.exp(p[..., 2]) * anchors[:, 0] / net_w
-        bh = torch.exp(p[..., 3]) * anchors[:, 1] / net_h
-        obj = torch.sigmoid(p[..., 4])
-        cls = torch.sigmoid(p[..., 5:]) * obj[..., None]
-        out = torch.cat([torch.stack([cx, cy, bw, bh, obj], -1), cls], -1)
-        return out.reshape(n, h * w * a, 5 + c)
+        xy = torch.sigmoid(p[:, :, 0:2]) * s - (s - 1) / 2
+        cx = (xy[:, :, 0] + gx) / w
+        cy = (xy[:, :, 1] + gy) / h
+        anchors = self.anchors.float()[:, :, None, None]  # (A, 2, 1, 1)
+        bw = torch.exp(p[:, :, 2]) * anchors[:, 0] / net_w
+        bh = torch.exp(p[:, :, 3]) * anchors[:, 1] / net_h
+        obj = torch.sigmoid(p[:, :, 4])
+        out = torch.cat([torch.stack([cx, cy, bw, bh, obj], 2), self.class_probs(raw)], 2)  # N, A, 5+C, H, W
+        return out.permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 5 + c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,8 +484,43 @@ def read_names(path: str | Path) -> list[str]:
         raise NoscopeError(f"cannot read class names {path}: {e.strerror}") from None
 
 
+class FramesToHeads(nn.Module):
+    """uint8 RGB frames (N, H, W, 3) in, the raw input of every [yolo] layer out.
+
+    The scaling to [0, 1] and the NHWC -> NCHW permute are part of the module, so an exported
+    model takes decoded frames as they are and nothing is converted in Python first. In PyTorch
+    the permuted view already has channels_last strides: with the net in channels_last too, no
+    layout copy is made at all (oneDNN and cuDNN both run their NHWC kernels).
+    """
+
+    def __init__(self, net: DarknetNet, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = frames.permute(0, 3, 1, 2).to(self.dtype).mul(1 / 255.0)
+        return tuple(self.net(x))
+
+
+class TorchRunner:
+    """The network's forward pass in PyTorch: uint8 NHWC frames (numpy) -> raw heads on the device."""
+
+    name = "torch"
+
+    def __init__(self, module: FramesToHeads, device: torch.device):
+        self.module, self.device = module, device
+
+    def __call__(self, frames: np.ndarray) -> list[torch.Tensor]:
+        x = torch.from_numpy(frames).to(self.device, non_blocking=True)
+        return list(self.module(x))
+
+
 class DarknetReference(Reference):
-    """A darknet YOLO as a noscope Reference (see the module docstring)."""
+    """A darknet YOLO as a noscope Reference (see the module docstring).
+
+    The forward pass runs in PyTorch unless `use_runner` swaps in an exported model
+    (noscope.reference.runtime); decoding and NMS stay here, in PyTorch, for every runtime.
+    """
 
     def __init__(
         self,
@@ -488,16 +558,30 @@ class DarknetReference(Reference):
             raise NoscopeError(f"device {self.device} requested but CUDA is not available here; use cpu")
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.dtype = torch.float16 if self.half else torch.float32
-        # channels_last lets cuDNN use its fast NHWC (tensor-core) kernels.
-        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.net.to(self.device, self.dtype).to(memory_format=self.memory_format)
+        # channels_last everywhere: oneDNN's NHWC convolutions are ~1.5x faster on CPU (yolov3-tiny,
+        # 2 cores) and cuDNN's NHWC ones use tensor cores on CUDA.
+        self.net.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self.conf_threshold = float(conf_threshold)
         self.nms_threshold = float(nms_threshold)
         self.batch_size = int(batch_size)
+        self.runner = TorchRunner(FramesToHeads(self.net, self.dtype), self.device)
 
     @property
     def precision(self) -> str:
         return "fp16" if self.half else "fp32"  # the whole net is converted (CUDA default)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network: "torch", "onnxruntime" or "openvino" (reference_runtime names it)."""
+        return self.runner.name
+
+    def frames_module(self) -> FramesToHeads:
+        """The network with its input conversion, as exported for the other runtimes."""
+        return self.runner.module if isinstance(self.runner, TorchRunner) else FramesToHeads(self.net, self.dtype)
+
+    def use_runner(self, runner) -> None:
+        """Run the network with `runner` (frames -> heads, like TorchRunner) from now on."""
+        self.runner = runner
 
     def _check_frames(self, frames) -> np.ndarray:
         frames = np.asarray(frames)
@@ -505,22 +589,21 @@ class DarknetReference(Reference):
             raise NoscopeError(f"frames must be uint8 (N, H, W, 3) RGB, got {frames.dtype} {frames.shape}")
         return frames
 
-    def _decoded(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 RGB (B, H, W, 3) -> (B, R, 5+C) float32 decoded rows on self.device."""
+    def _heads(self, batch: np.ndarray) -> list[torch.Tensor]:
+        """uint8 RGB (B, H, W, 3) -> the raw [yolo] inputs, on self.device."""
         w, h = self.input_size
-        if batch.shape[1:3] != (h, w):
+        if batch.shape[1:3] != (h, w):  # label_frames asks the decoder for this size: no resize then
             batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in batch])
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
-        # NHWC uint8 -> NCHW view; on CUDA it stays physically NHWC (= channels_last), no copy.
-        x = x.permute(0, 3, 1, 2).to(self.dtype).mul_(1 / 255.0).contiguous(memory_format=self.memory_format)
-        return self.net.decode(self.net(x), w, h)
+        return [t.to(self.device) for t in self.runner(np.ascontiguousarray(batch))]
 
     def raw_predictions(self, frames: np.ndarray) -> np.ndarray:
         """All decoded rows, (N, R, 5+C) float32 in OpenCV's YOLO output layout, before any
         threshold: [cx, cy, w, h] as fractions of the frame, objectness, objectness * p(class)."""
         frames = self._check_frames(frames)
+        w, h = self.input_size
         with torch.inference_mode():
-            parts = [self._decoded(frames[i : i + self.batch_size]).cpu() for i in range(0, len(frames), self.batch_size)]
+            parts = [self.net.decode(self._heads(frames[i : i + self.batch_size]), w, h).cpu()
+                     for i in range(0, len(frames), self.batch_size)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, 0, 5 + self.net.num_classes), np.float32)
 
     def predict(self, frames: np.ndarray) -> tuple[np.ndarray, list[Detections]]:
@@ -530,32 +613,12 @@ class DarknetReference(Reference):
         detections: list[Detections] = []
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
-                rows = self._decoded(frames[start : start + self.batch_size])
-                scores[start : start + len(rows)] = rows[..., 5:].amax(1).cpu().numpy()
-                detections.extend(self._nms(rows, fw, fh))
+                heads = self._heads(frames[start : start + self.batch_size])
+                s, d = postprocess(self.net.yolo_layers, heads, self.input_size, (fw, fh),
+                                   self.conf_threshold, self.nms_threshold)
+                scores[start : start + len(s)] = s
+                detections.extend(d)
         return scores, detections
-
-    def _nms(self, rows: torch.Tensor, frame_w: int, frame_h: int) -> list[Detections]:
-        """Per-frame, per-class NMS over every (box, class) with confidence >= conf_threshold,
-        as darknet does it. One batched_nms call for the whole batch: the group id is
-        frame * C + class, so boxes of different frames or classes never suppress each other."""
-        b, _, c5 = rows.shape
-        c = c5 - 5
-        frame, row, cls = torch.nonzero(rows[..., 5:] >= self.conf_threshold, as_tuple=True)
-        if frame.numel() == 0:
-            return [Detections.empty() for _ in range(b)]
-        box = rows[frame, row, :4]
-        scale = box.new_tensor([frame_w, frame_h, frame_w, frame_h])
-        xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1) * scale
-        xyxy = torch.minimum(xyxy.clamp_(min=0), scale)  # clip to the frame
-        score = rows[frame, row, 5 + cls]
-        keep = batched_nms(xyxy, score, frame * c + cls, self.nms_threshold)  # sorted by score
-        frame, xyxy, score, cls = (t[keep].cpu().numpy() for t in (frame, xyxy, score, cls))
-        out = []
-        for i in range(b):
-            sel = frame == i
-            out.append(Detections(xyxy[sel].astype(np.float32), score[sel].astype(np.float32), cls[sel].astype(np.int64)))
-        return out
 
 
 def main(argv: list[str] | None = None) -> int:

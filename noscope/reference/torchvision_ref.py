@@ -254,6 +254,8 @@ class TorchvisionReference(Reference):
         batch_size: int = 4,
         input_size: tuple[int, int] | None = None,
     ):
+        import torch
+
         _check_arch(arch)
         thresh_owner, frozen_bn, zero_eps = ARCHS[arch]
         weights = weights_enum(arch)
@@ -275,7 +277,10 @@ class TorchvisionReference(Reference):
         model = _build(arch, len(self.class_names), frozen_bn, path)
         if path is not None:
             _load_weights(model, path, arch, zero_eps)
-        self.model = _configured(model, thresh_owner, self.score_floor, self.input_size).eval().to(self.device)
+        # channels_last: oneDNN's and cuDNN's NHWC convolutions (CPU, 2 cores, random weights at
+        # 640x360: Faster R-CNN ResNet-50 +18%, SSDLite +20%); same results to float rounding.
+        model = _configured(model, thresh_owner, self.score_floor, self.input_size).eval()
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -310,7 +315,8 @@ class TorchvisionReference(Reference):
             for start in range(0, n, self.batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.batch_size]))
                 chunk = chunk.to(self.device, non_blocking=cuda)
-                images = chunk.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+                # the NHWC frames viewed as NCHW are already channels_last: no layout copy
+                images = chunk.permute(0, 3, 1, 2).float().div_(255.0)
                 outputs = self.model(list(images))
                 for i, out in enumerate(outputs):
                     boxes = out["boxes"].float().cpu().numpy().astype(np.float32, copy=False)
