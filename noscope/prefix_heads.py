@@ -624,3 +624,81 @@ def extract_channels(prefix: Prefix) -> int:
     with torch.inference_mode():
         dev = next(iter(prefix.buffers())).device
         return int(prefix(torch.zeros(1, h, w, 3, dtype=torch.uint8, device=dev))[0].shape[1])
+
+
+# --------------------------------------------------------------------------- the grid, for a bundle
+
+
+def candidate_name(point: PrefixPoint, kind: str) -> str:
+    """A bundle candidate's name, e.g. "ref-L6-320x192-linear" (never a specialized CNN's cNfNdNsN)."""
+    return f"ref-{point.name}-{kind}"
+
+
+def default_points(ref_key: str, video_width: int, video_height: int, layers=(6, 8), widths=(320,)) -> list[PrefixPoint]:
+    """The prefix points a bundle trains heads on by default (see scripts/feature_heads.py)."""
+    return [PrefixPoint(ref_key, k, *prefix_size(video_width, video_height, w)) for w in widths for k in layers]
+
+
+@dataclass
+class PrefixGrid:
+    """What training heads left for a bundle, shaped like specialized.GridResult: bundle.yaml
+    candidates, held-out scores ((N,) for one object, (N, K) for several) and seconds per frame."""
+
+    candidates: list[dict]
+    heldout_scores: dict[str, np.ndarray]
+    costs: dict[str, float]
+    models: dict[str, PrefixModel]
+
+
+# Long: the loop over sizes, taps and head kinds, with resuming and the per-object held-out AUCs.
+def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, int], np.ndarray], truth: np.ndarray,
+               parts, objects: list[str], work: Path, key: str, kinds=HEAD_KINDS, seed: int = 0, device=None,
+               batch_size: int = 64, fit: HeadFit | None = None, say=lambda msg: None) -> PrefixGrid:
+    """Train a head of every kind at every prefix point on the training frames (early stopping on
+    the validation frames), score the held-out frames, time each; a finished head is saved in
+    `work` as `<name>-<key>.pt` and reused by a resumed run.
+
+    frames_at: {(w, h): uint8 (N, h, w, 3)} the sampled frames at each point's size, in sample order;
+    truth: bool (N,) or (N, K); parts: masks tr, va, ho (train.Parts). Points of one size share one
+    run of the prefix (taps). An object with fewer than specialized.MIN_EXAMPLES_PER_CLASS training
+    frames of one answer gets heldout_aucs None (never offered for it)."""
+    from .specialized import MIN_EXAMPLES_PER_CLASS, roc_auc
+
+    each = truth.reshape(len(truth), -1).astype(bool)
+    lacking = {o for k, o in enumerate(objects)
+               if min(int(each[parts.tr, k].sum()), int((~each[parts.tr, k]).sum())) < MIN_EXAMPLES_PER_CLASS}
+    out = PrefixGrid([], {}, {}, {})
+    by_size: dict[tuple[int, int], list[PrefixPoint]] = {}
+    for p in points:
+        by_size.setdefault(p.size, []).append(p)
+    for size, pts in by_size.items():
+        x = frames_at[size]
+        deepest = build_prefix(reference, max(pts, key=lambda p: p.layers), device)
+        maps = extract(deepest, x, taps=[p.layers for p in pts], batch_size=batch_size)
+        for p in pts:
+            prefix = build_prefix(reference, p, device)
+            for kind in kinds:
+                name, path = candidate_name(p, kind), work / f"{candidate_name(p, kind)}-{key}.pt"
+                if path.is_file():
+                    model, info = load_head(path, reference, p.reference, device), {"resumed": True}
+                else:
+                    model, info = train_head(kind, prefix, {"train": maps[p.layers][parts.tr], "val": maps[p.layers][parts.va]},
+                                             {"train": each[parts.tr], "val": each[parts.va]}, fit=fit, seed=seed)
+                    save_head(model, path)
+                scores = model.predict_maps(maps[p.layers][parts.ho])
+                cost = measure_cost(model, batch_size=batch_size)
+                aucs = {o: None if o in lacking else float(roc_auc(scores[:, k], each[parts.ho, k])) for k, o in enumerate(objects)}
+                trusted = [a for a in aucs.values() if a is not None]
+                auc = float(np.min(trusted)) if trusted else float("nan")
+                say(f"{name}: held-out AUC {auc:.3f}, {cost * 1e3:.2f} ms/frame")
+                cand = dict(name=name, file=f"models/{name}.pt", kind="prefix_head", head=kind,
+                            prefix=dict(reference=p.reference, layers=p.layers, size=[p.width, p.height]),
+                            cost_s=float(cost), heldout_auc=auc,
+                            train={k: v for k, v in info.items() if isinstance(v, (int, float, str, list, type(None)))})
+                if len(objects) > 1:
+                    cand["heldout_aucs"] = aucs
+                out.candidates.append(cand)
+                out.heldout_scores[name] = scores if len(objects) > 1 else scores[:, 0]
+                out.costs[name], out.models[name] = float(cost), model
+        del maps
+    return out

@@ -200,3 +200,28 @@ def test_foreign_and_damaged_files_are_refused(ref, key, linear, tmp_path):
     (tmp_path / "flipped.pt").write_bytes(bytes(raw))
     with pytest.raises(NoscopeError):
         ph.load_head(tmp_path / "flipped.pt", ref, key)
+
+
+def test_the_grid_trains_scores_times_and_resumes(ref, key, data, tmp_path):
+    """What a bundle's training calls: every (point, kind) trained, held-out scores and AUC per object,
+    a cost; a second run finds the saved heads in `work` and gives the same scores."""
+    from types import SimpleNamespace
+
+    x, y, tr, va, te = data
+    parts = SimpleNamespace(tr=tr, va=va, ho=te)
+    points = [ph.PrefixPoint(key, 4, W, H), ph.PrefixPoint(key, 6, W, H)]
+    say = []
+    grid = ph.train_grid(ref, points, {(W, H): x}, y, parts, ["car", "sign"], tmp_path, "k1", kinds=("linear",), batch_size=16,
+                         say=say.append)
+    names = [c["name"] for c in grid.candidates]
+    assert names == ["ref-L4-96x64-linear", "ref-L6-96x64-linear"] and len(say) == 2
+    c = grid.candidates[1]
+    assert c["prefix"] == dict(reference=key, layers=6, size=[W, H]) and c["cost_s"] > 0
+    assert min(c["heldout_aucs"].values()) == c["heldout_auc"] > 0.95
+    assert grid.heldout_scores[c["name"]].shape == (te.sum(), 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{n}-k1.pt" for n in names]
+    again = ph.train_grid(ref, points, {(W, H): x}, y, parts, ["car", "sign"], tmp_path, "k1", kinds=("linear",))
+    assert all(again.candidates[i]["train"] == {"resumed": True} for i in range(2))
+    assert all(np.array_equal(again.heldout_scores[n], grid.heldout_scores[n]) for n in names)
+    one = ph.train_grid(ref, points[1:], {(W, H): x}, y[:, 0], parts, ["car"], tmp_path / "one", "k2", kinds=("linear",))
+    assert one.heldout_scores["ref-L6-96x64-linear"].shape == (te.sum(),) and "heldout_aucs" not in one.candidates[0]
