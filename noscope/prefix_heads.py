@@ -176,20 +176,29 @@ def _torchvision_layers(model, k: int) -> tuple[list[nn.Module], list[float], li
     return body[:k], [float(v) for v in t.image_mean], [float(v) for v in t.image_std]
 
 
-def extract(prefix: Prefix, frames_u8: np.ndarray, taps: list[int] | None = None, batch_size: int = 64,
-            dtype: torch.dtype = torch.float16) -> dict[int, torch.Tensor]:
-    """Feature maps of uint8 RGB frames (N, H, W, 3) at the prefix size, after each of `taps` first
-    layers (default: all of the prefix): {tap: CPU tensor (N, C, h, w)}, stored as `dtype` (float16
-    halves the memory; heads compute in float32). The prefix runs once per frame for all taps."""
+def extract(prefix: Prefix, frames_u8, taps: list[int] | None = None, batch_size: int = 64,
+            dtype: torch.dtype = torch.float16, pooled: dict[int, str] | None = None) -> dict[int, torch.Tensor]:
+    """Feature maps of uint8 RGB frames at the prefix size, after each of `taps` first layers
+    (default: all of the prefix): {tap: CPU tensor (N, C, h, w)} stored as `dtype` (float16 halves
+    the memory; heads compute in float32). The prefix runs once per frame for all taps.
+
+    frames_u8: an array (N, H, W, 3), or an iterable of such batches in sample order (decoded
+    batches: the frames need not all be held at the prefix size). pooled {tap: spec}: keep only
+    the pooled features (float32 (N, D), see `pool`) of those taps, which is all a linear head
+    needs (a few KB per frame instead of up to 250 KB)."""
     taps = sorted(set(taps or [len(prefix.body)]))
-    frames_u8 = check_frames(frames_u8, prefix.point)
+    pooled = pooled or {}
     dev = next(iter(prefix.buffers())).device
     out: dict[int, list[torch.Tensor]] = {t: [] for t in taps}
+    chunks = (frames_u8[s : s + batch_size] for s in range(0, len(frames_u8), batch_size)) \
+        if isinstance(frames_u8, np.ndarray) else frames_u8
     with torch.inference_mode():
-        for s in range(0, len(frames_u8), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(frames_u8[s : s + batch_size])).to(dev)
-            for t, m in zip(taps, prefix(batch, taps)):
-                out[t].append(m.to("cpu", dtype).contiguous())
+        for chunk in chunks:
+            chunk = check_frames(chunk, prefix.point)
+            for s in range(0, len(chunk), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(chunk[s : s + batch_size])).to(dev)
+                for t, m in zip(taps, prefix(batch, taps)):
+                    out[t].append(pool(m, pooled[t]).cpu() if t in pooled else m.to("cpu", dtype).contiguous())
     return {t: torch.cat(v) if v else torch.zeros(0) for t, v in out.items()}
 
 
@@ -321,11 +330,13 @@ class PrefixModel(nn.Module):
         return out
 
     def predict_maps(self, maps: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-        """The same scores from feature maps `extract` stored for the prefix's last layer."""
+        """The same scores from what `extract` stored for the prefix's last layer: feature maps, or
+        (linear head) the pooled features."""
         self.head.eval()
         dev = next(iter(self.head.buffers())).device
+        head = self.head.forward_pooled if maps.ndim == 2 and self.kind == "linear" else self.head
         with torch.inference_mode():
-            parts = [torch.sigmoid(self.head(maps[s : s + batch_size].to(dev)).float()).cpu()
+            parts = [torch.sigmoid(head(maps[s : s + batch_size].to(dev)).float()).cpu()
                      for s in range(0, len(maps), batch_size)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, self.outputs), np.float32)
 
@@ -381,7 +392,8 @@ def train_head(kind: str, prefix: Prefix, maps: dict[str, torch.Tensor], y: dict
                pooling: str = DEFAULT_POOLING, fit: HeadFit | None = None, seed: int = 0) -> tuple[PrefixModel, dict]:
     """Train a head on stored feature maps of the prefix's last layer.
 
-    maps: {"train": (N, C, h, w), "val": (M, C, h, w)} from `extract`; y: {"train": (N,) or (N, K),
+    maps: {"train": (N, C, h, w), "val": (M, C, h, w)} from `extract` (linear head: or the pooled
+    features (N, D) `extract(pooled=...)` kept with this `pooling`); y: {"train": (N,) or (N, K),
     "val": ...} bools (one column per object). Early stopping on the validation frames' class-balanced
     loss (per object for the linear head), counting only objects they show both answers of. Deterministic for a seed on CPU; the caller's RNG state
     is left alone, and so is its thread count (training runs on one thread: `one_thread`).
@@ -392,11 +404,16 @@ def train_head(kind: str, prefix: Prefix, maps: dict[str, torch.Tensor], y: dict
     if ytr.shape[1] != yva.shape[1]:
         raise NoscopeError("training and validation labels have different numbers of objects")
     channels = maps["train"].shape[1]
+    if maps["train"].ndim == 2:  # pooled features (linear head only)
+        if kind != "linear" or channels % pooled_size(pooling, 1):
+            raise NoscopeError(f"pooled features ({channels} per frame) only train a linear head with pooling {pooling}")
+        channels //= pooled_size(pooling, 1)
     with torch.random.fork_rng(devices=[]), one_thread():
         torch.manual_seed(seed)
         head = make_head(kind, channels, ytr.shape[1], pooling)
         if kind == "linear":
-            info = _fit_linear(head, pool(maps["train"], pooling), ytr, pool(maps["val"], pooling), yva, fit)
+            ztr, zva = (m if m.ndim == 2 else pool(m, pooling) for m in (maps["train"], maps["val"]))
+            info = _fit_linear(head, ztr.float(), ytr, zva.float(), yva, fit)
         else:
             info = _fit_spatial(head, maps["train"], ytr, maps["val"], yva, fit, seed)
     head.eval()
@@ -653,12 +670,15 @@ class PrefixGrid:
 # Long: the loop over sizes, taps and head kinds, with resuming and the per-object held-out AUCs.
 def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, int], np.ndarray], truth: np.ndarray,
                parts, objects: list[str], work: Path, key: str, kinds=HEAD_KINDS, seed: int = 0, device=None,
-               batch_size: int = 64, fit: HeadFit | None = None, say=lambda msg: None) -> PrefixGrid:
+               batch_size: int = 64, fit: HeadFit | None = None, pooling: str = DEFAULT_POOLING,
+               say=lambda msg: None) -> PrefixGrid:
     """Train a head of every kind at every prefix point on the training frames (early stopping on
     the validation frames), score the held-out frames, time each; a finished head is saved in
     `work` as `<name>-<key>.pt` and reused by a resumed run.
 
-    frames_at: {(w, h): uint8 (N, h, w, 3)} the sampled frames at each point's size, in sample order;
+    frames_at: {(w, h): the sampled frames at that size, in sample order}: a uint8 array (N, h, w, 3),
+    or a callable returning an iterable of such batches (decoded as they are needed: at 320x192
+    20,000 frames are 3.7 GB); with linear heads only, just the pooled features are kept;
     truth: bool (N,) or (N, K); parts: masks tr, va, ho (train.Parts). Points of one size share one
     run of the prefix (taps). An object with fewer than specialized.MIN_EXAMPLES_PER_CLASS training
     frames of one answer gets heldout_aucs None (never offered for it)."""
@@ -672,9 +692,10 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
     for p in points:
         by_size.setdefault(p.size, []).append(p)
     for size, pts in by_size.items():
-        x = frames_at[size]
+        source = frames_at[size]() if callable(frames_at[size]) else frames_at[size]
         deepest = build_prefix(reference, max(pts, key=lambda p: p.layers), device)
-        maps = extract(deepest, x, taps=[p.layers for p in pts], batch_size=batch_size)
+        only_pooled = {p.layers: pooling for p in pts} if "spatial" not in kinds else None
+        maps = extract(deepest, source, taps=[p.layers for p in pts], batch_size=batch_size, pooled=only_pooled)
         for p in pts:
             prefix = build_prefix(reference, p, device)
             for kind in kinds:
@@ -683,7 +704,8 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
                     model, info = load_head(path, reference, p.reference, device), {"resumed": True}
                 else:
                     model, info = train_head(kind, prefix, {"train": maps[p.layers][parts.tr], "val": maps[p.layers][parts.va]},
-                                             {"train": each[parts.tr], "val": each[parts.va]}, fit=fit, seed=seed)
+                                             {"train": each[parts.tr], "val": each[parts.va]}, pooling=pooling,
+                                             fit=fit, seed=seed)
                     save_head(model, path)
                 scores = model.predict_maps(maps[p.layers][parts.ho])
                 cost = measure_cost(model, batch_size=batch_size)
