@@ -103,9 +103,9 @@ class PrefixPoint:
 class Prefix(nn.Module):
     """The reference's first layers, frozen: uint8 RGB frames (N, H, W, 3) -> feature maps.
 
-    `normalise` turns the float (N, 3, H, W) 0..255 input into what the reference expects
-    (Darknet: /255; torchvision: /255 then mean/std). forward(x, taps) returns the output after
-    each of the `taps` first layers (a list, in the order given), running the layers once."""
+    The input is scaled as the reference scales it (Darknet: /255; torchvision: /255, then its
+    transform's mean and std; the resize is the decoder's). forward(x, taps) returns the output
+    after each of the `taps` first layers (a list, in the order given), running the layers once."""
 
     def __init__(self, point: PrefixPoint, layers: list[nn.Module], mean: list[float] | None, std: list[float] | None):
         super().__init__()
@@ -163,8 +163,8 @@ def _darknet_layers(net, k: int) -> list[nn.Module]:
         raise NoscopeError(f"the reference has {len(net.layers)} layers; a prefix of {k} is not possible")
     for i, m in enumerate(net.layers[:k]):
         if not isinstance(m, (ConvLayer, MaxPoolLayer, UpsampleLayer)):
-            raise NoscopeError(f"a prefix of {k} layers would include layer {i} ({type(m).__name__}), which reads "
-                               f"other layers' outputs; use at most {i} layers")
+            raise NoscopeError(f"a prefix of {k} layers would include layer {i} ({type(m).__name__}): a prefix is a "
+                               f"plain chain of convolutional, maxpool and upsample layers; use at most {i} layers")
     return list(net.layers[:k])
 
 
