@@ -9,7 +9,8 @@ are split by position: train the first 51%, validation 51-60% (early stopping an
 test the last 40%. Each clip is decoded once, at every prefix size (and 50x50 for the
 from-scratch CNN); the reference's first layers run once per frame and size, with taps after each
 prefix length, and the feature maps stay in memory (float16) while that size is being studied.
-Heads of one clip are trained for all its objects together (one output each).
+Heads of one clip are trained for all its objects together (one output each), on the reference's
+answers (score >= 0.5) or, for KIND/soft, on its scores themselves (targets in [0, 1]).
 
 Per (clip, object, prefix layers, size, head): test AUC; at each T the thresholds c_low/c_high
 fitted on the validation frames so that FNR (positives below c_low) and FPR (negatives above
@@ -79,12 +80,15 @@ def settle(scores: np.ndarray, truth: np.ndarray, c_low: float, c_high: float) -
 
 
 def judge(scores: np.ndarray, truth: np.ndarray, parts: dict, targets: list[float]) -> dict:
-    """AUC on test, and the settled share / errors at each target (thresholds from validation)."""
+    """AUC on test, and the settled share / errors at each target, thresholds fitted on the
+    validation frames (T...), and for comparison on all of the first 60% (T..._0to60: the training
+    frames included, so optimistic, but a 9% validation slice often shows one answer only)."""
     va, te = parts["va"], parts["te"]
     out = dict(auc=_num(sp.roc_auc(scores[te], truth[te])), val_auc=_num(sp.roc_auc(scores[va], truth[va])))
     for t in targets:
-        c_low, c_high = fit_thresholds(scores[va], truth[va], t)
-        out[f"T{t:g}"] = dict(c_low=_num(c_low), c_high=_num(c_high), **settle(scores[te], truth[te], c_low, c_high))
+        for name, fit_on in ((f"T{t:g}", va), (f"T{t:g}_0to60", parts["tr"] | va)):
+            c_low, c_high = fit_thresholds(scores[fit_on], truth[fit_on], t)
+            out[name] = dict(c_low=_num(c_low), c_high=_num(c_high), **settle(scores[te], truth[te], c_low, c_high))
     return out
 
 
@@ -99,7 +103,8 @@ def clip_data(clip: str, objects: list[str], ref, key: str, widths: list[int], s
     labels = label_frames(video, ref, key, np.arange(video.frame_count), quiet=True)
     say(f"{clip}: {len(labels.frames)} frames labelled ({labels.from_cache} from cache, {time.perf_counter() - t0:.0f} s)")
     frames = labels.frames
-    truth = np.stack([labels.scores[:, ref.class_index(o)] >= MIN_SCORE for o in objects], axis=1)
+    scores = np.stack([labels.scores[:, ref.class_index(o)] for o in objects], axis=1)
+    truth = scores >= MIN_SCORE
     n = len(frames)
     pos = np.arange(n)
     parts = dict(tr=pos < round(TRAIN_END * n), va=(pos >= round(TRAIN_END * n)) & (pos < round(VAL_END * n)),
@@ -120,7 +125,8 @@ def clip_data(clip: str, objects: list[str], ref, key: str, widths: list[int], s
         raise SystemExit(f"{clip}: decoded {got} of the {n} labelled frames")
     say(f"{clip}: decoded {n} frames at {', '.join(f'{w}x{h}' for w, h in sizes.values())} "
         f"in {time.perf_counter() - t0:.0f} s")
-    return dict(video=video, frames=frames, truth=truth, parts=parts, sizes=sizes, arrays=arrays)
+    return dict(video=video, frames=frames, truth=truth, soft=np.clip(scores, 0, 1), parts=parts, sizes=sizes,
+                arrays=arrays)
 
 
 def decode_costs(video, sizes: dict) -> dict:
@@ -149,18 +155,22 @@ def study_size(d: dict, objects: list[str], ref, key: str, width: int, layers: l
         prefix = ph.build_prefix(ref, ph.PrefixPoint(key, k, *size))
         m = {"train": maps[k][parts["tr"]], "val": maps[k][parts["va"]]}
         y = {"train": truth[parts["tr"]], "val": truth[parts["va"]]}
-        for kind in heads:
-            model, info = ph.train_head(kind, prefix, m, y, seed=seed)
+        for head in heads:
+            kind, _, label = head.partition("/")  # "linear/soft": trained on the reference's score, not its answer
+            target = d["soft"] if label == "soft" else truth
+            model, info = ph.train_head(kind, prefix, m, {"train": target[parts["tr"]], "val": target[parts["va"]]},
+                                        seed=seed)
             scores = model.predict_maps(maps[k])
             ckey = (k, size, kind)
             if ckey not in costs:
                 costs[ckey] = dict(total=ph.measure_cost(model), head=ph.measure_cost(model, head_only=True), model=model)
             for j, o in enumerate(objects):
-                r = dict(object=o, layers=k, size=f"{size[0]}x{size[1]}", width=width, head=kind,
+                r = dict(object=o, layers=k, size=f"{size[0]}x{size[1]}", width=width, head=head,
                          train_s=info["seconds"], steps=info["steps"], cost_s=costs[ckey]["total"],
                          head_cost_s=costs[ckey]["head"], **judge(scores[:, j], truth[:, j], parts, targets))
+                r["scores"] = scores[:, j]  # every frame's, for later analysis (--out's .npz)
                 rows.append(r)
-            say(f"    L{k} {kind:7s} AUC {' '.join(_f(r['auc']) for r in rows[-len(objects):])}  "
+            say(f"    L{k} {head:12s} AUC {' '.join(_f(r['auc']) for r in rows[-len(objects):])}  "
                 f"train {info['seconds']:.1f} s  cost {costs[ckey]['total'] * 1e3:.1f} ms/frame")
         for pooling in poolings:
             model, info = ph.train_head("linear", prefix, m, y, pooling=pooling, seed=seed)
@@ -187,8 +197,8 @@ def scratch_cnn(d: dict, objects: list[str], arch: str, targets: list[float], se
     truth = truth.reshape(len(x), -1)
     cost = sp.measure_cost(model, a.size, device="cpu")
     rows = [dict(object=o, layers=None, size="50x50", width=None, head=f"scratch {arch}", train_s=seconds,
-                 steps=info["epochs"], cost_s=cost, head_cost_s=cost, **judge(scores[:, j], truth[:, j], parts, targets))
-            for j, o in enumerate(objects)]
+                 steps=info["epochs"], cost_s=cost, head_cost_s=cost, scores=scores[:, j],
+                 **judge(scores[:, j], truth[:, j], parts, targets)) for j, o in enumerate(objects)]
     say(f"  scratch {arch}: AUC {' '.join(_f(r['auc']) for r in rows)}  train {seconds:.0f} s  cost {cost * 1e3:.2f} ms/frame")
     return rows
 
@@ -230,11 +240,11 @@ def cost_table(cost_rows: list[dict]) -> str:
 
 
 def table(rows: list[dict], targets: list[float]) -> str:
-    head = ("| clip | object | test pos/neg | head | layers | size | AUC | val AUC | "
+    head = ("| clip | object | val pos/neg | test pos/neg | head | layers | size | AUC | val AUC | "
             + " | ".join(f"settled T={t:g} (FPR/FNR)" for t in targets) + " | ms/frame | train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['clip']} | {r['object']} | {r['test_pos']}/{r['test_neg']} | {r['head']} | "
+        lines.append(f"| {r['clip']} | {r['object']} | {r['val_pos']}/{r['val_neg']} | {r['test_pos']}/{r['test_neg']} | {r['head']} | "
                      f"{r['layers'] or '-'} | {r['size']} | {_f(r['auc'])} | {_f(r['val_auc'])} | "
                      + " | ".join(_settled(r, t) for t in targets)
                      + f" | {r['cost_s'] * 1e3:.2f} | {r['train_s']:.1f} |")
@@ -247,15 +257,18 @@ def summary(rows: list[dict], targets: list[float]) -> str:
     for r in rows:
         groups[(r["head"], r["layers"] or 0, r["width"] or 0)].append(r)
     head = ("| head | layers | width | median AUC | min AUC | pairs AUC>=0.9 | "
-            + " | ".join(f"mean settled T={t:g} | max FNR T={t:g}" for t in targets) + " | ms/frame (median) |")
+            + " | ".join(f"mean settled T={t:g} | max FNR T={t:g} | max FPR T={t:g}" for t in targets)
+            + " | " + " | ".join(f"mean settled T={t:g}, fit 0-60% | max FNR | max FPR" for t in targets) + " | ms/frame (median) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (kind, k, w), rs in sorted(groups.items()):
         aucs = [r["auc"] for r in rs if r["auc"] is not None]
         cells = []
-        for t in targets:
-            st = [r[f"T{t:g}"]["settled"] for r in rs if r[f"T{t:g}"]["settled"] is not None]
-            fnr = [r[f"T{t:g}"]["fnr"] for r in rs if r[f"T{t:g}"]["fnr"] is not None]
-            cells += [_f(statistics.mean(st), 2) if st else "n/a", _f(max(fnr), 3) if fnr else "n/a"]
+        for name in [f"T{t:g}" for t in targets] + [f"T{t:g}_0to60" for t in targets]:
+            st = [r[name]["settled"] for r in rs if r[name]["settled"] is not None]
+            fnr = [r[name]["fnr"] for r in rs if r[name]["fnr"] is not None]
+            fpr = [r[name]["fpr"] for r in rs if r[name]["fpr"] is not None]
+            cells += [_f(statistics.mean(st), 2) if st else "n/a", _f(max(fnr), 3) if fnr else "n/a",
+                      _f(max(fpr), 3) if fpr else "n/a"]
         lines.append(f"| {kind} | {k or '-'} | {w or 50} | {_f(statistics.median(aucs)) if aucs else 'n/a'} | "
                      f"{_f(min(aucs)) if aucs else 'n/a'} | {sum(a >= 0.9 for a in aucs)}/{len(aucs)} | "
                      + " | ".join(cells) + f" | {statistics.median(r['cost_s'] for r in rs) * 1e3:.2f} |")
@@ -278,12 +291,13 @@ def parse_args(argv):
     ap.add_argument("--cases", help="comma-separated clip-prefix:object (default: the forward table)")
     ap.add_argument("--layers", default="4,6,8,10")
     ap.add_argument("--widths", default="160,320")
-    ap.add_argument("--heads", default="linear,spatial")
+    ap.add_argument("--heads", default="linear,spatial", help="head kinds; KIND/soft trains on the reference's score")
     ap.add_argument("--poolings", default="mean,mean+max,mean+max+grid2x3,mean+max+grid3x4",
                     help="linear-head pooling ablation ('' for none)")
     ap.add_argument("--scratch", default="", help="from-scratch CNN to compare, e.g. c2f32d64s50 (slow on CPU)")
     ap.add_argument("--targets", default="0.05,0.01")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cost-passes", type=int, default=3, help="timings again, beside the reference's (0: none)")
     ap.add_argument("--out", help="write the rows as JSON here (and the tables beside it as .md)")
     return ap.parse_args(argv)
 
@@ -332,7 +346,7 @@ def main(argv=None) -> int:
             clip_rows += scratch_cnn(d, objects, args.scratch, targets, args.seed, say)
         rows += [dict(r, **extra[r["object"]]) for r in clip_rows]
         del d
-    cost_rows = cost_pass(costs, ref) if costs else []
+    cost_rows = cost_pass(costs, ref, args.cost_passes) if costs and args.cost_passes else []
     order = {c: i for i, c in enumerate(CASES)}
     rows.sort(key=lambda r: (order.get((r["clip"], r["object"]), 99), r["head"], r["layers"] or 0, r["width"] or 0))
     text = "\n\n".join([
@@ -347,6 +361,7 @@ def main(argv=None) -> int:
     ])
     print(text)
     if args.out:
+        np.savez_compressed(Path(args.out).with_suffix(".npz"), **{f"row{i}": r.pop("scores") for i, r in enumerate(rows)})
         out = dict(reference=key, reference_cost_s=ref_cost, threads=torch.get_num_threads(), rows=rows, costs=cost_rows,
                    ablation=ablation, decode_convert_s=decoding, seconds=time.perf_counter() - t_start,
                    split=dict(train_end=TRAIN_END, val_end=VAL_END), argv=sys.argv[1:])
