@@ -394,7 +394,9 @@ def train_head(kind: str, prefix: Prefix, maps: dict[str, torch.Tensor], y: dict
 
     maps: {"train": (N, C, h, w), "val": (M, C, h, w)} from `extract` (linear head: or the pooled
     features (N, D) `extract(pooled=...)` kept with this `pooling`); y: {"train": (N,) or (N, K),
-    "val": ...} bools (one column per object). Early stopping on the validation frames' class-balanced
+    "val": ...} (one column per object): the reference's answers (bools) or its scores themselves
+    (soft targets in [0, 1], which carried over to later footage better on the shared clips: see
+    scripts/feature_heads.py). Early stopping on the validation frames' class-balanced
     loss (per object for the linear head), counting only objects they show both answers of. Deterministic for a seed on CPU; the caller's RNG state
     is left alone, and so is its thread count (training runs on one thread: `one_thread`).
     Returns (model in eval mode, info: kind, steps, best, val_loss, seconds)."""
@@ -671,7 +673,7 @@ class PrefixGrid:
 def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, int], np.ndarray], truth: np.ndarray,
                parts, objects: list[str], work: Path, key: str, kinds=HEAD_KINDS, seed: int = 0, device=None,
                batch_size: int = 64, fit: HeadFit | None = None, pooling: str = DEFAULT_POOLING,
-               say=lambda msg: None) -> PrefixGrid:
+               targets: np.ndarray | None = None, say=lambda msg: None) -> PrefixGrid:
     """Train a head of every kind at every prefix point on the training frames (early stopping on
     the validation frames), score the held-out frames, time each; a finished head is saved in
     `work` as `<name>-<key>.pt` and reused by a resumed run.
@@ -679,12 +681,15 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
     frames_at: {(w, h): the sampled frames at that size, in sample order}: a uint8 array (N, h, w, 3),
     or a callable returning an iterable of such batches (decoded as they are needed: at 320x192
     20,000 frames are 3.7 GB); with linear heads only, just the pooled features are kept;
-    truth: bool (N,) or (N, K); parts: masks tr, va, ho (train.Parts). Points of one size share one
+    truth: bool (N,) or (N, K), what held-out AUCs are judged against; targets: what the heads learn
+    (None: truth; the sample's reference scores, clipped to [0, 1], to learn those); parts: masks
+    tr, va, ho (train.Parts). Points of one size share one
     run of the prefix (taps). An object with fewer than specialized.MIN_EXAMPLES_PER_CLASS training
     frames of one answer gets heldout_aucs None (never offered for it)."""
     from .specialized import MIN_EXAMPLES_PER_CLASS, roc_auc
 
     each = truth.reshape(len(truth), -1).astype(bool)
+    learn = each if targets is None else np.clip(np.asarray(targets, np.float32).reshape(each.shape), 0, 1)
     lacking = {o for k, o in enumerate(objects)
                if min(int(each[parts.tr, k].sum()), int((~each[parts.tr, k]).sum())) < MIN_EXAMPLES_PER_CLASS}
     out = PrefixGrid([], {}, {}, {})
@@ -704,7 +709,7 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
                     model, info = load_head(path, reference, p.reference, device), {"resumed": True}
                 else:
                     model, info = train_head(kind, prefix, {"train": maps[p.layers][parts.tr], "val": maps[p.layers][parts.va]},
-                                             {"train": each[parts.tr], "val": each[parts.va]}, pooling=pooling,
+                                             {"train": learn[parts.tr], "val": learn[parts.va]}, pooling=pooling,
                                              fit=fit, seed=seed)
                     save_head(model, path)
                 scores = model.predict_maps(maps[p.layers][parts.ho])

@@ -139,6 +139,15 @@ def test_a_head_learns_the_objects_on_later_frames(kind, prefix, maps, data, lin
     np.testing.assert_allclose(model.predict_maps(maps[te]), p, atol=2e-3)  # maps stored as float16
 
 
+def test_a_head_learns_from_the_references_scores(prefix, maps, data):
+    """Soft targets (what the reference scored, not its yes/no) train a head as well."""
+    x, y, tr, va, te = data
+    soft = np.where(y, 0.8, 0.1) + np.random.default_rng(0).uniform(-0.05, 0.05, y.shape)
+    model, info = ph.train_head("linear", prefix, {"train": maps[tr], "val": maps[va]}, {"train": soft[tr], "val": soft[va]})
+    p = model.predict_maps(maps[te])
+    assert min(sp.roc_auc(p[:, k], y[te, k]) for k in range(2)) > 0.95
+
+
 def test_cost_is_measured(linear):
     model, _ = linear
     whole = ph.measure_cost(model, batch_size=16, repeats=3)
