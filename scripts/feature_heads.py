@@ -298,6 +298,8 @@ def parse_args(argv):
     ap.add_argument("--targets", default="0.05,0.01")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cost-passes", type=int, default=3, help="timings again, beside the reference's (0: none)")
+    ap.add_argument("--costs-only", metavar="WxH", help="only time the grid's points for a video of this size "
+                    "(untrained heads: the weights do not change the cost)")
     ap.add_argument("--out", help="write the rows as JSON here (and the tables beside it as .md)")
     return ap.parse_args(argv)
 
@@ -330,7 +332,16 @@ def main(argv=None) -> int:
     ref_cost = measure_reference_cost(ref)
     say(f"reference {key}: {ref_cost * 1e3:.0f} ms/frame; torch threads {torch.get_num_threads()}")
     rows, ablation, costs, decoding = [], [], {}, {}
-    for clip, objects in selected_cases(args.cases).items():
+    if args.costs_only:
+        vw, vh = (int(v) for v in args.costs_only.lower().split("x"))
+        for w in widths:
+            size = ph.prefix_size(vw, vh, w)
+            for k in layers:
+                prefix = ph.build_prefix(ref, ph.PrefixPoint(key, k, *size))
+                for kind in heads:
+                    head = ph.make_head(kind, ph.extract_channels(prefix), 1)
+                    costs[(k, size, kind)] = dict(model=ph.PrefixModel(prefix, head, kind).eval())
+    for clip, objects in ([] if args.costs_only else selected_cases(args.cases).items()):
         d = clip_data(clip, objects, ref, key, widths, bool(args.scratch), say)
         decoding[clip] = decode_costs(d["video"], d["sizes"])
         te = d["parts"]["te"]
@@ -353,7 +364,7 @@ def main(argv=None) -> int:
         f"reference {key} {ref_cost * 1e3:.0f} ms/frame; {platform.node()}, {torch.get_num_threads()} torch threads; "
         f"{time.perf_counter() - t_start:.0f} s in all",
         "## Summary over pairs\n\n" + summary(rows, targets),
-        "## Cost, batch of 64 uint8 frames in memory (median of 3 passes)\n\n" + cost_table(cost_rows) if cost_rows else "",
+        f"## Cost, batch of 64 uint8 frames in memory (median of {args.cost_passes} passes)\n\n" + cost_table(cost_rows) if cost_rows else "",
         "## Pooling (linear head)\n\n" + ablation_table(ablation) if ablation else "",
         "## Every row\n\n" + table(rows, targets),
         "## Convert + resize per decoded frame (PyAV), ms\n\n" + "\n".join(
