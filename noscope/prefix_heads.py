@@ -653,7 +653,15 @@ def candidate_name(point: PrefixPoint, kind: str) -> str:
     return f"ref-{point.name}-{kind}"
 
 
-def default_points(ref_key: str, video_width: int, video_height: int, layers=(6, 8), widths=(320,)) -> list[PrefixPoint]:
+# The heads a bundle trains by default, per prefix length, at 320 wide: on the shared clips a linear
+# head on layers[:6] and a spatial head on layers[:8], both on the reference's scores, carried over
+# to later footage best (docs/prefix_heads.md). One prefix pass to layer 8 serves both.
+DEFAULT_KINDS = {6: ("linear",), 8: ("spatial",)}
+DEFAULT_WIDTHS = (320,)
+
+
+def default_points(ref_key: str, video_width: int, video_height: int, layers=tuple(DEFAULT_KINDS),
+                   widths=DEFAULT_WIDTHS) -> list[PrefixPoint]:
     """The prefix points a bundle trains heads on by default (see scripts/feature_heads.py)."""
     return [PrefixPoint(ref_key, k, *prefix_size(video_width, video_height, w)) for w in widths for k in layers]
 
@@ -671,7 +679,7 @@ class PrefixGrid:
 
 # Long: the loop over sizes, taps and head kinds, with resuming and the per-object held-out AUCs.
 def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, int], np.ndarray], truth: np.ndarray,
-               parts, objects: list[str], work: Path, key: str, kinds=HEAD_KINDS, seed: int = 0, device=None,
+               parts, objects: list[str], work: Path, key: str, kinds=DEFAULT_KINDS, seed: int = 0, device=None,
                batch_size: int = 64, fit: HeadFit | None = None, pooling: str = DEFAULT_POOLING,
                targets: np.ndarray | None = None, say=lambda msg: None) -> PrefixGrid:
     """Train a head of every kind at every prefix point on the training frames (early stopping on
@@ -683,7 +691,8 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
     20,000 frames are 3.7 GB); with linear heads only, just the pooled features are kept;
     truth: bool (N,) or (N, K), what held-out AUCs are judged against; targets: what the heads learn
     (None: truth; the sample's reference scores, clipped to [0, 1], to learn those); parts: masks
-    tr, va, ho (train.Parts). Points of one size share one
+    tr, va, ho (train.Parts); kinds: the head kinds trained at every point, or {layers: kinds} per
+    prefix length (DEFAULT_KINDS). Points of one size share one
     run of the prefix (taps). An object with fewer than specialized.MIN_EXAMPLES_PER_CLASS training
     frames of one answer gets heldout_aucs None (never offered for it)."""
     from .specialized import MIN_EXAMPLES_PER_CLASS, roc_auc
@@ -693,17 +702,18 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
     lacking = {o for k, o in enumerate(objects)
                if min(int(each[parts.tr, k].sum()), int((~each[parts.tr, k]).sum())) < MIN_EXAMPLES_PER_CLASS}
     out = PrefixGrid([], {}, {}, {})
+    kinds_of = (lambda p: tuple(kinds.get(p.layers, ()))) if isinstance(kinds, dict) else (lambda p: tuple(kinds))
     by_size: dict[tuple[int, int], list[PrefixPoint]] = {}
     for p in points:
         by_size.setdefault(p.size, []).append(p)
     for size, pts in by_size.items():
         source = frames_at[size]() if callable(frames_at[size]) else frames_at[size]
         deepest = build_prefix(reference, max(pts, key=lambda p: p.layers), device)
-        only_pooled = {p.layers: pooling for p in pts} if "spatial" not in kinds else None
+        only_pooled = {p.layers: pooling for p in pts if "spatial" not in kinds_of(p)}
         maps = extract(deepest, source, taps=[p.layers for p in pts], batch_size=batch_size, pooled=only_pooled)
         for p in pts:
             prefix = build_prefix(reference, p, device)
-            for kind in kinds:
+            for kind in kinds_of(p):
                 name, path = candidate_name(p, kind), work / f"{candidate_name(p, kind)}-{key}.pt"
                 if path.is_file():
                     model, info = load_head(path, reference, p.reference, device), {"resumed": True}

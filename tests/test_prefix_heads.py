@@ -235,8 +235,9 @@ def test_the_grid_trains_scores_times_and_resumes(ref, key, data, tmp_path):
     # frames in decoded batches; linear heads only keep pooled features (pooled from float32 maps,
     # not float16 ones: the scores move by a few percent, not more)
     batches = lambda: (x[s : s + 50] for s in range(0, len(x), 50))  # noqa: E731
-    one = ph.train_grid(ref, points[1:], {(W, H): batches}, y[:, 0], parts, ["car"], tmp_path / "one", "k2",
-                        kinds=("linear",))
+    one = ph.train_grid(ref, points, {(W, H): batches}, y[:, 0], parts, ["car"], tmp_path / "one", "k2",
+                        kinds={6: ("linear",)}, batch_size=16)
+    assert [c["name"] for c in one.candidates] == ["ref-L6-96x64-linear"]
     p1, p2 = one.heldout_scores["ref-L6-96x64-linear"], grid.heldout_scores["ref-L6-96x64-linear"][:, 0]
     assert np.allclose(p1, p2, rtol=0.05, atol=1e-3)
     assert one.heldout_scores["ref-L6-96x64-linear"].shape == (te.sum(),) and "heldout_aucs" not in one.candidates[0]
