@@ -364,9 +364,12 @@ def _judged(y: torch.Tensor) -> torch.Tensor:
 def _labels2d(y: np.ndarray, n: int) -> torch.Tensor:
     y = np.asarray(y)
     y = y.reshape(n, -1) if y.ndim == 1 else y
-    if y.shape[0] != n or y.ndim != 2 or not np.all(np.isfinite(y.astype(np.float64))):
+    if y.shape[0] != n or y.ndim != 2 or y.shape[1] < 1:
         raise NoscopeError(f"labels must have shape ({n},) or ({n}, objects), got {y.shape}")
-    return torch.from_numpy(y.astype(np.float32))
+    y = y.astype(np.float32)
+    if not np.all(np.isfinite(y)) or y.min(initial=0) < 0 or y.max(initial=0) > 1:
+        raise NoscopeError("labels must be booleans or scores in [0, 1]")
+    return torch.from_numpy(y)
 
 
 @dataclass
@@ -396,15 +399,18 @@ def train_head(kind: str, prefix: Prefix, maps: dict[str, torch.Tensor], y: dict
     features (N, D) `extract(pooled=...)` kept with this `pooling`); y: {"train": (N,) or (N, K),
     "val": ...} (one column per object): the reference's answers (bools) or its scores themselves
     (soft targets in [0, 1], which carried over to later footage better on the shared clips: see
-    scripts/feature_heads.py). Early stopping on the validation frames' class-balanced
-    loss (per object for the linear head), counting only objects they show both answers of. Deterministic for a seed on CPU; the caller's RNG state
-    is left alone, and so is its thread count (training runs on one thread: `one_thread`).
+    scripts/feature_heads.py). Early stopping on the validation frames' class-balanced loss (per
+    object for the linear head), counting only objects they show both answers of. Deterministic
+    for a seed on CPU; the caller's RNG state is left alone, and so is its thread count (training
+    runs on one thread: `one_thread`).
     Returns (model in eval mode, info: kind, steps, best, val_loss, seconds)."""
     fit = fit or HeadFit()
     t0 = time.perf_counter()
     ytr, yva = _labels2d(y["train"], len(maps["train"])), _labels2d(y["val"], len(maps["val"]))
     if ytr.shape[1] != yva.shape[1]:
         raise NoscopeError("training and validation labels have different numbers of objects")
+    if len(ytr) == 0 or len(yva) == 0:
+        raise NoscopeError(f"a head needs training and validation frames, got {len(ytr)} and {len(yva)}")
     channels = maps["train"].shape[1]
     if maps["train"].ndim == 2:  # pooled features (linear head only)
         if kind != "linear" or channels % pooled_size(pooling, 1):

@@ -148,6 +148,17 @@ def test_a_head_learns_from_the_references_scores(prefix, maps, data):
     assert min(sp.roc_auc(p[:, k], y[te, k]) for k in range(2)) > 0.95
 
 
+def test_bad_labels_are_refused(prefix, maps, data):
+    x, y, tr, va, _ = data
+    m = {"train": maps[tr], "val": maps[va]}
+    for bad in ({"train": y[tr] * 2.0, "val": y[va]}, {"train": y[tr][:-1], "val": y[va]},
+                {"train": y[tr], "val": y[va][:, :1]}):
+        with pytest.raises(NoscopeError):
+            ph.train_head("linear", prefix, m, bad)
+    with pytest.raises(NoscopeError, match="validation frames"):
+        ph.train_head("spatial", prefix, {"train": maps[tr], "val": maps[:0]}, {"train": y[tr], "val": y[:0]})
+
+
 def test_cost_is_measured(linear):
     model, _ = linear
     whole = ph.measure_cost(model, batch_size=16, repeats=3)
