@@ -188,6 +188,7 @@ def test_save_load_round_trips_exactly(kind, ref, key, prefix, maps, data, linea
     assert (meta["reference"], meta["layers"], meta["size"], meta["kind"]) == (key, 6, [W, H], kind)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_foreign_and_damaged_files_are_refused(ref, key, linear, tmp_path):
     model, _ = linear
     path = tmp_path / "head.pt"
