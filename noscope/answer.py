@@ -18,11 +18,18 @@ import numpy as np
 
 from .cascade import run_cascade
 from .check import check_and_repair
+from .check_stats import DrawOrder
 from .labels import label_frames
 from .plans import Plan, Targets
 from .prepare import Query
 from .refit import refit_on_video
 from .settings import Settings
+from .video import Keep
+
+# Frames whose pictures the first pass keeps for the check, per frame it checks in a stratum and
+# round: enough for the first round and most of the next ones; the rest are decoded after the pass
+# (416x416 RGB: 0.5 MB a frame, so 400 frames hold about 200 MB while the query runs).
+RESERVE = 4
 
 
 def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_label_cache: bool = True,
@@ -38,6 +45,10 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
     t0 = time.perf_counter()
     known: dict[int, np.ndarray] = {}  # frame -> the reference's class scores, every call of this answer
     decode = dataclasses.replace(settings.decode, frame_cache=frame_cache and settings.decode.frame_cache)
+    rng = np.random.default_rng([int(settings.seed), zlib.crc32(q.video.hash.encode()), int(q.start), int(q.end)])
+    order = DrawOrder(q.start, q.end, rng)  # the check's draws, fixed before anything is answered
+    reserve = Keep(set(order.reserve(RESERVE * settings.check.per_stratum).tolist()),
+                   tuple(q.reference.input_size or (q.video.width, q.video.height)))
     clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
 
     last: list = [None]  # the latest pass's cheap answers: a repair that keeps skip and detector re-answers from them
@@ -45,7 +56,7 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
     def run(p: Plan) -> dict:
         out = run_cascade(q.video, q.bundle, p, q.reference, q.ref_key, q.start, q.end, decode=decode,
                           batch_size=settings.query.batch_size, use_label_cache=use_label_cache, quiet=quiet, known=known,
-                          previous=last[0])
+                          previous=last[0], keep=reserve if last[0] is None else None)
         last[0] = next(iter(out.values())).cheap
         return out
 
@@ -57,7 +68,8 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
 
     def ask(frames: np.ndarray) -> dict[int, dict[str, float]]:
         t = time.perf_counter()
-        lab = label_frames(q.video, q.reference, q.ref_key, frames, use_cache=use_label_cache, quiet=True, desc="verify")
+        lab = label_frames(q.video, q.reference, q.ref_key, frames, use_cache=use_label_cache, quiet=True, desc="verify",
+                           pixels=reserve.sink)
         known.update(zip(lab.frames.tolist(), lab.scores))
         clock["check_reference"] += time.perf_counter() - t
         return {f: {o: float(s[q.bundle.class_index(o)]) for o in plan.objects} for f, s in zip(lab.frames.tolist(), lab.scores)}
@@ -73,8 +85,7 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
         first_pass.update(results)
     stages = next(iter(results.values())).stage_seconds  # the first pass's; re-runs count as checking
     shares = {o: r.fractions() for o, r in results.items()}
-    rng = np.random.default_rng([int(settings.seed), zlib.crc32(q.video.hash.encode()), int(q.start), int(q.end)])
-    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings.check, rng, min_score, clock,
+    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings.check, order, min_score, clock,
                                         learn)
     seconds = time.perf_counter() - t0
     for o, r in results.items():

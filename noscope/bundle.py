@@ -93,6 +93,8 @@ def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detect
     (out / "models").mkdir(exist_ok=True)
     for c in candidates:
         shutil.copyfile(work / f"{c['name']}-{key}.pt", out / c["file"])
+        if c.get("learnt_from"):  # a head's training features, for refits on a query's video
+            shutil.copyfile(work / f"{c['name']}-{key}-learnt.npz", out / c["learnt_from"])
     (out / "diff").mkdir(exist_ok=True)
     for d in detectors:
         if d.reference_image is not None:
@@ -148,6 +150,7 @@ def load_manifest(root: Path) -> dict:
 def needed_files(meta: dict) -> list[str]:
     """Every file a bundle's answers depend on, as bundle.yaml names them."""
     return ([meta["heldout"]["file"]] + [c["file"] for c in meta["candidates"]]
+            + [c["learnt_from"] for c in meta["candidates"] if c.get("learnt_from")]
             + [d["reference_image_file"] for d in meta["diffs"] if d.get("reference_image_file")])
 
 
@@ -202,14 +205,32 @@ class TrainedBundle:
     def class_index(self, obj: str) -> int:
         return int(self.meta["class_indices"][self.objects.index(obj)]) if self.multi else int(self.meta["class_index"])
 
-    def model(self, name: str, device) -> specialized.Scorer:
-        """The specialized model `name`, ready to score frames (one column per object)."""
+    def model(self, name: str, device, reference=None):
+        """The model `name`, ready to score frames (one column per object): a specialized CNN
+        (specialized.Scorer), or a head on the reference's first layers (prefix_heads.HeadScorer:
+        it needs `reference`, whose layers it runs)."""
         if name not in self._models:
             c = next(c for c in self.meta["candidates"] if c["name"] == name)
-            model, arch, mean = specialized.load_model(inside(self.root, c["file"]), device=device)
-            check_model(self, c, arch, model.outputs)  # again: the file may have changed since loading
-            self._models[name] = specialized.Scorer(model, arch, mean, device)
+            if c.get("kind") == "prefix_head":
+                self._models[name] = self._head(c, device, reference)
+            else:
+                model, arch, mean = specialized.load_model(inside(self.root, c["file"]), device=device)
+                check_model(self, c, arch, model.outputs)  # again: the file may have changed since loading
+                self._models[name] = specialized.Scorer(model, arch, mean, device)
         return self._models[name]
+
+    def _head(self, c: dict, device, reference):
+        from . import prefix_heads
+
+        if reference is None:
+            raise NoscopeError(f"model {c['name']} of bundle {self.root} runs on the reference's layers: load the reference first")
+        check_head(self, c, prefix_heads.read_head_meta(inside(self.root, c["file"])))
+        model = prefix_heads.load_head(inside(self.root, c["file"]), reference, self.meta["reference"]["key"], device)
+        learnt = None
+        if c.get("learnt_from"):
+            z = load_npz(self.root, c["learnt_from"])
+            learnt = (z["features"].astype(np.float32), z["targets"].astype(np.float32))
+        return prefix_heads.scorer(model, c["name"], learnt)
 
     def adopt(self, prefix: str, model) -> str:
         """Keep a model made while a query runs (a head refitted on the video) under a new name
@@ -238,6 +259,18 @@ def check_model(bundle: TrainedBundle, candidate: dict, arch, outputs: int) -> N
                            f"{outputs} output(s), not the {candidate['name']} with {want} that bundle.yaml names")
 
 
+def check_head(bundle: TrainedBundle, candidate: dict, meta: dict) -> None:
+    """A head's file must be what bundle.yaml says: trained on this bundle's reference, at its prefix
+    point, with one output per object."""
+    p = candidate["prefix"]
+    want = dict(reference=bundle.meta["reference"]["key"], layers=int(p["layers"]), size=[int(x) for x in p["size"]],
+                kind=candidate["head"], outputs=len(bundle.objects))
+    got = {k: meta.get(k) for k in want}
+    if got != want:
+        raise NoscopeError(f"model bundle {bundle.root} is corrupt: {candidate['file']} holds a head {got}, not the "
+                           f"{candidate['name']} ({want}) that bundle.yaml names")
+
+
 def load_bundle(root: Path) -> TrainedBundle:
     """Read a bundle; anything malformed in it is one NoscopeError, never a stray KeyError.
     A bundle must be complete: every file it uses listed and checked, every model what its name says."""
@@ -246,7 +279,12 @@ def load_bundle(root: Path) -> TrainedBundle:
         check_complete(root, meta)
         bundle = _read_bundle(root, meta)
         for c in meta["candidates"]:
-            check_model(bundle, c, *specialized.model_arch(inside(root, c["file"])))
+            if c.get("kind") == "prefix_head":
+                from .prefix_heads import read_head_meta
+
+                check_head(bundle, c, read_head_meta(inside(root, c["file"])))
+            else:
+                check_model(bundle, c, *specialized.model_arch(inside(root, c["file"])))
         return bundle
     except NoscopeError:
         raise

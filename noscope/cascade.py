@@ -36,7 +36,7 @@ from .labels import label_frames
 from .plans import STAGES, ObjectPlan, Plan
 from .progress import progress_bar
 from .settings import DecodeSettings
-from .video import Video, decode_workers, missing_ranges
+from .video import Keep, Video, decode_workers, missing_ranges
 
 # per processed frame, before the reference pass
 _COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
@@ -86,20 +86,22 @@ class CascadeResult:
 
 def run_cascade(video: Video, bundle: TrainedBundle, plan: Plan, reference, ref_key: str, start: int, end: int, *,
                 decode: DecodeSettings, batch_size: int = 256, use_label_cache: bool = True, quiet: bool = False,
-                known: dict[int, np.ndarray] | None = None, previous: CheapAnswers | None = None) -> dict[str, CascadeResult]:
+                known: dict[int, np.ndarray] | None = None, previous: CheapAnswers | None = None,
+                keep: Keep | None = None) -> dict[str, CascadeResult]:
     """Run `plan` over [start, end): object -> CascadeResult, all from one decode, one CNN pass, one
     reference pass. `decode.frame_cache` reads and fills the decoded-frame cache (decode once, query
     many); `decode.prefetch` batches are decoded ahead in a thread, by `decode.workers` processes
     (noscope.decode_pool). `known`: frame -> the reference's class scores already in hand (an
     earlier pass), not asked again. `previous`: an earlier pass's cheap answers (a result's
     `cheap`); where the plan keeps its skip and difference detector, they are answered again from
-    those scores without decoding (`restate`)."""
+    those scores without decoding (`restate`). `keep`: frames whose pictures the decoding pass
+    keeps on the side (video.Keep: the check's reserve)."""
     t0 = time.perf_counter()
-    stages = Stages.of(bundle, plan.plans, reference.device)
+    stages = Stages.of(bundle, plan.plans, reference)
     cheap = restate(previous, stages) if previous is not None else None
     if cheap is None:
         cheap = cheap_pass(video, stages, start, end, batch_size=batch_size, frame_cache=decode.frame_cache,
-                           prefetch=decode.prefetch, workers=decode_workers(decode.workers), quiet=quiet)
+                           prefetch=decode.prefetch, workers=decode_workers(decode.workers), quiet=quiet, keep=keep)
     scores = reference_pass(video, bundle, stages, cheap, reference, ref_key, use_label_cache, quiet, known)
     return _results(video, bundle, stages, cheap, scores, start, end, time.perf_counter() - t0)
 
@@ -130,7 +132,7 @@ class Stages:
         return self.skip, None if self.det is None else self.det.name, self.threshold, self.model_name, base
 
     @classmethod
-    def of(cls, bundle: TrainedBundle, plans: dict[str, ObjectPlan], device) -> "Stages":
+    def of(cls, bundle: TrainedBundle, plans: dict[str, ObjectPlan], reference) -> "Stages":
         plan = next(iter(plans.values()))
         sizes: dict[str, tuple[int, int]] = {}
         det = model = None
@@ -139,13 +141,13 @@ class Stages:
             dz = bundle.diff_size(plan.diff)
             sizes["diff"] = (dz, dz)
         if plan.model:
-            model = bundle.model(plan.model, device)
+            model = bundle.model(plan.model, reference.device, reference)
             sizes["model"] = model.size
         return cls(list(plans), max(1, int(plan.skip)), det, plan.diff_threshold, model,
                    [bundle.objects.index(o) for o in plans],
                    np.array([-np.inf if p.c_low is None else p.c_low for p in plans.values()]),
-                   np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()]), sizes, device,
-                   plan.model)
+                   np.array([np.inf if p.c_high is None else p.c_high for p in plans.values()]), sizes,
+                   reference.device, plan.model)
 
 
 @dataclass
@@ -172,7 +174,7 @@ class CheapAnswers:
 
 
 def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size: int, frame_cache: bool, prefetch: int,
-               workers: int, quiet: bool) -> CheapAnswers:
+               workers: int, quiet: bool, keep: Keep | None = None) -> CheapAnswers:
     """Decode every `skip`-th frame once and run the difference detector and the CNN on it."""
     n_obj = len(stages.objects)
     processed = np.arange(start, end, stages.skip, dtype=np.int64)
@@ -189,7 +191,7 @@ def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size
                 cpu_threads_beside_decoder(stages.device, prefetch, workers):
             t_dec = time.perf_counter()
             for batch in decode(stages.sizes, start, end, stride=stages.skip, batch_size=batch_size, prefetch=prefetch,
-                                workers=workers):
+                                workers=workers, keep=keep):
                 out.stage_t["decode"] += time.perf_counter() - t_dec
                 at = np.searchsorted(processed, batch.indices)  # frames lost to damage leave holes
                 out.state[at] = _batch_states(stages, batch, at, out, prev_last)

@@ -1,6 +1,6 @@
 """The check of a query's answers on the queried video: its rounds of drawing, judging and repairing.
 
-    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings, rng, min_score, clock, learn)
+    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings, order, min_score, clock, learn)
 
 The statistics of one round (how many frames to draw, the bounds a draw gives) are in
 noscope.check_stats; what a repair changes in a plan is in noscope.check_repair.
@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from .check_repair import SIDES, repair
-from .check_stats import Check, certification_sizes, draw, missed, rate_met, verdict
+from .check_stats import Check, DrawOrder, certification_sizes, draw, missed, rate_met, verdict
 from .plans import ObjectPlan, Plan, Targets
 from .settings import CheckSettings
 
@@ -63,7 +63,7 @@ class Round:
     stages: dict[bool, np.ndarray]  # the stage that answered each drawn frame
 
 
-def plan_round(result, targets: Targets, settings: CheckSettings, alpha: float, rng) -> Round:
+def plan_round(result, targets: Targets, settings: CheckSettings, alpha: float, order: DrawOrder) -> Round:
     """Draw this round's frames for one object from its cheap answers."""
     cheap = result.decided_by != "reference"
     pools = {ans: result.frames[cheap & (result.labels == ans)] for ans in (True, False)}
@@ -74,7 +74,7 @@ def plan_round(result, targets: Targets, settings: CheckSettings, alpha: float, 
         sizes = certification_sizes(len(pools[True]), len(pools[False]), ref_pos, ref_neg, targets.fpr, targets.fnr,
                                     alpha, settings.per_stratum)
         sizes = {ans: len(pools[ans]) if n * 2 >= len(pools[ans]) else n for ans, n in sizes.items()}
-    draws = {ans: draw(pools[ans], sizes[ans], rng) for ans in pools}
+    draws = {ans: draw(pools[ans], sizes[ans], order) for ans in pools}
     at = {ans: np.searchsorted(result.frames, d) for ans, d in draws.items()}
     return Round(draws, {ans: len(p) for ans, p in pools.items()}, {ans: result.decided_by[at[ans]] for ans in at})
 
@@ -108,7 +108,7 @@ def failing(v: dict, targets: Targets, guarantee: bool) -> set[str]:
 
 # Long: the rounds read top to bottom: draw, judge, then stop, answer with the reference, or repair.
 def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, targets: Targets,
-                     settings: CheckSettings, rng: np.random.Generator, min_score: float,
+                     settings: CheckSettings, order: DrawOrder | np.random.Generator, min_score: float,
                      clock: dict | None = None, learn: Callable | None = None) -> tuple[dict, dict[str, dict]]:
     """The rounds of the module docstring. `ask(frames)` runs the reference: frame -> {object:
     score}; `rerun(plan)` runs the cascade again: object -> result; `learn(model, results)` refits a
@@ -116,6 +116,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
     reference answer in them) and each object's report for summary.json. `clock`, when given, gets
     the seconds spent repairing under "check_repairs"."""
     clock = {} if clock is None else clock
+    order = order if isinstance(order, DrawOrder) else covering(results, order)
     objects = list(results)
     plans = plan.plans
     alpha = 1.0 - settings.confidence
@@ -130,7 +131,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         for o in objects:  # a re-run's own reference calls are answers in hand too
             known[o].update(results[o].reference_scores)
         results = {o: apply_known(results[o], known[o], min_score) for o in objects}
-        rounds = {o: plan_round(results[o], targets, settings, a, rng) for o in objects}
+        rounds = {o: plan_round(results[o], targets, settings, a, order) for o in objects}
         _ask_into(ask, known, np.unique(np.concatenate([d for r in rounds.values() for d in r.draws.values()])))
         verdicts = {o: judge(results[o], rounds[o], known[o], min_score, targets, a) for o in objects}
         broken = {o: b for o in objects if (b := failing(verdicts[o], targets, settings.guarantee))}
@@ -161,6 +162,12 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
             results = rerun(plan.with_plans(plans))
     results = {o: apply_known(results[o], known[o], min_score) for o in objects}
     return results, {o: _final(reports[o], plans[o]) for o in objects}
+
+
+def covering(results: dict, rng: np.random.Generator) -> DrawOrder:
+    """A draw order over every frame the results answer (when the caller made none before the pass)."""
+    frames = np.concatenate([r.frames for r in results.values()]) if results else np.zeros(0, np.int64)
+    return DrawOrder(int(frames.min(initial=0)), int(frames.max(initial=-1)) + 1, rng)
 
 
 def _weights(rnd: Round) -> dict[int, float]:

@@ -44,10 +44,11 @@ def repair(plans: dict[str, ObjectPlan], broken: dict[str, set[str]], verdicts: 
         skip = max([s for s in skips if s < skip] or [1])
         actions.append(f"frame skip {shared.skip} -> {skip} ({stages['skip']} wrong answers copied to skipped frames)")
     if stages["diff"] and diff is not None:
-        thr = _refit_diff(results, broken, thr, min_score)
+        thr = _refit_diff(results, broken, thr, weights, targets, min_score)
         diff, thr = (None, None) if thr is None else (diff, thr)
-        actions.append(f"difference detector {shared.diff} " + (f"threshold {shared.diff_threshold:.4g} -> {thr:.4g}" if diff
-                       else "dropped") + f" ({stages['diff']} wrong answers)")
+        if thr != shared.diff_threshold:  # a threshold the errors do not move is no repair
+            actions.append(f"difference detector {shared.diff} " + (f"threshold {shared.diff_threshold:.4g} -> {thr:.4g}"
+                           if diff else "dropped") + f" ({stages['diff']} wrong answers)")
     learnt = _learn(learn, shared.model, stages, results)
     if learnt is not None:
         name, scores, n = learnt
@@ -116,13 +117,28 @@ def _refit_model(result, rate: str, c_low, c_high, weights: dict[int, float], ta
     return (new, c_high, what) if rate == "fnr" else (c_low, new, what)
 
 
-def _refit_diff(results: dict, broken: dict[str, set[str]], threshold: float, min_score: float) -> float | None:
-    """A difference threshold below the scores of every frame it let copy a wrong answer, or None
-    (drop the detector) when no such score is known."""
-    worst = []
+def _refit_diff(results: dict, broken: dict[str, set[str]], threshold: float, weights: dict[str, dict[int, float]],
+                targets: Targets, min_score: float) -> float | None:
+    """A lower difference threshold, below which the wrong answers the detector let copy, each
+    counted for the frames its draw stands for, are at most half of each broken rate's target share
+    of the frames of its kind seen (as a model threshold moves); where even the lowest-scoring wrong
+    copy is too many, a threshold below every wrong copy seen; None (drop the detector) where no
+    score is known."""
+    cut = threshold
     for o, rates in broken.items():
         res = results[o]
         at, truth, d = _answered(res, min_score, res.diff_scores)
-        wrong = (res.decided_by[at] == "diff") & (res.labels[at] != truth)
-        worst += d[wrong].tolist()
-    return min(threshold, min(worst)) if worst else None
+        w = np.array([weights[o].get(f, 1.0) for f in res.frames[at].tolist()])
+        copied = res.decided_by[at] == "diff"
+        for r in rates:
+            kind = truth if r == "fnr" else ~truth  # misses are positives answered no; false alarms the reverse
+            wrong = copied & kind & (res.labels[at] != truth)
+            if not wrong.any():
+                continue
+            allowed = getattr(targets, r) / 2 * w[kind].sum()
+            order = np.argsort(d[wrong], kind="stable")
+            cum = np.cumsum(w[wrong][order])  # keep the j lowest-scoring wrong copies below the threshold
+            j = int(np.searchsorted(cum, allowed, side="right"))
+            if j < len(order):
+                cut = min(cut, float(d[wrong][order][j]))
+    return cut if np.isfinite(cut) else None

@@ -148,7 +148,40 @@ def certification_sizes(yes: int, no: int, ref_pos: int, ref_neg: int, fpr_targe
         n = grown
 
 
-def draw(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` of `candidates` uniformly at random without replacement, in frame order."""
-    n = min(int(n), len(candidates))
-    return np.sort(rng.choice(candidates, size=n, replace=False)) if n else candidates[:0]
+class DrawOrder:
+    """A random order of every frame of the segment, drawn before the video is decoded: the check
+    draws from a stratum the frames that come first in it, and the pass keeps the pixels of the
+    frames that come first overall (`reserve`), so most checked frames are never decoded twice.
+
+    Why a draw taken this way is a uniform draw from the stratum, as the bounds need: the order is a
+    uniformly random permutation of the segment, made before and apart from anything the cascade
+    answers. Restricted to any set S of frames (a stratum, whatever its size), a uniform permutation
+    of the segment orders S uniformly at random; so the first n frames of S in it are a uniform
+    sample of S without replacement, given |S|. Later rounds take, from the strata as they are then,
+    the first frames not yet answered: given which frames earlier rounds drew, the order of the
+    others is still uniformly random (each ordering of them is as likely), so every round's draw is
+    uniform in its stratum too, the reserve only saving decoding. tests/test_verify.py checks the
+    bounds by simulation through this draw.
+    """
+
+    def __init__(self, start: int, end: int, rng: np.random.Generator):
+        self.start = int(start)
+        perm = rng.permutation(max(int(end) - self.start, 0))
+        self.rank = np.empty_like(perm)
+        self.rank[perm] = np.arange(len(perm))
+
+    def reserve(self, n: int) -> np.ndarray:
+        """The `n` frames that come first, in frame order."""
+        return np.flatnonzero(self.rank < n) + self.start
+
+    def first(self, candidates: np.ndarray, n: int) -> np.ndarray:
+        """The `n` of `candidates` (frames of the segment) that come first, in frame order."""
+        n = min(int(n), len(candidates))
+        if not n:
+            return candidates[:0]
+        return np.sort(candidates[np.argsort(self.rank[candidates - self.start], kind="stable")[:n]])
+
+
+def draw(candidates: np.ndarray, n: int, order: DrawOrder) -> np.ndarray:
+    """`n` of `candidates` uniformly at random without replacement, in frame order (DrawOrder)."""
+    return order.first(np.asarray(candidates, np.int64), n)

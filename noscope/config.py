@@ -114,6 +114,18 @@ def _skips(v):
     return None if ok else "a non-empty list of integers >= 1"
 
 
+HEAD_SPEC = re.compile(r"L(\d+)@(\d+):(linear|spatial)")
+
+
+def _heads(v):
+    """train.heads: e.g. [L6@320:linear]: a head of that kind on the reference's first 6 layers, the
+    frame 320 pixels wide (a multiple of 32; its height keeps the video's aspect)."""
+    ok = isinstance(v, list) and all(isinstance(h, str) and (m := HEAD_SPEC.fullmatch(h.strip()))
+                                     and 1 <= int(m.group(1)) <= 64 and int(m.group(2)) % 32 == 0
+                                     and 32 <= int(m.group(2)) <= 1024 for h in v)
+    return None if ok else "a list like [L6@320:linear] (layers 1-64, a width in 32..1024 that is a multiple of 32, linear or spatial)"
+
+
 def _grid(v):
     if v in ("default", "small"):
         return None
@@ -144,7 +156,7 @@ RULES: dict[str, Rule] = {
     "train.max_frames": between(MIN_TRAIN_FRAMES, integer=True), "train.run_length": _POSITIVE_INT,
     "train.split": one_of("forward", "interleaved"), "train.block": _POSITIVE_INT,
     "train.heldout_fraction": _FRACTION, "train.heldout_min_runs": _COUNT, "train.val_fraction": _FRACTION,
-    "train.augment": _COUNT, "train.grid": _grid, "train.epochs": _POSITIVE_INT, "train.batch_size": _POSITIVE_INT,
+    "train.augment": _COUNT, "train.grid": _grid, "train.heads": _heads, "train.epochs": _POSITIVE_INT, "train.batch_size": _POSITIVE_INT,
     "train.lr": between(0, lo_open=True), "train.patience": _POSITIVE_INT,
     "train.diff_size": between(8, 1024, integer=True), "train.diff_grid": _POSITIVE_INT,
     "optimizer.skips": _skips, "optimizer.min_auc": between(0),  # above 1: no CNN is ever used

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .video import Batch, Size, Video, decoder_name, keyframes, prefetched
+from .video import Batch, Keep, Size, Video, decoder_name, keyframes, prefetched
 
 __all__ = ["keyframes", "parallel_batches", "plan_segments"]  # keyframes: the scan lives in noscope.video
 
@@ -67,11 +67,14 @@ def plan_segments(wanted: np.ndarray, key_nums: np.ndarray, key_pts: np.ndarray,
 
 
 def batches(video: Video, sizes: dict[str, Size], start: int = 0, end: int | None = None, stride: int = 1,
-            batch_size: int = 64, frames: np.ndarray | None = None, prefetch: int = 2, workers: int = 1) -> Iterator[Batch]:
+            batch_size: int = 64, frames: np.ndarray | None = None, prefetch: int = 2, workers: int = 1,
+            keep: Keep | None = None) -> Iterator[Batch]:
     """`video.batches`, decoded by `workers` processes where that can work (PyAV, a file whose
-    frames can be numbered by timestamp); otherwise by one, exactly as video.batches."""
+    frames can be numbered by timestamp); otherwise by one, exactly as video.batches. Frames to
+    `keep` are kept by one process only (several leave `keep.sink` empty: the caller decodes them
+    later, as it would have)."""
     if workers <= 1 or decoder_name(video.backend) != "pyav" or video.counted:  # counted: one process from its start
-        yield from video.batches(sizes, start, end, stride, batch_size, frames, prefetch)
+        yield from video.batches(sizes, start, end, stride, batch_size, frames, prefetch, keep)
         return
     wanted, _ = video.begin(start, end, stride, frames)
     if len(wanted):

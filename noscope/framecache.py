@@ -37,11 +37,20 @@ from filelock import FileLock
 from . import decode_pool
 from .atomic import atomic_write_bytes
 from .paths import cache_dir
-from .video import Batch, Size, Video, decoder_version, missing_ranges
+from .video import Batch, Keep, Size, Video, decoder_version, missing_ranges
 
 log = logging.getLogger(__name__)
 
 _SAVE_EVERY = 8  # batches between bitmap saves: a kill loses at most this much decoding
+# Only small frames are kept: a head on the reference's layers reads 320x192 frames (184 KB each,
+# 20 GB an hour at 30 fps), which would fill a disk in a few nights. A pass that needs a larger
+# size decodes (all its sizes: the pass is one decode either way).
+MAX_SIDE = 64
+
+
+def keeps(sizes: dict[str, Size]) -> bool:
+    """Whether the cache keeps frames of every one of these sizes."""
+    return all(max(z) <= MAX_SIDE for z in sizes.values())
 _LAYOUT = 2  # 2: one numbering on every path, upright frames, times and lost ranges kept
 
 
@@ -196,7 +205,7 @@ def _servable(video: Video, root: Path, stores, wanted: np.ndarray):
 def holds_all(video: Video, sizes: dict[str, Size], start: int = 0, end: int | None = None, stride: int = 1) -> bool:
     """True when the cache can serve every frame `cached_batches` would be asked for (nothing to decode)."""
     root = cache_root(video)
-    if not root.is_dir():
+    if not root.is_dir() or not keeps(sizes):
         return False
     try:
         stores = [_Store(root, z, video.frame_count) for z in set(sizes.values())]
@@ -215,12 +224,18 @@ def cached_batches(
     frames: np.ndarray | None = None,
     prefetch: int = 2,
     workers: int = 1,
+    keep: Keep | None = None,
 ) -> Iterator[Batch]:
     """Like `video.batches`, reading from the frame cache when it holds every wanted frame,
     else decoding (and filling the cache as it goes). Sets `video.stopped_at`, `stop_time` and
-    `missing` the same way, and gives the same times."""
+    `missing` the same way, and gives the same times. `keep` is filled only where the pass decodes
+    (frames read from the cache were never decoded: the caller decodes what it still needs)."""
     wanted = video.wanted(start, end, stride, frames)
     until = end if end is not None or frames is not None else video.frame_count  # as video.batches decodes on to
+    if not keeps(sizes):
+        yield from decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch,
+                                       workers=workers, keep=keep)
+        return
     root = cache_root(video)
     uniq = sorted(set(sizes.values()))
     try:
@@ -228,7 +243,8 @@ def cached_batches(
         stores = {z: _Store(root, z, video.frame_count) for z in uniq}
     except OSError as e:  # a read-only or full cache only costs speed
         log.warning("frame cache unavailable (%s); decoding", e)
-        yield from decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
+        yield from decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch,
+                                       workers=workers, keep=keep)
         return
     served = _servable(video, root, stores.values(), wanted) if len(wanted) else None
     if served is not None:
@@ -241,10 +257,12 @@ def cached_batches(
             arrays = {z: s.read(idx) for z, s in stores.items()}
             yield Batch(idx, video.times_of(idx), {name: arrays[z] for name, z in sizes.items()})
         return
-    yield from _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root, stores)
+    yield from _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root, stores, keep)
 
 
-def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root: Path, stores: dict) -> Iterator[Batch]:
+# Long: writes each size as batches pass, saves the bitmaps every few batches and once at the end, gives up on OSError.
+def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root: Path, stores: dict,
+                     keep: Keep | None = None) -> Iterator[Batch]:
     """Decode the wanted frames, writing each distinct size into the cache as it passes.
 
     The cache only ever costs speed: when it cannot be written (full disk, permissions) the
@@ -267,7 +285,8 @@ def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers,
     except OSError as e:
         give_up(e)
     try:
-        decoded = decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch, workers=workers)
+        decoded = decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch,
+                                      workers=workers, keep=keep)
         for k, b in enumerate(decoded):
             if files:
                 try:

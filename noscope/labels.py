@@ -147,11 +147,13 @@ def label_frames(
     refresh: bool = False,
     quiet: bool = False,
     desc: str = "label",
+    pixels: dict[int, np.ndarray] | None = None,
 ) -> Labels:
     """Reference answers for the given frame numbers, labelling only what the cache lacks.
 
     use_cache=False neither reads nor writes the cache; refresh=True labels every frame again
-    (for honest timings) and writes the results.
+    (for honest timings) and writes the results. `pixels`: frame -> its picture at the reference's
+    input size, already decoded (a query's pass kept them): those are not decoded again.
     """
     frames = np.unique(np.asarray(frames, np.int64))
     directory = store_dir(video, ref_key, reference)
@@ -176,14 +178,14 @@ def label_frames(
             pend_f.clear(), pend_s.clear(), pend_d.clear()
 
         with progress_bar(total=len(missing), desc=desc, unit="frame", quiet=quiet) as bar:
-            for batch in video.batches({"det": size}, frames=missing, batch_size=reference.batch_size):
-                scores, dets = reference.predict(batch.frames["det"])
-                for f, s, d in zip(batch.indices.tolist(), scores, dets):
+            for indices, frames_det in _pictures(video, missing, size, reference.batch_size, pixels or {}):
+                scores, dets = reference.predict(frames_det)
+                for f, s, d in zip(indices.tolist(), scores, dets):
                     cached[f] = (s, d)
                     pend_f.append(f), pend_s.append(s), pend_d.append(d)
                 if len(pend_f) >= per_chunk:
                     flush()
-                bar.update(len(batch))
+                bar.update(len(indices))
         flush()
     seconds = time.perf_counter() - t0
 
@@ -191,6 +193,18 @@ def label_frames(
     scores = np.stack([cached[f][0] for f in have.tolist()]) if len(have) else np.zeros((0, n_classes), np.float32)
     dets = [cached[f][1] for f in have.tolist()]
     return Labels(have, scores.astype(np.float32), dets, from_cache=from_cache, seconds=seconds)
+
+
+def _pictures(video: Video, frames: np.ndarray, size, batch_size: int, pixels: dict[int, np.ndarray]):
+    """(frame numbers, pictures at `size`) in batches: those in `pixels` first, then the rest decoded."""
+    have = np.array([f for f in frames.tolist() if f in pixels], np.int64)
+    for s in range(0, len(have), batch_size):
+        chunk = have[s : s + batch_size]
+        yield chunk, np.stack([pixels[f] for f in chunk.tolist()])
+    rest = frames[~np.isin(frames, have)]
+    if len(rest):
+        for batch in video.batches({"det": size}, frames=rest, batch_size=batch_size):
+            yield batch.indices, batch.frames["det"]
 
 
 def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:

@@ -13,15 +13,17 @@ from .settings import SearchSettings
 
 
 def usable_models(bundle: TrainedBundle, min_auc: float, obj: str) -> list[str]:
-    """Specialized models good enough to be offered to the optimizer for `obj`.
+    """Models offered to the optimizer for `obj`: those whose held-out AUC for it is at least
+    `min_auc` (optimizer.min_auc; 0 by default: every model with one).
 
-    A model that ranks the held-out frames worse than `min_auc` has not learnt the object, and
-    with a few hundred held-out frames and two dozen candidates the thresholds the optimizer
-    would fit to it are luck: on the urban-road clip such models (held-out AUC 0.6-0.88) scored
-    AUC 0.51-0.61 on later footage and the cascade's false-positive rate went from 5% held-out
-    to 87%. Rejecting them makes the cascade fall back on frame skip, difference detectors and
-    the reference instead. Several objects: the guard is per object, on that object's output's
-    held-out AUC (an output trained on too few examples has none and is never offered).
+    Models are used by evidence, not by a cut: the optimizer fits each model's thresholds on the
+    held-out frames, so a model answers only where those frames show it keeps the targets (an AUC
+    of 0.85 can still settle the frames it is sure of), ranks plans by their held-out bounds, and
+    the check on the queried video finds a model the held-out frames overrated and repairs it (a
+    head refitted on the video). An output trained on too few examples of one answer has no AUC and
+    is never offered for that object. A cut at 0.9 was the default before the check existed: on the
+    urban-road clip, models of held-out AUC 0.6-0.88 scored 0.51-0.61 later and a cascade's FPR went
+    from 5% held-out to 87%; the check now catches that on the video itself.
     """
     aucs = {c["name"]: bundle.heldout_auc(c, obj) for c in bundle.meta["candidates"]}
     return [name for name, auc in aucs.items() if auc is not None and auc >= min_auc]

@@ -39,7 +39,7 @@ import math
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +135,13 @@ class Prefix(nn.Module):
 
     def train(self, mode: bool = True) -> "Prefix":
         return super().train(False)  # frozen: batch norms (torchvision) stay in inference mode
+
+
+def has_layers(reference) -> bool:
+    """Whether a prefix can be taken from this reference (a Darknet network, a torchvision backbone)."""
+    net = getattr(reference, "net", None)
+    return (net is not None and hasattr(net, "layers")) or \
+        getattr(getattr(getattr(reference, "model", None), "backbone", None), "body", None) is not None
 
 
 def build_prefix(reference, point: PrefixPoint, device=None) -> Prefix:
@@ -568,6 +575,88 @@ def measure_cost(model: PrefixModel, batch_size: int = 64, repeats: int = 5, hea
     return float(np.median(times)) / batch_size
 
 
+# --------------------------------------------------------------------------- in a cascade
+
+
+class HeadScorer:
+    """A head on the reference's first layers as the cascade runs it: frames at its prefix size in,
+    one score per object out (what noscope.cascade calls a model)."""
+
+    def __init__(self, model: PrefixModel, base: str):
+        self.model, self.base = model, base  # base: the bundle candidate whose features it scores
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames it takes."""
+        return self.model.point.size
+
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        return self.model.predict(frames)
+
+
+class LinearHeadScorer(HeadScorer):
+    """A linear head also gives the pooled features it scores, scores them, and can be refitted on
+    more frames (noscope.refit): a pass keeps every frame's features, so a refitted head answers
+    the whole video again without decoding it."""
+
+    def __init__(self, model: PrefixModel, base: str, learnt_from: tuple[np.ndarray, np.ndarray] | None):
+        super().__init__(model, base)
+        self.learnt_from = learnt_from  # (pooled features, targets) of the frames it was trained on
+
+    def features(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames at the prefix size -> float32 (N, D): the pooled features its head scores."""
+        frames = check_frames(frames, self.model.point)
+        dev = next(iter(self.model.prefix.buffers())).device
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(frames), 256):
+                batch = torch.from_numpy(np.ascontiguousarray(frames[s : s + 256])).to(dev)
+                out.append(pool(self.model.prefix(batch)[0], self.model.head.pooling).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.model.head.mu.numel()), np.float32)
+
+    def from_features(self, z: np.ndarray) -> np.ndarray:
+        """Pooled features (N, D) -> float32 (N, K) scores."""
+        with torch.inference_mode():
+            return torch.sigmoid(self.model.head.forward_pooled(torch.from_numpy(np.asarray(z, np.float32)))).numpy()
+
+    def refit(self, z: np.ndarray, targets: np.ndarray, seed: int = 0) -> "LinearHeadScorer":
+        """This head fitted again on its training frames plus `z` (pooled features of more frames,
+        with `targets` (N, K) in [0, 1]), each set weighing half (a few hundred frames of tonight
+        count as much as the training minutes), from the current weights."""
+        base_z, base_y = self.learnt_from if self.learnt_from is not None else (z[:0], targets[:0])
+        x = np.concatenate([np.asarray(base_z, np.float32), np.asarray(z, np.float32)])
+        y = np.concatenate([np.asarray(base_y, np.float32), np.asarray(targets, np.float32)])
+        w = np.concatenate([np.full(len(base_z), 0.5 / max(len(base_z), 1)), np.full(len(z), 0.5 / max(len(z), 1))])
+        head = copy.deepcopy(self.model.head)
+        with torch.random.fork_rng(devices=[]), one_thread():
+            torch.manual_seed(seed)
+            _refit_weighted(head, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w.astype(np.float32)))
+        model = PrefixModel(self.model.prefix, head.eval(), self.model.kind).eval()
+        return LinearHeadScorer(model, self.base, (x, y))
+
+
+def _refit_weighted(head: LinearHead, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float = 1.0,
+                    steps: int = 200, lr: float = 0.05) -> None:
+    """Full-batch Adam on the weighted, class-balanced logistic loss + L2, from the head's weights
+    (its standardisation stays: the features keep their scale)."""
+    x = (z - head.mu) * head.inv_sd
+    opt = torch.optim.Adam(head.linear.parameters(), lr=lr)
+    pos = (w[:, None] * y).sum(0).clamp(min=1e-9)
+    neg = (w[:, None] * (1 - y)).sum(0).clamp(min=1e-9)
+    for _ in range(steps):  # the loss is a weighted mean, so L2 weighs as it did in training (HeadFit.l2)
+        loss = F.binary_cross_entropy_with_logits(head.linear(x), y, reduction="none")
+        per = ((w[:, None] * y * loss).sum(0) / pos + (w[:, None] * (1 - y) * loss).sum(0) / neg) / 2
+        total = per.sum() + l2 * head.linear.weight.pow(2).sum() / 2
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+
+
+def scorer(model: PrefixModel, base: str, learnt_from=None) -> HeadScorer:
+    """The cascade's view of a head: linear heads also give features and refit."""
+    return LinearHeadScorer(model, base, learnt_from) if model.kind == "linear" else HeadScorer(model, base)
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -681,6 +770,9 @@ class PrefixGrid:
     heldout_scores: dict[str, np.ndarray]
     costs: dict[str, float]
     models: dict[str, PrefixModel]
+    # linear heads: the pooled features and targets of their training and validation frames, kept in
+    # the bundle so a query can refit the head on its video's reference answers beside them
+    learnt_from: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 # Long: the loop over sizes, taps and head kinds, with resuming and the per-object held-out AUCs.
@@ -697,7 +789,7 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
     20,000 frames are 3.7 GB); with linear heads only, just the pooled features are kept;
     truth: bool (N,) or (N, K), what held-out AUCs are judged against; targets: what the heads learn
     (None: truth; the sample's reference scores, clipped to [0, 1], to learn those); parts: masks
-    tr, va, ho (train.Parts); kinds: the head kinds trained at every point, or {layers: kinds} per
+    train, val, heldout (split.SampleSplit); kinds: the head kinds trained at every point, or {layers: kinds} per
     prefix length (DEFAULT_KINDS). Points of one size share one
     run of the prefix (taps). An object with fewer than specialized.MIN_EXAMPLES_PER_CLASS training
     frames of one answer gets heldout_aucs None (never offered for it)."""
@@ -706,7 +798,7 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
     each = truth.reshape(len(truth), -1).astype(bool)
     learn = each if targets is None else np.clip(np.asarray(targets, np.float32).reshape(each.shape), 0, 1)
     lacking = {o for k, o in enumerate(objects)
-               if min(int(each[parts.tr, k].sum()), int((~each[parts.tr, k]).sum())) < MIN_EXAMPLES_PER_CLASS}
+               if min(int(each[parts.train, k].sum()), int((~each[parts.train, k]).sum())) < MIN_EXAMPLES_PER_CLASS}
     out = PrefixGrid([], {}, {}, {})
     kinds_of = (lambda p: tuple(kinds.get(p.layers, ()))) if isinstance(kinds, dict) else (lambda p: tuple(kinds))
     by_size: dict[tuple[int, int], list[PrefixPoint]] = {}
@@ -724,13 +816,15 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
                 if path.is_file():
                     model, info = load_head(path, reference, p.reference, device), {"resumed": True}
                 else:
-                    model, info = train_head(kind, prefix, {"train": maps[p.layers][parts.tr], "val": maps[p.layers][parts.va]},
-                                             {"train": learn[parts.tr], "val": learn[parts.va]}, pooling=pooling,
+                    model, info = train_head(kind, prefix, {"train": maps[p.layers][parts.train],
+                                                            "val": maps[p.layers][parts.val]},
+                                             {"train": learn[parts.train], "val": learn[parts.val]}, pooling=pooling,
                                              fit=fit, seed=seed)
                     save_head(model, path)
-                scores = model.predict_maps(maps[p.layers][parts.ho])
+                scores = model.predict_maps(maps[p.layers][parts.heldout])
                 cost = measure_cost(model, batch_size=batch_size)
-                aucs = {o: None if o in lacking else float(roc_auc(scores[:, k], each[parts.ho, k])) for k, o in enumerate(objects)}
+                aucs = {o: None if o in lacking else float(roc_auc(scores[:, k], each[parts.heldout, k]))
+                        for k, o in enumerate(objects)}
                 trusted = [a for a in aucs.values() if a is not None]
                 auc = float(np.min(trusted)) if trusted else float("nan")
                 say(f"{name}: held-out AUC {auc:.3f}, {cost * 1e3:.2f} ms/frame")
@@ -743,5 +837,10 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
                 out.candidates.append(cand)
                 out.heldout_scores[name] = scores if len(objects) > 1 else scores[:, 0]
                 out.costs[name], out.models[name] = float(cost), model
+                if kind == "linear":
+                    fitted = parts.train | parts.val
+                    z = maps[p.layers][fitted]
+                    z = z if z.ndim == 2 else pool(z, pooling)
+                    out.learnt_from[name] = (z.numpy().astype(np.float16), learn[fitted].astype(np.float16))
         del maps
     return out

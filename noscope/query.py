@@ -40,10 +40,9 @@ def query_video(video, settings: Settings, targets: Targets, *, model=None, obje
 
 
 def offered_models(q: Query, min_auc: float) -> str:
-    """How many specialized models the held-out AUC guard let the optimizer use, for the cascade line."""
+    """How many models the optimizer was offered, for the cascade line."""
     total = len(q.bundle.meta["candidates"])
-    if not q.bundle.multi:
-        return (f"{len(usable_models(q.bundle, min_auc, q.objects[0]))} of {total} specialized models passed the "
-                f"held-out AUC >= {min_auc} guard")
-    per = ", ".join(f"{o} {len(usable_models(q.bundle, min_auc, o))}" for o in q.objects)
-    return f"specialized models of {total} passing the held-out AUC >= {min_auc} guard, per object: {per}"
+    counts = {o: len(usable_models(q.bundle, min_auc, o)) for o in q.objects}
+    each = f"{counts[q.objects[0]]}" if len(q.objects) == 1 else "per object " + ", ".join(f"{o} {n}" for o, n in counts.items())
+    guard = f" with a held-out AUC >= {min_auc}" if min_auc > 0 else ""
+    return f"{each} of {total} models offered{guard}"

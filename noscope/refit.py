@@ -24,10 +24,15 @@ MIN_FRAMES = 20  # fewer answered frames of this video than this: nothing to lea
 
 def refit_on_video(bundle: TrainedBundle, model: str, cheap: CheapAnswers | None, known: dict[int, np.ndarray],
                    min_score: float, frames_of: dict[str, np.ndarray], device) -> tuple[str, dict[str, np.ndarray], int] | None:
-    """(new model's name, object -> the new model's scores on `frames_of[object]`, frames of this
-    video it learnt from), or None where the model cannot learn (no head to refit, no kept
-    features) or there is too little to learn from. `known`: frame -> the reference's class scores."""
-    scorer = bundle.model(model, device)
+    """(new model's name, object -> scores on `frames_of[object]` to choose its thresholds on, frames
+    of this video it learnt from), or None where the model cannot learn (no head to refit, no kept
+    features) or there is too little to learn from. `known`: frame -> the reference's class scores.
+
+    The frames it learnt from get the scores of a head fitted without them (two folds: each half
+    scored by a head fitted on the training frames and the other half), so thresholds chosen on
+    them expect what the new head does on frames it has not seen; every other frame gets the new
+    head's score."""
+    scorer = bundle.model(model, device)  # loaded already: the pass that made `cheap` ran it
     if not hasattr(scorer, "refit") or cheap is None or cheap.features is None or cheap.scores is None:
         return None
     ran = np.isfinite(cheap.scores[:, 0])
@@ -36,10 +41,23 @@ def refit_on_video(bundle: TrainedBundle, model: str, cheap: CheapAnswers | None
         return None
     rows = np.flatnonzero(answered)
     classes = [bundle.class_index(o) for o in bundle.objects]
-    truth = np.stack([known[f][classes] >= min_score for f in cheap.processed[rows].tolist()])
-    new = scorer.refit(cheap.features[rows].astype(np.float32), truth)
+    # what the head learnt in training: the reference's scores themselves (soft targets)
+    targets = np.clip(np.stack([known[f][classes] for f in cheap.processed[rows].tolist()]), 0, 1)
+    z = cheap.features[rows].astype(np.float32)
+    new = scorer.refit(z, targets)
     name = bundle.adopt(f"{getattr(scorer, 'base', None) or model}~", new)
     every = np.full(cheap.scores.shape, np.nan, np.float32)
     every[ran] = new.from_features(cheap.features[ran].astype(np.float32))
+    every[rows] = out_of_fold(scorer, z, targets)
     scores = {o: frame_scores(cheap, every[:, bundle.objects.index(o)], frames) for o, frames in frames_of.items()}
     return name, scores, len(rows)
+
+
+def out_of_fold(scorer, z: np.ndarray, targets: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Scores of frames `z` each from a head refitted without it (two interleaved folds)."""
+    fold = np.random.default_rng(seed).permutation(len(z)) % 2 == 0
+    out = np.empty((len(z), targets.shape[1]), np.float32)
+    for held in (fold, ~fold):
+        out[held] = scorer.refit(z[~held], targets[~held]).from_features(z[held]) if (~held).any() else \
+            scorer.from_features(z[held])
+    return out

@@ -77,6 +77,7 @@ class TrainSettings:
     val_fraction: float
     augment: int
     grid: object  # "default", "small" or a list of architecture names
+    heads: list  # e.g. ["L6@320:linear"]: heads on the reference's first layers (config.HEAD_SPEC)
     epochs: int
     batch_size: int
     lr: float

@@ -10,7 +10,8 @@ next run with the same settings):
   2. split the sample: the held-out frames for the optimizer come after the training frames in
      time, so drift between earlier and later minutes shows before a plan is chosen (split);
   3. decode the sample at the small sizes the models and detectors use (framecache, video);
-  4. train every specialized CNN of the grid, score it on the held-out frames, time it (specialized);
+  4. train every specialized CNN of the grid, score it on the held-out frames, time it (specialized),
+     and every head on the reference's first layers (prefix_heads), decoded at their own size;
   5. fit the difference detectors, score them on the held-out frames for every frame skip, time them (difference);
   6. time decoding and the reference (costs), and write bundle.yaml last: a bundle is complete or absent (bundle).
 """
@@ -29,7 +30,7 @@ import numpy as np
 
 from . import bundle as B
 from . import decode_pool, difference, specialized
-from .config import MIN_TRAIN_FRAMES
+from .config import HEAD_SPEC, MIN_TRAIN_FRAMES
 from .costs import measure_decode_costs, measure_reference_cost
 from .errors import NoscopeError
 from .framecache import cached_batches
@@ -71,19 +72,75 @@ def train(video_path: str | Path, objects: str | list[str], out: Path, settings:
     work = _work_dir(out, force)
     grid = specialized.train_grid(archs, small, sample.truth, parts, run.objects, work, run.key, ts, run.seed,
                                   run.reference.device, say)
+    heads = train_heads(run, sample, parts, settings, work, say)
     diffs = difference.fit_and_score(small[ts.diff_size], sample.truth, parts.blocks, parts,
                                      [int(k) for k in settings.optimizer.skips], ts.diff_grid, ts.diff_size)
     t_grab, t_convert = measure_decode_costs(run.video, run.start, run.end, (max(sizes), max(sizes)))
-    costs = dict(decode=t_grab, convert=t_convert, diff=diffs.costs, model=grid.costs,
+    costs = dict(decode=t_grab, convert=t_convert, diff=diffs.costs, model={**grid.costs, **heads.costs},
                  reference=float(sample.reference_cost or measure_reference_cost(run.reference)))
-    meta = _manifest(run, sample, parts, settings, costs, grid.candidates, diffs.meta, round(time.perf_counter() - t0, 1))
+    candidates = grid.candidates + heads.candidates
+    meta = _manifest(run, sample, parts, settings, costs, candidates, diffs.meta, round(time.perf_counter() - t0, 1))
     heldout = dict(frames=sample.frames[parts.heldout], truth=sample.truth[parts.heldout],
                    scores=sample.scores[parts.heldout].astype(np.float32), blocks=parts.blocks[parts.heldout],
-                   **{f"model__{k}": v.astype(np.float32) for k, v in grid.heldout_scores.items()},
+                   **{f"model__{k}": v.astype(np.float32) for k, v in {**grid.heldout_scores, **heads.heldout_scores}.items()},
                    **{f"diff__{k}": v.astype(np.float32) for k, v in diffs.heldout_scores.items()})
-    B.write_bundle(out, work, run.key, grid.candidates, diffs.detectors, heldout, meta,
+    B.write_bundle(out, work, run.key, candidates, diffs.detectors, heldout, meta,
                    fmt=B.MULTI_FORMAT if run.multi else B.FORMAT)
     return meta
+
+
+def train_heads(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: Settings, work: Path, say):
+    """Heads on the reference's first layers (train.heads), trained on the reference's scores of the
+    sample (they carried over to later footage better than its answers did: docs/prefix_heads.md).
+    The sample is decoded at each head's size as the heads need it, never all at once and never
+    into the frame cache (184 KB a frame at 320x192). Each head's cost counts its own conversion."""
+    from . import prefix_heads as ph
+
+    specs = [config_head(h) for h in settings.train.heads]
+    v = run.video
+    points = {(k, w): ph.PrefixPoint(run.ref_key, k, *ph.prefix_size(v.width, v.height, w)) for k, w, _ in specs}
+    if not specs:
+        return ph.PrefixGrid([], {}, {}, {})
+    if not ph.has_layers(run.reference):
+        say(f"warning: reference {run.reference.name} has no layers to put heads on; training no heads")
+        return ph.PrefixGrid([], {}, {}, {})
+    kinds: dict[int, tuple] = {}
+    for k, w, kind in specs:
+        kinds[k] = tuple(sorted(set(kinds.get(k, ())) | {kind}))
+    frames_at = {p.size: partial(_sample_batches, v, sample.frames, p.size, settings) for p in points.values()}
+    say(f"training {len(specs)} head(s) on the reference's first layers at {', '.join(f'{w}x{h}' for w, h in frames_at)}")
+    grid = ph.train_grid(run.reference, list(points.values()), frames_at, sample.truth, parts, run.objects, work, run.key,
+                         kinds=kinds, seed=run.seed, device=run.reference.device, targets=sample.scores, say=say)
+    base = measure_decode_costs(v, run.start, run.end, (settings.train.diff_size, settings.train.diff_size))[1]
+    for c in grid.candidates:
+        extra = max(0.0, measure_decode_costs(v, run.start, run.end, tuple(c["prefix"]["size"]))[1] - base)
+        c["cost_s"] = grid.costs[c["name"]] = float(grid.costs[c["name"]] + extra)
+        if c["name"] in grid.learnt_from:
+            z, y = grid.learnt_from[c["name"]]
+            c["learnt_from"] = f"models/{c['name']}-learnt.npz"
+            B.save_npz(work / f"{c['name']}-{run.key}-learnt.npz", features=z, targets=y)
+    return grid
+
+
+def config_head(spec: str) -> tuple[int, int, str]:
+    """"L6@320:linear" -> (6, 320, "linear")."""
+    m = HEAD_SPEC.fullmatch(spec.strip())
+    return int(m.group(1)), int(m.group(2)), m.group(3)
+
+
+def _sample_batches(video: Video, frames: np.ndarray, size: tuple[int, int], settings: Settings):
+    """The sampled frames at `size`, batch after batch in sample order (every one of them: a frame
+    lost here would shift every later frame's label)."""
+    d = settings.decode
+    at = 0
+    for b in decode_pool.batches(video, {"p": size}, frames=frames, batch_size=256, prefetch=d.prefetch,
+                                 workers=decode_workers(d.workers)):
+        if not np.array_equal(b.indices, frames[at : at + len(b)]):
+            raise NoscopeError(f"frames of {video.path} that were labelled could not be decoded again at {size}")
+        at += len(b)
+        yield b.frames["p"]
+    if at != len(frames):
+        raise NoscopeError(f"only {at} of the {len(frames)} labelled frames of {video.path} decoded again at {size}")
 
 
 @dataclass

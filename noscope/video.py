@@ -87,6 +87,17 @@ def decode_workers(setting: int = 0, cores: int | None = None) -> int:
 
 
 @dataclass
+class Keep:
+    """Frames a decoding pass keeps on the side at one more size, whether it yields them or passes
+    over them (a query's check frames, drawn before the pass: noscope.check_stats.DrawOrder):
+    `sink` gets frame number -> uint8 (h, w, 3) RGB."""
+
+    frames: set
+    size: Size
+    sink: dict = field(default_factory=dict)
+
+
+@dataclass
 class Batch:
     indices: np.ndarray  # int64 (B,) frame numbers in the file
     times: np.ndarray  # float64 (B,) seconds from the start of the file
@@ -274,8 +285,10 @@ class Video:
         batch_size: int = 64,
         frames: np.ndarray | None = None,
         prefetch: int = 2,
+        keep: Keep | None = None,
     ) -> Iterator[Batch]:
-        """Yield batches of resized RGB frames.
+        """Yield batches of resized RGB frames (and fill `keep.sink` with the kept frames the pass
+        decodes on its way, at their size).
 
         Either every `stride`-th frame of [start, end), or exactly the sorted frame numbers in
         `frames`. Sets `self.stopped_at` if the file ends early, `self.missing` for frames lost
@@ -290,13 +303,13 @@ class Video:
         if len(wanted) == 0:
             return
         if decoder_name(self.backend) == "pyav":
-            decode = partial(self.decode_pyav, wanted, sizes, batch_size, until=until)
+            decode = partial(self.decode_pyav, wanted, sizes, batch_size, until=until, keep=keep)
         else:
             cap = self._capture()
 
             def decode():
                 try:
-                    yield from self._decode(cap, wanted, sizes, batch_size, until)
+                    yield from self._decode(cap, wanted, sizes, batch_size, until, keep)
                 finally:
                     cap.release()
 
@@ -311,7 +324,7 @@ class Video:
         return wanted, until
 
     def decode_pyav(self, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
-                     seek_pts: int | None = None, until: int | None = None) -> Iterator[Batch]:
+                     seek_pts: int | None = None, until: int | None = None, keep: Keep | None = None) -> Iterator[Batch]:
         """PyAV: the wanted frames, numbered as `_numbered` says. Seeks over large gaps unless the
         file is counted. `seek_pts`: start with a seek to exactly this timestamp (a keyframe's,
         from `keyframes`), so a segment that begins on a keyframe decodes nothing before it."""
@@ -323,7 +336,7 @@ class Video:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame threads: decoding uses the cores it is given
             buf = _Buffer(sizes, batch_size)
-            track = _Tracker(self)
+            track = _Tracker(self, keep)
             frames_iter = None
             for target in wanted.tolist():
                 seek = seek_pts is not None or (not self.counted and target - track.pos > _SEEK_GAP)
@@ -346,6 +359,9 @@ class Video:
                     yield buf.take()
             if self.counted and until is not None and frames_iter is not None and not track.ended:
                 track.advance(frames_iter, until - 1)  # times of the frames after the last wanted one
+            later = max((f for f in keep.frames if f > track.pos), default=None) if keep is not None else None
+            if later is not None and frames_iter is not None and not track.ended:
+                track.advance(frames_iter, later)  # frames to keep after the last wanted one
             if len(buf):
                 yield buf.take()
         finally:
@@ -414,7 +430,7 @@ class Video:
         self.stop_time = n / self.fps if np.isnan(last) else last + 1 / self.fps
 
     def _decode(self, cap, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
-                until: int | None = None) -> Iterator[Batch]:
+                until: int | None = None, keep: Keep | None = None) -> Iterator[Batch]:
         """OpenCV: frames counted by `grab`; seeks over large gaps unless the file is counted. OpenCV
         cannot decode past a damaged packet: there decoding stops."""
         counted = self.counted
@@ -426,6 +442,11 @@ class Video:
                 return False
             if counted:
                 self.note_times([pos], [round(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000, 6)])
+            if keep is not None and pos in keep.frames:
+                ok, bgr = cap.retrieve()
+                if ok and bgr is not None:
+                    small = cv2.resize(bgr, keep.size, interpolation=cv2.INTER_AREA) if bgr.shape[1::-1] != keep.size else bgr
+                    keep.sink[pos] = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
             pos += 1
             return True
 
@@ -453,6 +474,10 @@ class Video:
         while counted and until is not None and self.stopped_at is None and pos < until:
             if not grab():  # times of the frames after the last wanted one; the file may end there
                 self._stop(pos)
+        later = max((f for f in keep.frames if f >= pos), default=None) if keep is not None else None
+        while later is not None and self.stopped_at is None and pos <= later:
+            if not grab():  # frames to keep after the last wanted one
+                break
         if len(buf):
             yield buf.take()
 
@@ -460,8 +485,8 @@ class Video:
 class _Tracker:
     """Where one PyAV pass is in the file; what it finds lost or where it stops goes to the video."""
 
-    def __init__(self, video: Video):
-        self.video = video
+    def __init__(self, video: Video, keep: Keep | None = None):
+        self.video, self.keep = video, keep
         self.pos = -1  # number of the last frame taken from the decoder
         self.frame, self.time = None, 0.0  # that frame and its time
         self.ended = False
@@ -489,6 +514,8 @@ class _Tracker:
                 v.missing.append((target if self.fresh else self.pos + 1, n))
             self.fresh, self.pos, self.frame = False, n, frame
             self.time = t if v.counted else n / v.fps
+            if self.keep is not None and n in self.keep.frames:
+                self.keep.sink[n] = upright_rgb(frame, *self.keep.size)
         return self.frame if self.pos == target else None
 
 

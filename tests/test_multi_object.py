@@ -259,3 +259,30 @@ def test_a_repair_that_keeps_skip_and_detector_answers_again_without_decoding(tr
     assert np.array_equal(again.labels, fresh.labels)
     assert again.reference_scores == fresh.reference_scores
     assert np.array_equal(again.model_scores, fresh.model_scores, equal_nan=True)
+
+
+def test_the_checks_frames_come_from_the_one_decoding_pass(trained, monkeypatch):
+    """The check's first draw is taken from frames the query's one pass kept at the reference's size:
+    none of them is decoded again for the check."""
+    import noscope.answer as answer_mod
+    from noscope.planning import choose_plan
+    from noscope.plans import Targets
+    from noscope.prepare import open_query
+
+    asked = []
+    real = answer_mod.label_frames
+
+    def recording(video, reference, key, frames, **kw):
+        kept = kw.get("pixels") or {}
+        asked.append((len(frames), sum(1 for f in np.asarray(frames).tolist() if f in kept)))
+        return real(video, reference, key, frames, **kw)
+
+    monkeypatch.setattr(answer_mod, "label_frames", recording)
+    settings = default_settings("query.verify=20", "query.verify_rounds=1", "decode.frame_cache=false")
+    with mock.patch.dict(os.environ, NOSCOPE_CACHE=str(trained["cache"])):
+        q = open_query(settings, URBAN, str(trained["a"]), None, "300f", "500f")
+        plan = choose_plan(q.bundle, Targets(0.05, 0.05), q.objects, settings.optimizer)
+        results, reports = answer_mod.answer(q, plan, Targets(0.05, 0.05), settings, quiet=True)
+    assert reports["bus"]["checked"] > 0 and asked
+    n, kept = asked[0]
+    assert n > 0 and kept == n, asked  # every drawn frame came from the pass's reserve

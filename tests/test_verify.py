@@ -11,7 +11,7 @@ import pytest
 from noscope import bounds
 from noscope.cascade import CascadeResult
 from noscope.check import apply_known, check_and_repair, plan_round
-from noscope.check_stats import Check, certification_size, certification_sizes, rate_met, verdict
+from noscope.check_stats import Check, DrawOrder, certification_size, certification_sizes, rate_met, verdict
 from noscope.plans import ObjectPlan, Plan, Targets
 from noscope.settings import CheckSettings as Settings
 
@@ -100,7 +100,7 @@ def test_drawn_frames_the_reference_cannot_answer_count_as_wrong():
 def test_apply_known_and_plan_round_take_an_empty_result():
     empty = _result(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, str), {})
     assert apply_known(empty, {5: 0.9}, 0.5) is empty
-    rnd = plan_round(empty, Targets(0.01, 0.01), Settings(guarantee=True), 0.025, np.random.default_rng(0))
+    rnd = plan_round(empty, Targets(0.01, 0.01), Settings(guarantee=True), 0.025, DrawOrder(0, 0, np.random.default_rng(0)))
     assert rnd.population == {True: 0, False: 0}
 
 
@@ -283,3 +283,26 @@ def test_a_refit_that_cannot_help_falls_back_to_the_reference():
     low = bad < 0.3  # where the model said "no" and missed three positives in four
     assert (results["x"].decided_by[low] == "reference").all()
     assert np.array_equal(results["x"].labels, truth)
+
+
+def test_a_draw_by_a_prior_order_is_uniform_within_each_stratum():
+    """The check draws, from a stratum, the frames that come first in an order fixed before the
+    pass: over many orders every frame of the stratum is drawn equally often (n / |S|), whatever
+    the stratum looks like, and a second draw (fresh frames) is uniform over what is left."""
+    rng = np.random.default_rng(5)
+    stratum = np.sort(rng.choice(np.arange(1000, 3000), 300, replace=False))  # any subset of the segment
+    first, second = np.zeros(len(stratum)), np.zeros(len(stratum))
+    trials, n = 4000, 30
+    for _ in range(trials):
+        order = DrawOrder(1000, 3000, rng)
+        a = order.first(stratum, n)
+        first[np.searchsorted(stratum, a)] += 1
+        rest = stratum[~np.isin(stratum, a)]
+        second[np.searchsorted(stratum, order.first(rest, n))] += 1
+    expect = trials * n / len(stratum)  # 400 per frame
+    for counts in (first, second):
+        assert abs(counts.mean() - expect) < 1e-9
+        chi2 = float(((counts - expect) ** 2 / expect).sum())
+        assert chi2 < 400, chi2  # 299 degrees of freedom: mean 299, sd 24
+    reserve = DrawOrder(0, 500, np.random.default_rng(1)).reserve(40)
+    assert len(reserve) == 40 and np.all(np.diff(reserve) > 0) and reserve.max() < 500
