@@ -31,7 +31,7 @@ import yaml
 
 from . import __version__, difference, specialized
 from .atomic import atomic_write_bytes
-from .errors import NoscopeError
+from .errors import NoscopeError, UsageError
 from .plans import Costs, HeldOut
 from .paths import models_dir
 
@@ -43,6 +43,8 @@ FORMATS = (FORMAT, MULTI_FORMAT)
 def bundle_path(name_or_path: str | Path) -> Path:
     """A bare name lives under the models directory; anything with a slash is a path."""
     s = str(name_or_path)
+    if not s.strip():  # models_dir() itself is no bundle, and never a place to write one
+        raise UsageError("a bundle name or path cannot be empty")
     return Path(s) if ("/" in s or s.startswith(".")) else models_dir() / s
 
 

@@ -74,9 +74,21 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def given(ctx, param, value):
+    """An option or argument given as an empty string (`--model ""`, an unset shell variable) names
+    nothing: a usage error, never a silent default or a bug further down."""
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, str) and not v.strip():
+            if param.param_type_name == "option":
+                raise UsageError(f"{param.opts[0]} is an empty string: give a value or leave the option out")
+            raise UsageError(f"{param.human_readable_name} is an empty string: name a file or folder")
+    return value
+
+
 def common(f):
-    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/default.yaml.")(f)
-    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key, e.g. train.epochs=5.")(f)
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=given,
+                     help="YAML file overriding configs/default.yaml.")(f)
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", callback=given, help="Override one config key, e.g. train.epochs=5.")(f)
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bars or chatter.")(f)
     f = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(f)
     return f
@@ -117,15 +129,15 @@ class _EchoHandler(logging.Handler):
 
 
 def segment_options(f):
-    f = click.option("--end", default=None, help="End: seconds (90, 1:30), a frame (2700f) or a share (60%).")(f)
-    f = click.option("--start", default=None, help="Start: seconds (12.5, 0:12.5), a frame (300f) or a share (60%).")(f)
+    f = click.option("--end", default=None, callback=given, help="End: seconds (90, 1:30), a frame (2700f) or a share (60%).")(f)
+    f = click.option("--start", default=None, callback=given, help="Start: seconds (12.5, 0:12.5), a frame (300f) or a share (60%).")(f)
     return f
 
 
 def reference_options(f):
-    f = click.option("--reference", "reference_name", default=None, help="Reference detector (see `noscope references`).")(f)
-    f = click.option("--reference-weights", default=None, type=click.Path(), help="Weights file for the reference.")(f)
-    f = click.option("--reference-cfg", default=None, type=click.Path(), help="Darknet .cfg (with --reference darknet).")(f)
+    f = click.option("--reference", "reference_name", default=None, callback=given, help="Reference detector (see `noscope references`).")(f)
+    f = click.option("--reference-weights", default=None, type=click.Path(), callback=given, help="Weights file for the reference.")(f)
+    f = click.option("--reference-cfg", default=None, type=click.Path(), callback=given, help="Darknet .cfg (with --reference darknet).")(f)
     return f
 
 
@@ -167,8 +179,8 @@ def config_cmd(config_file, sets, quiet, verbose):
 
 
 @cli.command()
-@click.argument("video", type=click.Path())
-@click.option("--object", "object_name", required=True, help="COCO class name, e.g. car, person, bus.")
+@click.argument("video", type=click.Path(), callback=given)
+@click.option("--object", "object_name", required=True, callback=given, help="COCO class name, e.g. car, person, bus.")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Label every Nth frame.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @segment_options
@@ -215,10 +227,10 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
 
 
 @cli.command()
-@click.argument("video", type=click.Path())
-@click.option("--object", "object_name", required=True,
+@click.argument("video", type=click.Path(), callback=given)
+@click.option("--object", "object_name", required=True, callback=given,
               help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")
-@click.option("--name", default=None, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
+@click.option("--name", default=None, callback=given, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
 @click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Random seed (default: config seed).")
 @segment_options
@@ -259,11 +271,11 @@ def targets_options(f):
 
 
 @cli.command()
-@click.argument("videos", nargs=-1, type=click.Path())
-@click.option("--model", default=None, help="Trained bundle name or path.")
-@click.option("--object", "object_name", default=None,
+@click.argument("videos", nargs=-1, type=click.Path(), callback=given)
+@click.option("--model", default=None, callback=given, help="Trained bundle name or path.")
+@click.option("--object", "object_name", default=None, callback=given,
               help="Object(s) to find (car or car,person); trains a bundle on VIDEO if none exists.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), callback=given,
               help="Output folder (default noscope-out/VIDEOSTEM-OBJECT; several objects: one VIDEOSTEM-OBJECT folder "
                    "each inside it); for a batch, the root holding one folder per video and runs.jsonl (default noscope-out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (a batch: one per video).")
@@ -271,7 +283,7 @@ def targets_options(f):
 @click.option("--force", is_flag=True, help="Batch: redo videos that already have a finished result.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Run as a batch, here (local) or one Ray task per video (ray).")
-@click.option("--ray-address", default=None, help="Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray).")
+@click.option("--ray-address", default=None, callback=given, help="Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray).")
 @targets_options
 @segment_options
 @reference_options
@@ -384,12 +396,12 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
 
 
 @cli.command()
-@click.argument("out_dir", type=click.Path())
-@click.option("--clips", "clips_dir", default=None, type=click.Path(), help="Also write one mp4 per interval into this folder.")
+@click.argument("out_dir", type=click.Path(), callback=given)
+@click.option("--clips", "clips_dir", default=None, type=click.Path(), callback=given, help="Also write one mp4 per interval into this folder.")
 @click.option("--pad", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of video before and after each interval.")
 @click.option("--max-clips", default=50, show_default=True, type=click.IntRange(min=1), help="Most clips written (the earliest).")
 @click.option("--max-clip-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Longer clips are cut to this length.")
-@click.option("--video", "video_path", default=None, type=click.Path(), help="The query's video, if it moved since.")
+@click.option("--video", "video_path", default=None, type=click.Path(), callback=given, help="The query's video, if it moved since.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_json, verbose):
@@ -413,8 +425,8 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
 
 
 @cli.command()
-@click.argument("video", type=click.Path(), required=False)
-@click.option("--model", required=True, help="Trained bundle name or path.")
+@click.argument("video", type=click.Path(), required=False, callback=given)
+@click.option("--model", required=True, callback=given, help="Trained bundle name or path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @targets_options
 @segment_options
