@@ -365,7 +365,8 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
         if as_json:
             click.echo(json.dumps(json_safe(rec)))
         elif rec["status"] == "done":
-            click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames, "
+            part = "" if rec.get("complete", True) else " (answered in part: some frames cannot be decoded)"
+            click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames{part}, "
                        f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
                        f"targets {met_word(rec['verified']['met'])} -> {rec['out']}")
         elif rec["status"] == "skipped":
@@ -388,9 +389,10 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
                         on_error=trace)
     n = Counter(r["status"] for r in records)
     unmet = sum(1 for r in records if r["status"] != "failed" and (r.get("verified") or {}).get("met") is not True)
+    partial = sum(1 for r in records if r["status"] != "failed" and r.get("complete") is False)
     if not as_json:
         click.echo(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed, "
-                   f"{unmet} with targets not verified met; log {root / RUNS_FILE}")
+                   f"{unmet} with targets not verified met, {partial} answered in part; log {root / RUNS_FILE}")
     if n["failed"]:
         click.get_current_context().exit(1)
 
