@@ -336,7 +336,7 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
     from collections import Counter
 
     from .batch import RUNS_FILE, expand_videos, plan_jobs, run_batch
-    from .prepare import resolve_bundle
+    from .prepare import bundle_reference, resolve_bundle
     from .report import json_safe
     from .results import met_word, model_words
 
@@ -351,6 +351,7 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
     model_root, obj = None, object_name
     if model is not None:  # a bundle that cannot be used would fail every video: say so once, up front
         bundle = resolve_bundle(opts.settings, None, model, object_name, quiet)
+        bundle_reference(opts.settings.reference, bundle, bool(opts.reference_name))
         model_root, obj = Path(bundle.root).absolute(), object_name or bundle.object
     jobs = plan_jobs(paths, root, obj, model_root, object_name)
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))

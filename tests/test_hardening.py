@@ -13,10 +13,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from .conftest import ROOT, STOREFRONT, URBAN
-from .test_reliability import assert_one_line, run
+from .test_reliability import assert_one_line, run, shared_cache  # noqa: F401 (a fixture)
 
 
 # ------------------------------------------------------------------ 2. nothing reaches "internal error"
@@ -108,3 +109,106 @@ def test_nightly_does_not_call_a_video_answered_in_part_verified(trained, tmp_pa
             "optimizer.min_auc=2")
     assert r.exit_code == 0, r.output
     assert "(answered in part: some frames cannot be decoded)" in r.stdout and " 1 answered in part;" in r.stdout
+
+
+# ------------------------------------------------------------------ 1. a bundle's own words are checked
+
+
+def resave_heldout(bundle, change):
+    """Rewrite the bundle's heldout.npz through `change(arrays)` and redo its checksum."""
+    import numpy as np
+
+    from .test_reliability import _rewrite, sha
+
+    with np.load(bundle / "heldout.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    np.savez(bundle / "heldout.npz", **arrays)
+    _rewrite(bundle, lambda m: m["files"].update({"heldout.npz": sha(bundle / "heldout.npz")}))
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("object", "person", "bundle.yaml's object is 'person' but heldout.npz was made for 'bus'"),
+    ("class_index", -1, "bundle.yaml's class_index is -1; a class number is a whole number >= 0"),
+    ("class_index", 999, "bundle.yaml's class_index is 999 but heldout.npz was made for 5"),
+    ("class_index", "car", "bundle.yaml's class_index is 'car'; a class number is a whole number >= 0"),
+    ("class_index", True, "bundle.yaml's class_index is True"),
+    ("labels.min_score", 7, "bundle.yaml's labels.min_score is 7; what counts as a positive frame is a score in (0, 1]"),
+    ("labels.min_score", 0.3, "bundle.yaml's labels.min_score is 0.3 but heldout.npz was made for 0.5"),
+    ("video.segment", [300, 200], "bundle.yaml's video.segment is [300, 200]"),
+])
+def test_bundle_yaml_fields_that_decide_answers_are_checked(bundle_copy, field, value, needle):
+    """Edited in bundle.yaml (its files' checksums still pass): one line naming the bundle and the
+    field, exit 1, for query and evaluate alike; nothing answered."""
+    from .test_reliability import _rewrite
+
+    def change(m):
+        *path, last = field.split(".")
+        for k in path:
+            m = m[k]
+        m[last] = value
+
+    _rewrite(bundle_copy, change)
+    for cmd in ("query", "evaluate"):
+        assert_one_line(run(cmd, URBAN, "--model", bundle_copy, "--end", "5f", "-q"), 1,
+                        f"noscope: error: model bundle {bundle_copy} is ", needle)
+
+
+def test_object_renamed_with_its_class_index_is_refused(bundle_copy):
+    """`object: person` with `class_index: 0` agrees with the reference, not with what the models learnt."""
+    from .test_reliability import _rewrite
+
+    _rewrite(bundle_copy, lambda m: m.update(object="person", class_index=0))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "--end", "5f", "-q"), 1,
+                    "bundle.yaml's object is 'person' but heldout.npz was made for 'bus'")
+
+
+def test_bundle_without_a_record_is_checked_against_the_reference(bundle_copy, shared_cache, tmp_path):
+    """A bundle written before heldout.npz recorded its bundle still answers; its object and class
+    index are still checked against the reference's class names, and its held-out size against bundle.yaml."""
+    from .test_reliability import CACHED, _rewrite
+
+    resave_heldout(bundle_copy, lambda a: a.pop("made_for"))
+    r = run("query", URBAN, "--model", bundle_copy, *CACHED, "-q", "--out", tmp_path / "q")
+    assert r.exit_code == 0, r.output
+    _rewrite(bundle_copy, lambda m: m.update(object="person"))  # class_index 5 stays: a bus
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "--end", "5f", "-q"), 1,
+                    "bundle.yaml's object 'person' and class_index 5 disagree: class 5 of reference yolov3-tiny is 'bus'")
+    _rewrite(bundle_copy, lambda m: m.update(object="bus", class_index=999))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "--end", "5f", "-q"), 1,
+                    "bundle.yaml's class_index gives 'bus' class 999, but reference yolov3-tiny has 80 classes")
+    _rewrite(bundle_copy, lambda m: (m.update(class_index=5), m["heldout"].update(frames=m["heldout"]["frames"] + 1)))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "--end", "5f", "-q"), 1,
+                    "heldout.npz holds 50 held-out frames but bundle.yaml's heldout.frames says 51")
+
+
+def test_heldout_copied_from_another_bundle_is_refused(trained, bundle_copy, shared_cache, tmp_path):
+    """Another bundle's heldout.npz (of the same object, clip and segment, another seed), copied in
+    with its checksum redone, is that bundle's: refused, naming the file."""
+    import shutil
+
+    from .conftest import TRAIN
+    from .test_reliability import _rewrite, sha
+
+    other = tmp_path / "other"
+    args = [a if a != "7" else "8" for a in TRAIN] + ["--set", "train.grid=[c2f16d32s50]", "--set", "train.epochs=1"]
+    r = run("train", URBAN, *args, "--name", other)
+    assert r.exit_code == 0, r.output
+    shutil.copyfile(other / "heldout.npz", bundle_copy / "heldout.npz")
+    _rewrite(bundle_copy, lambda m: m["files"].update({"heldout.npz": sha(bundle_copy / "heldout.npz")}))
+    for cmd in ("query", "evaluate"):
+        assert_one_line(run(cmd, URBAN, "--model", bundle_copy, "--end", "5f", "-q"), 1,
+                        f"model bundle {bundle_copy} is inconsistent: heldout.npz was made for another bundle")
+
+
+def test_a_batch_refuses_an_inconsistent_bundle_before_any_video(bundle_copy, tmp_path):
+    """One line, exit 1, no runs.jsonl: nightly's "the run did not start" (4), not a failure per video."""
+    from .test_reliability import _rewrite
+
+    _rewrite(bundle_copy, lambda m: m.update(class_index=2))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").symlink_to(URBAN)
+    assert_one_line(run("query", videos, "--model", bundle_copy, "--out", tmp_path / "out", "-q"), 1,
+                    "bundle.yaml's class_index is 2 but heldout.npz was made for 5")
+    assert not (tmp_path / "out" / "runs.jsonl").exists()
