@@ -655,6 +655,7 @@ def open_video(path: str | Path, backend: str = "auto") -> Video:
     cap = cv2.VideoCapture(str(p))
     try:
         if not cap.isOpened():
+            _refuse_without_video_stream(p)
             raise NoscopeError(f"cannot decode {p}: not a video format OpenCV/FFmpeg can read, or the file is corrupt")
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -669,9 +670,43 @@ def open_video(path: str | Path, backend: str = "auto") -> Video:
         fps = 25.0  # some containers omit it; timestamps then assume 25 fps
     if count <= 0:
         count = _count_frames(p)
+    if count <= 1:
+        _refuse_still_image(p)
     v = Video(p, fps, width, height, count)
     v.backend = backend
     return v
+
+
+def _container(path: Path) -> tuple[str, dict[str, int]] | None:
+    """FFmpeg's name for the file's format and how many streams of each kind it holds (PyAV); None
+    when PyAV is missing or cannot open it."""
+    if _av is None:
+        return None
+    try:
+        with _av.open(str(path)) as c:
+            kinds: dict[str, int] = {}
+            for st in c.streams:
+                kinds[st.type] = kinds.get(st.type, 0) + 1
+            return c.format.name, kinds
+    except Exception:  # noqa: BLE001 - untrusted bytes: any failure just means "cannot tell"
+        return None
+
+
+def _refuse_without_video_stream(path: Path) -> None:
+    """A file FFmpeg reads that holds no video stream (an audio-only .mp4): say that, not "corrupt"."""
+    found = _container(path)
+    if found is not None and not found[1].get("video"):
+        held = ", ".join(f"{n} {kind} stream{'s' * (n > 1)}" for kind, n in sorted(found[1].items())) or "no streams at all"
+        raise NoscopeError(f"{path} has no video stream ({held}): nothing to answer")
+
+
+def _refuse_still_image(path: Path) -> None:
+    """A single picture (a PNG renamed .mp4) is not a one-frame video: FFmpeg reads it with an image
+    demuxer (png_pipe, jpeg_pipe, image2, ...). A stream of several JPEGs (.mjpeg) has more frames."""
+    found = _container(path)
+    if found is not None and (found[0] == "image2" or found[0].endswith("_pipe")):
+        kind = found[0].removesuffix("_pipe").upper()
+        raise NoscopeError(f"{path} is a still image ({kind}), not a video")
 
 
 def _count_frames(path: Path) -> int:

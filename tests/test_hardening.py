@@ -212,3 +212,65 @@ def test_a_batch_refuses_an_inconsistent_bundle_before_any_video(bundle_copy, tm
     assert_one_line(run("query", videos, "--model", bundle_copy, "--out", tmp_path / "out", "-q"), 1,
                     "bundle.yaml's class_index is 2 but heldout.npz was made for 5")
     assert not (tmp_path / "out" / "runs.jsonl").exists()
+
+
+# ------------------------------------------------------------------ 5, 7. messages name what is wrong
+
+
+def test_a_diff_picture_of_another_kind_names_the_bundle_and_file(bundle_copy):
+    """diff/ref-global.npy replaced by a float32 array (checksum redone) used to be "comparison frames
+    must be uint8 frames, got float32": no bundle, no file."""
+    import numpy as np
+
+    from .test_reliability import _rewrite, sha
+
+    meta = _rewrite(bundle_copy, lambda m: None)
+    (d,) = [d for d in meta["diffs"] if d["name"] == "ref-global"]
+    rel = d["reference_image_file"]
+    np.save(bundle_copy / rel, np.zeros((50, 50, 3), np.float32))
+    _rewrite(bundle_copy, lambda m: m["files"].update({rel: sha(bundle_copy / rel)}))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "--end", "5f", "-q"), 1,
+                    f"model bundle {bundle_copy} is corrupt: {rel} holds a float32 array of shape (50, 50, 3), not the "
+                    "50x50 uint8 picture of the empty scene difference detector ref-global compares with")
+
+
+def test_random_bytes_as_reference_weights_are_not_darknet_weights(tmp_path):
+    junk = tmp_path / "junk.weights"
+    junk.write_bytes(np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes())
+    assert_one_line(run("label", URBAN, "--object", "bus", "--end", "2f", "--reference-weights", junk, "-q"), 1,
+                    f"{junk} is not a darknet weights file: its header (version ", "is not one darknet writes")
+
+
+def audio_only_mp4(path):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(10):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 16000, i * 1024
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_an_audio_only_file_has_no_video_stream(trained, tmp_path):
+    audio = audio_only_mp4(tmp_path / "talk.mp4")
+    assert_one_line(run("label", audio, "--object", "car", "-q"), 1,
+                    f"noscope: error: {audio} has no video stream (1 audio stream): nothing to answer")
+    assert_one_line(run("query", audio, "--model", trained["a"], "-q"), 1, "has no video stream")
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_a_picture_renamed_mp4_is_not_a_one_frame_video(trained, tmp_path, ext):
+    import cv2
+
+    picture = tmp_path / f"still{ext}"
+    cv2.imwrite(str(picture), np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    renamed = picture.rename(tmp_path / "still.mp4")
+    kind = "PNG" if ext == ".png" else "JPEG"
+    assert_one_line(run("query", renamed, "--model", trained["a"], "-q"), 1,
+                    f"noscope: error: {renamed} is a still image ({kind}), not a video")
+    assert_one_line(run("label", renamed, "--object", "car", "-q"), 1, "is a still image")
