@@ -274,3 +274,75 @@ def test_a_picture_renamed_mp4_is_not_a_one_frame_video(trained, tmp_path, ext):
     assert_one_line(run("query", renamed, "--model", trained["a"], "-q"), 1,
                     f"noscope: error: {renamed} is a still image ({kind}), not a video")
     assert_one_line(run("label", renamed, "--object", "car", "-q"), 1, "is a still image")
+
+
+# ------------------------------------------------------------------ 6, 7. positions mean frames that exist
+
+
+def dropped_frames_mkv(path, first=380, n=120, steps=(1, 1, 3), rate=50):
+    """A webcam-style capture that dropped frames: `n` frames of the urban clip (from `first`) in an
+    .mkv at a nominal `rate` fps whose timestamps jump over the dropped ones (`steps`, in 1/rate s).
+    Its container claims duration x rate = 5/3 of the frames it holds."""
+    from fractions import Fraction
+
+    import av
+
+    from noscope.video import open_video
+
+    frames = np.concatenate([b.frames["x"] for b in open_video(URBAN).batches({"x": (320, 176)}, first, first + n)])
+    pts = np.r_[0, np.cumsum(np.resize(steps, n))[:-1]]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt = 320, 176, "yuv420p"
+        s.time_base = Fraction(1, rate)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = int(pts[i]), Fraction(1, rate)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path, pts / rate
+
+
+def test_shares_and_times_of_a_file_that_dropped_frames_mean_frames_that_exist(trained, tmp_path):
+    """120 frames whose container claims 199: `--end 60%` is 72 of the 120 (it was 119), `--end 1.5`
+    the frames shown before 1.5 s (45, not 1.5 x 50 = 75), and `evaluate --start 60%` compares the
+    last 48 frames (it compared 0, exit 0); a position past the last frame is a usage error."""
+    from noscope.video import open_video
+
+    path, times = dropped_frames_mkv(tmp_path / "webcam.mkv")
+    v = open_video(path)
+    assert v.frame_count > 190 and v.length == 120  # the container's guess, and the frames that exist
+    r = run("label", path, "--object", "bus", "--end", "60%", "--every", "8", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["frames"] == len(range(0, 72, 8))
+    r = run("label", path, "--object", "bus", "--end", "1.5", "--every", "9", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["frames"] == len(range(0, int((times < 1.5).sum()), 9)) == 5
+    r = run("evaluate", path, "--model", trained["a"], "--start", "60%", "--set", "optimizer.min_auc=2", "--json", "-q")
+    assert r.exit_code == 0 and r.stderr.strip() == "", r.output
+    report = json.loads(r.stdout)
+    assert report["frames_compared"] == 48 and report["segment"] == report["requested_segment"] == [72, 120]
+    assert_one_line(run("label", path, "--object", "bus", "--start", "150f", "-q"), 2,
+                    "--start (150f) is past the end of the video (120 frames, ")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--end", "150%"], "position '150%': a share of the video is between 0% and 100%"),
+    (["--start", "-5%"], "a share of the video is between 0% and 100%"),
+    (["--end", "2000f"], "--end (2000f) is past the end of the video (1190 frames, 47.6 s)"),
+    (["--end", "1:00"], "--end (1:00) is past the end of the video (1190 frames, 47.6 s)"),
+    (["--start", "100%"], "--start (100%) must come before --end (end of video)"),
+])
+def test_positions_past_the_end_are_usage_errors_at_either_end(args, needle):
+    """One rule for --start and --end (it was: --end clamped silently, --start 100% an error)."""
+    assert_one_line(run("label", URBAN, "--object", "bus", *args, "-q"), 2, needle)
+
+
+def test_evaluate_that_compares_nothing_is_an_error(trained, tmp_path):
+    """A segment none of whose frames decode measures nothing: exit 1, one line (it was exit 0, speed-up nan)."""
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(URBAN.read_bytes()[: len(URBAN.read_bytes()) // 2])  # decoding stops near frame 560
+    r = run("evaluate", cut, "--model", trained["a"], "--start", "1000f", "--end", "1010f", "-q")
+    assert_one_line(r, 1, f"noscope: error: nothing to compare in {cut}: no frame of [1000, 1010) could be decoded")

@@ -450,11 +450,11 @@ def test_evaluate_on_a_cut_video_reports_what_it_compared(trained, tmp_path):
     n = int(line.split("only ")[1].split()[0])
     assert 0 < n < 55
     assert f"[545, {545 + n}) bus" in r.stdout and f"{n} frames compared" in r.stdout and "[545, 600)" not in r.stdout
-    # a range past where decoding stops: nothing to compare, said in one line, no crash
+    # a range past where decoding stops: nothing to compare is an error (issue 20: it was exit 0), one line
     r = run("evaluate", half, "--model", trained["a"], "--start", "700f", "--end", "760f", "--target-fpr", "0.05",
             "--target-fnr", "0.05", "--set", "optimizer.min_auc=2", "-q", "--json")
-    assert r.exit_code == 0 and "Traceback" not in r.output and "internal error" not in r.output, r.output
-    assert json.loads(r.stdout)["frames_compared"] == 0 and json.loads(r.stdout)["verified"]["met"] is None
+    assert_one_line(r, 1, f"noscope: error: nothing to compare in {half}: no frame of [700, 760) could be decoded")
+    assert r.stdout == ""
 
 
 @pytest.mark.parametrize("cmd", ["query", "label"])
