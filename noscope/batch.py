@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .atomic import hold_folder
 from .errors import NoscopeError
 from .plans import Targets
 from .settings import Settings, default_name
@@ -221,14 +222,15 @@ def run_job(job: Job, opts: RunOptions, quiet: bool = True, say=None, on_error: 
 
     t0 = time.perf_counter()
     try:
-        # a half-rewritten folder must not look finished while this run replaces it; cleared now,
-        # while the earlier summary.json still names an earlier several-objects result's folders
-        clear_result(Path(job.out))
-        key = query_key(job, opts)
-        summary = query_video(job.video, opts.settings, opts.targets, model=job.model, objects=job.object_name,
-                              out=job.out, start=opts.start, end=opts.end, reference_named=bool(opts.reference_name),
-                              plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False,
-                              own_model=job.trains)
+        with hold_folder(job.out):  # another run writing this video's folder: this one fails, and says why
+            # a half-rewritten folder must not look finished while this run replaces it; cleared now,
+            # while the earlier summary.json still names an earlier several-objects result's folders
+            clear_result(Path(job.out))
+            key = query_key(job, opts)
+            summary = query_video(job.video, opts.settings, opts.targets, model=job.model, objects=job.object_name,
+                                  out=job.out, start=opts.start, end=opts.end, reference_named=bool(opts.reference_name),
+                                  plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False,
+                                  own_model=job.trains)
     except Exception as e:
         if on_error:
             on_error(e)

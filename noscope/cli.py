@@ -49,11 +49,11 @@ class Group(click.Group):
             sys.exit(130)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                click.echo(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
-                           "nothing finished was lost, free space and run again", err=True)
+                echo_line(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
+                          "nothing finished was lost, free space and run again", err=True)
                 sys.exit(1)
             if e.filename is not None:  # a file we could not read or write: the environment, not a bug
-                click.echo(f"noscope: error: {e.strerror or type(e).__name__}: {e.filename}", err=True)
+                echo_line(f"noscope: error: {e.strerror or type(e).__name__}: {e.filename}", err=True)
                 sys.exit(1)
             self._internal(e, verbose)
         except Exception as e:
@@ -217,7 +217,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
         click.echo(json.dumps(summary))
         return
     rate = f"{summary['frames_per_s']:.1f} frames/s" if summary["frames_per_s"] else "all from cache"
-    click.echo(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
+    echo_line(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
                f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
     if "stopped_at" in summary:
         log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
@@ -248,16 +248,31 @@ def train(video, object_name, name, force, seed, start, end, reference_name, ref
     out = bundle_path(name) if name else bundle_destination(video, objects, settings.decode.backend)
     say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
     meta = run_train(video, objects, out, settings, start, end, quiet=quiet, force=force, say=say)
-    if len(objects) > 1:
-        aucs = {o: [c["heldout_aucs"][o] for c in meta["candidates"] if c["heldout_aucs"][o] is not None] for o in objects}
-        best = "; ".join(f"{o} {max(a):.3f}" if a else f"{o} unused" for o, a in aucs.items())
-        best = f" (best held-out AUC per object: {best})" if meta["candidates"] else ""
-    else:
-        top = max(meta["candidates"], key=lambda c: c["heldout_auc"], default=None)
-        best = f" (best held-out AUC {top['heldout_auc']:.3f}, {top['name']})" if top else ""
-    click.echo(f"trained {out}: {len(meta['candidates'])} specialized models" + best
+    echo_line(f"trained {out}: {len(meta['candidates'])} specialized models" + _best_auc_words(meta, objects)
                + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
                f"{meta['train']['seconds']:.0f} s")
+
+
+def _best_auc_words(meta: dict, objects: list[str]) -> str:
+    """' (best held-out AUC 0.973, NAME)' for train's line; n/a where no candidate has one (held-out
+    frames of one kind only: NaN), as every rate without frames of its kind is written."""
+    import math
+
+    def finite(x) -> bool:
+        return x is not None and math.isfinite(x)
+
+    cands = meta["candidates"]
+    if not cands:
+        return ""
+    if len(objects) > 1:
+        words = []
+        for o in objects:
+            aucs = [c["heldout_aucs"][o] for c in cands if c["heldout_aucs"][o] is not None]  # None: never used
+            scored = [a for a in aucs if finite(a)]
+            words.append(f"{o} {max(scored):.3f}" if scored else f"{o} {'n/a' if aucs else 'unused'}")
+        return f" (best held-out AUC per object: {'; '.join(words)})"
+    top = max((c for c in cands if finite(c["heldout_auc"])), key=lambda c: c["heldout_auc"], default=None)
+    return f" (best held-out AUC {top['heldout_auc']:.3f}, {top['name']})" if top else " (held-out AUC n/a)"
 
 
 def targets_options(f):
@@ -313,7 +328,7 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     summary = query_video(video, settings, targets, model=model, objects=object_name, out=out_dir, start=start, end=end,
                           reference_named=bool(reference_name), plot=not no_plot, quiet=quiet or as_json, say=say)
-    click.echo(json.dumps(json_safe(summary)) if as_json else _summary_line(summary))
+    click.echo(json.dumps(json_safe(summary)) if as_json else printable(_summary_line(summary)))
 
 
 def _summary_line(summary: dict) -> str:
@@ -337,8 +352,6 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
 
     from .batch import RUNS_FILE, expand_videos, plan_jobs, run_batch
     from .prepare import bundle_reference, resolve_bundle
-    from .report import json_safe
-    from .results import met_word, model_words
 
     if model is None and object_name is None:
         raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one per video first)")
@@ -357,21 +370,7 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
 
     def show(rec):
-        name = Path(rec["path"]).name
-        if rec["status"] == "failed":
-            click.echo(f"noscope: error: {name}: {rec['error']}", err=True)
-        elif executor == "ray" and rec.get("stopped_at") is not None:  # a worker's own warnings stay on the worker
-            click.echo(f"noscope: warning: {name}: the video stops decoding at frame {rec['stopped_at']}; "
-                       "answered the frames before it", err=True)
-        if as_json:
-            click.echo(json.dumps(json_safe(rec)))
-        elif rec["status"] == "done":
-            part = "" if rec.get("complete", True) else " (answered in part: some frames cannot be decoded)"
-            click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames{part}, "
-                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
-                       f"targets {met_word(rec['verified']['met'])} -> {rec['out']}")
-        elif rec["status"] == "skipped":
-            click.echo(f"{name}: already done -> {rec['out']} (--force to redo)")
+        _show_record(rec, executor, as_json)
 
     def trace(e):
         if verbose:
@@ -392,10 +391,43 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
     unmet = sum(1 for r in records if r["status"] != "failed" and (r.get("verified") or {}).get("met") is not True)
     partial = sum(1 for r in records if r["status"] != "failed" and r.get("complete") is False)
     if not as_json:
-        click.echo(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed, "
-                   f"{unmet} with targets not verified met, {partial} answered in part; log {root / RUNS_FILE}")
+        echo_line(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed, "
+                  f"{unmet} with targets not verified met, {partial} answered in part; log {root / RUNS_FILE}")
     if n["failed"]:
         click.get_current_context().exit(1)
+
+
+def _show_record(rec: dict, executor: str, as_json: bool) -> None:
+    """A batch's lines for one video as its record comes in: an error or warning on stderr, and its
+    result line (or JSON) on stdout."""
+    from .report import json_safe
+    from .results import met_word, model_words
+
+    name = Path(rec["path"]).name
+    if rec["status"] == "failed":
+        echo_line(f"noscope: error: {name}: {rec['error']}", err=True)
+    elif executor == "ray" and rec.get("stopped_at") is not None:  # a worker's own warnings stay on the worker
+        echo_line(f"noscope: warning: {name}: the video stops decoding at frame {rec['stopped_at']}; "
+                  "answered the frames before it", err=True)
+    if as_json:
+        click.echo(json.dumps(json_safe(rec)))
+    elif rec["status"] == "done":
+        part = "" if rec.get("complete", True) else " (answered in part: some frames cannot be decoded)"
+        echo_line(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames{part}, "
+                  f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
+                  f"targets {met_word(rec['verified']['met'])} -> {rec['out']}")
+    elif rec["status"] == "skipped":
+        echo_line(f"{name}: already done -> {rec['out']} (--force to redo)")
+
+
+def printable(text: str) -> str:
+    """A line as one line: control characters (a newline in a file name) written as escapes (\\n)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def echo_line(text: str, err: bool = False) -> None:
+    """One line for a person (names in it may hold anything a file name can)."""
+    click.echo(printable(text), err=err)
 
 
 @cli.command()
@@ -416,10 +448,10 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
     if as_json:
         click.echo(json.dumps(rep))
         return
-    click.echo(f"wrote {rep['timeline']}")
-    click.echo(f"wrote {rep['costs']}")
+    echo_line(f"wrote {rep['timeline']}")
+    echo_line(f"wrote {rep['costs']}")
     for c in rep.get("clips", []):
-        click.echo(f"wrote {c['path']} ({c['frames']} frames, {c['intervals']} interval{'s' * (c['intervals'] != 1)}"
+        echo_line(f"wrote {c['path']} ({c['frames']} frames, {c['intervals']} interval{'s' * (c['intervals'] != 1)}"
                    + (", cut at the length cap" if c["truncated"] else "") + ")")
     if rep.get("clips_omitted"):
         click.echo(f"left out {rep['clips_omitted']} later clips (--max-clips {max_clips})")
@@ -449,7 +481,7 @@ def evaluate(video, model, as_json, guarantee, target_fpr, target_fnr, metric, s
     q = open_query(settings, video, model, None, start, end, reference_named=bool(reference_name), quiet=quiet)
     reports = run_evaluate(q, targets, settings, quiet=quiet or as_json)
     for report in reports.values():
-        click.echo(json.dumps(json_safe(report)) if as_json else _evaluate_lines(report, targets))
+        click.echo(json.dumps(json_safe(report)) if as_json else "\n".join(map(printable, _evaluate_lines(report, targets).split("\n"))))
 
 
 def _evaluate_lines(report: dict, targets) -> str:

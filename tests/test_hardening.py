@@ -346,3 +346,60 @@ def test_evaluate_that_compares_nothing_is_an_error(trained, tmp_path):
     cut.write_bytes(URBAN.read_bytes()[: len(URBAN.read_bytes()) // 2])  # decoding stops near frame 560
     r = run("evaluate", cut, "--model", trained["a"], "--start", "1000f", "--end", "1010f", "-q")
     assert_one_line(r, 1, f"noscope: error: nothing to compare in {cut}: no frame of [1000, 1010) could be decoded")
+
+
+def test_two_queries_into_one_folder_at_once(trained, tmp_path):
+    """The second query on the same --out, started while the first still runs, is told (exit 1, one
+    line naming the folder and the first's pid) instead of overwriting it; the first finishes, and
+    leaves no lock file behind."""
+    import time
+
+    out = tmp_path / "out"
+    args = ["query", URBAN, "--model", trained["a"], "--start", "600f", "--end", "640f", "--set", "optimizer.min_auc=2",
+            "--no-plot", "-q", "--out", out]
+    first = subprocess.Popen([sys.executable, "-m", "noscope.cli", *map(str, args)], cwd=tmp_path,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        t0 = time.monotonic()
+        while not (out / ".noscope-writing").exists():
+            assert first.poll() is None and time.monotonic() - t0 < 300, first.communicate()
+            time.sleep(0.05)
+        assert_one_line(run(*args), 1, f"noscope: error: {out} is being written by another noscope run (pid {first.pid})")
+    finally:
+        stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["frames.csv", "intervals.json", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["frames"] == 40
+
+
+def test_train_says_na_for_an_auc_it_could_not_measure(tmp_path, monkeypatch):
+    """Held-out frames of one kind only give every candidate a NaN AUC: "n/a", as every rate
+    without frames of its kind is written (it printed "best held-out AUC nan")."""
+    import noscope.train
+
+    meta = dict(candidates=[dict(name="c2f16d32s50", heldout_auc=float("nan"))], diffs=[],
+                video=dict(frames_labelled=100), train=dict(seconds=1.0))
+    monkeypatch.setattr(noscope.train, "train", lambda *a, **k: meta)
+    r = run("train", URBAN, "--object", "bus", "--name", tmp_path / "b", "-q")
+    assert r.exit_code == 0, r.output
+    assert "(held-out AUC n/a)" in r.stdout and "nan" not in r.stdout
+    meta["candidates"] += [dict(name="c4f16d64s50", heldout_auc=0.91)]
+    assert "(best held-out AUC 0.910, c4f16d64s50)" in run("train", URBAN, "--object", "bus", "--name", tmp_path / "b",
+                                                           "-q").stdout
+
+
+def test_a_file_name_with_a_newline_stays_one_line(trained, shared_cache, tmp_path):
+    from .test_reliability import CACHED
+
+    odd = tmp_path / "gate\ncam.mp4"
+    odd.symlink_to(URBAN)
+    r = run("query", odd, "--model", trained["a"], *CACHED, "-q", "--out", tmp_path / "q")
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.splitlines()) == 1 and r.stdout.startswith("gate\\ncam.mp4: bus in "), r.stdout
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "gate\ncam.mp4").symlink_to(URBAN)
+    r = run("query", videos, "--model", trained["a"], *CACHED, "-q", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.splitlines()) == 2 and r.stdout.startswith("gate\\ncam.mp4: bus in "), r.stdout
