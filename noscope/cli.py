@@ -218,7 +218,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
         return
     rate = f"{summary['frames_per_s']:.1f} frames/s" if summary["frames_per_s"] else "all from cache"
     echo_line(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
-               f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
+              f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
     if "stopped_at" in summary:
         log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
     if lost:
@@ -249,8 +249,8 @@ def train(video, object_name, name, force, seed, start, end, reference_name, ref
     say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
     meta = run_train(video, objects, out, settings, start, end, quiet=quiet, force=force, say=say)
     echo_line(f"trained {out}: {len(meta['candidates'])} specialized models" + _best_auc_words(meta, objects)
-               + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
-               f"{meta['train']['seconds']:.0f} s")
+              + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
+              f"{meta['train']['seconds']:.0f} s")
 
 
 def _best_auc_words(meta: dict, objects: list[str]) -> str:
