@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .atomic import hold_folder
 from .errors import NoscopeError
 from .plans import Targets
 from .settings import Settings, default_name
@@ -178,6 +179,9 @@ def record(job: Job, status: str, summary: dict | None = None, seconds: float | 
     if summary is not None:
         rec["verified"] = verified_record(s)
         rec["trained_on"] = s.get("trained_on")  # the bundle's video: this one, or another the user chose
+        # every frame of the asked-for segment answered; false when decoding stopped early or lost
+        # frames in the middle (stopped_at, missing_frames say where): met then speaks for a part
+        rec["complete"] = s.get("stopped_at") is None and not s.get("missing_frames")
     if s.get("stopped_at") is not None:
         rec["stopped_at"] = s["stopped_at"]
     if s.get("missing_frames"):  # a damaged middle: the nightly log names the lost ranges too
@@ -218,14 +222,15 @@ def run_job(job: Job, opts: RunOptions, quiet: bool = True, say=None, on_error: 
 
     t0 = time.perf_counter()
     try:
-        # a half-rewritten folder must not look finished while this run replaces it; cleared now,
-        # while the earlier summary.json still names an earlier several-objects result's folders
-        clear_result(Path(job.out))
-        key = query_key(job, opts)
-        summary = query_video(job.video, opts.settings, opts.targets, model=job.model, objects=job.object_name,
-                              out=job.out, start=opts.start, end=opts.end, reference_named=bool(opts.reference_name),
-                              plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False,
-                              own_model=job.trains)
+        with hold_folder(job.out):  # another run writing this video's folder: this one fails, and says why
+            # a half-rewritten folder must not look finished while this run replaces it; cleared now,
+            # while the earlier summary.json still names an earlier several-objects result's folders
+            clear_result(Path(job.out))
+            key = query_key(job, opts)
+            summary = query_video(job.video, opts.settings, opts.targets, model=job.model, objects=job.object_name,
+                                  out=job.out, start=opts.start, end=opts.end, reference_named=bool(opts.reference_name),
+                                  plot=opts.plot, quiet=quiet, say=say, summary_extra=dict(query_key=key), tell=False,
+                                  own_model=job.trains)
     except Exception as e:
         if on_error:
             on_error(e)

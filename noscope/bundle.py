@@ -21,6 +21,8 @@ must be among them (`check_complete`): deleting `files:` or one entry cannot tur
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ import yaml
 
 from . import __version__, difference, specialized
 from .atomic import atomic_write_bytes
-from .errors import NoscopeError
+from .errors import NoscopeError, UsageError
 from .plans import Costs, HeldOut
 from .paths import models_dir
 
@@ -43,6 +45,8 @@ FORMATS = (FORMAT, MULTI_FORMAT)
 def bundle_path(name_or_path: str | Path) -> Path:
     """A bare name lives under the models directory; anything with a slash is a path."""
     s = str(name_or_path)
+    if not s.strip():  # models_dir() itself is no bundle, and never a place to write one
+        raise UsageError("a bundle name or path cannot be empty")
     return Path(s) if ("/" in s or s.startswith(".")) else models_dir() / s
 
 
@@ -99,9 +103,32 @@ def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detect
     for d in detectors:
         if d.reference_image is not None:
             difference.save_npy(out / f"diff/{d.name}.npy", d.reference_image)
-    save_npz(out / "heldout.npz", **heldout)
+    save_npz(out / "heldout.npz", **heldout, **{MADE_FOR: np.array(json.dumps(made_for(meta)))})
     write_manifest(out, meta, fmt=fmt)
     shutil.rmtree(work, ignore_errors=True)
+
+
+# What heldout.npz was made for, recorded inside it (key MADE_FOR, a JSON text) when the bundle is
+# written: bundle.yaml's fields that decide answers, by name. A bundle.yaml edited afterwards, or
+# a heldout.npz copied in from another bundle (checksums redone or not), no longer agrees with it.
+MADE_FOR = "made_for"
+IDENTITY = (("settings_key", ("settings_key",)), ("object", ("object",)), ("objects", ("objects",)),
+            ("class_index", ("class_index",)), ("class_indices", ("class_indices",)),
+            ("labels.min_score", ("labels", "min_score")), ("labels.smooth", ("labels", "smooth")),
+            ("reference.key", ("reference", "key")), ("video.hash", ("video", "hash")),
+            ("video.segment", ("video", "segment")), ("heldout.frames", ("heldout", "frames")),
+            ("heldout.positives", ("heldout", "positives")))
+
+
+def _field(meta: dict, path: tuple[str, ...]):
+    for k in path:
+        meta = meta.get(k) if isinstance(meta, dict) else None
+    return meta
+
+
+def made_for(meta: dict) -> dict:
+    """bundle.yaml's identifying fields (IDENTITY) as heldout.npz records them (absent ones left out)."""
+    return {name: _field(meta, path) for name, path in IDENTITY if _field(meta, path) is not None}
 
 
 def finished_bundle(root: Path, settings_key: str) -> dict | None:
@@ -243,7 +270,7 @@ class TrainedBundle:
         d = next(d for d in self.meta["diffs"] if d["name"] == name)
         det = difference.DiffDetector.from_dict({k: v for k, v in d.items() if k not in ("cost_s", "size", "reference_image_file")})
         if d.get("reference_image_file"):
-            det.reference_image = difference.load_npy(inside(self.root, d["reference_image_file"]))
+            det.reference_image = empty_scene(self.root, d)
         return det
 
     def diff_size(self, name: str) -> int:
@@ -273,10 +300,14 @@ def check_head(bundle: TrainedBundle, candidate: dict, meta: dict) -> None:
 
 def load_bundle(root: Path) -> TrainedBundle:
     """Read a bundle; anything malformed in it is one NoscopeError, never a stray KeyError.
-    A bundle must be complete: every file it uses listed and checked, every model what its name says."""
+    A bundle must be complete: every file it uses listed and checked, every model what its name
+    says, and what bundle.yaml says of itself in range and agreeing with heldout.npz (check_meta,
+    check_heldout) and with each difference detector's picture. (Whether its object is the class
+    its class index names is the reference's to say: prepare.check_classes.)"""
     meta = load_manifest(root)
     try:
         check_complete(root, meta)
+        check_meta(root, meta)
         bundle = _read_bundle(root, meta)
         for c in meta["candidates"]:
             if c.get("kind") == "prefix_head":
@@ -285,6 +316,9 @@ def load_bundle(root: Path) -> TrainedBundle:
                 check_head(bundle, c, read_head_meta(inside(root, c["file"])))
             else:
                 check_model(bundle, c, *specialized.model_arch(inside(root, c["file"])))
+        for d in meta["diffs"]:
+            if d.get("reference_image_file"):
+                empty_scene(root, d)
         return bundle
     except NoscopeError:
         raise
@@ -294,6 +328,8 @@ def load_bundle(root: Path) -> TrainedBundle:
 
 def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
     z = load_npz(root, meta["heldout"]["file"])
+    check_heldout(root, meta, z)
+    z.pop(MADE_FOR, None)
     model_scores = {k[len("model__"):]: v for k, v in z.items() if k.startswith("model__")}
     diff_scores: dict[str, dict[int, np.ndarray]] = {}
     for k, v in z.items():
@@ -318,3 +354,123 @@ def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
     heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={m: v[:, k] for m, v in model_scores.items()},
                            diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames")) for k, o in enumerate(objects)}
     return TrainedBundle(root, meta, costs, heldouts)
+
+
+# --------------------------------------------------------------------------------------------
+# What a bundle says about itself, checked before any of it is used
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _class_number(x) -> bool:
+    return _whole(x) and x >= 0
+
+
+def check_meta(root: Path, meta: dict) -> None:
+    """bundle.yaml's fields that decide answers, each of its kind and in range, and agreeing with
+    each other; else one line naming the bundle and the field."""
+    def bad(field: str, rule: str):
+        value = _field(meta, tuple(field.split(".")))
+        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml's {field} is {value!r}; {rule}")
+
+    obj = meta.get("object")
+    if not isinstance(obj, str) or not obj.strip():
+        bad("object", "it names the object, a class of the reference")
+    if "objects" in meta:
+        objects, idx = meta["objects"], meta.get("class_indices")
+        if not (isinstance(objects, list) and len(objects) >= 2 and len(set(map(str, objects))) == len(objects)
+                and all(isinstance(o, str) and o.strip() for o in objects)):
+            bad("objects", "a several-objects bundle lists two or more different object names")
+        if obj != ",".join(objects):
+            bad("object", f"a several-objects bundle's object is its objects joined by commas ({','.join(objects)!r})")
+        if not (isinstance(idx, list) and len(idx) == len(objects) and all(map(_class_number, idx))
+                and len(set(idx)) == len(idx)):
+            bad("class_indices", "one class number (a whole number >= 0) per object, all different")
+    elif not _class_number(meta.get("class_index")):
+        bad("class_index", "a class number is a whole number >= 0")
+    score = _field(meta, ("labels", "min_score"))
+    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score) and 0 < score <= 1):
+        bad("labels.min_score", "what counts as a positive frame is a score in (0, 1]")
+    smooth = _field(meta, ("labels", "smooth"))
+    if not (_whole(smooth) and smooth >= 1 and smooth % 2 == 1):
+        bad("labels.smooth", "it is an odd whole number >= 1")
+    seg = _field(meta, ("video", "segment"))
+    if not (isinstance(seg, list) and len(seg) == 2 and all(map(_class_number, seg)) and seg[0] < seg[1]):
+        bad("video.segment", "it is [start, end) in frames, start before end")
+    for key in ("settings_key", "reference.key", "video.hash", "video.path", "heldout.file"):
+        if not isinstance(_field(meta, tuple(key.split("."))), str):
+            bad(key, "it is a text")
+    if not _class_number(_field(meta, ("heldout", "frames"))):
+        bad("heldout.frames", "it is a number of frames")
+
+
+def check_heldout(root: Path, meta: dict, z: dict[str, np.ndarray]) -> None:
+    """heldout.npz belongs to this bundle.yaml: made for what it says (the record inside it; a
+    bundle written before that was recorded: its size, positives and frames alone), one row per
+    held-out frame in every array, scores for every model and difference detector it names."""
+    rel = meta["heldout"]["file"]
+
+    def bad(why: str):
+        raise NoscopeError(f"model bundle {root} is inconsistent: {rel} {why}")
+
+    if MADE_FOR in z:
+        check_made_for(root, rel, meta, z[MADE_FOR])
+    if "truth" not in z:
+        bad("has no truth array")
+    rows = len(z["truth"]) if z["truth"].ndim else -1
+    for k, a in z.items():
+        if k != MADE_FOR and (a.ndim == 0 or len(a) != rows):
+            bad(f"holds {k} of shape {a.shape}, not one row for each of its {rows} held-out frames")
+    if rows != meta["heldout"]["frames"]:
+        bad(f"holds {rows} held-out frames but bundle.yaml's heldout.frames says {meta['heldout']['frames']}")
+    each = z["truth"].reshape(rows, -1).astype(bool)
+    objects = meta.get("objects") or [meta["object"]]
+    if each.shape[1] == len(objects):
+        pos = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if "objects" in meta else int(each.sum())
+        if meta["heldout"].get("positives", pos) != pos:
+            bad(f"has {pos} positive held-out frames but bundle.yaml's heldout.positives says {meta['heldout']['positives']}")
+    start, end = meta["video"]["segment"]
+    if "frames" in z and len(z["frames"]) and not (start <= z["frames"].min() and z["frames"].max() < end):
+        bad(f"holds frames outside the training segment [{start}, {end}) that bundle.yaml's video.segment names")
+    for c in meta["candidates"]:
+        if f"model__{c['name']}" not in z:
+            bad(f"has no held-out scores of model {c['name']}")
+    for d in meta["diffs"]:
+        if not any(k.startswith(f"diff__{d['name']}@") for k in z):
+            bad(f"has no held-out scores of difference detector {d['name']}")
+
+
+def check_made_for(root: Path, rel: str, meta: dict, recorded: np.ndarray) -> None:
+    """bundle.yaml says what heldout.npz was made for (made_for): the same training (settings_key)
+    first, so a file copied in from another bundle is said to be one, then field by field."""
+    try:
+        rec = json.loads(str(recorded))
+    except ValueError:
+        rec = None
+    if not isinstance(rec, dict):
+        raise NoscopeError(f"model bundle {root} is corrupt: {rel}'s record of the bundle it was made for is unreadable")
+    says = json.loads(json.dumps(made_for(meta)))  # yaml's and json's numbers and lists alike
+    if says.get("settings_key") != rec.get("settings_key"):
+        raise NoscopeError(
+            f"model bundle {root} is inconsistent: {rel} was made for another bundle (training settings "
+            f"{rec.get('settings_key')}, but bundle.yaml's settings_key is {says.get('settings_key')}); "
+            "a bundle's files only work together: copy the whole bundle, or retrain")
+    for name, _ in IDENTITY:
+        if says.get(name) != rec.get(name):
+            raise NoscopeError(
+                f"model bundle {root} is inconsistent: bundle.yaml's {name} is {says.get(name)!r} but {rel} was made for "
+                f"{rec.get(name)!r}; bundle.yaml was changed after training: restore it, or retrain")
+
+
+def empty_scene(root: Path, d: dict) -> np.ndarray:
+    """A "ref" difference detector's picture of the empty scene: the uint8 size x size picture
+    bundle.yaml names, or one line naming the bundle and the file."""
+    rel = d["reference_image_file"]
+    img = difference.load_npy(inside(root, rel))
+    size = int(d["size"])
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or img.shape[:2] != (size, size):
+        raise NoscopeError(f"model bundle {root} is corrupt: {rel} holds a {img.dtype} array of shape {img.shape}, not "
+                           f"the {size}x{size} uint8 picture of the empty scene difference detector {d['name']} compares with")
+    return img

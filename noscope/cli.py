@@ -49,11 +49,11 @@ class Group(click.Group):
             sys.exit(130)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                click.echo(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
-                           "nothing finished was lost, free space and run again", err=True)
+                echo_line(f"noscope: error: no space left on device writing {e.filename or 'output'}; "
+                          "nothing finished was lost, free space and run again", err=True)
                 sys.exit(1)
             if e.filename is not None:  # a file we could not read or write: the environment, not a bug
-                click.echo(f"noscope: error: {e.strerror or type(e).__name__}: {e.filename}", err=True)
+                echo_line(f"noscope: error: {e.strerror or type(e).__name__}: {e.filename}", err=True)
                 sys.exit(1)
             self._internal(e, verbose)
         except Exception as e:
@@ -74,9 +74,21 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def given(ctx, param, value):
+    """An option or argument given as an empty string (`--model ""`, an unset shell variable) names
+    nothing: a usage error, never a silent default or a bug further down."""
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, str) and not v.strip():
+            if param.param_type_name == "option":
+                raise UsageError(f"{param.opts[0]} is an empty string: give a value or leave the option out")
+            raise UsageError(f"{param.human_readable_name} is an empty string: name a file or folder")
+    return value
+
+
 def common(f):
-    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding configs/default.yaml.")(f)
-    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key, e.g. train.epochs=5.")(f)
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=given,
+                     help="YAML file overriding configs/default.yaml.")(f)
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", callback=given, help="Override one config key, e.g. train.epochs=5.")(f)
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bars or chatter.")(f)
     f = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(f)
     return f
@@ -117,15 +129,15 @@ class _EchoHandler(logging.Handler):
 
 
 def segment_options(f):
-    f = click.option("--end", default=None, help="End: seconds (90, 1:30), a frame (2700f) or a share (60%).")(f)
-    f = click.option("--start", default=None, help="Start: seconds (12.5, 0:12.5), a frame (300f) or a share (60%).")(f)
+    f = click.option("--end", default=None, callback=given, help="End: seconds (90, 1:30), a frame (2700f) or a share (60%).")(f)
+    f = click.option("--start", default=None, callback=given, help="Start: seconds (12.5, 0:12.5), a frame (300f) or a share (60%).")(f)
     return f
 
 
 def reference_options(f):
-    f = click.option("--reference", "reference_name", default=None, help="Reference detector (see `noscope references`).")(f)
-    f = click.option("--reference-weights", default=None, type=click.Path(), help="Weights file for the reference.")(f)
-    f = click.option("--reference-cfg", default=None, type=click.Path(), help="Darknet .cfg (with --reference darknet).")(f)
+    f = click.option("--reference", "reference_name", default=None, callback=given, help="Reference detector (see `noscope references`).")(f)
+    f = click.option("--reference-weights", default=None, type=click.Path(), callback=given, help="Weights file for the reference.")(f)
+    f = click.option("--reference-cfg", default=None, type=click.Path(), callback=given, help="Darknet .cfg (with --reference darknet).")(f)
     return f
 
 
@@ -167,8 +179,8 @@ def config_cmd(config_file, sets, quiet, verbose):
 
 
 @cli.command()
-@click.argument("video", type=click.Path())
-@click.option("--object", "object_name", required=True, help="COCO class name, e.g. car, person, bus.")
+@click.argument("video", type=click.Path(), callback=given)
+@click.option("--object", "object_name", required=True, callback=given, help="COCO class name, e.g. car, person, bus.")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Label every Nth frame.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @segment_options
@@ -205,8 +217,8 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
         click.echo(json.dumps(summary))
         return
     rate = f"{summary['frames_per_s']:.1f} frames/s" if summary["frames_per_s"] else "all from cache"
-    click.echo(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
-               f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
+    echo_line(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
+              f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
     if "stopped_at" in summary:
         log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
     if lost:
@@ -215,10 +227,10 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
 
 
 @cli.command()
-@click.argument("video", type=click.Path())
-@click.option("--object", "object_name", required=True,
+@click.argument("video", type=click.Path(), callback=given)
+@click.option("--object", "object_name", required=True, callback=given,
               help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")
-@click.option("--name", default=None, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
+@click.option("--name", default=None, callback=given, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
 @click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Random seed (default: config seed).")
 @segment_options
@@ -236,16 +248,31 @@ def train(video, object_name, name, force, seed, start, end, reference_name, ref
     out = bundle_path(name) if name else bundle_destination(video, objects, settings.decode.backend)
     say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
     meta = run_train(video, objects, out, settings, start, end, quiet=quiet, force=force, say=say)
+    echo_line(f"trained {out}: {len(meta['candidates'])} specialized models" + _best_auc_words(meta, objects)
+              + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
+              f"{meta['train']['seconds']:.0f} s")
+
+
+def _best_auc_words(meta: dict, objects: list[str]) -> str:
+    """' (best held-out AUC 0.973, NAME)' for train's line; n/a where no candidate has one (held-out
+    frames of one kind only: NaN), as every rate without frames of its kind is written."""
+    import math
+
+    def finite(x) -> bool:
+        return x is not None and math.isfinite(x)
+
+    cands = meta["candidates"]
+    if not cands:
+        return ""
     if len(objects) > 1:
-        aucs = {o: [c["heldout_aucs"][o] for c in meta["candidates"] if c["heldout_aucs"][o] is not None] for o in objects}
-        best = "; ".join(f"{o} {max(a):.3f}" if a else f"{o} unused" for o, a in aucs.items())
-        best = f" (best held-out AUC per object: {best})" if meta["candidates"] else ""
-    else:
-        top = max(meta["candidates"], key=lambda c: c["heldout_auc"], default=None)
-        best = f" (best held-out AUC {top['heldout_auc']:.3f}, {top['name']})" if top else ""
-    click.echo(f"trained {out}: {len(meta['candidates'])} specialized models" + best
-               + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
-               f"{meta['train']['seconds']:.0f} s")
+        words = []
+        for o in objects:
+            aucs = [c["heldout_aucs"][o] for c in cands if c["heldout_aucs"][o] is not None]  # None: never used
+            scored = [a for a in aucs if finite(a)]
+            words.append(f"{o} {max(scored):.3f}" if scored else f"{o} {'n/a' if aucs else 'unused'}")
+        return f" (best held-out AUC per object: {'; '.join(words)})"
+    top = max((c for c in cands if finite(c["heldout_auc"])), key=lambda c: c["heldout_auc"], default=None)
+    return f" (best held-out AUC {top['heldout_auc']:.3f}, {top['name']})" if top else " (held-out AUC n/a)"
 
 
 def targets_options(f):
@@ -259,11 +286,11 @@ def targets_options(f):
 
 
 @cli.command()
-@click.argument("videos", nargs=-1, type=click.Path())
-@click.option("--model", default=None, help="Trained bundle name or path.")
-@click.option("--object", "object_name", default=None,
+@click.argument("videos", nargs=-1, type=click.Path(), callback=given)
+@click.option("--model", default=None, callback=given, help="Trained bundle name or path.")
+@click.option("--object", "object_name", default=None, callback=given,
               help="Object(s) to find (car or car,person); trains a bundle on VIDEO if none exists.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), callback=given,
               help="Output folder (default noscope-out/VIDEOSTEM-OBJECT; several objects: one VIDEOSTEM-OBJECT folder "
                    "each inside it); for a batch, the root holding one folder per video and runs.jsonl (default noscope-out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (a batch: one per video).")
@@ -271,7 +298,7 @@ def targets_options(f):
 @click.option("--force", is_flag=True, help="Batch: redo videos that already have a finished result.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Run as a batch, here (local) or one Ray task per video (ray).")
-@click.option("--ray-address", default=None, help="Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray).")
+@click.option("--ray-address", default=None, callback=given, help="Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray).")
 @targets_options
 @segment_options
 @reference_options
@@ -301,7 +328,7 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     summary = query_video(video, settings, targets, model=model, objects=object_name, out=out_dir, start=start, end=end,
                           reference_named=bool(reference_name), plot=not no_plot, quiet=quiet or as_json, say=say)
-    click.echo(json.dumps(json_safe(summary)) if as_json else _summary_line(summary))
+    click.echo(json.dumps(json_safe(summary)) if as_json else printable(_summary_line(summary)))
 
 
 def _summary_line(summary: dict) -> str:
@@ -324,9 +351,7 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
     from collections import Counter
 
     from .batch import RUNS_FILE, expand_videos, plan_jobs, run_batch
-    from .prepare import resolve_bundle
-    from .report import json_safe
-    from .results import met_word, model_words
+    from .prepare import bundle_reference, resolve_bundle
 
     if model is None and object_name is None:
         raise UsageError("give --model NAME (a trained bundle) or --object OBJ (trains one per video first)")
@@ -339,25 +364,13 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
     model_root, obj = None, object_name
     if model is not None:  # a bundle that cannot be used would fail every video: say so once, up front
         bundle = resolve_bundle(opts.settings, None, model, object_name, quiet)
+        bundle_reference(opts.settings.reference, bundle, bool(opts.reference_name))
         model_root, obj = Path(bundle.root).absolute(), object_name or bundle.object
     jobs = plan_jobs(paths, root, obj, model_root, object_name)
     say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
 
     def show(rec):
-        name = Path(rec["path"]).name
-        if rec["status"] == "failed":
-            click.echo(f"noscope: error: {name}: {rec['error']}", err=True)
-        elif executor == "ray" and rec.get("stopped_at") is not None:  # a worker's own warnings stay on the worker
-            click.echo(f"noscope: warning: {name}: the video stops decoding at frame {rec['stopped_at']}; "
-                       "answered the frames before it", err=True)
-        if as_json:
-            click.echo(json.dumps(json_safe(rec)))
-        elif rec["status"] == "done":
-            click.echo(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames, "
-                       f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
-                       f"targets {met_word(rec['verified']['met'])} -> {rec['out']}")
-        elif rec["status"] == "skipped":
-            click.echo(f"{name}: already done -> {rec['out']} (--force to redo)")
+        _show_record(rec, executor, as_json)
 
     def trace(e):
         if verbose:
@@ -376,20 +389,54 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
                         on_error=trace)
     n = Counter(r["status"] for r in records)
     unmet = sum(1 for r in records if r["status"] != "failed" and (r.get("verified") or {}).get("met") is not True)
+    partial = sum(1 for r in records if r["status"] != "failed" and r.get("complete") is False)
     if not as_json:
-        click.echo(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed, "
-                   f"{unmet} with targets not verified met; log {root / RUNS_FILE}")
+        echo_line(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed, "
+                  f"{unmet} with targets not verified met, {partial} answered in part; log {root / RUNS_FILE}")
     if n["failed"]:
         click.get_current_context().exit(1)
 
 
+def _show_record(rec: dict, executor: str, as_json: bool) -> None:
+    """A batch's lines for one video as its record comes in: an error or warning on stderr, and its
+    result line (or JSON) on stdout."""
+    from .report import json_safe
+    from .results import met_word, model_words
+
+    name = Path(rec["path"]).name
+    if rec["status"] == "failed":
+        echo_line(f"noscope: error: {name}: {rec['error']}", err=True)
+    elif executor == "ray" and rec.get("stopped_at") is not None:  # a worker's own warnings stay on the worker
+        echo_line(f"noscope: warning: {name}: the video stops decoding at frame {rec['stopped_at']}; "
+                  "answered the frames before it", err=True)
+    if as_json:
+        click.echo(json.dumps(json_safe(rec)))
+    elif rec["status"] == "done":
+        part = "" if rec.get("complete", True) else " (answered in part: some frames cannot be decoded)"
+        echo_line(f"{name}: {rec['object']} in {rec['positives']} of {rec['frames']} frames{part}, "
+                  f"{rec['reference_calls']} reference calls, {rec['seconds']:.1f} s, {model_words(rec)}, "
+                  f"targets {met_word(rec['verified']['met'])} -> {rec['out']}")
+    elif rec["status"] == "skipped":
+        echo_line(f"{name}: already done -> {rec['out']} (--force to redo)")
+
+
+def printable(text: str) -> str:
+    """A line as one line: control characters (a newline in a file name) written as escapes (\\n)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def echo_line(text: str, err: bool = False) -> None:
+    """One line for a person (names in it may hold anything a file name can)."""
+    click.echo(printable(text), err=err)
+
+
 @cli.command()
-@click.argument("out_dir", type=click.Path())
-@click.option("--clips", "clips_dir", default=None, type=click.Path(), help="Also write one mp4 per interval into this folder.")
+@click.argument("out_dir", type=click.Path(), callback=given)
+@click.option("--clips", "clips_dir", default=None, type=click.Path(), callback=given, help="Also write one mp4 per interval into this folder.")
 @click.option("--pad", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of video before and after each interval.")
 @click.option("--max-clips", default=50, show_default=True, type=click.IntRange(min=1), help="Most clips written (the earliest).")
 @click.option("--max-clip-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Longer clips are cut to this length.")
-@click.option("--video", "video_path", default=None, type=click.Path(), help="The query's video, if it moved since.")
+@click.option("--video", "video_path", default=None, type=click.Path(), callback=given, help="The query's video, if it moved since.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_json, verbose):
@@ -401,10 +448,10 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
     if as_json:
         click.echo(json.dumps(rep))
         return
-    click.echo(f"wrote {rep['timeline']}")
-    click.echo(f"wrote {rep['costs']}")
+    echo_line(f"wrote {rep['timeline']}")
+    echo_line(f"wrote {rep['costs']}")
     for c in rep.get("clips", []):
-        click.echo(f"wrote {c['path']} ({c['frames']} frames, {c['intervals']} interval{'s' * (c['intervals'] != 1)}"
+        echo_line(f"wrote {c['path']} ({c['frames']} frames, {c['intervals']} interval{'s' * (c['intervals'] != 1)}"
                    + (", cut at the length cap" if c["truncated"] else "") + ")")
     if rep.get("clips_omitted"):
         click.echo(f"left out {rep['clips_omitted']} later clips (--max-clips {max_clips})")
@@ -413,8 +460,8 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
 
 
 @cli.command()
-@click.argument("video", type=click.Path(), required=False)
-@click.option("--model", required=True, help="Trained bundle name or path.")
+@click.argument("video", type=click.Path(), required=False, callback=given)
+@click.option("--model", required=True, callback=given, help="Trained bundle name or path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @targets_options
 @segment_options
@@ -434,7 +481,7 @@ def evaluate(video, model, as_json, guarantee, target_fpr, target_fnr, metric, s
     q = open_query(settings, video, model, None, start, end, reference_named=bool(reference_name), quiet=quiet)
     reports = run_evaluate(q, targets, settings, quiet=quiet or as_json)
     for report in reports.values():
-        click.echo(json.dumps(json_safe(report)) if as_json else _evaluate_lines(report, targets))
+        click.echo(json.dumps(json_safe(report)) if as_json else "\n".join(map(printable, _evaluate_lines(report, targets).split("\n"))))
 
 
 def _evaluate_lines(report: dict, targets) -> str:

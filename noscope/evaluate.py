@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from .answer import answer
+from .errors import NoscopeError
 from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
 from .planning import choose_plan
@@ -53,6 +54,8 @@ def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False
     labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
                           desc="reference")
     t_ref = time.perf_counter() - t0
+    if not len(labels.frames):
+        nothing_to_compare(q, q.video.stopped_at)
     plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
     first: dict = {}
     results, reports = answer(q, plan, targets, settings, use_label_cache=False, frame_cache=False, quiet=quiet,
@@ -69,6 +72,8 @@ def _report(q: Query, obj: str, frames: np.ndarray, truth: np.ndarray, t_ref: fl
     """One object's report: measured errors of the final answers and of the first pass, the check's
     report, and the speed-up end to end against the reference on every frame."""
     s, e = q.start, q.end
+    if not len(np.intersect1d(frames, result.frames)):
+        nothing_to_compare(q, result.stopped_at)
     segment = compared_segment(frames, result.frames, s, e, result.stopped_at)
     ref_fps = len(frames) / t_ref if t_ref else float("nan")
     ref_per_frame = t_ref / len(frames) if len(frames) else float("nan")  # nothing decoded: no speed
@@ -89,6 +94,12 @@ def _report(q: Query, obj: str, frames: np.ndarray, truth: np.ndarray, t_ref: fl
         stage_seconds={k: round(v, 4) for k, v in result.stage_seconds.items()},
         device=str(q.reference.device), reference_runtime=reference_runtime(q.reference),
     )
+
+
+def nothing_to_compare(q: Query, stopped_at: int | None) -> None:
+    """An evaluation that compares no frame measures nothing: an error, not a report of nothing."""
+    why = f": the video stops decoding at frame {stopped_at}" if stopped_at is not None else ""
+    raise NoscopeError(f"nothing to compare in {q.video.path}: no frame of [{q.start}, {q.end}) could be decoded{why}")
 
 
 def compared_segment(frames: np.ndarray, answered: np.ndarray, s: int, e: int, stopped_at: int | None) -> list[int]:

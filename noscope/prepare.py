@@ -45,9 +45,17 @@ def open_query(settings: Settings, video, model=None, objects=None, start=None, 
     warn_min_score(settings.labels, bundle)
     v = open_video(video or bundle.meta["video"]["path"], settings.decode.backend)
     s, e = v.segment(start, end)
-    reference, key = open_reference(settings.reference.for_bundle(bundle.meta["reference"], REFERENCES, reference_named))
-    check_reference_matches(bundle, key)
+    reference, key = bundle_reference(settings.reference, bundle, reference_named)
     return Query(v, s, e, bundle, parse_objects(objects) or bundle.objects, reference, key)
+
+
+def bundle_reference(settings: ReferenceSettings, bundle: TrainedBundle, reference_named: bool) -> tuple[Reference, str]:
+    """The reference the bundle was trained with (or the one the user named), checked against what
+    the bundle says of it: the same detector, and its objects the classes its class indices name."""
+    reference, key = open_reference(settings.for_bundle(bundle.meta["reference"], REFERENCES, reference_named))
+    check_reference_matches(bundle, key)
+    check_classes(bundle, reference)
+    return reference, key
 
 
 def open_reference(settings: ReferenceSettings) -> tuple[Reference, str]:
@@ -131,3 +139,18 @@ def check_reference_matches(bundle: TrainedBundle, ref_key: str) -> None:
     if bundle.meta["reference"]["key"] != ref_key:
         raise NoscopeError(f"bundle {bundle.root} was trained with reference {bundle.meta['reference']['key']}, "
                            f"but this run uses {ref_key}; retrain or pass the same --reference")
+
+
+def check_classes(bundle: TrainedBundle, reference: Reference) -> None:
+    """Each object of the bundle is the reference's class at the index bundle.yaml gives it: an
+    index edited (or an object renamed) would answer with another class's scores."""
+    names = reference.class_names
+    field = "class_indices" if bundle.multi else "class_index"
+    for o in bundle.objects:
+        k = bundle.class_index(o)
+        if k >= len(names):
+            raise NoscopeError(f"model bundle {bundle.root} is corrupt: bundle.yaml's {field} gives {o!r} class {k}, but "
+                               f"reference {reference.name} has {len(names)} classes (0-{len(names) - 1})")
+        if names[k] != o:
+            raise NoscopeError(f"model bundle {bundle.root} is corrupt: bundle.yaml's object {o!r} and {field} {k} disagree: "
+                               f"class {k} of reference {reference.name} is {names[k]!r}")

@@ -11,10 +11,11 @@ is answered exactly as it is locally.
 from __future__ import annotations
 
 from .answer import answer
+from .atomic import hold_folder
 from .planning import choose_plan, usable_models
 from .plans import Targets
 from .prepare import Query, open_query
-from .results import write_results
+from .results import result_folder, write_results
 from .settings import Settings
 
 
@@ -33,10 +34,13 @@ def query_video(video, settings: Settings, targets: Targets, *, model=None, obje
     say = say or (lambda *a, **k: None)
     q = open_query(settings, video, model, objects, start, end, reference_named=reference_named, quiet=quiet, say=say,
                    own=own_model)
-    plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
-    say(f"cascade: {plan.describe()} ({offered_models(q, settings.optimizer.min_auc)})")
-    results, reports = answer(q, plan, targets, settings, quiet=quiet)
-    return write_results(out, q, plan, results, reports, targets, plot=plot, say=say, tell=tell, extra=summary_extra)
+    out = result_folder(out, q)
+    with hold_folder(out):  # two queries into one folder at once: the second is told, not the last one winning
+        plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
+        say(f"cascade: {plan.describe()} ({offered_models(q, settings.optimizer.min_auc)})")
+        results, reports = answer(q, plan, targets, settings, quiet=quiet)
+        return write_results(out, q, plan, results, reports, targets, plot=plot, say=say, tell=tell,
+                             extra=summary_extra)
 
 
 def offered_models(q: Query, min_auc: float) -> str:

@@ -31,9 +31,9 @@ def write_results(out, q: Query, plan: Plan, results: dict, reports: dict, targe
     e.g. the batch runner's record of what was asked). `tell`: say what the check found (one line
     per object; a warning when the targets are not shown met)."""
     say = say or (lambda *a, **k: None)
+    out = result_folder(out, q)
     if not q.bundle.multi:
         o = q.objects[0]
-        out = Path(out) if out else Path("noscope-out") / default_name(q.video.path, o)
         summary = dict(object_summary(q, o, results[o], plan, targets, out), verified=reports[o], **(extra or {}))
         warn_if_stopped(q, results[o], summary)
         if tell:
@@ -42,11 +42,16 @@ def write_results(out, q: Query, plan: Plan, results: dict, reports: dict, targe
     return _write_pass(out, q, plan, results, reports, targets, plot, say, tell, extra)
 
 
+def result_folder(out, q: Query) -> Path:
+    """Where the query's result goes: `out`, or noscope-out/VIDEOSTEM-OBJECT (several objects:
+    VIDEOSTEM-car+bus, one VIDEOSTEM-OBJECT folder each inside it)."""
+    return Path(out) if out else Path("noscope-out") / default_name(q.video.path, q.objects)
+
+
 def _write_pass(out, q: Query, plan: Plan, results: dict, reports: dict, targets: Targets, plot: bool, say, tell: bool,
                 extra: dict | None) -> dict:
     """Several objects from one pass: OUT/VIDEOSTEM-OBJECT/ per object, then OUT/summary.json last."""
     objects, v = q.objects, q.video
-    out = Path(out) if out else Path("noscope-out") / default_name(v.path, objects)
     first = results[objects[0]]  # frames, timings and reference calls are the pass's, shared by all
     clear_result(out)  # an earlier result (its summary.json first) must not mix with, or vouch for, this one
     stop: dict = {}

@@ -111,12 +111,21 @@ def parse_position(spec: str | int | float | None, fps: float) -> int | None:
     """'12.5' or '12.5s' -> seconds, '1:02.5' / '1:00:02' -> h:m:s, '300f' -> frame 300."""
     if spec is None or spec == "":
         return None
-    if isinstance(spec, (int, float)):
-        return int(round(float(spec) * fps))
-    s = str(spec).strip().lower()
-    m = re.fullmatch(r"(\d+)\s*f", s)
+    m = re.fullmatch(r"(\d+)\s*f", str(spec).strip().lower())
     if m:
         return int(m.group(1))
+    return int(round(parse_seconds(spec) * fps))
+
+
+def parse_seconds(spec: str | int | float | None) -> float | None:
+    """A position in seconds ('12.5', '12.5s', '1:02.5', '1:00:02'); None for none or a frame ('300f')."""
+    if spec is None or spec == "":
+        return None
+    if isinstance(spec, (int, float)):
+        return float(spec)
+    s = str(spec).strip().lower()
+    if re.fullmatch(r"(\d+)\s*f", s):
+        return None
     m = re.fullmatch(r"(?:(\d+):)?(?:(\d+):)?(\d+(?:\.\d*)?)\s*s?", s)
     if not m:
         raise UsageError(f"cannot read position {spec!r}: use seconds (12.5 or 12.5s), m:ss (1:02), or a frame (300f)")
@@ -126,7 +135,7 @@ def parse_position(spec: str | int | float | None, fps: float) -> int | None:
     seconds = 0.0
     for p in parts:
         seconds = seconds * 60 + float(p)
-    return int(round(seconds * fps))
+    return seconds
 
 
 def content_hash(path: str | Path) -> str:
@@ -169,6 +178,8 @@ class Video:
         self.time_origin: float | None = None  # timestamp of frame 0 (PyAV), learnt on the first seek
         self.keyframe_scan: tuple | None | bool = False  # keyframes(self), False until scanned
         self._times = np.zeros(0)  # counted files: each decoded frame's time, NaN where not yet seen
+        # counted files: every packet's presentation time, sorted (from the keyframe scan; None: unknown)
+        self.packet_times: np.ndarray | None = None
 
     def seek_points(self) -> tuple[np.ndarray, np.ndarray] | None:
         """keyframes(self), scanned once: keyframe numbers and timestamps, None for a counted file."""
@@ -241,26 +252,56 @@ class Video:
     def duration(self) -> float:
         return self.frame_count / self.fps if self.fps else 0.0
 
+    @property
+    def timed_by_packets(self) -> bool:
+        """Frames numbered by counting, with every packet's time known: positions go by those times."""
+        return self.counted and self.packet_times is not None and len(self.packet_times) > 0
+
+    @property
+    def length(self) -> int:
+        """How many frames the video has, as far as can be told without decoding it: for a file
+        whose frames are numbered by counting (variable frame rate), its packets (the container's
+        count is often its duration times a nominal rate: 1.7x the frames of a webcam capture that
+        dropped frames); else the container's count."""
+        return len(self.packet_times) if self.timed_by_packets else self.frame_count
+
+    @property
+    def length_seconds(self) -> float:
+        return float(self.packet_times[-1]) + 1 / self.fps if self.timed_by_packets else self.duration
+
     def position(self, spec) -> int | None:
-        """Like parse_position, plus '60%' for a share of the video's frames."""
+        """A position as a frame number: '60%' a share of the frames the video has (`length`), '300f'
+        that frame, seconds the first frame shown at or after that time (by presentation time where
+        frames are not evenly spaced, else time x fps). A share outside 0-100% is a usage error."""
         if isinstance(spec, str) and spec.strip().endswith("%"):
             try:
                 share = float(spec.strip()[:-1]) / 100
             except ValueError:
                 raise UsageError(f"cannot read position {spec!r}") from None
-            return int(round(share * self.frame_count))
+            if not 0 <= share <= 1:
+                raise UsageError(f"position {spec!r}: a share of the video is between 0% and 100%")
+            return int(round(share * self.length))
+        seconds = parse_seconds(spec)
+        if seconds is not None and self.timed_by_packets:
+            return int(np.searchsorted(self.packet_times, seconds - 1e-6))
         return parse_position(spec, self.fps)
 
     def segment(self, start=None, end=None) -> tuple[int, int]:
-        """Frame range [start, end) from user positions; the whole video by default."""
+        """Frame range [start, end) from user positions; the whole video by default. One rule for
+        both ends: a position past the end of the video (its `length`) is a usage error, the end
+        itself (100%, its last frame + 1, its duration) is fine; start must come before end."""
+        n = self.length
         s = self.position(start) or 0
         e = self.position(end)
-        e = self.frame_count if e is None else min(e, self.frame_count)
-        if s < 0 or (e is not None and s >= e):
+        e = n if e is None else e
+        for flag, spec, at in (("--start", start, s), ("--end", end, e)):
+            if at > n:
+                raise UsageError(f"{flag} ({spec}) is past the end of the video ({n} frames, {self.length_seconds:.1f} s)")
+        if s < 0 or s >= e:
             raise UsageError(
                 f"--start ({start if start not in (None, '') else 'start of video'}) must come before --end "
                 f"({end if end not in (None, '') else 'end of video'}) "
-                f"and inside the video ({self.frame_count} frames, {self.duration:.1f} s)"
+                f"and inside the video ({n} frames, {self.length_seconds:.1f} s)"
             )
         return s, e
 
@@ -549,7 +590,7 @@ def keyframes(video: Video) -> tuple[np.ndarray, np.ndarray] | None:
     nums, pts, every = [], [], []
     with _av.open(str(video.path)) as c:
         stream = c.streams.video[0]
-        time_base = float(stream.time_base)
+        time_base, origin = float(stream.time_base), stream.start_time or 0
         for packet in packets(c, stream):
             if packet.size == 0:  # the demuxer's flush packet at the end
                 continue
@@ -562,7 +603,8 @@ def keyframes(video: Video) -> tuple[np.ndarray, np.ndarray] | None:
     # The last few may leave gaps where a cut file lost frames that come before them in display
     # order; those lie in the last segment, which then stops as one process would.
     steps = np.diff(np.sort(np.asarray(every, np.int64))[:-_REORDER_DEPTH]) * time_base * video.fps
-    if len(steps) and np.abs(steps - 1.0).max() > 0.01:
+    if len(steps) and np.abs(steps - 1.0).max() > 0.01:  # counted: its packets are its frames, in time order
+        video.packet_times = np.round((np.sort(np.asarray(every, np.int64)) - origin) * time_base, 6)
         return None
     order = np.argsort(nums, kind="stable")
     return np.asarray(nums, np.int64)[order], np.asarray(pts, np.int64)[order]
@@ -682,6 +724,7 @@ def open_video(path: str | Path, backend: str = "auto") -> Video:
     cap = cv2.VideoCapture(str(p))
     try:
         if not cap.isOpened():
+            _refuse_without_video_stream(p)
             raise NoscopeError(f"cannot decode {p}: not a video format OpenCV/FFmpeg can read, or the file is corrupt")
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -696,9 +739,43 @@ def open_video(path: str | Path, backend: str = "auto") -> Video:
         fps = 25.0  # some containers omit it; timestamps then assume 25 fps
     if count <= 0:
         count = _count_frames(p)
+    if count <= 1:
+        _refuse_still_image(p)
     v = Video(p, fps, width, height, count)
     v.backend = backend
     return v
+
+
+def _container(path: Path) -> tuple[str, dict[str, int]] | None:
+    """FFmpeg's name for the file's format and how many streams of each kind it holds (PyAV); None
+    when PyAV is missing or cannot open it."""
+    if _av is None:
+        return None
+    try:
+        with _av.open(str(path)) as c:
+            kinds: dict[str, int] = {}
+            for st in c.streams:
+                kinds[st.type] = kinds.get(st.type, 0) + 1
+            return c.format.name, kinds
+    except Exception:  # noqa: BLE001 - untrusted bytes: any failure just means "cannot tell"
+        return None
+
+
+def _refuse_without_video_stream(path: Path) -> None:
+    """A file FFmpeg reads that holds no video stream (an audio-only .mp4): say that, not "corrupt"."""
+    found = _container(path)
+    if found is not None and not found[1].get("video"):
+        held = ", ".join(f"{n} {kind} stream{'s' * (n > 1)}" for kind, n in sorted(found[1].items())) or "no streams at all"
+        raise NoscopeError(f"{path} has no video stream ({held}): nothing to answer")
+
+
+def _refuse_still_image(path: Path) -> None:
+    """A single picture (a PNG renamed .mp4) is not a one-frame video: FFmpeg reads it with an image
+    demuxer (png_pipe, jpeg_pipe, image2, ...). A stream of several JPEGs (.mjpeg) has more frames."""
+    found = _container(path)
+    if found is not None and (found[0] == "image2" or found[0].endswith("_pipe")):
+        kind = found[0].removesuffix("_pipe").upper()
+        raise NoscopeError(f"{path} is a still image ({kind}), not a video")
 
 
 def _count_frames(path: Path) -> int:

@@ -13,12 +13,19 @@
 #   NIGHTLY_NOSCOPE  the command (default: noscope), e.g. "/opt/noscope/.venv/bin/noscope"
 #   NIGHTLY_ARGS     extra query flags, e.g. "--target-fpr 0.01 --executor ray"
 #
-# Exit codes: 0 every video answered (now or by an earlier run) and its targets verified met on it,
-# 5 every video answered but for some the check on the video did not show the targets met
-# (runs.jsonl's "verified": met false = missed, null = not enough evidence; add --guarantee to
-# NIGHTLY_ARGS to check until they are met), 1 partial (some videos failed, the others are kept;
-# running it again retries only the failed ones), 2 usage error, 4 the run did not start (no
-# videos, bundle unusable, Ray unreachable), others: noscope's own (see the log).
+# Exit codes (each also one line in the log):
+#   0   every video answered whole (now or by an earlier run) and its targets verified met on it
+#   5   every video answered whole, but for some the check on the video did not show the targets
+#       met (runs.jsonl's "verified": met false = missed, null = not enough evidence; add
+#       --guarantee to NIGHTLY_ARGS to check until they are met)
+#   6   every video answered, but some only in part: frames that cannot be decoded (a damaged or
+#       cut file) have no answer (runs.jsonl: "complete": false, with missing_frames / stopped_at);
+#       rerunning does not help, the file itself is damaged. Comes before 5.
+#   1   partial: some videos failed, the others are kept; running it again retries only the failed ones
+#   2   usage error
+#   4   the run did not start (no videos, bundle unusable, Ray unreachable)
+#   75  nothing done: another nightly run still holds OUT_DIR's lock (EX_TEMPFAIL: try again later)
+#   others: noscope's own (see the log)
 set -euo pipefail
 
 usage() { echo "usage: $0 VIDEO_DIR BUNDLE [OUT_DIR]  (or set NIGHTLY_VIDEOS, NIGHTLY_BUNDLE)" >&2; exit 2; }
@@ -39,8 +46,8 @@ say() { printf '%s nightly: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$log"
 if command -v flock >/dev/null; then
     exec 9>>"$out/.nightly.lock"
     if ! flock -n 9; then
-        say "another run is still working on $out; leaving it alone"
-        exit 0
+        say "not started: another run is still working on $out; leaving it alone (exit 75)"
+        exit 75
     fi
 fi
 
@@ -53,15 +60,22 @@ rc=0
 new=$(( $(lines "$runs") - before ))
 failed=$(tail -n "$new" "$runs" 2>/dev/null | grep -c '"status": "failed"' || true)
 unmet=$(tail -n "$new" "$runs" 2>/dev/null | grep -v '"status": "failed"' | grep -vc '"verified": {"met": true' || true)
+partial=$(tail -n "$new" "$runs" 2>/dev/null | grep -v '"status": "failed"' | grep -c '"complete": false' || true)
+inpart=""
+(( partial == 0 )) || inpart="; $partial answered only in part (runs.jsonl: complete false)"
 
 case $rc in
-    0) if (( unmet > 0 )); then
+    0) if (( partial > 0 )); then
+           say "done, answered in part: all $new videos answered, $partial only in part (frames that cannot be decoded have no answer; runs.jsonl: complete false, missing_frames, stopped_at), $unmet without their targets shown met"
+           exit 6
+       fi
+       if (( unmet > 0 )); then
            say "done, targets not verified: all $new videos answered, $unmet without their targets shown met (runs.jsonl: verified)"
            exit 5
        fi
        say "done: all $new videos answered (now or by an earlier run), targets verified met"; exit 0 ;;
     1) if (( new > failed )); then
-           say "partial: $failed of $new videos failed (runs.jsonl has each error); the rest are kept, rerun to retry"
+           say "partial: $failed of $new videos failed (runs.jsonl has each error)$inpart; the rest are kept, rerun to retry"
            exit 1
        fi
        if (( new > 0 )); then say "failed: all $new videos failed (runs.jsonl has each error)"; exit 1; fi

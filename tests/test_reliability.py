@@ -367,12 +367,14 @@ def test_diff_fit_when_every_block_has_one_class():
 
 def test_bundle_from_another_reference(bundle_copy):
     """A bundle whose labels came from another detector cannot be queried with this one."""
-    y = bundle_copy / "bundle.yaml"
-    meta = yaml.safe_load(y.read_text())
-    meta["reference"]["key"] = "yolov4-608x608-0123abcd"
-    y.write_text(yaml.safe_dump(meta, sort_keys=False))
+    _as_if_trained(bundle_copy, lambda m: m["reference"].update(key="yolov4-608x608-0123abcd"))
     assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1,
                     "trained with reference yolov4-608x608-0123abcd")
+    # bundle.yaml alone edited: it no longer agrees with its own heldout.npz
+    _rewrite(bundle_copy, lambda m: m["reference"].update(key="yolov4-416x416-0123abcd"))
+    assert_one_line(run("query", URBAN, "--model", bundle_copy, "-q"), 1,
+                    "bundle.yaml's reference.key is 'yolov4-416x416-0123abcd' but heldout.npz was made for "
+                    "'yolov4-608x608-0123abcd'")
 
 
 # ------------------------------------------------------------------ 4. every answer belongs to the right frame (issue 13)
@@ -389,6 +391,22 @@ def _rewrite(bundle: Path, change) -> dict:
     return meta
 
 
+def _as_if_trained(bundle: Path, change, arrays_change=None) -> dict:
+    """A bundle as if training had made it so: bundle.yaml changed, heldout.npz (its arrays changed
+    too, and its record of what it was made for) rewritten to agree, checksums redone. Issue 20:
+    editing bundle.yaml alone makes a bundle that is refused."""
+    from noscope.bundle import MADE_FOR, made_for
+
+    meta = _rewrite(bundle, change)
+    with np.load(bundle / "heldout.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    if arrays_change:
+        arrays_change(arrays, meta)
+    arrays[MADE_FOR] = np.array(json.dumps(made_for(meta)))
+    np.savez(bundle / "heldout.npz", **arrays)
+    return _rewrite(bundle, lambda m: m["files"].update({"heldout.npz": sha(bundle / "heldout.npz")}))
+
+
 def test_on_demand_bundle_is_this_videos_not_a_namesakes(trained, shared_cache, isolated_cache, tmp_path):
     """b.mp4 once named another camera's clip: its bundle b-bus must not answer today's b.mp4."""
     import shutil
@@ -401,7 +419,7 @@ def test_on_demand_bundle_is_this_videos_not_a_namesakes(trained, shared_cache, 
     other, own = models / "b-bus", models / f"b-bus-{content_hash(URBAN)}"
     for d in (other, own):
         shutil.copytree(trained["a"], d)
-    _rewrite(other, lambda m: m["video"].update(path="/cams/street/b.mp4", hash="0" * 16))  # trained on another video
+    _as_if_trained(other, lambda m: m["video"].update(path="/cams/street/b.mp4", hash="0" * 16))  # trained on another video
     r = run("query", video, "--object", "bus", *CACHED, "-q", "--out", tmp_path / "q")
     assert r.exit_code == 0, r.output
     summary = yaml.safe_load((tmp_path / "q" / "summary.json").read_text())
@@ -432,11 +450,11 @@ def test_evaluate_on_a_cut_video_reports_what_it_compared(trained, tmp_path):
     n = int(line.split("only ")[1].split()[0])
     assert 0 < n < 55
     assert f"[545, {545 + n}) bus" in r.stdout and f"{n} frames compared" in r.stdout and "[545, 600)" not in r.stdout
-    # a range past where decoding stops: nothing to compare, said in one line, no crash
+    # a range past where decoding stops: nothing to compare is an error (issue 20: it was exit 0), one line
     r = run("evaluate", half, "--model", trained["a"], "--start", "700f", "--end", "760f", "--target-fpr", "0.05",
             "--target-fnr", "0.05", "--set", "optimizer.min_auc=2", "-q", "--json")
-    assert r.exit_code == 0 and "Traceback" not in r.output and "internal error" not in r.output, r.output
-    assert json.loads(r.stdout)["frames_compared"] == 0 and json.loads(r.stdout)["verified"]["met"] is None
+    assert_one_line(r, 1, f"noscope: error: nothing to compare in {half}: no frame of [700, 760) could be decoded")
+    assert r.stdout == ""
 
 
 @pytest.mark.parametrize("cmd", ["query", "label"])
@@ -490,11 +508,10 @@ def test_start_errors_name_the_start_of_the_video(trained):
 
 def test_no_heldout_positive_shows_fnr_as_na(bundle_copy, shared_cache, tmp_path):
     """A held-out set with no positive frame has no FNR: the cascade line says n/a, summary.json null."""
-    with np.load(bundle_copy / "heldout.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["truth"] = np.zeros_like(arrays["truth"])
-    np.savez(bundle_copy / "heldout.npz", **arrays)
-    _rewrite(bundle_copy, lambda m: m["files"].update({"heldout.npz": sha(bundle_copy / "heldout.npz")}))
+    def no_positive(arrays, meta):
+        arrays["truth"] = np.zeros_like(arrays["truth"])
+
+    _as_if_trained(bundle_copy, lambda m: m["heldout"].update(positives=0), no_positive)
     r = run("query", URBAN, "--model", bundle_copy, *CACHED, "--out", tmp_path / "q")
     assert r.exit_code == 0, r.output
     (cascade,) = [line for line in r.stderr.splitlines() if line.startswith("cascade:")]

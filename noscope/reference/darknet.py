@@ -437,13 +437,16 @@ def load_darknet_weights(net: DarknetNet, path: str | Path) -> None:
     if len(data) < 16:
         raise NoscopeError(f"{path} is too short to be a darknet weights file")
     major, minor, _revision = (int(v) for v in np.frombuffer(data, "<i4", 3))
-    if major > 1000 or minor > 1000:  # darknet's marker for transposed weights
-        raise NoscopeError(f"{path}: transposed darknet weights are not supported")
     offset = 12 + (8 if major * 10 + minor >= 2 else 4)
     convs = net.conv_layers()
     needed = sum(
         m.conv.weight.numel() + m.conv.out_channels * (4 if m.batch_normalize else 1) for m in convs
     )
+    if not (0 <= major <= 1000 and 0 <= minor <= 1000):  # over 1000: darknet's marker for transposed weights
+        if len(data) - offset == 4 * needed:
+            raise NoscopeError(f"{path}: transposed darknet weights are not supported")
+        raise NoscopeError(f"{path} is not a darknet weights file: its header (version {major}.{minor}) is not one "
+                           f"darknet writes, and its {len(data)} bytes do not fit the cfg's {needed} parameters")
     if any(m.batch_normalize and m.bn is None for m in convs):
         raise RuntimeError("load_darknet_weights needs the net before fuse()")
     have = len(data) - offset
