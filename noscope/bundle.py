@@ -287,11 +287,12 @@ def check_model(bundle: TrainedBundle, candidate: dict, arch, outputs: int) -> N
 
 
 def check_head(bundle: TrainedBundle, candidate: dict, meta: dict) -> None:
-    """A head's file must be what bundle.yaml says: trained on this bundle's reference, at its prefix
-    point, with one output per object."""
+    """A head's file must be what bundle.yaml says: at its prefix point, of its kind, with one
+    output per object. (That it was trained on the layers of the reference the query runs is
+    checked when it is loaded onto them: prefix_heads.load_head.)"""
     p = candidate["prefix"]
-    want = dict(reference=bundle.meta["reference"]["key"], layers=int(p["layers"]), size=[int(x) for x in p["size"]],
-                kind=candidate["head"], outputs=len(bundle.objects))
+    want = dict(layers=int(p["layers"]), size=[int(x) for x in p["size"]], kind=candidate["head"],
+                outputs=len(bundle.objects))
     got = {k: meta.get(k) for k in want}
     if got != want:
         raise NoscopeError(f"model bundle {bundle.root} is corrupt: {candidate['file']} holds a head {got}, not the "

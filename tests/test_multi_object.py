@@ -51,7 +51,8 @@ def test_one_bundle_for_both_objects(multi):
     assert len(meta["class_indices"]) == 2 and "class_index" not in meta
     pos = meta["video"]["positives"]
     assert pos["bus"] == 50 and pos["car"] >= 95, pos  # a car in (nearly) every sampled frame
-    assert len(meta["candidates"]) == 3
+    kinds = [c.get("kind", "cnn") for c in meta["candidates"]]
+    assert kinds == ["cnn"] * 3 + ["prefix_head"]  # the small grid, and the default head on the reference's layers
     for c in meta["candidates"]:
         assert c["heldout_aucs"]["car"] is None and c["heldout_auc"] == c["heldout_aucs"]["bus"] > 0.9
     with np.load(multi["bundle"] / "heldout.npz") as z:

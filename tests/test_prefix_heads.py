@@ -229,7 +229,7 @@ def test_the_grid_trains_scores_times_and_resumes(ref, key, data, tmp_path):
     from types import SimpleNamespace
 
     x, y, tr, va, te = data
-    parts = SimpleNamespace(tr=tr, va=va, ho=te)
+    parts = SimpleNamespace(train=tr, val=va, heldout=te)
     points = [ph.PrefixPoint(key, 4, W, H), ph.PrefixPoint(key, 6, W, H)]
     say = []
     grid = ph.train_grid(ref, points, {(W, H): x}, y, parts, ["car", "sign"], tmp_path, "k1", kinds=("linear",), batch_size=16,

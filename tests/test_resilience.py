@@ -217,9 +217,14 @@ def reseal(root: Path) -> None:
 
 
 def load_everything(root: Path) -> None:
+    from noscope.prefix_heads import read_head_meta
+
     tb = load_bundle(root)
     for c in tb.meta["candidates"]:
-        load_model(B.inside(root, c["file"]), device="cpu")
+        if c.get("kind") == "prefix_head":
+            read_head_meta(B.inside(root, c["file"]))
+        else:
+            load_model(B.inside(root, c["file"]), device="cpu")
 
 
 def test_fuzz_bundle(bundle_copy, tmp_path):
