@@ -242,7 +242,8 @@ def main() -> None:
     rows = [r for clip, obj in cases for r in run_case(clip, obj, args.targets, extra, args.night)]
     settings = " ".join(args.sets) or "default config"
     md = "\n".join([
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, device {rows[0]['device']}; {settings}. "
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, device {rows[0]['device']}, reference runtime "
+        f"{rows[0].get('reference_runtime', 'cpu-fp32')}; {settings}. "
         "Trained on the first 60% of each clip, measured on the last 40% (never seen in training) against the "
         "reference on every frame; speed-ups end to end, decoding and every reference call included.", "",
         table(rows), "", *acceptance(rows)]
