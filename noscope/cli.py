@@ -179,6 +179,54 @@ def config_cmd(config_file, sets, quiet, verbose):
 
 
 @cli.command()
+@click.argument("video", type=click.Path(), callback=given)
+@click.option("--object", "object_name", required=True, callback=given, help="COCO class name, e.g. car, person, bus.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Label every Nth frame.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@segment_options
+@reference_options
+@common
+def label(video, object_name, every, as_json, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+    """Run the reference detector on the frames of VIDEO and cache its answers."""
+    from .labels import label_frames
+    from .prepare import open_reference
+    from .results import describe_missing
+    from .video import missing_ranges, open_video, stop_is_truncation
+
+    settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg)
+    v = open_video(video, settings.decode.backend)
+    s, e = v.segment(start, end)
+    ref, key = open_reference(settings.reference)
+    cls = ref.class_index(object_name)
+    t0 = time.perf_counter()
+    labels = label_frames(v, ref, key, np.arange(s, e, every), quiet=quiet or as_json)
+    wall = time.perf_counter() - t0
+    min_score = settings.labels.min_score
+    pos = int((labels.score_of(cls) >= min_score).sum())
+    n = len(labels.frames)
+    fresh = n - labels.from_cache
+    summary = dict(video=str(v.path), object=object_name, reference=key, frames=n, from_cache=labels.from_cache,
+                   positives=pos, min_score=min_score, seconds=round(wall, 3),
+                   frames_per_s=round(fresh / labels.seconds, 2) if fresh and labels.seconds else None)
+    if stop_is_truncation(v):
+        summary["stopped_at"] = v.stopped_at
+    lost = missing_ranges(v.missing, s, e)
+    if lost:
+        summary["missing_frames"] = lost
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    rate = f"{summary['frames_per_s']:.1f} frames/s" if summary["frames_per_s"] else "all from cache"
+    echo_line(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
+              f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
+    if "stopped_at" in summary:
+        log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
+    if lost:
+        log.warning("part of the video cannot be decoded: no labels for frames %s; labelled the rest",
+                    describe_missing(lost, most=None))
+
+
+@cli.command()
 @click.argument("videos", nargs=-1, type=click.Path(), callback=given)
 @click.option("--object", "object_name", default=None, callback=given,
               help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")

@@ -69,7 +69,8 @@ MIN_HELDOUT = 30  # held-out frames of the newest video below this: nothing to v
 MIN_FIT = 20  # frames to fit on below this: nothing to learn
 AUC_SLACK = 0.02  # a new version's best held-out AUC may be this much below the current one's...
 AUC_RANKS = 0.6  # ... where the current one's ranks at all (below this, near chance's 0.5, no model of it can be used)
-COST_SLACK = 0.02  # ... and its plan's expected cost this share above
+COST_SLACK = 0.02  # ... and its plan's expected cost this share above,
+NOISE_FRAMES = 3  # ... or by as much as the reference on this many more of the held-out frames (a tie on so few)
 MIN_PER_ANSWER = 10  # frames of each answer a blocked difference detector's refit needs
 MAX_LEARNT = 20000  # a linear head keeps at most this many frames' features (older ones thinned evenly)
 
@@ -341,7 +342,10 @@ def figures(parent: B.TrainedBundle, views: dict[str, HeldOut], targets: Targets
     offered = {o: [n for n, a in m.items() if a is not None and a >= min_auc] for o, m in each.items()}
     plan = optimize(views, parent.costs, targets, models=offered, **settings.optimizer.options())
     best = {o: max((a for a in m.values() if a is not None and np.isfinite(a)), default=None) for o, m in each.items()}
+    n = len(next(iter(views.values())).truth)
     return dict(best_auc={o: _r(a) for o, a in best.items()}, aucs={o: {n: _r(a) for n, a in m.items()} for o, m in each.items()},
+                answers={o: [int(h.truth.sum()), int((~h.truth).sum())] for o, h in views.items()},
+                noise_ms=_r(NOISE_FRAMES / n * parent.costs.reference * 1e3, 4),
                 plan=plan.describe(), expected_cost_ms=_r(plan.expected_cost * 1e3, 4),
                 reference_share=_r(plan.fractions["reference"]),
                 errors={o: dict(fpr=_r(p.heldout_fpr), fnr=_r(p.heldout_fnr)) for o, p in plan.plans.items()})
@@ -365,14 +369,16 @@ def as_planned(parent: B.TrainedBundle, views: dict[str, HeldOut], targets: Targ
 def judge(new: dict, cur: dict, targets: Targets) -> str:
     """Why the new version validates worse than the current one ("" when it validates at least as
     well): per object a best AUC more than AUC_SLACK lower (where the current one's is at least
-    AUC_RANKS), or an error above both the target and the current plan's; an expected cost more than
-    COST_SLACK higher. Both plans are the optimizer's on the same held-out frames, so they differ only
-    by what the models and detectors make of footage neither was fitted on."""
+    AUC_RANKS and the held-out frames show MIN_PER_ANSWER frames of each answer: one positive frame's
+    rank is no ranking), or an error above both the target and the current plan's; an expected cost
+    higher by more than COST_SLACK of the current one's or than NOISE_FRAMES more held-out frames for
+    the reference would add (`noise_ms`). Both plans are the optimizer's on the same held-out frames,
+    so they differ only by what the models and detectors make of footage neither was fitted on."""
     why = []
     for o, a in new["best_auc"].items():
         c = cur["best_auc"].get(o)
-        if c is not None and c < AUC_RANKS:
-            pass  # the current version's models do not rank this object on the newest footage: nothing to lose
+        if (c is not None and c < AUC_RANKS) or min(new.get("answers", {}).get(o, [MIN_PER_ANSWER])) < MIN_PER_ANSWER:
+            pass  # the current models do not rank this object there, or too few frames of an answer to tell
         elif a is not None and c is not None and a < c - AUC_SLACK:
             why.append(f"{o}'s best held-out AUC {a:.3f} < the current version's {c:.3f}")
         elif a is None and c is not None:
@@ -381,7 +387,8 @@ def judge(new: dict, cur: dict, targets: Targets) -> str:
             n, k = new["errors"][o][rate], cur["errors"][o][rate]
             if n is not None and n > max(getattr(targets, rate), k or 0.0) + 1e-9:
                 why.append(f"its plan's held-out {rate.upper()} of {o} {n:.2%} > the target and the current version's")
-    if new["expected_cost_ms"] > cur["expected_cost_ms"] * (1 + COST_SLACK) + 1e-9:
+    tie = max(cur["expected_cost_ms"] * COST_SLACK, new.get("noise_ms", 0.0))
+    if new["expected_cost_ms"] > cur["expected_cost_ms"] + tie + 1e-9:
         why.append(f"its plan costs {new['expected_cost_ms']:.3g} ms a frame > the current version's "
                    f"{cur['expected_cost_ms']:.3g} (reference on {new['reference_share']:.0%} of the held-out frames, "
                    f"against {cur['reference_share']:.0%})")
@@ -555,7 +562,10 @@ def archive_top(root: Path, parent: B.TrainedBundle) -> None:
     """Keep the bundle at `root` as a version before anything replaces it: a bundle as trained (never
     updated, or retrained since) becomes the next version number."""
     kept = B.versions(root)
-    if parent.version in kept and "lineage" in parent.meta:
+    top = (root / "bundle.yaml").read_bytes()
+    same = [k for k in kept if (root / B.VERSIONS / str(k) / "bundle.yaml").read_bytes() == top]
+    if same:  # kept already (the newest good version, or the bundle as trained after an update set aside)
+        parent.meta["version"] = same[-1]
         return
     n = 1 if not kept else max(kept) + 1
     tmp = root / B.VERSIONS / f".tmp-{n}-{os.getpid()}"
