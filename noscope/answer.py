@@ -24,6 +24,7 @@ from .plans import Plan, Targets
 from .prepare import Query
 from .refit import refit_on_video
 from .settings import Settings
+from .update import learnt_answers
 from .video import Keep
 
 # Frames whose pictures the first pass keeps for the check, per frame it checks in a stratum and
@@ -79,7 +80,7 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
         return refit_on_video(q.bundle, model, last[0], known, min_score, frames_of, q.reference.device)
 
     min_score = float(q.bundle.meta["labels"]["min_score"])
-    results = run(plan)
+    results = learnt_answers(q.bundle, q.video.hash, q.start, q.end, run(plan), ask, min_score)  # never certified on
     first = time.perf_counter() - t0
     if first_pass is not None:
         first_pass.update(results)

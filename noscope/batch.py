@@ -179,6 +179,7 @@ def record(job: Job, status: str, summary: dict | None = None, seconds: float | 
     if summary is not None:
         rec["verified"] = verified_record(s)
         rec["trained_on"] = s.get("trained_on")  # the bundle's video: this one, or another the user chose
+        rec["model_version"] = s.get("model_version", 1)  # which version of the bundle answered (train --update)
         # every frame of the asked-for segment answered; false when decoding stopped early or lost
         # frames in the middle (stopped_at, missing_frames say where): met then speaks for a part
         rec["complete"] = s.get("stopped_at") is None and not s.get("missing_frames")

@@ -10,6 +10,12 @@ versions keep reading them, and refuse format 2 with their one-line "retrain it"
       heldout.npz        held-out labels and every candidate's scores on them (for the optimizer)
       models/*.pt        specialized CNN weights (tensors only)
       diff/*.npy         difference-detector images
+      learnt.npz         (updated versions) the frames of each video the version was fitted on
+      versions/N/        (after `noscope train --update`) every version, each a whole bundle like
+                         this one; NAME/ itself holds a copy of the newest good one
+
+`NAME@N` names version N (`bundle_path`); plain NAME the newest good one. A bundle never updated is
+its own version 1. bundle.yaml's `version` and `lineage` say where a version came from.
 
 Bundles may come from elsewhere, so loading never executes code: YAML is read with
 safe_load, tensors with torch.load(weights_only=True), arrays with allow_pickle=False; every
@@ -24,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +39,7 @@ import numpy as np
 import yaml
 
 from . import __version__, difference, specialized
-from .atomic import atomic_write_bytes
+from .atomic import LOCK_NAME, atomic_write_bytes
 from .errors import NoscopeError, UsageError
 from .plans import Costs, HeldOut
 from .paths import models_dir
@@ -42,12 +49,59 @@ MULTI_FORMAT = 2
 FORMATS = (FORMAT, MULTI_FORMAT)
 
 
+VERSIONS = "versions"  # NAME/versions/N/: version N of bundle NAME, a whole bundle
+_VERSIONED = re.compile(r"(.+)@([0-9]+)")
+
+
 def bundle_path(name_or_path: str | Path) -> Path:
-    """A bare name lives under the models directory; anything with a slash is a path."""
+    """A bare name lives under the models directory; anything with a slash is a path. NAME@N (or
+    PATH@N) is version N of that bundle (`version_path`), unless a bundle folder is called so."""
     s = str(name_or_path)
     if not s.strip():  # models_dir() itself is no bundle, and never a place to write one
         raise UsageError("a bundle name or path cannot be empty")
+    plain = _plain_path(s)
+    m = _VERSIONED.fullmatch(s)
+    if m is None or (plain / "bundle.yaml").is_file():
+        return plain
+    return version_path(_plain_path(m.group(1)), int(m.group(2)))
+
+
+def _plain_path(s: str) -> Path:
     return Path(s) if ("/" in s or s.startswith(".")) else models_dir() / s
+
+
+def names_version(name: str) -> bool:
+    """Whether a bundle name says NAME@N (a version: made by `train --update`, never a place to train into)."""
+    return _VERSIONED.fullmatch(str(name)) is not None
+
+
+def versions(root: Path) -> list[int]:
+    """The versions kept under a bundle (NAME/versions/N/ with a bundle.yaml), oldest first."""
+    d = root / VERSIONS
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / "bundle.yaml").is_file())
+
+
+def version_path(root: Path, n: int) -> Path:
+    """Where version `n` of the bundle at `root` is; one error line when it has no such version."""
+    kept = versions(root)
+    if n in kept:
+        return root / VERSIONS / str(n)
+    if not kept and n == 1 and (root / "bundle.yaml").is_file():
+        return root  # never updated: the bundle is its own version 1
+    if not kept and not (root / "bundle.yaml").is_file():
+        raise NoscopeError(f"no model bundle at {root}, so no version {n} of it")
+    have = ", ".join(map(str, kept)) if kept else "1 (it was never updated)"
+    raise NoscopeError(f"bundle {root} has no version {n}; its versions: {have}")
+
+
+def bundle_label(root: str | Path) -> str:
+    """How a person names the bundle at `root`: NAME, or NAME@N for a kept version."""
+    root = Path(root)
+    if root.parent.name == VERSIONS and root.name.isdigit():
+        return f"{root.parent.parent.name}@{root.name}"
+    return root.name
 
 
 def sha256(path: Path) -> str:
@@ -80,8 +134,10 @@ def write_manifest(root: Path, meta: dict, fmt: int = FORMAT) -> None:
     """Write bundle.yaml last, with checksums of every file, so a bundle is complete or absent."""
     files = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "bundle.yaml" and not p.name.startswith(".tmp-") and p.parent.name != "work":
-            files[p.relative_to(root).as_posix()] = sha256(p)
+        rel = p.relative_to(root)
+        if (p.is_file() and p.name not in ("bundle.yaml", LOCK_NAME) and not p.name.startswith(".tmp-")
+                and p.parent.name != "work" and rel.parts[0] != VERSIONS):  # each version lists its own files
+            files[rel.as_posix()] = sha256(p)
     meta = dict(meta, format=fmt, noscope_version=__version__, files=files)
     atomic_write_bytes(root / "bundle.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
 
@@ -117,7 +173,8 @@ IDENTITY = (("settings_key", ("settings_key",)), ("object", ("object",)), ("obje
             ("labels.min_score", ("labels", "min_score")), ("labels.smooth", ("labels", "smooth")),
             ("reference.key", ("reference", "key")), ("video.hash", ("video", "hash")),
             ("video.segment", ("video", "segment")), ("heldout.frames", ("heldout", "frames")),
-            ("heldout.positives", ("heldout", "positives")))
+            ("heldout.positives", ("heldout", "positives")), ("version", ("version",)),
+            ("heldout.video.hash", ("heldout", "video", "hash")), ("heldout.video.segment", ("heldout", "video", "segment")))
 
 
 def _field(meta: dict, path: tuple[str, ...]):
@@ -178,7 +235,8 @@ def needed_files(meta: dict) -> list[str]:
     """Every file a bundle's answers depend on, as bundle.yaml names them."""
     return ([meta["heldout"]["file"]] + [c["file"] for c in meta["candidates"]]
             + [c["learnt_from"] for c in meta["candidates"] if c.get("learnt_from")]
-            + [d["reference_image_file"] for d in meta["diffs"] if d.get("reference_image_file")])
+            + [d["reference_image_file"] for d in meta["diffs"] if d.get("reference_image_file")]
+            + ([meta["learnt"]] if meta.get("learnt") else []))
 
 
 def check_complete(root: Path, meta: dict) -> None:
@@ -231,6 +289,21 @@ class TrainedBundle:
 
     def class_index(self, obj: str) -> int:
         return int(self.meta["class_indices"][self.objects.index(obj)]) if self.multi else int(self.meta["class_index"])
+
+    @property
+    def version(self) -> int:
+        """Which version of its bundle this is (1: as trained)."""
+        return int(self.meta.get("version", 1))
+
+    def learnt_frames(self, video_hash: str, start: int = 0, end: int | None = None) -> np.ndarray:
+        """The frames of the video with this content hash, in [start, end), that this version was
+        fitted on (its models, thresholds or difference detectors; `train --update`): a query takes
+        the reference's answer there and never certifies its answers on them. Empty for a version
+        as trained (its training frames are not recorded frame by frame)."""
+        if not self.meta.get("learnt"):
+            return np.zeros(0, np.int64)
+        frames = load_npz(self.root, self.meta["learnt"]).get(f"v{video_hash}", np.zeros(0, np.int64)).astype(np.int64)
+        return frames[(frames >= start) & (frames < (np.iinfo(np.int64).max if end is None else end))]
 
     def model(self, name: str, device, reference=None):
         """The model `name`, ready to score frames (one column per object): a specialized CNN
@@ -405,6 +478,14 @@ def check_meta(root: Path, meta: dict) -> None:
             bad(key, "it is a text")
     if not _class_number(_field(meta, ("heldout", "frames"))):
         bad("heldout.frames", "it is a number of frames")
+    if "version" in meta and not (_whole(meta["version"]) and meta["version"] >= 1):
+        bad("version", "a version is a whole number >= 1")
+    if _field(meta, ("heldout", "video")) is not None:
+        seg = _field(meta, ("heldout", "video", "segment"))
+        if not isinstance(_field(meta, ("heldout", "video", "hash")), str):
+            bad("heldout.video.hash", "it is a text")
+        if not (isinstance(seg, list) and len(seg) == 2 and all(map(_class_number, seg)) and seg[0] < seg[1]):
+            bad("heldout.video.segment", "it is [start, end) in frames, start before end")
 
 
 def check_heldout(root: Path, meta: dict, z: dict[str, np.ndarray]) -> None:
@@ -432,9 +513,11 @@ def check_heldout(root: Path, meta: dict, z: dict[str, np.ndarray]) -> None:
         pos = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if "objects" in meta else int(each.sum())
         if meta["heldout"].get("positives", pos) != pos:
             bad(f"has {pos} positive held-out frames but bundle.yaml's heldout.positives says {meta['heldout']['positives']}")
-    start, end = meta["video"]["segment"]
+    # an updated version's held-out frames come from the newest video it learnt from (heldout.video)
+    source = "heldout.video.segment" if meta["heldout"].get("video") else "video.segment"
+    start, end = (meta["heldout"].get("video") or meta["video"])["segment"]
     if "frames" in z and len(z["frames"]) and not (start <= z["frames"].min() and z["frames"].max() < end):
-        bad(f"holds frames outside the training segment [{start}, {end}) that bundle.yaml's video.segment names")
+        bad(f"holds frames outside the segment [{start}, {end}) that bundle.yaml's {source} names")
     for c in meta["candidates"]:
         if f"model__{c['name']}" not in z:
             bad(f"has no held-out scores of model {c['name']}")

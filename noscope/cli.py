@@ -227,30 +227,79 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
 
 
 @cli.command()
-@click.argument("video", type=click.Path(), callback=given)
-@click.option("--object", "object_name", required=True, callback=given,
+@click.argument("videos", nargs=-1, type=click.Path(), callback=given)
+@click.option("--object", "object_name", default=None, callback=given,
               help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")
 @click.option("--name", default=None, callback=given, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
+@click.option("--update", "update_name", default=None, callback=given, metavar="BUNDLE",
+              help="Make a new version of BUNDLE from the reference answers queries collected on VIDEOS (files, "
+                   "folders, globs; the newest last); it replaces BUNDLE only if it validates at least as well on the "
+                   "newest footage. BUNDLE@N names a kept version.")
 @click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Random seed (default: config seed).")
 @segment_options
 @reference_options
 @common
-def train(video, object_name, name, force, seed, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
-    """Train specialized models and difference detectors for OBJECT on VIDEO."""
-    from .bundle import bundle_path
+def train(videos, object_name, name, update_name, force, seed, start, end, reference_name, reference_weights,
+          reference_cfg, config_file, sets, quiet, verbose):
+    """Train specialized models and difference detectors for OBJECT on VIDEO; or, with --update BUNDLE,
+    teach BUNDLE what the reference answered on VIDEOS since (a new version)."""
+    from .bundle import bundle_path, names_version
     from .prepare import bundle_destination
     from .train import train as run_train
 
     settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg).with_seed(seed)
-    objects = parse_objects(object_name)
+    say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
+    if update_name is not None:
+        for flag, v in (("--object", object_name), ("--name", name), ("--force", force), ("--reference", reference_name),
+                        ("--reference-weights", reference_weights), ("--reference-cfg", reference_cfg)):
+            if v:
+                raise UsageError(f"{flag} does not go with --update (the bundle says what it answers and with which reference)")
+        update_line(update_name, videos, settings, start, end, quiet, say)
+        return
+    if object_name is None:
+        raise UsageError("train needs --object OBJ (or --update BUNDLE to update a trained bundle)")
+    if len(videos) != 1:
+        raise UsageError(f"train takes one VIDEO, not {len(videos)} (several only with --update BUNDLE)")
+    if name and names_version(name):
+        raise UsageError(f"--name {name!r} names a version of a bundle; versions are made by `noscope train --update`")
+    video, objects = videos[0], parse_objects(object_name)
     # never another video's namesake
     out = bundle_path(name) if name else bundle_destination(video, objects, settings.decode.backend)
-    say = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
     meta = run_train(video, objects, out, settings, start, end, quiet=quiet, force=force, say=say)
     echo_line(f"trained {out}: {len(meta['candidates'])} specialized models" + _best_auc_words(meta, objects)
               + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
               f"{meta['train']['seconds']:.0f} s")
+
+
+def update_line(bundle_name: str, videos, settings: Settings, start, end, quiet: bool, say) -> None:
+    """`train --update` (and `query --update`): the update, and one line saying what it made."""
+    from .batch import expand_videos
+    from .bundle import bundle_path, names_version
+    from .update import update_bundle
+
+    if names_version(bundle_name):
+        raise UsageError(f"--update {bundle_name!r} names a version; update the bundle itself (its newest good version "
+                         "is what learns)")
+    if not videos:
+        raise UsageError("--update BUNDLE needs the VIDEOS whose collected reference answers it learns from")
+    root = bundle_path(bundle_name)
+    r = update_bundle(root, expand_videos(videos), settings, start, end, quiet=quiet, say=say)
+    v = r.entry["validation"]
+    new, cur = v["new"], v["current"]
+    figures = (f"held-out {v['heldout_frames']} frames: best AUC {_aucs(new)} vs {_aucs(cur)}, reference on "
+               f"{new['reference_share']:.0%} vs {cur['reference_share']:.0%} of them, {new['expected_cost_ms']:.3g} vs "
+               f"{cur['expected_cost_ms']:.3g} ms/frame (new vs version {r.parent})")
+    if r.good:
+        echo_line(f"updated {root}: version {r.version} from {r.entry['learnt_frames']} answered frames of "
+                  f"{len(r.entry['videos'])} video(s) is now {root.name}; {figures}")
+    else:
+        echo_line(f"updated {root}: version {r.version} kept aside at {r.path}, {root.name} stays version {r.parent}: "
+                  f"it validates worse ({r.reason}); {figures}")
+
+
+def _aucs(fig: dict) -> str:
+    return "/".join("n/a" if a is None else f"{a:.3f}" for a in fig["best_auc"].values())
 
 
 def _best_auc_words(meta: dict, objects: list[str]) -> str:
@@ -299,12 +348,16 @@ def targets_options(f):
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Run as a batch, here (local) or one Ray task per video (ray).")
 @click.option("--ray-address", default=None, callback=given, help="Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray).")
+@click.option("--update", "update_after", is_flag=True,
+              help="Afterwards, make a new version of --model from the reference answers collected on the videos "
+                   "answered (as `noscope train --update MODEL VIDEOS` does).")
 @targets_options
 @segment_options
 @reference_options
 @common
-def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor, ray_address, guarantee, target_fpr,
-          target_fnr, metric, start, end, reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
+def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor, ray_address, update_after, guarantee,
+          target_fpr, target_fnr, metric, start, end, reference_name, reference_weights, reference_cfg, config_file, sets,
+          quiet, verbose):
     """Answer, for every frame of VIDEO, whether the object is there, within the error targets.
 
     Several videos, a folder (its videos, not recursive) or a quoted glob run as a batch: one
@@ -319,16 +372,25 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     targets = make_targets(settings, target_fpr, target_fnr, metric)
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
+    if update_after and (model is None or reference_name):
+        raise UsageError("--update needs --model (the bundle to update) and its own reference")
+    say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     if is_batch(videos, executor):
         opts = RunOptions(settings, targets, start, end, reference_name, not no_plot)
-        _query_batch(videos, opts, model, object_name, out_dir, as_json, force, executor or "local", ray_address, quiet,
-                     verbose)
+        records = _query_batch(videos, opts, model, object_name, out_dir, as_json, force, executor or "local",
+                               ray_address, quiet, verbose)
+        answered = [r["path"] for r in records if r["status"] != "failed"]
+        if update_after and answered:
+            update_line(model, answered, settings, start, end, quiet or as_json, say)
+        if any(r["status"] == "failed" for r in records):
+            click.get_current_context().exit(1)
         return
     video = videos[0] if videos else None
-    say = (lambda *a, **k: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     summary = query_video(video, settings, targets, model=model, objects=object_name, out=out_dir, start=start, end=end,
                           reference_named=bool(reference_name), plot=not no_plot, quiet=quiet or as_json, say=say)
     click.echo(json.dumps(json_safe(summary)) if as_json else printable(_summary_line(summary)))
+    if update_after:
+        update_line(model, [video], settings, start, end, quiet or as_json, say)
 
 
 def _summary_line(summary: dict) -> str:
@@ -346,8 +408,10 @@ def _summary_line(summary: dict) -> str:
             f"targets {met_word(summary['verified']['met'])} -> {summary['out']}")
 
 
-def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, executor, ray_address, quiet, verbose):
-    """Many videos: one result folder and one runs.jsonl line each; exit 1 if any failed."""
+def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, executor, ray_address, quiet,
+                 verbose) -> list[dict]:
+    """Many videos: one result folder and one runs.jsonl line each; their records (the caller exits 1
+    if any failed)."""
     from collections import Counter
 
     from .batch import RUNS_FILE, expand_videos, plan_jobs, run_batch
@@ -393,8 +457,7 @@ def _query_batch(videos, opts, model, object_name, out_dir, as_json, force, exec
     if not as_json:
         echo_line(f"{len(records)} videos: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed, "
                   f"{unmet} with targets not verified met, {partial} answered in part; log {root / RUNS_FILE}")
-    if n["failed"]:
-        click.get_current_context().exit(1)
+    return records
 
 
 def _show_record(rec: dict, executor: str, as_json: bool) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundle import bundle_label
 from .check_stats import all_met
 from .plans import STAGES, Plan, Targets, pass_decided, stage_fractions
 from .prepare import Query
@@ -77,7 +78,7 @@ def object_summary(q: Query, obj: str, result, plan: Plan, targets: Targets, out
     v, s, e, n = q.video, q.start, q.end, len(result.frames)
     return dict(
         video=str(v.path), video_abspath=str(v.path.resolve()), video_hash=v.hash, fps=v.fps,
-        object=obj, model=str(q.bundle.root), trained_on=bundle_video(q), segment=[s, e], frames=n,
+        object=obj, model=str(q.bundle.root), model_version=q.bundle.version, trained_on=bundle_video(q), segment=[s, e], frames=n,
         positives=int(result.labels.sum()), wall_seconds=round(result.seconds, 3),
         frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
         reference_calls=len(result.reference_scores), fractions=result.fractions(),
@@ -96,7 +97,7 @@ def pass_summary(q: Query, plan: Plan, results: dict, targets: Targets, out: Pat
     codes = pass_decided([np.select([r.decided_by == st for st in STAGES], range(len(STAGES))) for r in results.values()])
     n = len(first.frames)
     return dict(
-        video=str(v.path), objects=q.objects, model=str(q.bundle.root), trained_on=bundle_video(q),
+        video=str(v.path), objects=q.objects, model=str(q.bundle.root), model_version=q.bundle.version, trained_on=bundle_video(q),
         segment=[q.start, q.end], frames=n, wall_seconds=round(first.seconds, 3),
         frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
         reference_calls=len(first.reference_scores), fractions=stage_fractions(codes),
@@ -117,7 +118,9 @@ def model_words(summary: dict) -> str:
     """'bundle NAME (trained on this video)' or '... (trained on PATH)', for a summary line."""
     t = summary.get("trained_on") or {}
     where = "this video" if t.get("this_video") else t.get("video", "an unknown video")
-    return f"bundle {Path(summary['model']).name} (trained on {where})"
+    version = summary.get("model_version") or 1
+    label = bundle_label(summary["model"])
+    return f"bundle {label}{f' (version {version})' if version > 1 and '@' not in label else ''} (trained on {where})"
 
 
 def met_word(met) -> str:

@@ -3,6 +3,7 @@
 #
 #   scripts/nightly.sh VIDEO_DIR BUNDLE [OUT_DIR]
 #   NIGHTLY_VIDEOS=/cams/gate/2024-05-01 NIGHTLY_BUNDLE=gate-car scripts/nightly.sh
+#   NIGHTLY_UPDATE=1 scripts/nightly.sh VIDEO_DIR BUNDLE      # and then teach BUNDLE tonight's answers
 #
 # Arguments win over the environment:
 #   NIGHTLY_VIDEOS   folder of videos (its videos are taken, not its subfolders)
@@ -12,6 +13,13 @@
 #   NIGHTLY_LOG      log file (default OUT_DIR/nightly.log), appended to
 #   NIGHTLY_NOSCOPE  the command (default: noscope), e.g. "/opt/noscope/.venv/bin/noscope"
 #   NIGHTLY_ARGS     extra query flags, e.g. "--target-fpr 0.01 --executor ray"
+#   NIGHTLY_UPDATE   1: after the query, update BUNDLE from the reference answers this run's videos
+#                    collected (noscope train --update BUNDLE VIDEO_DIR): a new version, which becomes
+#                    BUNDLE only if it validates at least as well on the newest footage (else it is kept
+#                    aside, BUNDLE/versions/N); one "update:" line in the log says which. Runs when this
+#                    run answered at least one video.
+#   NIGHTLY_UPDATE_ARGS  extra flags for the update, e.g. "--config cam.yaml" (its query.target_* are
+#                    the targets it validates at)
 #
 # Exit codes (each also one line in the log):
 #   0   every video answered whole (now or by an earlier run) and its targets verified met on it
@@ -21,6 +29,8 @@
 #   6   every video answered, but some only in part: frames that cannot be decoded (a damaged or
 #       cut file) have no answer (runs.jsonl: "complete": false, with missing_frames / stopped_at);
 #       rerunning does not help, the file itself is damaged. Comes before 5.
+#   7   (NIGHTLY_UPDATE) the videos were answered, but updating the bundle failed (the log says why;
+#       the bundle is unchanged). Comes before 6 and 5.
 #   1   partial: some videos failed, the others are kept; running it again retries only the failed ones
 #   2   usage error
 #   4   the run did not start (no videos, bundle unusable, Ray unreachable)
@@ -39,6 +49,7 @@ mkdir -p "$out"
 log=${NIGHTLY_LOG:-$out/nightly.log}
 read -r -a noscope <<<"${NIGHTLY_NOSCOPE:-noscope}"
 read -r -a extra <<<"${NIGHTLY_ARGS:-}"
+read -r -a update_extra <<<"${NIGHTLY_UPDATE_ARGS:-}"
 
 say() { printf '%s nightly: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$log"; }
 
@@ -63,9 +74,32 @@ unmet=$(tail -n "$new" "$runs" 2>/dev/null | grep -v '"status": "failed"' | grep
 partial=$(tail -n "$new" "$runs" 2>/dev/null | grep -v '"status": "failed"' | grep -c '"complete": false' || true)
 inpart=""
 (( partial == 0 )) || inpart="; $partial answered only in part (runs.jsonl: complete false)"
+answered=$(tail -n "$new" "$runs" 2>/dev/null | grep -c '"status": "done"' || true)
+
+# The update: after a run that answered videos (all, or some of them: rc 1 with fewer failed than new).
+update_failed=0
+if [[ -n ${NIGHTLY_UPDATE:-} && ${NIGHTLY_UPDATE} != 0 ]]; then
+    if (( answered > 0 )) && { (( rc == 0 )) || { (( rc == 1 )) && (( new > failed )); }; }; then
+        say "update: ${noscope[*]} train --update $bundle $videos -q ${update_extra[*]}"
+        urc=0
+        uline=$("${noscope[@]}" train --update "$bundle" "$videos" -q "${update_extra[@]}" 2>>"$log") || urc=$?
+        if (( urc == 0 )); then
+            say "update: ${uline}"
+        else
+            say "update failed: noscope train --update exited $urc (see the line above); $bundle is unchanged"
+            update_failed=1
+        fi
+    else
+        say "update: not run (no video answered by this run)"
+    fi
+fi
 
 case $rc in
-    0) if (( partial > 0 )); then
+    0) if (( update_failed )); then
+           say "done, update failed: all $new videos answered, but the bundle was not updated (see above)"
+           exit 7
+       fi
+       if (( partial > 0 )); then
            say "done, answered in part: all $new videos answered, $partial only in part (frames that cannot be decoded have no answer; runs.jsonl: complete false, missing_frames, stopped_at), $unmet without their targets shown met"
            exit 6
        fi

@@ -1,0 +1,621 @@
+"""`noscope train --update`: a bundle learns from the reference answers its queries paid for.
+
+    result = update_bundle(bundle_path("gate-car"), ["night1.mp4", "night2.mp4"], settings, say=print)
+    result.version, result.good, result.reason, result.path
+
+A camera drifts (light, season, a moved parking spot); a query on tonight's footage then pays the
+reference for thousands of frames of exactly that footage: the cascade's uncertain frames, the
+check's uniform draws, the strata a repair handed to the reference. They sit in the label cache
+(noscope.labels, per video content hash). An update learns from them and writes a new version:
+
+  1. collect every reference answer the label cache holds for each video, inside [start, end),
+     less the frames the bundle already learnt from (and the original training segment); all of
+     them are learnt from: the reference-stage frames are the cascade's uncertain band, exactly
+     where a model needs to get better, and the check's draws are uniform samples of the rest;
+  2. split forward in time: the last part of the newest video's answered frames (the videos come
+     in the order given, the newest last; a folder's in name order) is held out, the rest is
+     fitted on (noscope.split, as training splits its sample);
+  3. decode just those frames, in one sequential pass per video, at the sizes the models and the
+     difference detectors take, and score them with the current version's models (a linear head:
+     its pooled features, run through the reference's first layers);
+  4. refit: linear heads from their weights on their kept training features and the new frames,
+     each half (prefix_heads.LinearHeadScorer.refit; a head without kept features on the new frames
+     alone); difference detectors on the new frames (the empty scene of the newest negatives; the
+     blocked weights where the frames show both answers, else the current ones). Specialized CNNs
+     and spatial heads keep their weights; like every model they get new held-out scores, so the
+     optimizer chooses their thresholds anew on the newest footage;
+  5. validate, forward in time: the new and the current version on the same held-out frames (which
+     neither was fitted on): each model's AUC, and the plan the optimizer would choose there (its
+     errors, reference share, expected cost); also the current version's own plan (chosen on its
+     own held-out frames) measured there, which shows the drift;
+  6. write version N under NAME/versions/N/ (the held-out frames become its held-out set: tonight
+     resembles the newest footage). When it validates at least as well as the current version
+     (`judge`), NAME/ becomes a copy of it; otherwise it is kept aside and the run says why.
+
+Each version's bundle.yaml carries its `lineage` (every version it descends from, with the videos,
+the frames learnt from each, and the validation figures) and learnt.npz the frames it was fitted on,
+which a query on one of those videos answers with the reference and never certifies on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import bundle as B
+from . import decode_pool, difference
+from .atomic import hold_folder
+from .check import apply_known
+from .errors import NoscopeError
+from .labels import load_cached, object_truth, store_dir
+from .optimizer import optimize
+from .planning import choose_plan
+from .plans import Costs, HeldOut, Targets, expected_cost, pass_decided, stage_fractions
+from .prepare import bundle_reference
+from .settings import Settings
+from .simulate import simulate_plan
+from .specialized import roc_auc
+from .split import SampleSplit, split
+from .video import Video, decode_workers, open_video
+
+MIN_HELDOUT = 30  # held-out frames of the newest video below this: nothing to validate a new version on
+MIN_FIT = 20  # frames to fit on below this: nothing to learn
+AUC_SLACK = 0.02  # a new version's best held-out AUC may be this much below the current one's...
+AUC_RANKS = 0.6  # ... where the current one's ranks at all (below this, near chance's 0.5, no model of it can be used)
+COST_SLACK = 0.02  # ... and its plan's expected cost this share above,
+NOISE_FRAMES = 3  # ... or by as much as the reference on this many more of the held-out frames (a tie on so few)
+MIN_PER_ANSWER = 10  # frames of each answer a blocked difference detector's refit needs
+MAX_LEARNT = 20000  # a linear head keeps at most this many frames' features (older ones thinned evenly)
+
+
+@dataclass
+class Answers:
+    """The reference answers one video holds for an update: frames in time order, every class's
+    score, and the objects' truth."""
+
+    video: Video
+    frames: np.ndarray
+    scores: np.ndarray  # (N, classes)
+    truth: np.ndarray  # bool (N, K)
+    runs: np.ndarray  # run of consecutive frame numbers each frame belongs to (unique over videos)
+
+
+@dataclass
+class Scored:
+    """Every answered frame (all videos, in order): the difference detectors' small frames, each
+    model's scores (N, K), linear heads' pooled features, and which frames are fitted on / held out."""
+
+    frames: np.ndarray
+    video_of: np.ndarray  # index into the answers list
+    small: np.ndarray
+    scores: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
+    truth: np.ndarray
+    targets: np.ndarray  # the reference's scores of the objects, (N, K)
+    runs: np.ndarray
+    fit: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    heldout: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    blocks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass
+class UpdateResult:
+    """What an update did: the version it made, where, whether it is now the bundle, and why not."""
+
+    version: int
+    path: Path
+    good: bool
+    reason: str
+    parent: int
+    entry: dict  # the version's lineage entry (videos, frames, validation figures)
+
+
+def update_bundle(root: Path, videos: list, settings: Settings, start=None, end=None, quiet: bool = False,
+                  say=print) -> UpdateResult:
+    """Learn from the reference answers collected on `videos` (module docstring); one NoscopeError
+    and nothing changed when there is nothing to learn from."""
+    root = Path(root)
+    lock = hold_folder(root)  # one update of a bundle at a time
+    try:
+        lock.__enter__()
+    except NoscopeError as e:
+        raise NoscopeError(f"bundle {root} cannot be updated now: {e}") from None
+    try:
+        restore_top(root, say)
+        parent = B.load_bundle(root)
+        reference, ref_key = bundle_reference(settings.reference, parent, False)
+        answers = collect(parent, reference, ref_key, videos, settings, start, end, say)
+        scored = decode_and_score(parent, reference, answers, settings, quiet)
+        split_forward(scored, answers, settings)
+        return refit_validate_write(root, parent, reference, answers, scored, settings, say)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- 1. collect
+
+
+def collect(parent: B.TrainedBundle, reference, ref_key: str, videos: list, settings: Settings, start, end,
+            say) -> list[Answers]:
+    """Each video's reference answers from the label cache (module docstring, step 1), oldest video first."""
+    lab = parent.meta["labels"]
+    classes = [parent.class_index(o) for o in parent.objects]
+    out, empty = [], []
+    trained = parent.meta["video"]
+    for path in videos:
+        v = open_video(path, settings.decode.backend)
+        s, e = v.segment(start, end)
+        cached = load_cached(store_dir(v, ref_key, reference), len(reference.class_names))
+        frames = np.array(sorted(f for f in cached if s <= f < e), np.int64)
+        if v.hash == trained["hash"]:  # what training labelled is in the cache too: not new
+            frames = frames[(frames < trained["segment"][0]) | (frames >= trained["segment"][1])]
+        frames = frames[~np.isin(frames, parent.learnt_frames(v.hash))]
+        if not len(frames):
+            empty.append(str(path))
+            continue
+        scores = np.stack([cached[f][0] for f in frames.tolist()]).astype(np.float32)
+        base = 1 + max((int(a.runs.max()) for a in out), default=-1)
+        runs = base + np.r_[0, np.cumsum(np.diff(frames) != 1)]
+        truth = np.stack([object_truth(scores[:, c], float(lab["min_score"]), int(lab["smooth"]), blocks=runs)
+                          for c in classes], axis=1)
+        out.append(Answers(v, frames, scores, truth, runs))
+    if not out:
+        raise NoscopeError(f"no reference answers collected on {', '.join(empty)} that bundle {parent.root} has not "
+                           f"learnt from: nothing to learn; the bundle is unchanged (version {parent.version}). Run "
+                           "`noscope query` on them first")
+    for path in empty:
+        say(f"{path}: no reference answers collected that {B.bundle_label(parent.root)} has not learnt from; learning "
+            "from the other videos")
+    return out
+
+
+# --------------------------------------------------------------------------- 2. split, 3. decode and score
+
+
+def split_forward(scored: Scored, answers: list[Answers], settings: Settings) -> None:
+    """Held out: the last part in time of the newest video's answered frames (split.split, forward,
+    as training splits its sample); fitted on: everything else."""
+    ts = settings.train
+    newest = scored.video_of == len(answers) - 1
+    n = int(newest.sum())
+    runs, truth = scored.runs[newest], scored.truth[newest]
+    block = max(1, min(int(ts.block), n // 4))
+    ids, _, _, ho = split(runs, truth, "forward", block, ts.heldout_fraction, ts.val_fraction, settings.seed,
+                          ts.heldout_min_runs) if n >= 2 else (np.zeros(n, np.int64), None, None, np.zeros(n, bool))
+    scored.heldout = np.zeros(len(scored.frames), bool)
+    scored.heldout[np.flatnonzero(newest)[ho]] = True
+    scored.fit = ~scored.heldout
+    scored.blocks = np.full(len(scored.frames), -1, np.int64)
+    scored.blocks[newest] = ids
+    name = answers[-1].video.path
+    if ho.sum() < MIN_HELDOUT:
+        raise NoscopeError(f"only {int(ho.sum())} answered frames of the newest video ({name}) could be held out to "
+                           f"validate a new version (at least {MIN_HELDOUT}); the bundle is unchanged: query more of it first")
+    if scored.fit.sum() < MIN_FIT:
+        raise NoscopeError(f"only {int(scored.fit.sum())} answered frames to learn from besides the {int(ho.sum())} held "
+                           f"out (at least {MIN_FIT}); the bundle is unchanged: query more video first")
+
+
+def decode_and_score(parent: B.TrainedBundle, reference, answers: list[Answers], settings: Settings,
+                     quiet: bool) -> Scored:
+    """Decode each video's answered frames at every size a model or detector takes (one sequential
+    pass a video) and score them with the current version's models (module docstring, step 3)."""
+    dz = int(parent.meta["diffs"][0]["size"]) if parent.meta["diffs"] else int(settings.train.diff_size)
+    models = {c["name"]: parent.model(c["name"], reference.device, reference) for c in parent.meta["candidates"]}
+    sizes = {"diff": (dz, dz), **{f"m:{n}": tuple(m.size) for n, m in models.items()}}
+    classes = [parent.class_index(o) for o in parent.objects]
+    parts: list[dict] = []
+    d = settings.decode
+    for i, a in enumerate(answers):
+        got = dict(frames=[], small=[], scores={n: [] for n in models}, features={})
+        for b in decode_pool.batches(a.video, sizes, frames=a.frames, batch_size=128, prefetch=d.prefetch,
+                                     workers=decode_workers(d.workers)):
+            got["frames"].append(b.indices)
+            got["small"].append(b.frames["diff"])
+            for n, m in models.items():
+                if hasattr(m, "refit"):  # a linear head: its pooled features, scored
+                    z = m.features(b.frames[f"m:{n}"])
+                    got["features"].setdefault(n, []).append(z)
+                    got["scores"][n].append(m.from_features(z))
+                else:
+                    got["scores"][n].append(np.asarray(m.predict(b.frames[f"m:{n}"]), np.float32).reshape(len(b), -1))
+        if not got["frames"]:
+            continue  # the video no longer decodes: nothing of it to learn from
+        frames = np.concatenate(got["frames"])
+        keep = np.isin(a.frames, frames)  # a frame that no longer decodes is left out
+        parts.append(dict(got, frames=frames, video=np.full(len(frames), i), truth=a.truth[keep],
+                          targets=np.clip(a.scores[keep][:, classes], 0, 1), runs=a.runs[keep]))
+    if not parts:
+        raise NoscopeError(f"none of the answered frames of {', '.join(str(a.video.path) for a in answers)} decode any "
+                           "more; the bundle is unchanged")
+    cat = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
+    join = lambda key, n: np.concatenate([np.concatenate(p[key][n]) for p in parts if p[key].get(n)])  # noqa: E731
+    return Scored(frames=cat("frames"), video_of=cat("video"), small=np.concatenate([np.concatenate(p["small"]) for p in parts]),
+                  scores={n: join("scores", n) for n in models},
+                  features={n: join("features", n) for n in models if hasattr(models[n], "refit")},
+                  truth=cat("truth"), targets=cat("targets"), runs=cat("runs"))
+
+
+# --------------------------------------------------------------------------- 4. refit
+
+
+@dataclass
+class Fitted:
+    """A version's models and detectors and their scores on the held-out frames."""
+
+    scores: dict[str, np.ndarray]  # model -> (H, K) on the held-out frames
+    detectors: list[difference.DiffDetector]
+    diff_scores: dict[str, dict[int, np.ndarray]]
+    heads: dict = field(default_factory=dict)  # refitted linear heads: name -> LinearHeadScorer
+    refitted_diffs: list[str] = field(default_factory=list)
+
+
+def current(parent: B.TrainedBundle, scored: Scored, skips: list[int]) -> Fitted:
+    """The current version on the held-out frames: its models' scores, its detectors' scores."""
+    ho = scored.heldout
+    dets = [parent.diff(d["name"]) for d in parent.meta["diffs"]]
+    return Fitted({n: s[ho] for n, s in scored.scores.items()}, dets, diff_scores(dets, scored, skips))
+
+
+def refitted(parent: B.TrainedBundle, scored: Scored, settings: Settings, reference) -> Fitted:
+    """The new version (module docstring, step 4)."""
+    fit, ho = scored.fit, scored.heldout
+    scores, heads = {n: s[ho] for n, s in scored.scores.items()}, {}
+    for n, z in scored.features.items():
+        head = parent.model(n, reference.device, reference)
+        heads[n] = head.refit(z[fit], scored.targets[fit], seed=int(settings.seed))
+        scores[n] = heads[n].from_features(z[ho])
+    dets, changed = refit_detectors(parent, scored, settings)
+    return Fitted(scores, dets, diff_scores(dets, scored, [int(k) for k in settings.optimizer.skips]), heads, changed)
+
+
+def refit_detectors(parent: B.TrainedBundle, scored: Scored, settings: Settings) -> tuple[list, list[str]]:
+    """The difference detectors fitted on the frames learnt from; a detector whose fit those frames
+    cannot support (too few of an answer, too few frame pairs that show a change) stays as it was."""
+    fit = scored.fit
+    skips = [int(k) for k in settings.optimizer.skips]
+    frames, any_yes, runs = scored.small[fit], scored.truth[fit].any(axis=1), scored.runs[fit]
+    grid = next((int(d["grid"]) for d in parent.meta["diffs"] if d["mode"] == "blocked"), int(settings.train.diff_grid))
+    new = {d.name: d for d in difference.fit_detectors(frames, scored.truth[fit], runs, skips=skips, grid=grid)}
+    changes = pair_changes(any_yes, runs, skips)
+    can = {"prev-global": True, "ref-global": int((~any_yes).sum()) >= MIN_PER_ANSWER,
+           "ref-blocked": min(int(any_yes.sum()), int((~any_yes).sum())) >= MIN_PER_ANSWER,
+           "prev-blocked": min(int(changes.sum()), int((~changes).sum())) >= MIN_PER_ANSWER}
+    out, changed = [], []
+    for d in parent.meta["diffs"]:
+        if can.get(d["name"]) and d["name"] in new:
+            out.append(new[d["name"]])
+            changed.append(d["name"])
+        else:
+            out.append(parent.diff(d["name"]))
+    return out, changed
+
+
+def pair_changes(yes: np.ndarray, runs: np.ndarray, skips: list[int]) -> np.ndarray:
+    """For every pair of frames s apart in one run (s in skips): whether the answer changed."""
+    out = []
+    for s in skips:
+        if s < len(runs):
+            t = np.flatnonzero(runs[s:] == runs[:-s]) + s
+            out.append(yes[t] != yes[t - s])
+    return np.concatenate(out) if out else np.zeros(0, bool)
+
+
+def diff_scores(dets: list, scored: Scored, skips: list[int]) -> dict[str, dict[int, np.ndarray]]:
+    ho = scored.heldout
+    return {d.name: difference.diff_scores(d, scored.small[ho], scored.blocks[ho], skips) for d in dets}
+
+
+# --------------------------------------------------------------------------- 5. validate
+
+
+def heldouts(parent: B.TrainedBundle, scored: Scored, f: Fitted) -> dict[str, HeldOut]:
+    """One version's view of the held-out frames, per object."""
+    ho = scored.heldout
+    kinds = {d.name: d.kind for d in f.detectors}
+    return {o: HeldOut(truth=scored.truth[ho, k], blocks=scored.blocks[ho], diff_kinds=kinds, frames=scored.frames[ho],
+                       model_scores={n: s[:, k] for n, s in f.scores.items()}, diff_scores=f.diff_scores)
+            for k, o in enumerate(parent.objects)}
+
+
+def aucs(parent: B.TrainedBundle, views: dict[str, HeldOut]) -> dict[str, dict[str, float | None]]:
+    """object -> model -> held-out AUC (None: that output is never used, NaN: one answer only)."""
+    out = {}
+    for o, h in views.items():
+        out[o] = {c["name"]: None if parent.multi and c["heldout_aucs"][o] is None
+                  else float(roc_auc(h.model_scores[c["name"]], h.truth)) for c in parent.meta["candidates"]}
+    return out
+
+
+def figures(parent: B.TrainedBundle, views: dict[str, HeldOut], targets: Targets, settings: Settings) -> dict:
+    """A version on the held-out frames: each object's best model AUC, and the plan the optimizer
+    chooses there: its errors, its reference share and expected cost."""
+    each = aucs(parent, views)
+    min_auc = float(settings.optimizer.min_auc)
+    offered = {o: [n for n, a in m.items() if a is not None and a >= min_auc] for o, m in each.items()}
+    plan = optimize(views, parent.costs, targets, models=offered, **settings.optimizer.options())
+    best = {o: max((a for a in m.values() if a is not None and np.isfinite(a)), default=None) for o, m in each.items()}
+    n = len(next(iter(views.values())).truth)
+    return dict(best_auc={o: _r(a) for o, a in best.items()}, aucs={o: {n: _r(a) for n, a in m.items()} for o, m in each.items()},
+                answers={o: [int(h.truth.sum()), int((~h.truth).sum())] for o, h in views.items()},
+                noise_ms=_r(NOISE_FRAMES / n * parent.costs.reference * 1e3, 4),
+                plan=plan.describe(), expected_cost_ms=_r(plan.expected_cost * 1e3, 4),
+                reference_share=_r(plan.fractions["reference"]),
+                errors={o: dict(fpr=_r(p.heldout_fpr), fnr=_r(p.heldout_fnr)) for o, p in plan.plans.items()})
+
+
+def as_planned(parent: B.TrainedBundle, views: dict[str, HeldOut], targets: Targets, settings: Settings) -> dict:
+    """The current version's own plan (chosen on its own held-out frames, as tonight's query would)
+    measured on the held-out frames of the newest video: the drift it meets."""
+    plan = choose_plan(parent, targets, parent.objects, settings.optimizer)
+    out = simulate_plan(plan, views)
+    errors = {}
+    for o, (labels, _) in out.items():
+        t = views[o].truth
+        errors[o] = dict(fpr=_r(float(np.mean(labels[~t])) if (~t).any() else None),
+                         fnr=_r(float(np.mean(~labels[t])) if t.any() else None))
+    fr = stage_fractions(pass_decided([d for _, d in out.values()]))
+    return dict(plan=plan.describe(), errors=errors, reference_share=_r(fr["reference"]),
+                expected_cost_ms=_r(expected_cost(plan.shared, parent.costs, fr) * 1e3, 4))
+
+
+def judge(new: dict, cur: dict, targets: Targets) -> str:
+    """Why the new version validates worse than the current one ("" when it validates at least as
+    well): per object a best AUC more than AUC_SLACK lower (where the current one's is at least
+    AUC_RANKS and the held-out frames show MIN_PER_ANSWER frames of each answer: one positive frame's
+    rank is no ranking), or an error above both the target and the current plan's; an expected cost
+    higher by more than COST_SLACK of the current one's or than NOISE_FRAMES more held-out frames for
+    the reference would add (`noise_ms`). Both plans are the optimizer's on the same held-out frames,
+    so they differ only by what the models and detectors make of footage neither was fitted on."""
+    why = []
+    for o, a in new["best_auc"].items():
+        c = cur["best_auc"].get(o)
+        if (c is not None and c < AUC_RANKS) or min(new.get("answers", {}).get(o, [MIN_PER_ANSWER])) < MIN_PER_ANSWER:
+            pass  # the current models do not rank this object there, or too few frames of an answer to tell
+        elif a is not None and c is not None and a < c - AUC_SLACK:
+            why.append(f"{o}'s best held-out AUC {a:.3f} < the current version's {c:.3f}")
+        elif a is None and c is not None:
+            why.append(f"no model of it ranks {o} on the held-out frames (the current version's: AUC {c:.3f})")
+        for rate in ("fpr", "fnr"):
+            n, k = new["errors"][o][rate], cur["errors"][o][rate]
+            if n is not None and n > max(getattr(targets, rate), k or 0.0) + 1e-9:
+                why.append(f"its plan's held-out {rate.upper()} of {o} {n:.2%} > the target and the current version's")
+    tie = max(cur["expected_cost_ms"] * COST_SLACK, new.get("noise_ms", 0.0))
+    if new["expected_cost_ms"] > cur["expected_cost_ms"] + tie + 1e-9:
+        why.append(f"its plan costs {new['expected_cost_ms']:.3g} ms a frame > the current version's "
+                   f"{cur['expected_cost_ms']:.3g} (reference on {new['reference_share']:.0%} of the held-out frames, "
+                   f"against {cur['reference_share']:.0%})")
+    return "; ".join(why)
+
+
+def _r(x, digits: int = 4):
+    return None if x is None or not np.isfinite(x) else round(float(x), digits)
+
+
+# --------------------------------------------------------------------------- 6. write
+
+
+def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers: list[Answers], scored: Scored,
+                         settings: Settings, say) -> UpdateResult:
+    """Steps 4-6 of the module docstring."""
+    skips = [int(k) for k in settings.optimizer.skips]
+    q = settings.query
+    targets = Targets(float(q.target_fpr), float(q.target_fnr), settings.optimizer.metric, int(settings.optimizer.window))
+    old, new = current(parent, scored, skips), refitted(parent, scored, settings, reference)
+    views_old, views_new = heldouts(parent, scored, old), heldouts(parent, scored, new)
+    fig_new, fig_old = figures(parent, views_new, targets, settings), figures(parent, views_old, targets, settings)
+    reason = judge(fig_new, fig_old, targets)
+    archive_top(root, parent)  # the current version is kept before anything is written
+    n = 1 + max(B.versions(root) + [parent.version])
+    entry = lineage_entry(n, parent, answers, scored, new, dict(
+        targets=dict(fpr=targets.fpr, fnr=targets.fnr), heldout_frames=int(scored.heldout.sum()),
+        heldout_positives={o: int(scored.truth[scored.heldout, k].sum()) for k, o in enumerate(parent.objects)},
+        new=fig_new, current=fig_old, current_as_planned=as_planned(parent, views_old, targets, settings)), reason)
+    path = write_version(root, n, parent, scored, new, views_new, entry)
+    if not reason:
+        publish(root, path)
+    say(f"version {n}: {entry['learnt_frames']} frames learnt from {len(answers)} video(s), validated on "
+        f"{entry['validation']['heldout_frames']} held-out frames of {answers[-1].video.path.name}")
+    return UpdateResult(n, path, not reason, reason, parent.version, entry)
+
+
+def lineage_entry(n: int, parent: B.TrainedBundle, answers: list[Answers], scored: Scored, new: Fitted,
+                  validation: dict, reason: str) -> dict:
+    """This version's line in bundle.yaml's lineage."""
+    videos = []
+    for i, a in enumerate(answers):
+        mine = scored.video_of == i
+        videos.append(dict(path=str(a.video.path.resolve()), hash=a.video.hash, frames=int((mine & scored.fit).sum()),
+                           heldout=int((mine & scored.heldout).sum()),
+                           positives={o: int(scored.truth[mine, k].sum()) for k, o in enumerate(parent.objects)},
+                           span=[int(scored.frames[mine].min()), int(scored.frames[mine].max()) + 1]))
+    return dict(version=n, parent=parent.version, made_by="update",
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"), status="aside" if reason else "good",
+                reason=reason or None, learnt_frames=int(scored.fit.sum()), videos=videos,
+                refitted=dict(heads=sorted(new.heads), diffs=new.refitted_diffs), validation=validation)
+
+
+def first_entry(meta: dict) -> dict:
+    """The lineage entry of a version as trained (a bundle written before lineage existed)."""
+    v, ho = meta["video"], meta["heldout"]
+    aucs = {c["name"]: c.get("heldout_aucs", c.get("heldout_auc")) for c in meta["candidates"]}
+    return dict(version=int(meta.get("version", 1)), made_by="train", created=meta.get("created"), status="good",
+                videos=[dict(path=v["path"], hash=v["hash"], segment=v["segment"], frames=v.get("frames_labelled"),
+                             positives=v.get("positives"))],
+                validation=dict(heldout_frames=ho["frames"], heldout_positives=ho.get("positives"), aucs=aucs))
+
+
+# Long: one version's files, in the order a bundle is written: models, detectors, arrays, bundle.yaml last.
+def write_version(root: Path, n: int, parent: B.TrainedBundle, scored: Scored, new: Fitted, views: dict[str, HeldOut],
+                  entry: dict) -> Path:
+    """Version `n` under root/versions/n: written into a temp folder, renamed into place when complete."""
+    final = root / B.VERSIONS / str(n)
+    tmp = root / B.VERSIONS / f".tmp-{n}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "models").mkdir(parents=True)
+    (tmp / "diff").mkdir()
+    meta = {k: copy.deepcopy(v) for k, v in parent.meta.items() if k not in ("files", "format", "noscope_version")}
+    each = aucs(parent, views)
+    for c in meta["candidates"]:
+        name = c["name"]
+        if parent.multi:
+            c["heldout_aucs"] = {o: each[o][name] for o in parent.objects}
+            trusted = [a for a in c["heldout_aucs"].values() if a is not None]
+            c["heldout_auc"] = float(np.min(trusted)) if trusted else float("nan")
+        else:
+            c["heldout_auc"] = float(each[parent.objects[0]][name])
+        if name in new.heads:
+            from .prefix_heads import save_head
+
+            save_head(new.heads[name].model, tmp / c["file"])
+            c["learnt_from"] = c.get("learnt_from") or f"models/{name}-learnt.npz"
+            z, y = thinned(*new.heads[name].learnt_from)
+            B.save_npz(tmp / c["learnt_from"], features=z.astype(np.float16), targets=y.astype(np.float16))
+            c["refit"] = dict(version=n, frames=int(scored.fit.sum()))
+        else:
+            shutil.copyfile(parent.root / c["file"], tmp / c["file"])
+            if c.get("learnt_from"):
+                shutil.copyfile(parent.root / c["learnt_from"], tmp / c["learnt_from"])
+    meta["diffs"] = diff_meta(parent, new.detectors, tmp)
+    ho, multi = scored.heldout, parent.multi
+    col = (lambda a: a) if multi else (lambda a: a[:, 0])
+    frames = scored.frames[ho]
+    newest = entry["videos"][-1]
+    meta["heldout"] = dict(file="heldout.npz", frames=int(ho.sum()),
+                           positives={o: int(scored.truth[ho, k].sum()) for k, o in enumerate(parent.objects)} if multi
+                           else int(scored.truth[ho, 0].sum()),
+                           video=dict(path=newest["path"], hash=newest["hash"], segment=[int(frames.min()), int(frames.max()) + 1]))
+    meta.update(version=n, created=entry["created"], learnt="learnt.npz",
+                lineage=list(parent.meta.get("lineage") or [first_entry(parent.meta)]) + [entry])
+    arrays = dict(frames=frames, truth=col(scored.truth[ho]), scores=col(scored.targets[ho]).astype(np.float32),
+                  blocks=scored.blocks[ho], **{f"model__{k}": col(v).astype(np.float32) for k, v in new.scores.items()},
+                  **{f"diff__{d}@{s}": v.astype(np.float32) for d, by in new.diff_scores.items() for s, v in by.items()})
+    B.save_npz(tmp / "heldout.npz", **arrays, **{B.MADE_FOR: np.array(json.dumps(B.made_for(meta)))})
+    B.save_npz(tmp / "learnt.npz", **learnt_record(parent, entry, scored))
+    B.write_manifest(tmp, json.loads(json.dumps(meta)), fmt=int(parent.meta["format"]))
+    B.load_bundle(tmp)  # what was written reads back whole before it is put in place
+    os.replace(tmp, final)
+    return final
+
+
+def diff_meta(parent: B.TrainedBundle, dets: list, folder: Path) -> list[dict]:
+    """bundle.yaml's diffs for the version's detectors (their measured costs are the current ones':
+    the same computation on the same size), their pictures of the empty scene saved."""
+    old = {d["name"]: d for d in parent.meta["diffs"]}
+    out = []
+    for d in dets:
+        m = dict(d.to_dict(), cost_s=old[d.name]["cost_s"], size=old[d.name]["size"])
+        if d.reference_image is not None:
+            m["reference_image_file"] = f"diff/{d.name}.npy"
+            difference.save_npy(folder / m["reference_image_file"], d.reference_image)
+        out.append(m)
+    return out
+
+
+def learnt_record(parent: B.TrainedBundle, entry: dict, scored: Scored) -> dict[str, np.ndarray]:
+    """learnt.npz: per video (v<hash>) every frame this version and its ancestors were fitted on or
+    validated with (the held-out frames choose its thresholds)."""
+    out = {}
+    if parent.meta.get("learnt"):
+        out.update(B.load_npz(parent.root, parent.meta["learnt"]))
+    for i, v in enumerate(entry["videos"]):
+        mine = scored.frames[scored.video_of == i]
+        out[f"v{v['hash']}"] = np.union1d(out.get(f"v{v['hash']}", np.zeros(0, np.int64)), mine).astype(np.int64)
+    return out
+
+
+def thinned(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most MAX_LEARNT rows: the newest kept whole, older ones thinned evenly."""
+    if len(z) <= MAX_LEARNT:
+        return z, y
+    keep = np.r_[np.linspace(0, len(z) - MAX_LEARNT // 2 - 1, MAX_LEARNT - MAX_LEARNT // 2).round().astype(np.int64),
+                 np.arange(len(z) - MAX_LEARNT // 2, len(z))]
+    return z[keep], y[keep]
+
+
+# --------------------------------------------------------------------------- a query with an updated version
+
+
+def learnt_answers(bundle: B.TrainedBundle, video_hash: str, start: int, end: int, results: dict, ask, min_score: float) -> dict:
+    """A query's first answers with the reference's answer on every frame of [start, end) of this video
+    the version was fitted on (`ask(frames)` -> frame -> {object: score}; those answers were paid for
+    and sit in the label cache): they are reference answers then, so the check's uniform draws come
+    from the other frames and it never certifies a version on frames it learnt from."""
+    fitted = bundle.learnt_frames(video_hash, start, end)
+    if not len(fitted):
+        return results
+    got = ask(fitted)
+    return {o: apply_known(r, {f: s[o] for f, s in got.items()}, min_score) for o, r in results.items()}
+
+
+# --------------------------------------------------------------------------- versions on disk
+
+
+def archive_top(root: Path, parent: B.TrainedBundle) -> None:
+    """Keep the bundle at `root` as a version before anything replaces it: a bundle as trained (never
+    updated, or retrained since) becomes the next version number."""
+    kept = B.versions(root)
+    top = (root / "bundle.yaml").read_bytes()
+    same = [k for k in kept if (root / B.VERSIONS / str(k) / "bundle.yaml").read_bytes() == top]
+    if same:  # kept already (the newest good version, or the bundle as trained after an update set aside)
+        parent.meta["version"] = same[-1]
+        return
+    n = 1 if not kept else max(kept) + 1
+    tmp = root / B.VERSIONS / f".tmp-{n}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in list(parent.meta["files"]) + ["bundle.yaml"]:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, tmp / rel)
+    B.load_manifest(tmp)
+    os.replace(tmp, root / B.VERSIONS / str(n))
+    if n != parent.version:
+        parent.meta["version"] = n  # what the update records as its parent
+
+
+def publish(root: Path, version: Path) -> None:
+    """Make `root` a copy of `version`: bundle.yaml goes first (no manifest vouches for a mix of old and
+    new files), the version's files are copied, files it does not have are removed, bundle.yaml last."""
+    meta = B.load_manifest(version)
+    (root / "bundle.yaml").unlink(missing_ok=True)
+    keep = set(meta["files"]) | {"bundle.yaml"}
+    for p in sorted(root.rglob("*"), reverse=True):
+        rel = p.relative_to(root)
+        if rel.parts[0] in (B.VERSIONS, "work") or p.name.startswith(".") or rel.as_posix() in keep:
+            continue
+        if p.is_file():
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    for rel in meta["files"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        B.atomic_write_bytes(root / rel, (version / rel).read_bytes())
+    B.atomic_write_bytes(root / "bundle.yaml", (version / "bundle.yaml").read_bytes())
+
+
+def status_of(path: Path) -> str:
+    """"good" or "aside": what a kept version's own lineage entry says (a version as trained: good)."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((path / "bundle.yaml").read_text())
+        return str((meta.get("lineage") or [{}])[-1].get("status", "good"))
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        return "aside"
+
+
+def restore_top(root: Path, say) -> None:
+    """A publish that stopped part-way leaves `root` without bundle.yaml: make it the newest good version again."""
+    kept = B.versions(root)
+    if (root / "bundle.yaml").is_file() or not kept:
+        return
+    good = [n for n in kept if status_of(root / B.VERSIONS / str(n)) == "good"]
+    if good:
+        say(f"{root} had no bundle.yaml (an earlier update stopped while replacing it): restoring version {good[-1]}")
+        publish(root, root / B.VERSIONS / str(good[-1]))

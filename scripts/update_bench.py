@@ -1,0 +1,362 @@
+"""Does a bundle get better from what its queries paid for? Train on the first third, query the second, update, query the last.
+
+    .venv/bin/python scripts/update_bench.py --set train.grid=small --out update-bench          # .md + .json
+    .venv/bin/python scripts/update_bench.py --set train.grid=small --night 6000 --out update-bench   # + looped nights
+    .venv/bin/python scripts/update_bench.py --cases storefront:person --targets 0.01
+
+For each (clip, object), in a cache and model folder of its own (`--work`; only the detector's
+weights and exports are shared with ~/.cache/noscope, so nothing another run labelled is learnt from):
+
+  1. `noscope train CLIP --object O --end A` (the first third, frames [0, A));
+  2. `noscope query CLIP --model B --start A --end B` (the second third, the default check at the
+     configured targets): the reference answers it pays for land in the label cache;
+  3. `noscope train --update B CLIP --start A --end B`: a new version from those answers, validated on
+     the last part in time of them; it becomes B only if it validates at least as well;
+  4. `noscope evaluate CLIP --model B@1` and `--model B` on the last third (frames [B, end): neither
+     version saw it), at each target T (FPR = FNR = T): errors against the reference on every frame,
+     `met`, escalations, the share of frames the cheap stages settled, reference calls, speed-up end
+     to end. An update kept aside leaves B the original: its row says so and is measured once.
+
+`--night N` repeats this on looped nights: the second third re-encoded losslessly (x264 qp 0, the
+decoded pictures of exactly those frames) and looped until at least N frames is queried as a new
+video and a copy of the original bundle is updated from it; the last third looped the same way is
+queried with both versions (`noscope query`, the default check). Errors are against the reference's
+answers on the original frames each looped frame repeats (labelled in step 4; a spot check of 24
+looped frames says how often the reference answers a looped frame as its original), the speed-up
+against the reference on every frame at the per-frame time `evaluate` measured on the last third.
+On a looped night the update's held-out frames repeat pictures it was fitted on (the loop), so its
+validation there is optimistic; the last third is footage neither version saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDEOS = ROOT.parent / "shared" / "videos"
+# The shared clips long enough to cut in three (at least 700 frames), with an object that shows on
+# both sides of the cuts (../shared/README.md).
+CASES = [("storefront-cctv_people.mp4", "person"), ("urban-road-cctv_cars-buses-motorbikes.mp4", "bus"),
+         ("pets2009-s2l1_vtest_people.avi", "car"), ("highway-cctv_cars-trucks.avi", "car"),
+         ("overhead-residential-street_cars.mp4", "car")]
+
+
+def noscope(*args, env: dict) -> tuple[str, float]:
+    """Run `python -m noscope.cli ARGS` (stdout, seconds); a failure ends the benchmark with its stderr."""
+    cmd = [sys.executable, "-m", "noscope.cli", *map(str, args)]
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if res.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{res.stderr}")
+    return res.stdout, time.perf_counter() - t
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def workspace(work: Path) -> dict:
+    """The environment of every noscope run here: its own label, frame and model caches."""
+    cache = work / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    real = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope"))
+    for sub in ("weights", "exported"):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        if not (cache / sub).exists():
+            (cache / sub).symlink_to(real.resolve() / sub, target_is_directory=True)
+    env = dict(os.environ, NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(work / "models"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    os.environ.update(NOSCOPE_CACHE=env["NOSCOPE_CACHE"], NOSCOPE_MODELS=env["NOSCOPE_MODELS"])
+    return env
+
+
+def version_entry(bundle: Path, n: int) -> dict:
+    import yaml
+
+    return yaml.safe_load((bundle / "versions" / str(n) / "bundle.yaml").read_text())["lineage"][-1]
+
+
+# Long: the four steps of the module docstring for one (clip, object), then its looped nights.
+def run_case(clip: str, obj: str, targets: list[float], extra: list[str], env: dict, work: Path, night: int) -> dict:
+    video = VIDEOS / clip
+    with av.open(str(video)) as c:  # the frames that decode (a container may claim more)
+        n = sum(1 for _ in c.decode(video=0))
+    a, b = n // 3, 2 * n // 3
+    name = f"ub-{Path(clip).stem}-{obj}"
+    bundle = work / "models" / name
+    case = dict(clip=clip, object=obj, frames=n, cuts=[a, b], seconds={})
+    for old in (bundle, work / "models" / f"{name}-night"):  # a run starts from a bundle as trained
+        shutil.rmtree(old, ignore_errors=True)
+    _, case["seconds"]["train"] = noscope("train", video, "--object", obj, "--end", f"{a}f", "--name", name, "-q", *extra,
+                                          env=env)
+    if night:
+        shutil.copytree(bundle, work / "models" / f"{name}-night")
+    out, case["seconds"]["night_query"] = noscope("query", video, "--model", name, "--start", f"{a}f", "--end", f"{b}f",
+                                                  "--json", "-q", "--no-plot", "--out", work / "out" / name / "night",
+                                                  *extra, env=env)
+    case["night"] = brief(last_json(out))
+    out, case["seconds"]["update"] = noscope("train", "--update", name, video, "--start", f"{a}f", "--end", f"{b}f", *extra,
+                                             env=env)
+    case["update_line"] = out.strip()
+    case["update"] = version_entry(bundle, 2)
+    good = case["update"]["status"] == "good"
+    case["rows"] = []
+    for t in targets:
+        row = dict(target=t)
+        for label, model in (("original", f"{name}@1"), ("updated", name)):
+            if label == "updated" and not good:
+                row[label] = dict(row["original"], same_as_original=True)
+                continue
+            out, _ = noscope("evaluate", video, "--model", model, "--start", f"{b}f", "--target-fpr", t, "--target-fnr", t,
+                             "--json", "-q", *extra, env=env)
+            row[label] = measured(last_json(out))
+        case["rows"].append(row)
+        print(json.dumps(dict(clip=clip, object=obj, target=t, original=row["original"]["speedup"],
+                              updated=row["updated"]["speedup"])), file=sys.stderr)
+    if night:
+        case["looped"] = run_night(video, obj, name, a, b, n, targets, extra, env, work, night, case)
+    return case
+
+
+def brief(summary: dict) -> dict:
+    v = summary["verified"]
+    return dict(frames=summary["frames"], positives=summary["positives"], reference_calls=summary["reference_calls"],
+                met=v["met"], escalations=len(v.get("escalations") or []) + bool(v.get("reference_answered")),
+                cheap=1 - summary["fractions"]["reference"], seconds=summary["wall_seconds"])
+
+
+def measured(rep: dict) -> dict:
+    """One evaluate report, as the table shows it."""
+    v = rep["verified"]
+    return dict(frames=rep["frames_compared"], positives=rep["positives"], fpr=rep["frames"]["fpr"], fnr=rep["frames"]["fnr"],
+                met=v["met"], escalations=len(v.get("escalations") or []) + bool(v.get("reference_answered")),
+                escalation_words="; ".join((v.get("escalations") or []) + (["reference on cheap " + "+".join(
+                    v["reference_answered"])] if v.get("reference_answered") else [])),
+                cheap=1 - rep["fractions"]["reference"], reference_calls=rep["reference_calls"], speedup=rep["speedup"],
+                seconds=rep["cascade_seconds"], reference_seconds=rep["reference_seconds"],
+                reference_per_frame=rep["reference_seconds"] / max(rep["frames_compared"], 1), model=rep["model"])
+
+
+def loop_range(src: Path, dst: Path, a: int, b: int, min_frames: int) -> tuple[Path, int]:
+    """Frames [a, b) of `src` re-encoded losslessly (x264 qp 0: the same decoded pictures) and looped
+    until at least `min_frames` frames -> (file, loops): looped frame i shows original frame a + i % (b - a)."""
+    length = b - a
+    loops = max(1, -(-min_frames // length))
+    with av.open(str(src)) as inp:
+        ist = inp.streams.video[0]
+        frames = [f for i, f in zip(range(b), inp.decode(ist)) if i >= a]
+        rate = ist.average_rate or Fraction(25)
+        with av.open(str(dst), "w") as out:
+            st = out.add_stream("libx264", rate=rate)
+            st.width, st.height, st.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+            st.options = {"qp": "0", "preset": "ultrafast"}
+            k = 0
+            for _ in range(loops):
+                for f in frames:
+                    f.pts, f.time_base = k, 1 / Fraction(rate)
+                    for p in st.encode(f):
+                        out.mux(p)
+                    k += 1
+            for p in st.encode():
+                out.mux(p)
+    return dst, loops
+
+
+# Long: a night looped, the copy of the bundle updated from it, the last third looped and queried with both versions.
+def run_night(video: Path, obj: str, name: str, a: int, b: int, n: int, targets: list[float], extra: list[str], env: dict,
+              work: Path, min_frames: int, case: dict) -> dict:
+    from noscope.labels import label_frames, object_truth
+    from noscope.prepare import open_reference
+    from noscope.settings import Settings
+    from noscope.config import load_config
+    from noscope.video import open_video
+
+    loops_dir = work / "loops"
+    loops_dir.mkdir(exist_ok=True)
+    copy = f"{name}-night"
+    night, loops = loop_range(video, loops_dir / f"{name}-night.mp4", a, b, min_frames)
+    out, t_night = noscope("query", night, "--model", copy, "--json", "-q", "--no-plot", "--out",
+                           work / "out" / name / "looped-night", *extra, env=env)
+    res = dict(night=dict(brief(last_json(out)), loops=loops), seconds=dict(night_query=t_night))
+    out, res["seconds"]["update"] = noscope("train", "--update", copy, night, *extra, env=env)
+    res["update_line"] = out.strip()
+    res["update"] = version_entry(work / "models" / copy, 2)
+    good = res["update"]["status"] == "good"
+    last, loops_last = loop_range(video, loops_dir / f"{name}-last.mp4", b, n, min_frames)
+    settings = Settings.from_config(load_config(None, [s for s in extra if s != "--set"]))
+    ref, key = open_reference(settings.reference)
+    labels = label_frames(open_video(video), ref, key, np.arange(b, n), quiet=True)  # evaluate labelled them: cached
+    assert np.array_equal(labels.frames, np.arange(b, n)), "the last third's frames must all decode"
+    truth = object_truth(labels.score_of(ref.class_index(obj)), settings.labels.min_score, 1)
+    per_frame = case["rows"][0]["original"]["reference_per_frame"]
+    res["rows"] = []
+    for t in targets:
+        row = dict(target=t)
+        for label, model in (("original", f"{copy}@1"), ("updated", copy)):
+            if label == "updated" and not good:
+                row[label] = dict(row["original"], same_as_original=True)
+                continue
+            folder = work / "out" / name / f"looped-last-{label}-{t}"
+            forget(last)  # each query of the looped last third starts with nothing cached, as a first night does
+            out, _ = noscope("query", last, "--model", model, "--target-fpr", t, "--target-fnr", t, "--json", "-q",
+                             "--no-plot", "--out", folder, *extra, env=env)
+            row[label] = looped_measure(last_json(out), folder, truth, n - b, per_frame, loops_last)
+        res["rows"].append(row)
+    res["mapping_agreement"] = mapping_check(last, video, b, n, ref, key, obj, settings.labels.min_score)
+    return res
+
+
+def forget(video: Path) -> None:
+    """Remove what the label and frame caches hold of `video` (this benchmark's own caches)."""
+    from noscope.paths import cache_dir
+    from noscope.video import open_video
+
+    h = open_video(video).hash
+    shutil.rmtree(cache_dir() / "labels" / h, ignore_errors=True)
+    for p in (cache_dir() / "frames").glob(f"{h}-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def looped_measure(summary: dict, folder: Path, truth: np.ndarray, length: int, per_frame: float, loops: int) -> dict:
+    """A looped query's answers against the reference's answers on the frames they repeat."""
+    rows = np.loadtxt(folder / "frames.csv", delimiter=",", skiprows=1, usecols=(0, 2), dtype=np.int64, ndmin=2)
+    frames, labels = rows[:, 0], rows[:, 1].astype(bool)
+    expect = truth[frames % length]
+    n_pos, n_neg = int(expect.sum()), int((~expect).sum())
+    v = summary["verified"]
+    return dict(frames=len(frames), positives=n_pos, loops=loops,
+                fpr=float(np.sum(labels & ~expect) / n_neg) if n_neg else None,
+                fnr=float(np.sum(~labels & expect) / n_pos) if n_pos else None, met=v["met"],
+                escalations=len(v.get("escalations") or []) + bool(v.get("reference_answered")),
+                cheap=1 - summary["fractions"]["reference"], reference_calls=summary["reference_calls"],
+                seconds=summary["wall_seconds"], speedup=len(frames) * per_frame / summary["wall_seconds"])
+
+
+def mapping_check(looped: Path, video: Path, b: int, n: int, ref, key, obj: str, min_score: float) -> float:
+    """Share of 24 spot-checked looped frames the reference answers as it answers their originals."""
+    from noscope.labels import label_frames
+    from noscope.video import open_video
+
+    lv = open_video(looped)
+    spot = np.linspace(0, lv.frame_count - 1, 24).astype(np.int64)
+    got = label_frames(lv, ref, key, spot, quiet=True).score_of(ref.class_index(obj)) >= min_score
+    want = label_frames(open_video(video), ref, key, b + spot % (n - b), quiet=True).score_of(ref.class_index(obj)) >= min_score
+    return float(np.mean(got == want))
+
+
+def _f(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def side(r: dict) -> str:
+    return (f"{_f(r['fpr'])} / {_f(r['fnr'])} | {r['met']} | {r['escalations']} | {r['cheap']:.0%} | {r['reference_calls']} "
+            f"| {r['speedup']:.1f}x")
+
+
+def table(cases: list[dict], looped: bool = False) -> str:
+    head = ("| clip | object | T | frames (pos) | update | original: FPR / FNR | met | escalations | cheap share "
+            "| reference calls | speed-up | updated: FPR / FNR | met | escalations | cheap share | reference calls | speed-up |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in cases:
+        part = c["looped"] if looped else c
+        up = part["update"]
+        status = f"v2 {up['status']}" + (f" ({up['reason']})" if up["status"] != "good" else "")
+        for row in part["rows"]:
+            o = row["original"]
+            size = f"{o['frames']} ({o['positives']})" + (f", {o['loops']}x" if looped else "")
+            lines.append(f"| {Path(c['clip']).stem} | {c['object']} | {row['target']} | {size} | {status} | {side(o)} "
+                         f"| {side(row['updated']) if not row['updated'].get('same_as_original') else 'as original (update kept aside)'} |")
+    return "\n".join(lines)
+
+
+def updates(cases: list[dict], looped: bool = False) -> str:
+    head = ("| clip | object | night: frames, reference calls, escalations, cheap share | learnt frames | held-out frames (pos) "
+            "| best AUC new / current | plan's reference share new / current | current's own plan there: FPR / FNR, reference share "
+            "| status |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in cases:
+        part = c["looped"] if looped else c
+        u, nt = part["update"], part["night"]
+        v = u["validation"]
+        auc = lambda f: "/".join(_f(x) for x in f["best_auc"].values())  # noqa: E731
+        cap = v["current_as_planned"]
+        err = "; ".join(f"{_f(e['fpr'])} / {_f(e['fnr'])}" for e in cap["errors"].values())
+        lines.append(f"| {Path(c['clip']).stem} | {c['object']} | {nt['frames']}, {nt['reference_calls']}, {nt['escalations']}, "
+                     f"{nt['cheap']:.0%} | {u['learnt_frames']} | {v['heldout_frames']} ({sum(v['heldout_positives'].values())}) "
+                     f"| {auc(v['new'])} / {auc(v['current'])} | {v['new']['reference_share']:.0%} / "
+                     f"{v['current']['reference_share']:.0%} | {err}, {cap['reference_share']:.0%} | {u['status']}"
+                     f"{' (' + u['reason'] + ')' if u['reason'] else ''} |")
+    return "\n".join(lines)
+
+
+def acceptance(cases: list[dict], looped: bool = False) -> list[str]:
+    """Never less accurate; faster wherever the original escalated."""
+    worse, slower, escalated = [], [], 0
+    for c in cases:
+        for row in (c["looped"] if looped else c)["rows"]:
+            o, u = row["original"], row["updated"]
+            tag = f"{Path(c['clip']).stem} {c['object']} T={row['target']}"
+            for k in ("fpr", "fnr"):
+                if u[k] is not None and o[k] is not None and u[k] > o[k] + 1e-9:
+                    worse.append(f"{tag} {k.upper()} {u[k]:.3f} > {o[k]:.3f}")
+            if o["escalations"]:
+                escalated += 1
+                if not u["speedup"] > o["speedup"]:
+                    slower.append(f"{tag} {u['speedup']:.1f}x <= {o['speedup']:.1f}x")
+    return [f"- updated less accurate than the original (measured FPR or FNR higher): {len(worse)}"
+            f"{': ' + '; '.join(worse) if worse else ''}",
+            f"- rows where the original escalated: {escalated}; of them the updated not faster: {len(slower)}"
+            f"{': ' + '; '.join(slower) if slower else ''}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", nargs="+", type=float, default=[0.05, 0.01])
+    ap.add_argument("--cases", nargs="+", help="clip-prefix:object, e.g. storefront:person (default: all five)")
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--night", type=int, default=0, metavar="N", help="also the looped nights (module docstring), N frames")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/noscope-update-bench"), help="caches, bundles, loops, results")
+    ap.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
+    args = ap.parse_args()
+    extra = [x for s in args.sets for x in ("--set", s)]
+    env = workspace(args.work)
+    cases = CASES if not args.cases else [(c, o) for c, o in CASES for want in args.cases
+                                          if c.startswith(want.split(":")[0]) and o == want.split(":")[1]]
+    t0 = time.perf_counter()
+    done = []
+    for clip, obj in cases:
+        done.append(run_case(clip, obj, args.targets, extra, env, args.work, args.night))
+        if args.out:
+            args.out.with_suffix(".json").write_text(json.dumps(done, indent=2))
+    md = "\n".join([
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {' '.join(args.sets) or 'default config'}; "
+        f"{(time.perf_counter() - t0) / 60:.0f} min in all. Each clip: trained on its first third, the second third "
+        "queried (default check), the bundle updated from that query's reference answers, the last third answered by "
+        "the original (v1) and the updated bundle, against the reference on every frame of it.", "",
+        table(done), "", "The updates:", "", updates(done), "", *acceptance(done)]
+        + (["", f"Looped nights (at least {args.night} frames): the second third looped is the night queried and learnt "
+                "from, the last third looped is answered by both versions.", "", table(done, True), "", updates(done, True),
+            "", *acceptance(done, True),
+            "- spot checks: a looped frame's reference answer equals its original's on "
+            f"{min(c['looped']['mapping_agreement'] for c in done):.0%} of the checked frames or more"] if args.night else []))
+    print(md)
+    if args.out:
+        args.out.with_suffix(".md").write_text(md + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(done, indent=2))
+
+
+if __name__ == "__main__":
+    main()
