@@ -25,6 +25,7 @@ from noscope.plans import (
     stage_fractions,
 )
 from noscope.simulate import HeldOutArrays, layout_of, simulate
+from noscope.specialized import roc_auc
 
 
 def optimize(heldout, costs, targets, **options):
@@ -197,6 +198,32 @@ def test_useless_model_is_not_used():
     assert plan.reference_only and plan.model is None and plan.skip == 1
     assert plan.expected_cost == pytest.approx(reference_only_cost(c))
     assert plan.fractions == {"skip": 0.0, "diff": 0.0, "model": 0.0, "reference": 1.0}
+
+
+def test_a_model_below_the_old_auc_guard_settles_what_it_is_sure_of_and_nothing_else():
+    """Models are used by evidence (optimizer.min_auc 0): a model sure of half the frames and blind on
+    the rest (AUC well below the old 0.9 guard) answers the half it is sure of; the frames where its
+    score hovers go to the reference. The old guard would have sent every frame there."""
+    rng = np.random.default_rng(4)
+    n = 4000
+    truth = rng.random(n) < 0.4
+    sure = rng.random(n) < 0.5
+    scores = np.where(sure, np.where(truth, 0.95, 0.05) + rng.normal(0, 0.01, n), rng.uniform(0.3, 0.7, n))
+    assert 0.6 < roc_auc(scores, truth) < 0.9
+    h = heldout(truth, models={"weak": scores})
+    c = costs({"weak": 1e-3}, reference=0.1)
+    targets = Targets(0.01, 0.01)
+    plan = optimize(h, c, targets)
+    assert plan.model == "weak" and plan.skip == 1 and plan.diff is None
+    check_plan(plan, h, targets, c)
+    _, decided = simulate(plan, h)
+    # where its score says nothing it answers almost nothing (the targets' 1% lets a few edge frames through)
+    assert np.mean(decided[~sure] == REFERENCE) > 0.95
+    assert np.mean(decided[sure] == MODEL) > 0.95  # where it is sure, it answers
+    assert plan.expected_cost < 0.6 * reference_only_cost(c)
+    # the old guard (min_auc 0.9) would not have offered it: the reference on every frame
+    guarded = opt.optimize({"x": h}, c, targets, models={"x": []}).plans["x"]
+    assert guarded.reference_only
 
 
 def test_useless_model_with_long_runs_means_skipping():
