@@ -49,7 +49,7 @@ from torch.nn import functional as F
 
 from . import atomic
 from .errors import NoscopeError
-from .specialized import resolve_device
+from .specialized import median_seconds, resolve_device
 
 FORMAT = "noscope-prefix-head-v1"
 HEAD_KINDS = ("linear", "spatial")
@@ -565,14 +565,7 @@ def measure_cost(model: PrefixModel, batch_size: int = 64, repeats: int = 5, hea
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
 
-        for _ in range(2):
-            once()
-        times = []
-        for _ in range(max(1, repeats)):
-            t = time.perf_counter()
-            once()
-            times.append(time.perf_counter() - t)
-    return float(np.median(times)) / batch_size
+        return median_seconds(once, repeats) / batch_size
 
 
 # --------------------------------------------------------------------------- in a cascade

@@ -657,6 +657,12 @@ def measure_cost(
         if cuda:
             torch.cuda.synchronize(dev)
 
+    return median_seconds(once, repeats) / bs
+
+
+def median_seconds(once, repeats: int) -> float:
+    """Median wall seconds of `once()` over `repeats` calls, after two warm-up calls (cuDNN autotuning,
+    allocator, lazy init)."""
     for _ in range(2):
         once()
     times = []
@@ -664,7 +670,7 @@ def measure_cost(
         t = time.perf_counter()
         once()
         times.append(time.perf_counter() - t)
-    return float(np.median(times)) / bs
+    return float(np.median(times))
 
 
 # --------------------------------------------------------------------------- bundles
