@@ -110,9 +110,13 @@ def run_night(video: Path, obj: str, name: str, t: float, min_frames: int, rep: 
     original = open_video(video)
     truth_at = label_frames(original, ref, key, np.arange(k0, k0 + length), quiet=True)
     min_score = settings.labels.min_score
-    truth = object_truth(truth_at.score_of(ref.class_index(obj)), min_score, 1)
+    truth = np.zeros(length, bool)  # by offset from k0; frames of the original that do not decode have no truth
+    known = np.zeros(length, bool)
+    truth[truth_at.frames - k0] = object_truth(truth_at.score_of(ref.class_index(obj)), min_score, 1)
+    known[truth_at.frames - k0] = True
     rows = np.loadtxt(tmp / "out" / "frames.csv", delimiter=",", skiprows=1, usecols=(0, 2), dtype=np.int64, ndmin=2)
-    frames, labels = rows[:, 0], rows[:, 1].astype(bool)
+    keep = known[rows[:, 0] % length]  # a looped frame counts where its original has the reference's answer
+    frames, labels = rows[keep, 0], rows[keep, 1].astype(bool)
     expect = truth[frames % length]
     spot = np.linspace(0, len(frames) - 1, 24).astype(np.int64)
     looked = label_frames(open_video(looped), ref, key, frames[spot], quiet=True)
@@ -120,9 +124,9 @@ def run_night(video: Path, obj: str, name: str, t: float, min_frames: int, rep: 
     n_pos, n_neg = int(expect.sum()), int((~expect).sum())
     fpr = float(np.sum(labels & ~expect) / n_neg) if n_neg else None
     fnr = float(np.sum(~labels & expect) / n_pos) if n_pos else None
-    reference_s = len(frames) / rep["reference_fps"]
+    reference_s = len(rows) / rep["reference_fps"]
     v = summary["verified"]
-    return dict(frames=len(frames), loops=loops, positives=n_pos, fpr=fpr, fnr=fnr, met=v["met"],
+    return dict(frames=len(rows), compared=len(frames), loops=loops, positives=n_pos, fpr=fpr, fnr=fnr, met=v["met"],
                 escalations=v.get("escalations", []), reference_answered=v.get("reference_answered", []),
                 checked=v.get("checked"), reference_calls=summary["reference_calls"], wall_seconds=summary["wall_seconds"],
                 stage_seconds=summary["stage_seconds"], fractions=summary["fractions"],
@@ -239,7 +243,11 @@ def main() -> None:
     extra = [x for s in args.sets for x in ("--set", s)]
     cases = CASES if not args.cases else [(c, o) for c, o in CASES
                                           for want in args.cases if c.startswith(want.split(":")[0]) and o == want.split(":")[1]]
-    rows = [r for clip, obj in cases for r in run_case(clip, obj, args.targets, extra, args.night)]
+    rows = []
+    for clip, obj in cases:
+        rows += run_case(clip, obj, args.targets, extra, args.night)
+        if args.out:  # what is measured so far survives a later case's failure
+            args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     settings = " ".join(args.sets) or "default config"
     md = "\n".join([
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, device {rows[0]['device']}, reference runtime "
