@@ -57,12 +57,12 @@ from .errors import NoscopeError
 from .labels import load_cached, object_truth, store_dir
 from .optimizer import optimize
 from .planning import choose_plan
-from .plans import Costs, HeldOut, Targets, expected_cost, pass_decided, stage_fractions
+from .plans import HeldOut, Targets, expected_cost, pass_decided, stage_fractions
 from .prepare import bundle_reference
 from .settings import Settings
 from .simulate import simulate_plan
 from .specialized import roc_auc
-from .split import SampleSplit, split
+from .split import split
 from .video import Video, decode_workers, open_video
 
 MIN_HELDOUT = 30  # held-out frames of the newest video below this: nothing to validate a new version on
@@ -395,6 +395,21 @@ def judge(new: dict, cur: dict, targets: Targets) -> str:
     return "; ".join(why)
 
 
+def too_thin(parent: B.TrainedBundle, scored: Scored) -> str:
+    """Why the newest held-out frames cannot stand in for the current version's ("" when they can): the
+    new version plans on them alone, and where they show under MIN_PER_ANSWER frames of an answer the
+    current held-out set shows, no model has an AUC there and the new plan would leave every frame a
+    model settled today to the reference (an empty doorway's minute says nothing of the people)."""
+    why = []
+    for k, o in enumerate(parent.objects):
+        new, cur = scored.truth[scored.heldout, k], np.asarray(parent.heldouts[o].truth, bool)
+        for answer, n, c in (("positive", int(new.sum()), int(cur.sum())), ("negative", int((~new).sum()), int((~cur).sum()))):
+            if n < MIN_PER_ANSWER <= c:
+                why.append(f"its held-out frames show {n} {answer} frames of {o} (the current version's show {c}; "
+                           f"at least {MIN_PER_ANSWER} are needed to rank its models)")
+    return "; ".join(why)
+
+
 def _r(x, digits: int = 4):
     return None if x is None or not np.isfinite(x) else round(float(x), digits)
 
@@ -411,7 +426,7 @@ def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers
     old, new = current(parent, scored, skips), refitted(parent, scored, settings, reference)
     views_old, views_new = heldouts(parent, scored, old), heldouts(parent, scored, new)
     fig_new, fig_old = figures(parent, views_new, targets, settings), figures(parent, views_old, targets, settings)
-    reason = judge(fig_new, fig_old, targets)
+    reason = "; ".join(filter(None, [judge(fig_new, fig_old, targets), too_thin(parent, scored)]))
     archive_top(root, parent)  # the current version is kept before anything is written
     n = 1 + max(B.versions(root) + [parent.version])
     entry = lineage_entry(n, parent, answers, scored, new, dict(
