@@ -21,7 +21,9 @@ probability at least 1 - alpha. Each round:
      answer the reference has shown on this video, the frame skip is lowered; the cascade runs
      again and the next round checks it on fresh frames.
 After `settings.rounds` rounds, or when a check would take most of a stratum anyway, the reference
-answers the whole failing stratum, which leaves no error there to bound.
+answers the whole failing stratum, which leaves no error there to bound. A stratum that was found
+wrong and repaired must, at the end, have an upper bound at most GROSS on its rate; where the last
+draw cannot show that (rare positives: a draw that finds none says little), the reference answers it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from .check_repair import SIDES, repair
 from .check_stats import Check, DrawOrder, certification_sizes, draw, missed, rate_met, verdict
 from .plans import ObjectPlan, Plan, Targets
 from .settings import CheckSettings
+
+GROSS = 0.5  # a repaired stratum's rate must be shown below this, or the reference answers it
 
 
 def apply_known(result, scores: dict[int, float], min_score: float):
@@ -121,6 +125,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
     plans = plan.plans
     alpha = 1.0 - settings.confidence
     known = {o: dict(results[o].reference_scores) for o in objects}
+    repaired: dict[str, set[str]] = {o: set() for o in objects}
     reports = {o: dict(mode="guarantee" if settings.guarantee else "default", confidence=settings.confidence,
                        rounds=[], escalations=[], reference_answered=[], checked=0) for o in objects}
     if settings.per_stratum <= 0 and not settings.guarantee:
@@ -157,11 +162,34 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
             break
         if actions:
             plans = plans_new
+            for o, b in fixable.items():
+                repaired[o] |= b
             for o in objects:
                 reports[o]["escalations"] += actions
             results = rerun(plan.with_plans(plans))
+    # a stratum found wrong and repaired stands only where the last draw rules out a gross failure there
+    doubt = {o: u for o in objects if (u := unconfirmed(verdicts[o], repaired[o], reports[o]["reference_answered"]))}
+    if doubt:
+        verdicts = _reference_answers(results, doubt, verdicts, rounds, known, ask, min_score, targets, a)
+        for o, b in doubt.items():
+            reports[o]["reference_answered"] = sorted(set(reports[o]["reference_answered"])
+                                                      | {"yes" if SIDES[r] else "no" for r in b})
+            _log_round(reports[o], k, a, verdicts[o], final=True)
     results = {o: apply_known(results[o], known[o], min_score) for o in objects}
     return results, {o: _final(reports[o], plans[o]) for o in objects}
+
+
+def unconfirmed(v: dict, repaired: set[str], answered: list[str]) -> set[str]:
+    """The repaired rates whose last draw cannot rule out a gross failure (upper bound above GROSS, or
+    no bound while frames could still be wrong): the draw that found the stratum wrong is evidence
+    against it, and a later draw that happens to find nothing among rare positives is not evidence
+    for the repair (a few missed cars in a night of empty road)."""
+    out = set()
+    for r in repaired - {rate for rate in SIDES if ("yes" if SIDES[rate] else "no") in answered}:
+        high = v[r]["high"]
+        if (high is None and (v[r].get("count_high") or 0) > 0) or (high is not None and high > GROSS):
+            out.add(r)
+    return out
 
 
 def covering(results: dict, rng: np.random.Generator) -> DrawOrder:

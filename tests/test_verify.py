@@ -206,6 +206,39 @@ def test_a_miss_found_is_repaired_and_checked_again():
     assert rep["final_cascade"]["skip"] == 15
 
 
+def test_a_repair_the_last_draw_cannot_confirm_is_answered_by_the_reference(monkeypatch):
+    """Rare positives (a night's few cars): the first draw finds misses among the "no" answers, the
+    repair fixes one stretch but not the other, and the next draw of 100 happens to find none. That
+    is no evidence for the repair (FNR bound about 0.9): the reference answers the "no" stratum, and
+    the final answers are right. Without the rule the same seed ends met null with 30 misses."""
+    import noscope.check as check
+
+    n = 6000
+    truth = np.zeros(n, bool)
+    truth[2000:2030] = truth[4500:4530] = True
+    frames = np.arange(n, dtype=np.int64)
+    bad = _result(frames, np.zeros(n, bool), ["skip"] * n, {})
+    partly = truth.copy()
+    partly[4500:4530] = False
+    half = _result(frames, partly, np.where(partly, "model", "skip"), {})
+    plan = ObjectPlan(skip=30, diff=None, diff_threshold=None, model=None, c_low=None, c_high=None, expected_cost=0.0,
+                      heldout_fpr=0.0, heldout_fnr=0.0)
+
+    def run():
+        return check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
+                                lambda p: {"x": half}, Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
+                                np.random.default_rng(0), 0.5)
+
+    results, reports = run()
+    rep = reports["x"]
+    assert rep["escalations"] and rep["reference_answered"] == ["no"]
+    assert np.array_equal(results["x"].labels, truth) and rep["fnr"]["high"] == 0.0
+    monkeypatch.setattr(check, "GROSS", 2.0)  # the rule off: the same draws leave the misses standing
+    results, reports = run()
+    assert [r["errors"]["no"] for r in reports["x"]["rounds"]] == [2, 0] and reports["x"]["met"] is None
+    assert reports["x"]["fnr"]["high"] > 0.5 and (results["x"].labels != truth).sum() == 30
+
+
 def _model_video(n=6000, seed=3):
     """A video where the first pass's model says "no" on a long positive stretch (a drifted scene):
     frames 0..n, positives in [2000, 3000), every frame processed by the model (skip 1)."""
