@@ -99,10 +99,12 @@ def run_night(video: Path, obj: str, name: str, t: float, min_frames: int, rep: 
     from noscope.prepare import open_reference
     from noscope.settings import Settings
     from noscope.video import open_video
+    from update_bench import forget
 
     tmp = Path(tempfile.mkdtemp(prefix="noscope-night-"))
     looped, k0, length, loops = loop_segment(video, tmp / f"night{video.suffix if video.suffix == '.mp4' else '.mkv'}",
                                              min_frames)
+    forget(looped)  # a night is a first query: nothing of this looped file (same bytes as another T's) cached
     summary = json.loads(noscope("query", looped, "--model", name, "--target-fpr", t, "--target-fnr", t, "--json", "-q",
                                  "--no-plot", "--out", tmp / "out", *extra).strip().splitlines()[-1])
     settings = Settings.from_config(load_config(None, [s for s in extra if s != "--set"]))
