@@ -157,7 +157,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         if last or (not actions and not settings.guarantee):
             verdicts = _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, a)
             for o, b in broken.items():
-                reports[o]["reference_answered"] = sorted("yes" if SIDES[r] else "no" for r in b)
+                reports[o]["reference_answered"] = sorted(answer_word(r) for r in b)
                 _log_round(reports[o], k, a, verdicts[o], final=True)
             break
         if actions:
@@ -173,7 +173,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         verdicts = _reference_answers(results, doubt, verdicts, rounds, known, ask, min_score, targets, a)
         for o, b in doubt.items():
             reports[o]["reference_answered"] = sorted(set(reports[o]["reference_answered"])
-                                                      | {"yes" if SIDES[r] else "no" for r in b})
+                                                      | {answer_word(r) for r in b})
             _log_round(reports[o], k, a, verdicts[o], final=True)
     results = {o: apply_known(results[o], known[o], min_score) for o in objects}
     return results, {o: _final(reports[o], plans[o]) for o in objects}
@@ -185,11 +185,16 @@ def unconfirmed(v: dict, repaired: set[str], answered: list[str]) -> set[str]:
     against it, and a later draw that happens to find nothing among rare positives is not evidence
     for the repair (a few missed cars in a night of empty road)."""
     out = set()
-    for r in repaired - {rate for rate in SIDES if ("yes" if SIDES[rate] else "no") in answered}:
+    for r in repaired - {rate for rate in SIDES if answer_word(rate) in answered}:
         high = v[r]["high"]
         if (high is None and (v[r].get("count_high") or 0) > 0) or (high is not None and high > GROSS):
             out.add(r)
     return out
+
+
+def answer_word(rate: str) -> str:
+    """The cheap answer whose frames hold a rate's errors, as reports name it."""
+    return "yes" if SIDES[rate] else "no"
 
 
 def covering(results: dict, rng: np.random.Generator) -> DrawOrder:

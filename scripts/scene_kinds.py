@@ -59,7 +59,7 @@ def main() -> None:
     rows = []
     for clip, obj in CASES:
         video = open_video(VIDEOS / clip, settings.decode.backend)
-        frames = np.arange(int(video.frame_count * 0.6), video.frame_count)
+        frames = np.arange(*video.segment("60%"))  # the forward table's segment, by the same rule
         labels = label_frames(video, reference, key, frames, quiet=True)
         scores = labels.scores[:, reference.class_names.index(obj)]
         rows.append(dict(clip=Path(clip).stem, object=obj, **scene(scores, settings.labels.min_score, args.smooth)))
