@@ -23,7 +23,9 @@ probability at least 1 - alpha. Each round:
 After `settings.rounds` rounds, or when a check would take most of a stratum anyway, the reference
 answers the whole failing stratum, which leaves no error there to bound. A stratum that was found
 wrong and repaired must, at the end, have an upper bound at most GROSS on its rate; where the last
-draw cannot show that (rare positives: a draw that finds none says little), the reference answers it.
+draw cannot show that (rare positives: a draw that finds none says little), one more draw on a
+further slice of the budget (alpha / 2^(k+1)), as large as showing it takes, decides: it stands if
+that draw shows it, else the reference answers it.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         t = time.perf_counter()
         plans_new, actions = ({}, []) if last else repair(plans, {o: b for o, b in fixable.items() if b}, verdicts, seen,
                                                           {o: _weights(rounds[o]) for o in objects}, targets,
-                                                          settings.skips, min_score, learn)
+                                                          steps(settings.skips, plan, plans), min_score, learn)
         clock["check_repairs"] = clock.get("check_repairs", 0.0) + time.perf_counter() - t
         if last or (not actions and not settings.guarantee):
             verdicts = _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, a)
@@ -167,14 +169,11 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
             for o in objects:
                 reports[o]["escalations"] += actions
             results = rerun(plan.with_plans(plans))
-    # a stratum found wrong and repaired stands only where the last draw rules out a gross failure there
+    # a stratum found wrong and repaired stands only where a draw rules out a gross failure there
     doubt = {o: u for o in objects if (u := unconfirmed(verdicts[o], repaired[o], reports[o]["reference_answered"]))}
     if doubt:
-        verdicts = _reference_answers(results, doubt, verdicts, rounds, known, ask, min_score, targets, a)
-        for o, b in doubt.items():
-            reports[o]["reference_answered"] = sorted(set(reports[o]["reference_answered"])
-                                                      | {answer_word(r) for r in b})
-            _log_round(reports[o], k, a, verdicts[o], final=True)
+        results = settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets, settings, a / 2, order,
+                                min_score)
     results = {o: apply_known(results[o], known[o], min_score) for o in objects}
     return results, {o: _final(reports[o], plans[o]) for o in objects}
 
@@ -190,6 +189,57 @@ def unconfirmed(v: dict, repaired: set[str], answered: list[str]) -> set[str]:
         if (high is None and (v[r].get("count_high") or 0) > 0) or (high is not None and high > GROSS):
             out.add(r)
     return out
+
+
+def settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets: Targets, settings: CheckSettings,
+                  alpha: float, order: DrawOrder, min_score: float) -> dict:
+    """The repaired strata the last draw could not confirm (`unconfirmed`): one more draw at `alpha`
+    (a slice of the budget no round spent), as large as ruling out a gross failure takes; a stratum
+    it confirms stands, the others the reference answers. Updates `verdicts`, `rounds`, `known` and
+    the reports; returns the results with every reference answer applied."""
+    doubt = dict(doubt)
+    results = {o: apply_known(r, known[o], min_score) for o, r in results.items()}
+    extra = {o: rnd for o, r in doubt.items()
+             if (rnd := confirmation_round(results[o], r, targets, settings, alpha, order)) is not None}
+    if extra:
+        _ask_into(ask, known, np.unique(np.concatenate([d for r in extra.values() for d in r.draws.values()])))
+    for o, rnd in extra.items():
+        rounds[o], verdicts[o] = rnd, judge(results[o], rnd, known[o], min_score, targets, alpha)
+        _log_round(reports[o], reports[o]["rounds"][-1]["round"] + 1, alpha, verdicts[o])
+        if not (failing(verdicts[o], targets, settings.guarantee) & doubt[o] or unconfirmed(verdicts[o], doubt[o], [])):
+            del doubt[o]
+    if doubt:
+        verdicts.update(_reference_answers(results, doubt, verdicts, rounds, known, ask, min_score, targets, alpha))
+        for o, b in doubt.items():
+            reports[o]["reference_answered"] = sorted(set(reports[o]["reference_answered"]) | {answer_word(r) for r in b})
+            _log_round(reports[o], reports[o]["rounds"][-1]["round"], alpha, verdicts[o], final=True)
+    return results
+
+
+def confirmation_round(result, rates: set[str], targets: Targets, settings: CheckSettings, alpha: float,
+                       order: DrawOrder) -> Round | None:
+    """A fresh draw that, finding nothing wrong, shows each doubted rate below GROSS (the other
+    stratum gets the usual size): with rare positives that is a few hundred frames of a night, not
+    all of them. None where it would take half a doubted stratum or more: the reference answers it."""
+    cheap = result.decided_by != "reference"
+    pools = {ans: result.frames[cheap & (result.labels == ans)] for ans in (True, False)}
+    ref_pos = int(np.count_nonzero(~cheap & result.labels))
+    ref_neg = int(np.count_nonzero(~cheap & ~result.labels))
+    sizes = certification_sizes(len(pools[True]), len(pools[False]), ref_pos, ref_neg,
+                                GROSS if "fpr" in rates else 1.0, GROSS if "fnr" in rates else 1.0, alpha,
+                                settings.per_stratum)
+    if any(sizes[SIDES[r]] * 2 >= len(pools[SIDES[r]]) for r in rates):
+        return None
+    draws = {ans: draw(pools[ans], sizes[ans], order) for ans in pools}
+    return Round(draws, {ans: len(p) for ans, p in pools.items()},
+                 {ans: result.decided_by[np.searchsorted(result.frames, d)] for ans, d in draws.items()})
+
+
+def steps(skips, first: Plan, now: dict[str, ObjectPlan]):
+    """The skips a repair may step down to: all of them the first time; once a skip has stepped down
+    and still copies answers past events, only 1 (the events here are briefer than any skip, and a
+    check has few rounds to spend finding that out)."""
+    return tuple(skips) if next(iter(now.values())).skip == next(iter(first.plans.values())).skip else (1,)
 
 
 def answer_word(rate: str) -> str:

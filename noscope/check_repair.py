@@ -3,7 +3,8 @@
     plans, actions = repair(plans, broken, verdicts, results, weights, targets, skips, min_score, learn)
 
 Only the stages that made the wrong answers seen change, and each by the least that removes them:
-the frame skip steps down to the next smaller one, the difference detector's threshold moves
+the frame skip steps down to the next smaller one (to 1 where it has stepped down before: the caller
+passes only 1 in `skips` then), the difference detector's threshold moves
 below the scores of the frames it let copy a wrong answer (or the detector is dropped). A model
 that answered wrong learns where it can: a model whose head can be refitted (`learn`) is fitted
 again on its training frames plus every frame of this video the reference has answered, and both

@@ -19,8 +19,11 @@ the keyframe at or before the 60% mark, no re-encoding) until at least N frames,
 end by `noscope query` with the default check, as a new video (nothing cached). Its speed-up is
 against the reference on every frame at the per-frame time `evaluate` measured on the 40% once
 (decoding included, the reference's fastest runtime here); its errors are against the reference's
-answers on the original frames each looped frame repeats (a sample of looped frames is labelled by
-the reference to show the mapping holds).
+answers on the original frames each looped frame repeats, found by picture, not by count (a looped
+frame counts where its decoded picture is exactly an original frame's: an AVI whose first packets
+do not decode numbers its frames two apart from its packets, and a loop's first frames decode
+against the previous loop's pictures; those are left out), and a sample of looped frames is
+labelled by the reference to show the mapping holds.
 """
 
 from __future__ import annotations
@@ -91,6 +94,23 @@ def loop_segment(src: Path, dst: Path, min_frames: int) -> tuple[Path, int, int,
     return loop_video(src, dst, loops, start_s), k0, length, loops
 
 
+def same_pictures(looped: Path, original, k0: int) -> dict[int, int]:
+    """Looped frame -> the original frame (from k0 on) whose decoded picture it is, pixel for pixel.
+    By content, not by counting: where a container's packets and decoded frames do not line up (an
+    AVI with frames that do not decode, a loop's seam decoded against the previous loop's pictures),
+    frames are left out rather than compared with the wrong original."""
+    from noscope.video import open_video
+
+    def pictures(video, start):
+        for b in video.batches({"p": (96, 64)}, start=start, prefetch=0):
+            yield from zip(b.indices.tolist(), (f.tobytes() for f in b.frames["p"]))
+
+    first = {}
+    for n, pic in pictures(original, k0):
+        first.setdefault(pic, n)
+    return {i: first[pic] for i, pic in pictures(open_video(looped), 0) if pic in first}
+
+
 # Long: loop, query, then measure against the original's truth and spot-check the mapping with the reference.
 def run_night(video: Path, obj: str, name: str, t: float, min_frames: int, rep: dict, extra: list[str]) -> dict:
     """One night: the 40% looped, queried end to end as a new video; speed-up and errors (module docstring)."""
@@ -112,14 +132,13 @@ def run_night(video: Path, obj: str, name: str, t: float, min_frames: int, rep: 
     original = open_video(video)
     truth_at = label_frames(original, ref, key, np.arange(k0, k0 + length), quiet=True)
     min_score = settings.labels.min_score
-    truth = np.zeros(length, bool)  # by offset from k0; frames of the original that do not decode have no truth
-    known = np.zeros(length, bool)
-    truth[truth_at.frames - k0] = object_truth(truth_at.score_of(ref.class_index(obj)), min_score, 1)
-    known[truth_at.frames - k0] = True
+    truth = dict(zip(truth_at.frames.tolist(), object_truth(truth_at.score_of(ref.class_index(obj)), min_score, 1)))
+    origin = same_pictures(looped, original, k0)
     rows = np.loadtxt(tmp / "out" / "frames.csv", delimiter=",", skiprows=1, usecols=(0, 2), dtype=np.int64, ndmin=2)
-    keep = known[rows[:, 0] % length]  # a looped frame counts where its original has the reference's answer
+    # a looped frame counts where it shows exactly the picture of an original frame the reference answered
+    keep = np.array([origin.get(int(i), -1) in truth for i in rows[:, 0]], bool)
     frames, labels = rows[keep, 0], rows[keep, 1].astype(bool)
-    expect = truth[frames % length]
+    expect = np.array([truth[origin[int(i)]] for i in frames], bool)
     spot = np.linspace(0, len(frames) - 1, 24).astype(np.int64)
     looked = label_frames(open_video(looped), ref, key, frames[spot], quiet=True)
     agree = float(np.mean((looked.score_of(ref.class_index(obj)) >= min_score) == expect[spot]))

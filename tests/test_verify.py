@@ -206,6 +206,33 @@ def test_a_miss_found_is_repaired_and_checked_again():
     assert rep["final_cascade"]["skip"] == 15
 
 
+def test_a_skip_that_stepped_down_and_still_copies_past_events_goes_to_one():
+    """Brief events (a car seen for a few frames): skip 15 still copies past them, so the next repair
+    goes to skip 1 rather than 10 and 5, and the check confirms it before its rounds run out."""
+    n = 6000
+    truth = np.zeros(n, bool)
+    for s in range(100, n, 400):
+        truth[s:s + 3] = True
+    frames = np.arange(n, dtype=np.int64)
+    bad = _result(frames, np.zeros(n, bool), ["skip"] * n, {})
+    good = _result(frames, truth.copy(), ["diff"] * n, {})
+    plan = ObjectPlan(skip=30, diff=None, diff_threshold=None, model=None, c_low=None, c_high=None, expected_cost=0.0,
+                      heldout_fpr=0.0, heldout_fnr=0.0)
+    calls = []
+
+    def rerun(p):
+        calls.append(p.plans["x"].skip)
+        return {"x": good if p.plans["x"].skip == 1 else bad}
+
+    results, reports = check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
+                                        rerun, Targets(0.05, 0.05), Settings(per_stratum=400, rounds=4),
+                                        np.random.default_rng(1), 0.5)
+    rep = reports["x"]
+    assert calls == [15, 1], rep["escalations"]
+    assert rep["escalations"][1].startswith("frame skip 15 -> 1") and rep["reference_answered"] == []
+    assert np.array_equal(results["x"].labels, truth) and rep["final_cascade"]["skip"] == 1
+
+
 def test_a_repair_the_last_draw_cannot_confirm_is_answered_by_the_reference(monkeypatch):
     """Rare positives (a night's few cars): the first draw finds misses among the "no" answers, the
     repair fixes one stretch but not the other, and the next draw of 100 happens to find none. That
@@ -237,6 +264,29 @@ def test_a_repair_the_last_draw_cannot_confirm_is_answered_by_the_reference(monk
     results, reports = run()
     assert [r["errors"]["no"] for r in reports["x"]["rounds"]] == [2, 0] and reports["x"]["met"] is None
     assert reports["x"]["fnr"]["high"] > 0.5 and (results["x"].labels != truth).sum() == 30
+
+
+def test_a_repair_a_further_draw_confirms_stands_without_the_reference():
+    """Rare positives again, but the repair catches every one: the next draw of 100 finds nothing,
+    which says little (bound above GROSS), so one more draw, as large as ruling out a gross failure
+    takes, is checked; it finds nothing either and the repaired answers stand. The reference answers
+    well under half the night instead of all of it."""
+    n = 6000
+    truth = np.zeros(n, bool)
+    truth[2000:2030] = truth[4500:4530] = True
+    frames = np.arange(n, dtype=np.int64)
+    bad = _result(frames, np.zeros(n, bool), ["skip"] * n, {})
+    fixed = _result(frames, truth.copy(), np.where(truth, "model", "diff"), {})
+    plan = ObjectPlan(skip=30, diff=None, diff_threshold=None, model=None, c_low=None, c_high=None, expected_cost=0.0,
+                      heldout_fpr=0.0, heldout_fnr=0.0)
+    results, reports = check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
+                                        lambda p: {"x": fixed}, Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
+                                        np.random.default_rng(0), 0.5)
+    rep = reports["x"]
+    assert rep["escalations"] and rep["reference_answered"] == []
+    assert [r["round"] for r in rep["rounds"]] == [1, 2, 3] and rep["rounds"][2]["sample"]["no"] > 100
+    assert rep["fnr"]["high"] <= 0.5 and 300 < rep["checked"] < n / 2
+    assert np.array_equal(results["x"].labels, truth)
 
 
 def _model_video(n=6000, seed=3):
