@@ -140,8 +140,10 @@ def run_night(video: Path, obj: str, name: str, t: float, min_frames: int, rep: 
     frames, labels = rows[keep, 0], rows[keep, 1].astype(bool)
     expect = np.array([truth[origin[int(i)]] for i in frames], bool)
     spot = np.linspace(0, len(frames) - 1, 24).astype(np.int64)
-    looked = label_frames(open_video(looped), ref, key, frames[spot], quiet=True)
-    agree = float(np.mean((looked.score_of(ref.class_index(obj)) >= min_score) == expect[spot]))
+    looked = label_frames(open_video(looped), ref, key, frames[spot], quiet=True)  # answers come in frame order
+    want = dict(zip(frames[spot].tolist(), expect[spot]))
+    agree = float(np.mean([want[f] == (s >= min_score) for f, s in
+                           zip(looked.frames.tolist(), looked.score_of(ref.class_index(obj)))]))
     n_pos, n_neg = int(expect.sum()), int((~expect).sum())
     fpr = float(np.sum(labels & ~expect) / n_neg) if n_neg else None
     fnr = float(np.sum(~labels & expect) / n_pos) if n_pos else None

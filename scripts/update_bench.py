@@ -251,9 +251,11 @@ def mapping_check(looped: Path, video: Path, b: int, n: int, ref, key, obj: str,
 
     lv = open_video(looped)
     spot = np.linspace(0, lv.frame_count - 1, 24).astype(np.int64)
-    got = label_frames(lv, ref, key, spot, quiet=True).score_of(ref.class_index(obj)) >= min_score
-    want = label_frames(open_video(video), ref, key, b + spot % (n - b), quiet=True).score_of(ref.class_index(obj)) >= min_score
-    return float(np.mean(got == want))
+    got = label_frames(lv, ref, key, spot, quiet=True)
+    want = label_frames(open_video(video), ref, key, b + spot % (n - b), quiet=True)  # answers come in frame order
+    at = dict(zip(want.frames.tolist(), want.score_of(ref.class_index(obj)) >= min_score))
+    same = [at[b + f % (n - b)] == (s >= min_score) for f, s in zip(got.frames.tolist(), got.score_of(ref.class_index(obj)))]
+    return float(np.mean(same))
 
 
 def _f(x, digits: int = 3) -> str:
