@@ -22,10 +22,14 @@ probability at least 1 - alpha. Each round:
      again and the next round checks it on fresh frames.
 After `settings.rounds` rounds, or when a check would take most of a stratum anyway, the reference
 answers the whole failing stratum, which leaves no error there to bound. A stratum that was found
-wrong and repaired must, at the end, have an upper bound at most GROSS on its rate; where the last
-draw cannot show that (rare positives: a draw that finds none says little), one more draw on a
-further slice of the budget (alpha / 2^(k+1)), as large as showing it takes, decides: it stands if
-that draw shows it, else the reference answers it.
+wrong and repaired must, at the end, be shown near its target: an upper bound on its rate at most
+`shown_level` (twice the target, or the target plus 0.02, at most GROSS). Where a round finds a
+repaired stratum right but cannot show that (its rate's kind is rare: a draw of 100 that finds no
+miss among thousands of "no" answers says little), the next round draws as many as showing it
+takes if nothing wrong turns up (all of the stratum, i.e. the reference, where that is most of
+it), and may still repair what that larger draw finds wrong; after the last round one more such
+draw on a further slice of the budget (alpha / 2^(k+1)) decides: it stands if that draw shows it,
+else the reference answers it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,14 @@ from .check_stats import Check, DrawOrder, certification_sizes, draw, missed, ra
 from .plans import ObjectPlan, Plan, Targets
 from .settings import CheckSettings
 
-GROSS = 0.5  # a repaired stratum's rate must be shown below this, or the reference answers it
+GROSS = 0.5  # a repaired stratum's rate must be shown below this (and near its target), or the reference answers it
+NEAR = 0.02  # ... near: within max(2 T, T + NEAR) of nothing, where the draw that found it wrong said otherwise
+
+
+def shown_level(target: float) -> float:
+    """The upper bound a repaired stratum's rate must be shown below to stand: near the target
+    (twice it, or it plus NEAR), never above GROSS."""
+    return min(GROSS, max(2 * target, target + NEAR))
 
 
 def apply_known(result, scores: dict[int, float], min_score: float):
@@ -69,15 +80,20 @@ class Round:
     stages: dict[bool, np.ndarray]  # the stage that answered each drawn frame
 
 
-def plan_round(result, targets: Targets, settings: CheckSettings, alpha: float, order: DrawOrder) -> Round:
-    """Draw this round's frames for one object from its cheap answers."""
+def plan_round(result, targets: Targets, settings: CheckSettings, alpha: float, order: DrawOrder,
+               show: set[str] = frozenset()) -> Round:
+    """Draw this round's frames for one object from its cheap answers; for the rates in `show`
+    (repaired, not yet shown near their target) as many as showing that takes if nothing wrong
+    turns up, most of a stratum meaning all of it (the reference answers it)."""
     cheap = result.decided_by != "reference"
     pools = {ans: result.frames[cheap & (result.labels == ans)] for ans in (True, False)}
     ref_pos = int(np.count_nonzero(~cheap & result.labels))
     ref_neg = int(np.count_nonzero(~cheap & ~result.labels))
     sizes = {ans: min(settings.per_stratum, len(pool)) for ans, pool in pools.items()}
-    if settings.guarantee:  # enough to certify if nothing wrong turns up; most of a stratum -> all of it
-        sizes = certification_sizes(len(pools[True]), len(pools[False]), ref_pos, ref_neg, targets.fpr, targets.fnr,
+    if settings.guarantee or show:  # enough to certify if nothing wrong turns up; most of a stratum -> all of it
+        levels = {r: getattr(targets, r) if settings.guarantee else (shown_level(getattr(targets, r)) if r in show else 1.0)
+                  for r in SIDES}
+        sizes = certification_sizes(len(pools[True]), len(pools[False]), ref_pos, ref_neg, levels["fpr"], levels["fnr"],
                                     alpha, settings.per_stratum)
         sizes = {ans: len(pools[ans]) if n * 2 >= len(pools[ans]) else n for ans, n in sizes.items()}
     draws = {ans: draw(pools[ans], sizes[ans], order) for ans in pools}
@@ -128,6 +144,7 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
     alpha = 1.0 - settings.confidence
     known = {o: dict(results[o].reference_scores) for o in objects}
     repaired: dict[str, set[str]] = {o: set() for o in objects}
+    show: dict[str, set[str]] = {}
     reports = {o: dict(mode="guarantee" if settings.guarantee else "default", confidence=settings.confidence,
                        rounds=[], escalations=[], reference_answered=[], checked=0) for o in objects}
     if settings.per_stratum <= 0 and not settings.guarantee:
@@ -138,14 +155,18 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         for o in objects:  # a re-run's own reference calls are answers in hand too
             known[o].update(results[o].reference_scores)
         results = {o: apply_known(results[o], known[o], min_score) for o in objects}
-        rounds = {o: plan_round(results[o], targets, settings, a, order) for o in objects}
+        rounds = {o: plan_round(results[o], targets, settings, a, order, show.get(o, set())) for o in objects}
         _ask_into(ask, known, np.unique(np.concatenate([d for r in rounds.values() for d in r.draws.values()])))
         verdicts = {o: judge(results[o], rounds[o], known[o], min_score, targets, a) for o in objects}
         broken = {o: b for o in objects if (b := failing(verdicts[o], targets, settings.guarantee))}
         for o in objects:
             _log_round(reports[o], k, a, verdicts[o])
-        if not broken:
+        # a repaired stratum that now looks right but is not yet shown near its target: draw more next round
+        show = {} if broken else {o: u for o in objects if (u := unconfirmed(verdicts[o], repaired[o], [], targets))}
+        if not broken and (not show or k == settings.rounds):
             break
+        if not broken:
+            continue
         last = k == settings.rounds
         fixable = {o: {r for r in b if missed(verdicts[o][r], getattr(targets, r))} for o, b in broken.items()}
         # the cascade's answers beside every reference answer so far, this round's draw included
@@ -169,8 +190,9 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
             for o in objects:
                 reports[o]["escalations"] += actions
             results = rerun(plan.with_plans(plans))
-    # a stratum found wrong and repaired stands only where a draw rules out a gross failure there
-    doubt = {o: u for o in objects if (u := unconfirmed(verdicts[o], repaired[o], reports[o]["reference_answered"]))}
+    # a stratum found wrong and repaired stands only where a draw shows it near its target
+    doubt = {o: u for o in objects
+             if (u := unconfirmed(verdicts[o], repaired[o], reports[o]["reference_answered"], targets))}
     if doubt:
         results = settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets, settings, a / 2, order,
                                 min_score)
@@ -178,15 +200,17 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
     return results, {o: _final(reports[o], plans[o]) for o in objects}
 
 
-def unconfirmed(v: dict, repaired: set[str], answered: list[str]) -> set[str]:
-    """The repaired rates whose last draw cannot rule out a gross failure (upper bound above GROSS, or
-    no bound while frames could still be wrong): the draw that found the stratum wrong is evidence
-    against it, and a later draw that happens to find nothing among rare positives is not evidence
-    for the repair (a few missed cars in a night of empty road)."""
+def unconfirmed(v: dict, repaired: set[str], answered: list[str], targets: Targets) -> set[str]:
+    """The repaired rates whose last draw does not show them near their target (upper bound above
+    `shown_level`, or no bound while frames could still be wrong): the draw that found the stratum
+    wrong is evidence against it, and a later draw of 100 that happens to find nothing says little
+    where the rate's kind is rare (a few missed cars in a night of empty road; a parked car's few
+    hidden frames among thousands answered "yes")."""
     out = set()
     for r in repaired - {rate for rate in SIDES if answer_word(rate) in answered}:
         high = v[r]["high"]
-        if (high is None and (v[r].get("count_high") or 0) > 0) or (high is not None and high > GROSS):
+        if (high is None and (v[r].get("count_high") or 0) > 0) or \
+                (high is not None and high > shown_level(getattr(targets, r))):
             out.add(r)
     return out
 
@@ -206,7 +230,8 @@ def settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets
     for o, rnd in extra.items():
         rounds[o], verdicts[o] = rnd, judge(results[o], rnd, known[o], min_score, targets, alpha)
         _log_round(reports[o], reports[o]["rounds"][-1]["round"] + 1, alpha, verdicts[o])
-        if not (failing(verdicts[o], targets, settings.guarantee) & doubt[o] or unconfirmed(verdicts[o], doubt[o], [])):
+        if not (failing(verdicts[o], targets, settings.guarantee) & doubt[o]
+                or unconfirmed(verdicts[o], doubt[o], [], targets)):
             del doubt[o]
     if doubt:
         verdicts.update(_reference_answers(results, doubt, verdicts, rounds, known, ask, min_score, targets, alpha))
@@ -218,21 +243,14 @@ def settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets
 
 def confirmation_round(result, rates: set[str], targets: Targets, settings: CheckSettings, alpha: float,
                        order: DrawOrder) -> Round | None:
-    """A fresh draw that, finding nothing wrong, shows each doubted rate below GROSS (the other
-    stratum gets the usual size): with rare positives that is a few hundred frames of a night, not
-    all of them. None where it would take half a doubted stratum or more: the reference answers it."""
-    cheap = result.decided_by != "reference"
-    pools = {ans: result.frames[cheap & (result.labels == ans)] for ans in (True, False)}
-    ref_pos = int(np.count_nonzero(~cheap & result.labels))
-    ref_neg = int(np.count_nonzero(~cheap & ~result.labels))
-    sizes = certification_sizes(len(pools[True]), len(pools[False]), ref_pos, ref_neg,
-                                GROSS if "fpr" in rates else 1.0, GROSS if "fnr" in rates else 1.0, alpha,
-                                settings.per_stratum)
-    if any(sizes[SIDES[r]] * 2 >= len(pools[SIDES[r]]) for r in rates):
+    """A fresh draw that, finding nothing wrong, shows each doubted rate near its target (the other
+    stratum gets the usual size): with rare positives that is a few hundred or thousand frames of a
+    night, not all of them. None where it would take half a doubted stratum or more: the reference
+    answers it."""
+    rnd = plan_round(result, targets, settings, alpha, order, rates)
+    if any(len(rnd.draws[SIDES[r]]) == rnd.population[SIDES[r]] for r in rates):
         return None
-    draws = {ans: draw(pools[ans], sizes[ans], order) for ans in pools}
-    return Round(draws, {ans: len(p) for ans, p in pools.items()},
-                 {ans: result.decided_by[np.searchsorted(result.frames, d)] for ans, d in draws.items()})
+    return rnd
 
 
 def steps(skips, first: Plan, now: dict[str, ObjectPlan]):
