@@ -48,7 +48,7 @@ from .plans import ObjectPlan, Plan, Targets
 from .settings import CheckSettings
 
 GROSS = 0.5  # a repaired stratum's rate must be shown below this (and near its target), or the reference answers it
-NEAR = 0.02  # ... near: within max(2 T, T + NEAR) of nothing, where the draw that found it wrong said otherwise
+NEAR = 0.02  # near the target T means an upper bound at most max(2 T, T + NEAR)
 
 
 def shown_level(target: float) -> float:
@@ -217,9 +217,9 @@ def unconfirmed(v: dict, repaired: set[str], answered: list[str], targets: Targe
 
 def settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets: Targets, settings: CheckSettings,
                   alpha: float, order: DrawOrder, min_score: float) -> dict:
-    """The repaired strata the last draw could not confirm (`unconfirmed`): one more draw at `alpha`
-    (a slice of the budget no round spent), as large as ruling out a gross failure takes; a stratum
-    it confirms stands, the others the reference answers. Updates `verdicts`, `rounds`, `known` and
+    """The repaired strata no round showed near their target (`unconfirmed`): one more draw at
+    `alpha` (a slice of the budget no round spent), as large as showing that takes if nothing wrong
+    turns up; a stratum it shows stands, the others the reference answers. Updates `verdicts`, `rounds`, `known` and
     the reports; returns the results with every reference answer applied."""
     doubt = dict(doubt)
     results = {o: apply_known(r, known[o], min_score) for o, r in results.items()}
