@@ -162,12 +162,13 @@ def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, 
         for o in objects:
             _log_round(reports[o], k, a, verdicts[o])
         # a repaired stratum that now looks right but is not yet shown near its target: draw more next round
-        show = {} if broken else {o: u for o in objects if (u := unconfirmed(verdicts[o], repaired[o], [], targets))}
-        if not broken and (not show or k == settings.rounds):
-            break
-        if not broken:
-            continue
         last = k == settings.rounds
+        if not broken:
+            show = {o: u for o in objects if (u := unconfirmed(verdicts[o], repaired[o], [], targets))}
+            if not show or last:
+                break
+            continue
+        show = {}
         fixable = {o: {r for r in b if missed(verdicts[o][r], getattr(targets, r))} for o, b in broken.items()}
         # the cascade's answers beside every reference answer so far, this round's draw included
         seen = {o: dataclasses.replace(results[o], reference_scores={**results[o].reference_scores, **known[o]})
