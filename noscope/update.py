@@ -14,7 +14,8 @@ check's uniform draws, the strata a repair handed to the reference. They sit in 
      where a model needs to get better, and the check's draws are uniform samples of the rest;
   2. split forward in time: the last part of the newest video's answered frames (the videos come
      in the order given, the newest last; a folder's in name order) is held out, the rest is
-     fitted on (noscope.split, as training splits its sample);
+     fitted on (noscope.split, as training splits its sample), less the frames whose picture a
+     held-out frame shows again (a looped video, a recorder repeating frames: `repeats`);
   3. decode just those frames, in one sequential pass per video, at the sizes the models and the
      difference detectors take, and score them with the current version's models (a linear head:
      its pooled features, run through the reference's first layers);
@@ -102,6 +103,7 @@ class Scored:
     runs: np.ndarray
     fit: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     heldout: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    repeats: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # neither: a held-out frame's picture again
     blocks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
@@ -191,7 +193,8 @@ def split_forward(scored: Scored, answers: list[Answers], settings: Settings) ->
                           ts.heldout_min_runs) if n >= 2 else (np.zeros(n, np.int64), None, None, np.zeros(n, bool))
     scored.heldout = np.zeros(len(scored.frames), bool)
     scored.heldout[np.flatnonzero(newest)[ho]] = True
-    scored.fit = ~scored.heldout
+    scored.repeats = repeats(scored.small, scored.heldout)
+    scored.fit = ~scored.heldout & ~scored.repeats
     scored.blocks = np.full(len(scored.frames), -1, np.int64)
     scored.blocks[newest] = ids
     name = answers[-1].video.path
@@ -199,8 +202,18 @@ def split_forward(scored: Scored, answers: list[Answers], settings: Settings) ->
         raise NoscopeError(f"only {int(ho.sum())} answered frames of the newest video ({name}) could be held out to "
                            f"validate a new version (at least {MIN_HELDOUT}); the bundle is unchanged: query more of it first")
     if scored.fit.sum() < MIN_FIT:
+        again = (f" ({int(scored.repeats.sum())} more show a picture a held-out frame shows: a looped or frozen video)"
+                 if scored.repeats.any() else "")
         raise NoscopeError(f"only {int(scored.fit.sum())} answered frames to learn from besides the {int(ho.sum())} held "
-                           f"out (at least {MIN_FIT}); the bundle is unchanged: query more video first")
+                           f"out{again} (at least {MIN_FIT}); the bundle is unchanged: query more video first")
+
+
+def repeats(small: np.ndarray, heldout: np.ndarray) -> np.ndarray:
+    """Frames not held out whose picture (at the difference detectors' size, byte for byte) a held-out
+    frame shows: fitting on them would validate a version on pictures it learnt (a looped video, a
+    recorder repeating frames), so they are learnt from by no version of this update."""
+    keys = np.array([hash(bytes(f)) for f in small.reshape(len(small), -1)], np.int64) if len(small) else np.zeros(0, np.int64)
+    return ~heldout & np.isin(keys, keys[heldout])
 
 
 def decode_and_score(parent: B.TrainedBundle, reference, answers: list[Answers], settings: Settings,
@@ -448,7 +461,7 @@ def lineage_entry(n: int, parent: B.TrainedBundle, answers: list[Answers], score
     for i, a in enumerate(answers):
         mine = scored.video_of == i
         videos.append(dict(path=str(a.video.path.resolve()), hash=a.video.hash, frames=int((mine & scored.fit).sum()),
-                           heldout=int((mine & scored.heldout).sum()),
+                           heldout=int((mine & scored.heldout).sum()), repeats=int((mine & scored.repeats).sum()),
                            positives={o: int(scored.truth[mine, k].sum()) for k, o in enumerate(parent.objects)},
                            span=[int(scored.frames[mine].min()), int(scored.frames[mine].max()) + 1]))
     return dict(version=n, parent=parent.version, made_by="update",

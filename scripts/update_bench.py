@@ -9,23 +9,27 @@ weights and exports are shared with ~/.cache/noscope, so nothing another run lab
 
   1. `noscope train CLIP --object O --end A` (the first third, frames [0, A));
   2. `noscope query CLIP --model B --start A --end B` (the second third, the default check at the
-     configured targets): the reference answers it pays for land in the label cache;
-  3. `noscope train --update B CLIP --start A --end B`: a new version from those answers, validated on
-     the last part in time of them; it becomes B only if it validates at least as well;
+     target T): the reference answers it pays for land in the label cache;
+  3. `noscope train --update B CLIP --start A --end B` at T: a new version from those answers,
+     validated on the last part in time of them; it becomes B only if it validates at least as well;
   4. `noscope evaluate CLIP --model B@1` and `--model B` on the last third (frames [B, end): neither
-     version saw it), at each target T (FPR = FNR = T): errors against the reference on every frame,
-     `met`, escalations, the share of frames the cheap stages settled, reference calls, speed-up end
-     to end. An update kept aside leaves B the original: its row says so and is measured once.
+     version saw it) at T (FPR = FNR = T): errors against the reference on every frame, `met`,
+     escalations, the share of frames the cheap stages settled, reference calls, speed-up end to end.
+     An update kept aside leaves B the original: its row says so and is measured once.
+
+Each target T is a chain of its own, as a nightly job at T would run it (query and update at T), in
+its own caches (`--work`/T<T>): one target's query answers are never learnt from at another.
 
 `--night N` repeats this on looped nights: the second third re-encoded losslessly (x264 qp 0, the
-decoded pictures of exactly those frames) and looped until at least N frames is queried as a new
-video and a copy of the original bundle is updated from it; the last third looped the same way is
-queried with both versions (`noscope query`, the default check). Errors are against the reference's
-answers on the original frames each looped frame repeats (labelled in step 4; a spot check of 24
-looped frames says how often the reference answers a looped frame as its original), the speed-up
-against the reference on every frame at the per-frame time `evaluate` measured on the last third.
-On a looped night the update's held-out frames repeat pictures it was fitted on (the loop), so its
-validation there is optimistic; the last third is footage neither version saw.
+decoded pictures of exactly those frames) and looped into a night of at least N frames that moves
+forward in time as a real one does: its first 60% loops the second third's first 60%, its last 40%
+the rest (an update holds out the last part in time, about 40%, and learns from no frame showing a
+held-out picture, so it validates on pictures it did not learn). That night is queried as a new
+video and a copy of the original bundle is updated from it; the last third looped whole is queried
+with both versions (`noscope query`, the default check). Errors are against the reference's answers
+on the original frames each looped frame repeats (labelled in step 4; a spot check of 24 looped
+frames says how often the reference answers a looped frame as its original), the speed-up against
+the reference on every frame at the per-frame time `evaluate` measured on the last third.
 """
 
 from __future__ import annotations
@@ -89,14 +93,15 @@ def version_entry(bundle: Path, n: int) -> dict:
 
 
 # Long: the four steps of the module docstring for one (clip, object), then its looped nights.
-def run_case(clip: str, obj: str, targets: list[float], extra: list[str], env: dict, work: Path, night: int) -> dict:
+def run_case(clip: str, obj: str, t: float, extra: list[str], env: dict, work: Path, night: int) -> dict:
     video = VIDEOS / clip
+    at = ["--set", f"query.target_fpr={t}", "--set", f"query.target_fnr={t}"]  # the learning query and the update
     with av.open(str(video)) as c:  # the frames that decode (a container may claim more)
         n = sum(1 for _ in c.decode(video=0))
     a, b = n // 3, 2 * n // 3
     name = f"ub-{Path(clip).stem}-{obj}"
     bundle = work / "models" / name
-    case = dict(clip=clip, object=obj, frames=n, cuts=[a, b], seconds={})
+    case = dict(clip=clip, object=obj, target=t, frames=n, cuts=[a, b], seconds={})
     for old in (bundle, work / "models" / f"{name}-night"):  # a run starts from a bundle as trained
         shutil.rmtree(old, ignore_errors=True)
     _, case["seconds"]["train"] = noscope("train", video, "--object", obj, "--end", f"{a}f", "--name", name, "-q", *extra,
@@ -105,28 +110,26 @@ def run_case(clip: str, obj: str, targets: list[float], extra: list[str], env: d
         shutil.copytree(bundle, work / "models" / f"{name}-night")
     out, case["seconds"]["night_query"] = noscope("query", video, "--model", name, "--start", f"{a}f", "--end", f"{b}f",
                                                   "--json", "-q", "--no-plot", "--out", work / "out" / name / "night",
-                                                  *extra, env=env)
+                                                  *at, *extra, env=env)
     case["night"] = brief(last_json(out))
-    out, case["seconds"]["update"] = noscope("train", "--update", name, video, "--start", f"{a}f", "--end", f"{b}f", *extra,
-                                             env=env)
+    out, case["seconds"]["update"] = noscope("train", "--update", name, video, "--start", f"{a}f", "--end", f"{b}f", *at,
+                                             *extra, env=env)
     case["update_line"] = out.strip()
     case["update"] = version_entry(bundle, 2)
     good = case["update"]["status"] == "good"
-    case["rows"] = []
-    for t in targets:
-        row = dict(target=t)
-        for label, model in (("original", f"{name}@1"), ("updated", name)):
-            if label == "updated" and not good:
-                row[label] = dict(row["original"], same_as_original=True)
-                continue
-            out, _ = noscope("evaluate", video, "--model", model, "--start", f"{b}f", "--target-fpr", t, "--target-fnr", t,
-                             "--json", "-q", *extra, env=env)
-            row[label] = measured(last_json(out))
-        case["rows"].append(row)
-        print(json.dumps(dict(clip=clip, object=obj, target=t, original=row["original"]["speedup"],
-                              updated=row["updated"]["speedup"])), file=sys.stderr)
+    row = dict(target=t)
+    for label, model in (("original", f"{name}@1"), ("updated", name)):
+        if label == "updated" and not good:
+            row[label] = dict(row["original"], same_as_original=True)
+            continue
+        out, _ = noscope("evaluate", video, "--model", model, "--start", f"{b}f", "--target-fpr", t, "--target-fnr", t,
+                         "--json", "-q", *extra, env=env)
+        row[label] = measured(last_json(out))
+    case["rows"] = [row]
+    print(json.dumps(dict(clip=clip, object=obj, target=t, original=row["original"]["speedup"],
+                          updated=row["updated"]["speedup"])), file=sys.stderr)
     if night:
-        case["looped"] = run_night(video, obj, name, a, b, n, targets, extra, env, work, night, case)
+        case["looped"] = run_night(video, obj, name, (a, b, n), t, extra, env, work, night, case)
     return case
 
 
@@ -149,33 +152,37 @@ def measured(rep: dict) -> dict:
                 reference_per_frame=rep["reference_seconds"] / max(rep["frames_compared"], 1), model=rep["model"])
 
 
-def loop_range(src: Path, dst: Path, a: int, b: int, min_frames: int) -> tuple[Path, int]:
-    """Frames [a, b) of `src` re-encoded losslessly (x264 qp 0: the same decoded pictures) and looped
-    until at least `min_frames` frames -> (file, loops): looped frame i shows original frame a + i % (b - a)."""
-    length = b - a
-    loops = max(1, -(-min_frames // length))
+def loop_range(src: Path, dst: Path, parts: list[tuple[int, int, int]]) -> tuple[Path, int]:
+    """Each part (a, b, m): frames [a, b) of `src` looped until at least m frames, one part after the
+    other, re-encoded losslessly (x264 qp 0: the same decoded pictures) -> (file, loops of the first
+    part). With one part, looped frame i shows original frame a + i % (b - a)."""
+    first = None
     with av.open(str(src)) as inp:
         ist = inp.streams.video[0]
-        frames = [f for i, f in zip(range(b), inp.decode(ist)) if i >= a]
+        start, end = min(a for a, _, _ in parts), max(b for _, b, _ in parts)
+        frames = {i: f for i, f in zip(range(end), inp.decode(ist)) if i >= start}
         rate = ist.average_rate or Fraction(25)
         with av.open(str(dst), "w") as out:
             st = out.add_stream("libx264", rate=rate)
-            st.width, st.height, st.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+            st.width, st.height, st.pix_fmt = frames[start].width, frames[start].height, "yuv420p"
             st.options = {"qp": "0", "preset": "ultrafast"}
             k = 0
-            for _ in range(loops):
-                for f in frames:
-                    f.pts, f.time_base = k, 1 / Fraction(rate)
-                    for p in st.encode(f):
-                        out.mux(p)
-                    k += 1
+            for a, b, m in parts:
+                loops = max(1, -(-m // (b - a)))
+                first = first or loops
+                for _ in range(loops):
+                    for f in (frames[i] for i in range(a, b)):
+                        f.pts, f.time_base = k, 1 / Fraction(rate)
+                        for p in st.encode(f):
+                            out.mux(p)
+                        k += 1
             for p in st.encode():
                 out.mux(p)
-    return dst, loops
+    return dst, first
 
 
 # Long: a night looped, the copy of the bundle updated from it, the last third looped and queried with both versions.
-def run_night(video: Path, obj: str, name: str, a: int, b: int, n: int, targets: list[float], extra: list[str], env: dict,
+def run_night(video: Path, obj: str, name: str, cuts: tuple[int, int, int], t: float, extra: list[str], env: dict,
               work: Path, min_frames: int, case: dict) -> dict:
     from noscope.labels import label_frames, object_truth
     from noscope.prepare import open_reference
@@ -183,37 +190,39 @@ def run_night(video: Path, obj: str, name: str, a: int, b: int, n: int, targets:
     from noscope.config import load_config
     from noscope.video import open_video
 
+    a, b, n = cuts
+    at = ["--set", f"query.target_fpr={t}", "--set", f"query.target_fnr={t}"]
     loops_dir = work / "loops"
     loops_dir.mkdir(exist_ok=True)
     copy = f"{name}-night"
-    night, loops = loop_range(video, loops_dir / f"{name}-night.mp4", a, b, min_frames)
+    m = a + round(0.6 * (b - a))  # the night moves forward: the first 60% of the third, then the rest
+    night, loops = loop_range(video, loops_dir / f"{name}-night.mp4", [(a, m, round(0.6 * min_frames)),
+                                                                        (m, b, round(0.4 * min_frames))])
     out, t_night = noscope("query", night, "--model", copy, "--json", "-q", "--no-plot", "--out",
-                           work / "out" / name / "looped-night", *extra, env=env)
+                           work / "out" / name / "looped-night", *at, *extra, env=env)
     res = dict(night=dict(brief(last_json(out)), loops=loops), seconds=dict(night_query=t_night))
-    out, res["seconds"]["update"] = noscope("train", "--update", copy, night, *extra, env=env)
+    out, res["seconds"]["update"] = noscope("train", "--update", copy, night, *at, *extra, env=env)
     res["update_line"] = out.strip()
     res["update"] = version_entry(work / "models" / copy, 2)
     good = res["update"]["status"] == "good"
-    last, loops_last = loop_range(video, loops_dir / f"{name}-last.mp4", b, n, min_frames)
+    last, loops_last = loop_range(video, loops_dir / f"{name}-last.mp4", [(b, n, min_frames)])
     settings = Settings.from_config(load_config(None, [s for s in extra if s != "--set"]))
     ref, key = open_reference(settings.reference)
     labels = label_frames(open_video(video), ref, key, np.arange(b, n), quiet=True)  # evaluate labelled them: cached
     assert np.array_equal(labels.frames, np.arange(b, n)), "the last third's frames must all decode"
     truth = object_truth(labels.score_of(ref.class_index(obj)), settings.labels.min_score, 1)
     per_frame = case["rows"][0]["original"]["reference_per_frame"]
-    res["rows"] = []
-    for t in targets:
-        row = dict(target=t)
-        for label, model in (("original", f"{copy}@1"), ("updated", copy)):
-            if label == "updated" and not good:
-                row[label] = dict(row["original"], same_as_original=True)
-                continue
-            folder = work / "out" / name / f"looped-last-{label}-{t}"
-            forget(last)  # each query of the looped last third starts with nothing cached, as a first night does
-            out, _ = noscope("query", last, "--model", model, "--target-fpr", t, "--target-fnr", t, "--json", "-q",
-                             "--no-plot", "--out", folder, *extra, env=env)
-            row[label] = looped_measure(last_json(out), folder, truth, n - b, per_frame, loops_last)
-        res["rows"].append(row)
+    row = dict(target=t)
+    for label, model in (("original", f"{copy}@1"), ("updated", copy)):
+        if label == "updated" and not good:
+            row[label] = dict(row["original"], same_as_original=True)
+            continue
+        folder = work / "out" / name / f"looped-last-{label}-{t}"
+        forget(last)  # each query of the looped last third starts with nothing cached, as a first night does
+        out, _ = noscope("query", last, "--model", model, "--target-fpr", t, "--target-fnr", t, "--json", "-q",
+                         "--no-plot", "--out", folder, *extra, env=env)
+        row[label] = looped_measure(last_json(out), folder, truth, n - b, per_frame, loops_last)
+    res["rows"] = [row]
     res["mapping_agreement"] = mapping_check(last, video, b, n, ref, key, obj, settings.labels.min_score)
     return res
 
@@ -333,23 +342,26 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
     args = ap.parse_args()
     extra = [x for s in args.sets for x in ("--set", s)]
-    env = workspace(args.work)
     cases = CASES if not args.cases else [(c, o) for c, o in CASES for want in args.cases
                                           if c.startswith(want.split(":")[0]) and o == want.split(":")[1]]
     t0 = time.perf_counter()
     done = []
-    for clip, obj in cases:
-        done.append(run_case(clip, obj, args.targets, extra, env, args.work, args.night))
-        if args.out:
-            args.out.with_suffix(".json").write_text(json.dumps(done, indent=2))
+    for t in args.targets:
+        env = workspace(args.work / f"T{t}")  # a chain per target, in caches of its own
+        for clip, obj in cases:
+            done.append(run_case(clip, obj, t, extra, env, args.work / f"T{t}", args.night))
+            if args.out:
+                args.out.with_suffix(".json").write_text(json.dumps(done, indent=2))
     md = "\n".join([
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {' '.join(args.sets) or 'default config'}; "
-        f"{(time.perf_counter() - t0) / 60:.0f} min in all. Each clip: trained on its first third, the second third "
-        "queried (default check), the bundle updated from that query's reference answers, the last third answered by "
-        "the original (v1) and the updated bundle, against the reference on every frame of it.", "",
+        f"{(time.perf_counter() - t0) / 60:.0f} min in all. Each clip and target T (a chain of its own): trained on its "
+        "first third, the second third queried at T (default check), the bundle updated at T from that query's reference "
+        "answers, the last third answered by the original (v1) and the updated bundle at T, against the reference on "
+        "every frame of it.", "",
         table(done), "", "The updates:", "", updates(done), "", *acceptance(done)]
         + (["", f"Looped nights (at least {args.night} frames): the second third looped is the night queried and learnt "
-                "from, the last third looped is answered by both versions.", "", table(done, True), "", updates(done, True),
+                "from (its first 60% loops the third's first 60%, the rest the rest), the last third looped is answered by both "
+                "versions.", "", table(done, True), "", updates(done, True),
             "", *acceptance(done, True),
             "- spot checks: a looped frame's reference answer equals its original's on "
             f"{min(c['looped']['mapping_agreement'] for c in done):.0%} of the checked frames or more"] if args.night else []))
