@@ -91,14 +91,21 @@ def plan_round(result, targets: Targets, settings: CheckSettings, alpha: float, 
     ref_neg = int(np.count_nonzero(~cheap & ~result.labels))
     sizes = {ans: min(settings.per_stratum, len(pool)) for ans, pool in pools.items()}
     if settings.guarantee or show:  # enough to certify if nothing wrong turns up; most of a stratum -> all of it
-        levels = {r: getattr(targets, r) if settings.guarantee else (shown_level(getattr(targets, r)) if r in show else 1.0)
-                  for r in SIDES}
+        levels = {r: sizing_level(getattr(targets, r), settings.guarantee, r in show) for r in SIDES}
         sizes = certification_sizes(len(pools[True]), len(pools[False]), ref_pos, ref_neg, levels["fpr"], levels["fnr"],
                                     alpha, settings.per_stratum)
         sizes = {ans: len(pools[ans]) if n * 2 >= len(pools[ans]) else n for ans, n in sizes.items()}
     draws = {ans: draw(pools[ans], sizes[ans], order) for ans in pools}
     at = {ans: np.searchsorted(result.frames, d) for ans, d in draws.items()}
     return Round(draws, {ans: len(p) for ans, p in pools.items()}, {ans: result.decided_by[at[ans]] for ans in at})
+
+
+def sizing_level(target: float, guarantee: bool, shown: bool) -> float:
+    """The bound a round's draw is sized to reach on one rate if nothing wrong turns up: the target
+    under --guarantee, near it for a repaired rate still to be shown (`shown_level`), else none (1.0)."""
+    if guarantee:
+        return target
+    return shown_level(target) if shown else 1.0
 
 
 def judge(result, rnd: Round, scores: dict[int, float], min_score: float, targets: Targets, alpha: float) -> dict:

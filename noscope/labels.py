@@ -10,11 +10,14 @@ so one labelling pass serves queries for any object. It lives in
 (`chunk-<first>-<last>.npz`), each written atomically as soon as it is finished: an
 interrupted run loses at most one chunk, a second run only labels what is missing, and a
 different segment or stride reuses every frame already labelled. A chunk that fails to load
-(corrupt, half-copied) is set aside and its frames are labelled again.
+(corrupt, half-copied) is set aside and its frames are labelled again. Beside the chunks,
+`checks.jsonl` notes what each query's check found on the video (`note_check`), which an update
+of the bundle reads.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -65,6 +68,37 @@ def store_dir(video: Video, ref_key: str, reference: Reference) -> Path:
     made on OpenCV's frames, or in fp16 on a GPU, can differ on a borderline frame from the one
     this run would compute, so it is never reused for it."""
     return cache_dir() / "labels" / video.hash / f"{ref_key}_{decoder_version(video.backend)}_{reference_runtime(reference)}"
+
+
+CHECKS = "checks.jsonl"  # one line per query of the video: what its check found (noscope.update reads it)
+
+
+def note_check(directory: Path, record: dict) -> None:
+    """Add one query's check record to the video's label store. A line that cannot be written costs
+    a later update one comparison, never an answer: it is logged and passed over."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / CHECKS, "a") as f:  # one short line, appended whole
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        log.warning("could not note the check of this query in %s: %s", directory, e)
+
+
+def checks_noted(directory: Path) -> list[dict]:
+    """The check records of the video's queries, oldest first (a line that does not read is skipped)."""
+    try:
+        lines = (directory / CHECKS).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict):
+            out.append(r)
+    return out
 
 
 def _write_npz_atomic(path: Path, **arrays) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .answer import answer
 from .atomic import hold_folder
+from .labels import note_check, store_dir
 from .planning import choose_plan, usable_models
 from .plans import Targets
 from .prepare import Query, open_query
@@ -39,8 +40,21 @@ def query_video(video, settings: Settings, targets: Targets, *, model=None, obje
         plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
         say(f"cascade: {plan.describe()} ({offered_models(q, settings.optimizer.min_auc)})")
         results, reports = answer(q, plan, targets, settings, quiet=quiet)
-        return write_results(out, q, plan, results, reports, targets, plot=plot, say=say, tell=tell,
-                             extra=summary_extra)
+        summary = write_results(out, q, plan, results, reports, targets, plot=plot, say=say, tell=tell,
+                                extra=summary_extra)
+    note_check(store_dir(q.video, q.ref_key, q.reference), check_record(q, summary, reports, targets))
+    return summary
+
+
+def check_record(q: Query, summary: dict, reports: dict, targets: Targets) -> dict:
+    """What the check on this video found, for a later update of the bundle (noscope.update.vouched):
+    which version answered at which targets, the share of frames the cheap stages settled in the end,
+    how many frames the check drew, and whether it repaired anything."""
+    return dict(bundle=str(q.bundle.root.resolve()), version=q.bundle.version, segment=[q.start, q.end],
+                targets=dict(fpr=targets.fpr, fnr=targets.fnr), cheap=round(1 - summary["fractions"]["reference"], 4),
+                checked=sum(int(r.get("checked") or 0) for r in reports.values()),
+                escalated=any(bool(r.get("escalated")) for r in reports.values()),
+                met={o: r.get("met") for o, r in reports.items()})
 
 
 def offered_models(q: Query, min_auc: float) -> str:

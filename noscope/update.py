@@ -28,7 +28,8 @@ check's uniform draws, the strata a repair handed to the reference. They sit in 
   5. validate, forward in time: the new and the current version on the same held-out frames (which
      neither was fitted on): each model's AUC, and the plan the optimizer would choose there (its
      errors, reference share, expected cost); also the current version's own plan (chosen on its
-     own held-out frames) measured there, which shows the drift;
+     own held-out frames) measured there, which shows the drift, and what the current version's
+     own query of the newest video noted of its check (`vouched`, `gives_up`);
   6. write version N under NAME/versions/N/ (the held-out frames become its held-out set: tonight
      resembles the newest footage). When it validates at least as well as the current version
      (`judge`), NAME/ becomes a copy of it; otherwise it is kept aside and the run says why.
@@ -55,7 +56,7 @@ from . import decode_pool, difference
 from .atomic import hold_folder
 from .check import apply_known
 from .errors import NoscopeError
-from .labels import load_cached, object_truth, store_dir
+from .labels import checks_noted, load_cached, object_truth, store_dir
 from .optimizer import optimize
 from .planning import choose_plan
 from .plans import HeldOut, Targets, expected_cost, pass_decided, stage_fractions
@@ -74,6 +75,7 @@ COST_SLACK = 0.02  # ... and its plan's expected cost this share above,
 NOISE_FRAMES = 3  # ... or by as much as the reference on this many more of the held-out frames (a tie on so few)
 MIN_PER_ANSWER = 10  # frames of each answer a blocked difference detector's refit needs
 MAX_LEARNT = 20000  # a linear head keeps at most this many frames' features (older ones thinned evenly)
+VOUCHED = 0.2  # a cheap share the current version's check let stand on the newest video: a reference-only plan gives it up
 
 
 @dataclass
@@ -136,7 +138,8 @@ def update_bundle(root: Path, videos: list, settings: Settings, start=None, end=
         answers = collect(parent, reference, ref_key, videos, settings, start, end, say)
         scored = decode_and_score(parent, reference, answers, settings, quiet)
         split_forward(scored, answers, settings)
-        return refit_validate_write(root, parent, reference, answers, scored, settings, say)
+        checked = vouched(parent, store_dir(answers[-1].video, ref_key, reference), validation_targets(settings))
+        return refit_validate_write(root, parent, reference, answers, scored, settings, say, checked)
     finally:
         lock.__exit__(None, None, None)
 
@@ -423,6 +426,31 @@ def too_thin(parent: B.TrainedBundle, scored: Scored) -> str:
     return "; ".join(why)
 
 
+def vouched(parent: B.TrainedBundle, labels_dir: Path, targets: Targets) -> dict | None:
+    """The newest record of a query of the newest video by the current version at these targets
+    (labels.checks_noted), or None."""
+    root = str(parent.root.resolve())
+    want = dict(fpr=targets.fpr, fnr=targets.fnr)
+    got = [r for r in checks_noted(labels_dir)
+           if r.get("bundle") == root and r.get("version") == parent.version and r.get("targets") == want]
+    return got[-1] if got else None
+
+
+def gives_up(new: dict, checked: dict | None, version: int, name: str) -> str:
+    """Why the new version gives up what the current one showed on the newest video ("" when it does
+    not): its plan is the reference on every held-out frame, while the current version's query of
+    that video settled at least VOUCHED of the frames without the reference and its check, having
+    drawn frames, repaired nothing. The held-out frames are the ones the reference answered, scattered
+    through the night, where a frame skip or a difference from the previous frame cannot be measured;
+    the check's draws were uniform over the frames those stages settled."""
+    if not checked or checked.get("escalated") or not checked.get("checked") or checked.get("cheap", 0) < VOUCHED:
+        return ""
+    if new["reference_share"] < 1 - 1e-9:
+        return ""
+    return (f"its plan is the reference on every held-out frame, while version {version}'s query of {name} at these "
+            f"targets settled {checked['cheap']:.0%} of the frames without the reference and its check repaired nothing")
+
+
 def _r(x, digits: int = 4):
     return None if x is None or not np.isfinite(x) else round(float(x), digits)
 
@@ -430,22 +458,30 @@ def _r(x, digits: int = 4):
 # --------------------------------------------------------------------------- 6. write
 
 
+def validation_targets(settings: Settings) -> Targets:
+    """The targets a new version is validated at: the queries' (query.target_fpr / target_fnr)."""
+    q, o = settings.query, settings.optimizer
+    return Targets(float(q.target_fpr), float(q.target_fnr), o.metric, int(o.window))
+
+
 def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers: list[Answers], scored: Scored,
-                         settings: Settings, say) -> UpdateResult:
-    """Steps 4-6 of the module docstring."""
+                         settings: Settings, say, checked: dict | None = None) -> UpdateResult:
+    """Steps 4-6 of the module docstring (`checked`: what the current version's check found on the
+    newest video, `vouched`)."""
     skips = [int(k) for k in settings.optimizer.skips]
-    q = settings.query
-    targets = Targets(float(q.target_fpr), float(q.target_fnr), settings.optimizer.metric, int(settings.optimizer.window))
+    targets = validation_targets(settings)
     old, new = current(parent, scored, skips), refitted(parent, scored, settings, reference)
     views_old, views_new = heldouts(parent, scored, old), heldouts(parent, scored, new)
     fig_new, fig_old = figures(parent, views_new, targets, settings), figures(parent, views_old, targets, settings)
-    reason = "; ".join(filter(None, [judge(fig_new, fig_old, targets), too_thin(parent, scored)]))
+    reason = "; ".join(filter(None, [judge(fig_new, fig_old, targets), too_thin(parent, scored),
+                                     gives_up(fig_new, checked, parent.version, answers[-1].video.path.name)]))
     archive_top(root, parent)  # the current version is kept before anything is written
     n = 1 + max(B.versions(root) + [parent.version])
     entry = lineage_entry(n, parent, answers, scored, new, dict(
         targets=dict(fpr=targets.fpr, fnr=targets.fnr), heldout_frames=int(scored.heldout.sum()),
         heldout_positives={o: int(scored.truth[scored.heldout, k].sum()) for k, o in enumerate(parent.objects)},
-        new=fig_new, current=fig_old, current_as_planned=as_planned(parent, views_old, targets, settings)), reason)
+        new=fig_new, current=fig_old, current_as_planned=as_planned(parent, views_old, targets, settings),
+        current_checked=checked), reason)
     path = write_version(root, n, parent, scored, new, views_new, entry)
     if not reason:
         publish(root, path)

@@ -86,10 +86,22 @@ def workspace(work: Path) -> dict:
     return env
 
 
-def version_entry(bundle: Path, n: int) -> dict:
+def update(bundle: Path, *args, env: dict) -> tuple[dict, str, float]:
+    """`noscope train --update BUNDLE ARGS` -> (version 2's lineage entry, its line, seconds); an update
+    that refuses (one error line, exit 1: nothing to learn) is a row too: status "refused", its reason."""
     import yaml
 
-    return yaml.safe_load((bundle / "versions" / str(n) / "bundle.yaml").read_text())["lineage"][-1]
+    cmd = [sys.executable, "-m", "noscope.cli", "train", "--update", bundle.name, *map(str, args)]
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    secs = time.perf_counter() - t
+    if res.returncode == 1 and res.stderr.startswith("noscope: error:"):
+        why = res.stderr.strip().removeprefix("noscope: error:").strip()
+        return dict(status="refused", reason=why, learnt_frames=0, validation=None), res.stderr.strip(), secs
+    if res.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{res.stderr}")
+    entry = yaml.safe_load((bundle / "versions" / "2" / "bundle.yaml").read_text())["lineage"][-1]
+    return entry, res.stdout.strip(), secs
 
 
 # Long: the four steps of the module docstring for one (clip, object), then its looped nights.
@@ -112,10 +124,8 @@ def run_case(clip: str, obj: str, t: float, extra: list[str], env: dict, work: P
                                                   "--json", "-q", "--no-plot", "--out", work / "out" / name / "night",
                                                   *at, *extra, env=env)
     case["night"] = brief(last_json(out))
-    out, case["seconds"]["update"] = noscope("train", "--update", name, video, "--start", f"{a}f", "--end", f"{b}f", *at,
-                                             *extra, env=env)
-    case["update_line"] = out.strip()
-    case["update"] = version_entry(bundle, 2)
+    case["update"], case["update_line"], case["seconds"]["update"] = update(bundle, video, "--start", f"{a}f", "--end",
+                                                                            f"{b}f", *at, *extra, env=env)
     good = case["update"]["status"] == "good"
     row = dict(target=t)
     for label, model in (("original", f"{name}@1"), ("updated", name)):
@@ -201,9 +211,7 @@ def run_night(video: Path, obj: str, name: str, cuts: tuple[int, int, int], t: f
     out, t_night = noscope("query", night, "--model", copy, "--json", "-q", "--no-plot", "--out",
                            work / "out" / name / "looped-night", *at, *extra, env=env)
     res = dict(night=dict(brief(last_json(out)), loops=loops), seconds=dict(night_query=t_night))
-    out, res["seconds"]["update"] = noscope("train", "--update", copy, night, *at, *extra, env=env)
-    res["update_line"] = out.strip()
-    res["update"] = version_entry(work / "models" / copy, 2)
+    res["update"], res["update_line"], res["seconds"]["update"] = update(work / "models" / copy, night, *at, *extra, env=env)
     good = res["update"]["status"] == "good"
     last, loops_last = loop_range(video, loops_dir / f"{name}-last.mp4", [(b, n, min_frames)])
     settings = Settings.from_config(load_config(None, [s for s in extra if s != "--set"]))
@@ -284,11 +292,12 @@ def table(cases: list[dict], looped: bool = False) -> str:
         part = c["looped"] if looped else c
         up = part["update"]
         status = f"v2 {up['status']}" + (f" ({up['reason']})" if up["status"] != "good" else "")
+        same = "as original (update kept aside)" if up["status"] == "aside" else "as original (no update)"
         for row in part["rows"]:
             o = row["original"]
             size = f"{o['frames']} ({o['positives']})" + (f", {o['loops']}x" if looped else "")
             lines.append(f"| {Path(c['clip']).stem} | {c['object']} | {row['target']} | {size} | {status} | {side(o)} "
-                         f"| {side(row['updated']) if not row['updated'].get('same_as_original') else 'as original (update kept aside)'} |")
+                         f"| {side(row['updated']) if not row['updated'].get('same_as_original') else same} |")
     return "\n".join(lines)
 
 
@@ -301,6 +310,10 @@ def updates(cases: list[dict], looped: bool = False) -> str:
         part = c["looped"] if looped else c
         u, nt = part["update"], part["night"]
         v = u["validation"]
+        if v is None:  # the update refused: nothing to learn
+            lines.append(f"| {Path(c['clip']).stem} | {c['object']} | {nt['frames']}, {nt['reference_calls']}, "
+                         f"{nt['escalations']}, {nt['cheap']:.0%} | 0 | | | | | refused ({u['reason']}) |")
+            continue
         auc = lambda f: "/".join(_f(x) for x in f["best_auc"].values())  # noqa: E731
         cap = v["current_as_planned"]
         err = "; ".join(f"{_f(e['fpr'])} / {_f(e['fnr'])}" for e in cap["errors"].values())

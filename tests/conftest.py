@@ -112,3 +112,10 @@ def bundle_copy(trained, tmp_path):
     dst = tmp_path / "bundle"
     shutil.copytree(trained["a"], dst)
     return dst
+
+
+@pytest.fixture
+def shared_cache(trained, monkeypatch):
+    """Use the session's label cache, so queries on the urban clip reuse its labels."""
+    monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))
+    return trained["cache"]

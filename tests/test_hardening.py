@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from .conftest import ROOT, STOREFRONT, URBAN
-from .test_reliability import assert_one_line, run, shared_cache  # noqa: F401 (a fixture)
+from .test_reliability import assert_one_line, run
 
 
 # ------------------------------------------------------------------ 2. nothing reaches "internal error"

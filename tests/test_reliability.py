@@ -52,13 +52,6 @@ def sha(p: Path) -> str:
 
 
 @pytest.fixture
-def shared_cache(trained, monkeypatch):
-    """Use the session's label cache, so queries on the urban clip reuse its labels."""
-    monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))
-    return trained["cache"]
-
-
-@pytest.fixture
 def bad_videos(tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 50)

@@ -119,6 +119,9 @@ def test_an_update_keeps_every_version_and_records_its_lineage(camera, tmp_path,
         for side in ("new", "current"):
             assert {"best_auc", "plan", "reference_share", "expected_cost_ms", "errors"} <= set(val[side])
         assert "errors" in val["current_as_planned"]
+        rec = val["current_checked"]  # the query of that night by the version updated, as its label store noted it
+        assert rec["bundle"] == str(bundle.resolve()) and rec["version"] == s["parent"] and rec["segment"] == [start, end]
+        assert rec["checked"] > 0 and rec["targets"] == dict(fpr=0.01, fnr=0.01) and 0 <= rec["cheap"] <= 1
     meta = yaml.safe_load((bundle / "bundle.yaml").read_text())
     assert meta["version"] == 3 and meta["heldout"]["video"]["segment"][0] >= B  # planned on the newest footage
     # every version loads on its own, checked (checksums, made_for)
@@ -168,6 +171,39 @@ def test_a_version_that_validates_worse_is_kept_aside(camera, tmp_path, monkeypa
     r = update(bundle, video, A, B)  # what version 2 learnt was never learnt by NAME: learnt again
     assert r.exit_code == 0 and "version 3" in r.output, r.output
     assert lineage(bundle)[-1]["parent"] == 1 and [s["version"] for s in lineage(bundle)] == [1, 3]
+
+
+def test_an_update_that_gives_up_what_the_check_let_stand_is_kept_aside(tmp_path):
+    """The held-out frames are the ones the reference answered, scattered through the night, where a
+    frame skip cannot be measured: planned on them, a version can fall back to the reference alone on
+    footage where the current version's skip settled most frames and its check repaired nothing.
+    Measured on the pets2009 car looped night before this rule: such an update took the next night
+    from 1.8x to 1.0x. The rule reads the current version's own query record at the same targets."""
+    from types import SimpleNamespace
+
+    from noscope.labels import checks_noted, note_check
+    from noscope.plans import Targets
+    from noscope.update import gives_up, vouched
+
+    store = tmp_path / "labels"
+    root = tmp_path / "models" / "cam"
+    root.mkdir(parents=True)
+    rec = dict(bundle=str(root.resolve()), version=1, segment=[0, 100], targets=dict(fpr=0.05, fnr=0.05), cheap=0.97,
+               checked=170, escalated=False, met={"car": None})
+    note_check(store, dict(rec, targets=dict(fpr=0.01, fnr=0.01), cheap=0.1))  # another target: not this one's
+    note_check(store, rec)
+    note_check(store, dict(rec, version=2, cheap=0.5))  # another version's
+    (store / "checks.jsonl").open("a").write("not json\n")
+    assert len(checks_noted(store)) == 3
+    parent = SimpleNamespace(root=root, version=1)
+    got = vouched(parent, store, Targets(0.05, 0.05))
+    assert got == rec and vouched(parent, store, Targets(0.02, 0.02)) is None
+    alone, cheaper = dict(reference_share=1.0), dict(reference_share=0.6)
+    assert "settled 97% of the frames without the reference" in gives_up(alone, got, 1, "night.mp4")
+    assert gives_up(cheaper, got, 1, "night.mp4") == ""  # the new plan keeps a cheap share: the judge decides
+    assert gives_up(alone, dict(got, escalated=True), 1, "n") == ""  # the check found the cheap answers wrong
+    assert gives_up(alone, dict(got, checked=0), 1, "n") == ""  # unchecked: nothing vouched
+    assert gives_up(alone, dict(got, cheap=0.1), 1, "n") == "" and gives_up(alone, None, 1, "n") == ""
 
 
 def test_judging_a_new_version():

@@ -8,8 +8,12 @@ out: for each frame the highest confidence of every class (N x num_classes), whi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where a network runs, not to read this interface
+    import torch
 
 
 @dataclass
@@ -31,7 +35,7 @@ class Reference:
     name: str  # e.g. "yolov3-tiny", "fasterrcnn_resnet50_fpn"
     class_names: list[str]
     input_size: tuple[int, int] | None  # (width, height) frames must be resized to; None: any size
-    device: "torch.device"  # noqa: F821
+    device: "torch.device"
     batch_size: int = 16
     runtime: str = "torch"  # what runs the network: "torch", "onnxruntime", "openvino" (reference.runtime)
 
