@@ -19,7 +19,8 @@
 #                    aside, BUNDLE/versions/N); one "update:" line in the log says which. Runs when this
 #                    run answered at least one video.
 #   NIGHTLY_UPDATE_ARGS  extra flags for the update, e.g. "--config cam.yaml" (its query.target_* are
-#                    the targets it validates at)
+#                    the targets it validates at; --target-fpr / --target-fnr in NIGHTLY_ARGS are
+#                    passed on as those, so the update is judged at the targets the night answered at)
 #
 # Exit codes (each also one line in the log):
 #   0   every video answered whole (now or by an earlier run) and its targets verified met on it
@@ -50,6 +51,15 @@ log=${NIGHTLY_LOG:-$out/nightly.log}
 read -r -a noscope <<<"${NIGHTLY_NOSCOPE:-noscope}"
 read -r -a extra <<<"${NIGHTLY_ARGS:-}"
 read -r -a update_extra <<<"${NIGHTLY_UPDATE_ARGS:-}"
+# The update validates at the targets the query answered at (NIGHTLY_UPDATE_ARGS can still say otherwise).
+targets=()
+for ((i = 0; i < ${#extra[@]}; i++)); do
+    case ${extra[i]} in
+        --target-fpr | --target-fnr) targets+=(--set "query.target_${extra[i]#--target-}=${extra[i + 1]:-}"); i=$((i + 1)) ;;
+        --target-fpr=* | --target-fnr=*) kv=${extra[i]#--target-}; targets+=(--set "query.target_${kv%%=*}=${kv#*=}") ;;
+    esac
+done
+update_extra=("${targets[@]}" "${update_extra[@]}")
 
 say() { printf '%s nightly: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$log"; }
 

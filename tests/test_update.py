@@ -383,7 +383,8 @@ def test_query_update_switch_updates_after_the_batch(camera, tmp_path, monkeypat
 
 
 def test_nightly_update_step(tmp_path):
-    """NIGHTLY_UPDATE=1: after the query, one `update:` line in the log; a failing update is exit 7."""
+    """NIGHTLY_UPDATE=1: after the query, one `update:` line in the log, the update told the night's
+    targets; a failing update is exit 7."""
     import os
     import subprocess
     import sys
@@ -404,14 +405,17 @@ def test_nightly_update_step(tmp_path):
         "    sys.exit(0)\n"
         "if os.environ.get('FAIL_UPDATE'):\n"
         "    print('noscope: error: no reference answers collected', file=sys.stderr); sys.exit(1)\n"
-        "print('updated X: version 2 from 100 answered frames of 1 video(s) is now X')\n")
-    env = dict(os.environ, PYTHONPATH=str(root), NIGHTLY_NOSCOPE=f"{sys.executable} {fake}", NIGHTLY_UPDATE="1")
+        "print('updated X: version 2 from 100 answered frames of 1 video(s) is now X', ' '.join(args[1:]))\n")
+    env = dict(os.environ, PYTHONPATH=str(root), NIGHTLY_NOSCOPE=f"{sys.executable} {fake}", NIGHTLY_UPDATE="1",
+               NIGHTLY_ARGS="--target-fpr 0.05 --target-fnr=0.02")
     out = tmp_path / "out"
     p = subprocess.run([str(root / "scripts" / "nightly.sh"), str(folder), "X", str(out)], env=env, capture_output=True,
                        text=True, timeout=120)
     log = (out / "nightly.log").read_text()
     assert p.returncode == 0, log
     assert "update: updated X: version 2" in log
+    # judged at the targets the night answered at
+    assert "--set query.target_fpr=0.05 --set query.target_fnr=0.02" in log.split("update: updated X")[1].splitlines()[0]
     p = subprocess.run([str(root / "scripts" / "nightly.sh"), str(folder), "X", str(tmp_path / "out2")],
                        env=dict(env, FAIL_UPDATE="1"), capture_output=True, text=True, timeout=120)
     log = (tmp_path / "out2" / "nightly.log").read_text()
