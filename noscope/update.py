@@ -332,6 +332,12 @@ def diff_scores(dets: list, scored: Scored, skips: list[int]) -> dict[str, dict[
 # --------------------------------------------------------------------------- 5. validate
 
 
+def validation_targets(settings: Settings) -> Targets:
+    """The targets a new version is validated at: the queries' (query.target_fpr / target_fnr)."""
+    q, o = settings.query, settings.optimizer
+    return Targets(float(q.target_fpr), float(q.target_fnr), o.metric, int(o.window))
+
+
 def heldouts(parent: B.TrainedBundle, scored: Scored, f: Fitted) -> dict[str, HeldOut]:
     """One version's view of the held-out frames, per object."""
     ho = scored.heldout
@@ -456,12 +462,6 @@ def _r(x, digits: int = 4):
 
 
 # --------------------------------------------------------------------------- 6. write
-
-
-def validation_targets(settings: Settings) -> Targets:
-    """The targets a new version is validated at: the queries' (query.target_fpr / target_fnr)."""
-    q, o = settings.query, settings.optimizer
-    return Targets(float(q.target_fpr), float(q.target_fnr), o.metric, int(o.window))
 
 
 def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers: list[Answers], scored: Scored,
