@@ -57,14 +57,22 @@ CASES = [("storefront-cctv_people.mp4", "person"), ("urban-road-cctv_cars-buses-
          ("overhead-residential-street_cars.mp4", "car")]
 
 
-def noscope(*args, env: dict) -> tuple[str, float]:
-    """Run `python -m noscope.cli ARGS` (stdout, seconds); a failure ends the benchmark with its stderr."""
+def noscope(*args, env: dict, refusal_ok: bool = False) -> tuple[str, float]:
+    """Run `python -m noscope.cli ARGS` (stdout, seconds); a failure ends the benchmark with its stderr,
+    except, with `refusal_ok`, a refusal (exit 1, one "noscope: error:" line): then that line is the output."""
     cmd = [sys.executable, "-m", "noscope.cli", *map(str, args)]
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if refusal_ok and res.returncode == 1 and res.stderr.startswith("noscope: error:"):
+        return res.stderr, time.perf_counter() - t
     if res.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{res.stderr}")
     return res.stdout, time.perf_counter() - t
+
+
+def at_target(t: float) -> list[str]:
+    """The learning query's and the update's flags for target T (FPR = FNR = T)."""
+    return ["--set", f"query.target_fpr={t}", "--set", f"query.target_fnr={t}"]
 
 
 def last_json(out: str) -> dict:
@@ -91,23 +99,19 @@ def update(bundle: Path, *args, env: dict) -> tuple[dict, str, float]:
     that refuses (one error line, exit 1: nothing to learn) is a row too: status "refused", its reason."""
     import yaml
 
-    cmd = [sys.executable, "-m", "noscope.cli", "train", "--update", bundle.name, *map(str, args)]
-    t = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    secs = time.perf_counter() - t
-    if res.returncode == 1 and res.stderr.startswith("noscope: error:"):
-        why = res.stderr.strip().removeprefix("noscope: error:").strip()
-        return dict(status="refused", reason=why, learnt_frames=0, validation=None), res.stderr.strip(), secs
-    if res.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{res.stderr}")
+    out, secs = noscope("train", "--update", bundle.name, *args, env=env, refusal_ok=True)
+    line = out.strip()
+    if line.startswith("noscope: error:"):
+        why = line.removeprefix("noscope: error:").strip()
+        return dict(status="refused", reason=why, learnt_frames=0, validation=None), line, secs
     entry = yaml.safe_load((bundle / "versions" / "2" / "bundle.yaml").read_text())["lineage"][-1]
-    return entry, res.stdout.strip(), secs
+    return entry, line, secs
 
 
 # Long: the four steps of the module docstring for one (clip, object), then its looped nights.
 def run_case(clip: str, obj: str, t: float, extra: list[str], env: dict, work: Path, night: int) -> dict:
     video = VIDEOS / clip
-    at = ["--set", f"query.target_fpr={t}", "--set", f"query.target_fnr={t}"]  # the learning query and the update
+    at = at_target(t)
     with av.open(str(video)) as c:  # the frames that decode (a container may claim more)
         n = sum(1 for _ in c.decode(video=0))
     a, b = n // 3, 2 * n // 3
@@ -201,7 +205,7 @@ def run_night(video: Path, obj: str, name: str, cuts: tuple[int, int, int], t: f
     from noscope.video import open_video
 
     a, b, n = cuts
-    at = ["--set", f"query.target_fpr={t}", "--set", f"query.target_fnr={t}"]
+    at = at_target(t)
     loops_dir = work / "loops"
     loops_dir.mkdir(exist_ok=True)
     copy = f"{name}-night"
