@@ -57,6 +57,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+class FolderBusy(NoscopeError):
+    """Another process holds the folder (`hold_folder`): its pid, for a message in the caller's words."""
+
+    def __init__(self, folder: Path, pid: str):
+        super().__init__(f"{folder} is being written by another noscope run (pid {pid}); wait for it to finish, or "
+                         "give another --out")
+        self.folder, self.pid = folder, pid
+
+
 @contextmanager
 def hold_folder(folder: str | Path) -> Iterator[None]:
     """Run the block as the only process writing `folder` (made if absent): a lock file in it
@@ -101,8 +110,7 @@ def _lock(path: Path, folder: Path) -> int:
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise NoscopeError(f"{folder} is being written by another noscope run (pid {pid}); wait for it to "
-                               "finish, or give another --out") from None
+            raise FolderBusy(folder, pid) from None
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd

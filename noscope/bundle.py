@@ -50,20 +50,31 @@ FORMATS = (FORMAT, MULTI_FORMAT)
 
 
 VERSIONS = "versions"  # NAME/versions/N/: version N of bundle NAME, a whole bundle
-_VERSIONED = re.compile(r"(.+)@([0-9]+)")
+_VERSIONED = re.compile(r"(.+)@([^/@]*)")  # NAME@N, PATH@N: the last part of a name says which version
 
 
 def bundle_path(name_or_path: str | Path) -> Path:
     """A bare name lives under the models directory; anything with a slash is a path. NAME@N (or
-    PATH@N) is version N of that bundle (`version_path`), unless a bundle folder is called so."""
+    PATH@N) is version N of that bundle (`version_path`), unless a bundle folder is called so; any
+    other text after the @ is a usage error (a version is a whole number >= 1)."""
+    n = version_of(name_or_path)
+    s = str(name_or_path)
+    return _plain_path(s) if n is None else version_path(_plain_path(s[: s.rindex("@")]), n)
+
+
+def version_of(name_or_path: str | Path) -> int | None:
+    """N when a bundle name or path says NAME@N (None for a plain name, or a bundle folder whose own
+    name has an @); NAME@x, NAME@-1, NAME@ are usage errors."""
     s = str(name_or_path)
     if not s.strip():  # models_dir() itself is no bundle, and never a place to write one
         raise UsageError("a bundle name or path cannot be empty")
-    plain = _plain_path(s)
     m = _VERSIONED.fullmatch(s)
-    if m is None or (plain / "bundle.yaml").is_file():
-        return plain
-    return version_path(_plain_path(m.group(1)), int(m.group(2)))
+    if m is None or (_plain_path(s) / "bundle.yaml").is_file():
+        return None
+    if not (m.group(2).isascii() and m.group(2).isdigit() and int(m.group(2)) >= 1):
+        raise UsageError(f"{s!r} names a version of bundle {m.group(1)!r}, but a version is a whole number >= 1 "
+                         f"({m.group(1)}@1 is the bundle as trained), not {m.group(2)!r}")
+    return int(m.group(2))
 
 
 def _plain_path(s: str) -> Path:
@@ -71,7 +82,8 @@ def _plain_path(s: str) -> Path:
 
 
 def names_version(name: str) -> bool:
-    """Whether a bundle name says NAME@N (a version: made by `train --update`, never a place to train into)."""
+    """Whether a bundle name reads NAME@something: a version is made by `train --update`, never a place
+    to train into."""
     return _VERSIONED.fullmatch(str(name)) is not None
 
 
@@ -96,10 +108,16 @@ def version_path(root: Path, n: int) -> Path:
     raise NoscopeError(f"bundle {root} has no version {n}; its versions: {have}")
 
 
+def kept_version(root: str | Path) -> bool:
+    """Whether `root` is a version kept inside a bundle (NAME/versions/N), the folder NAME@N names."""
+    root = Path(root)
+    return root.parent.name == VERSIONS and root.name.isdigit()
+
+
 def bundle_label(root: str | Path) -> str:
     """How a person names the bundle at `root`: NAME, or NAME@N for a kept version."""
     root = Path(root)
-    if root.parent.name == VERSIONS and root.name.isdigit():
+    if kept_version(root):
         return f"{root.parent.parent.name}@{root.name}"
     return root.name
 
@@ -205,6 +223,10 @@ def load_manifest(root: Path) -> dict:
     if not path.is_file():
         if root.is_dir() and (root / "work").is_dir():
             raise NoscopeError(f"model bundle {root} is incomplete (training was interrupted); run `noscope train` again to resume")
+        if versions(root):  # an update stopped while replacing it, and no good version to restore (noscope.versions)
+            raise NoscopeError(f"model bundle {root} has no bundle.yaml (an update stopped while replacing it); its "
+                               f"versions are kept: name one ({bundle_label(root)}@{versions(root)[-1]}, versions "
+                               f"{', '.join(map(str, versions(root)))})")
         raise NoscopeError(f"no model bundle at {root} (train one with `noscope train VIDEO --object OBJ --name NAME`)")
     try:
         meta = yaml.safe_load(path.read_text())

@@ -190,6 +190,7 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
     """Run the reference detector on the frames of VIDEO and cache its answers."""
     from .labels import label_frames
     from .prepare import open_reference
+    from .reference import reference_runtime
     from .results import describe_missing
     from .video import missing_ranges, open_video, stop_is_truncation
 
@@ -205,7 +206,8 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
     pos = int((labels.score_of(cls) >= min_score).sum())
     n = len(labels.frames)
     fresh = n - labels.from_cache
-    summary = dict(video=str(v.path), object=object_name, reference=key, frames=n, from_cache=labels.from_cache,
+    summary = dict(video=str(v.path), object=object_name, reference=key, runtime=reference_runtime(ref), frames=n,
+                   from_cache=labels.from_cache,
                    positives=pos, min_score=min_score, seconds=round(wall, 3),
                    frames_per_s=round(fresh / labels.seconds, 2) if fresh and labels.seconds else None)
     if stop_is_truncation(v):
@@ -232,9 +234,10 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
               help="COCO class name, e.g. car; several (car,person,bus) train one model answering all in one pass.")
 @click.option("--name", default=None, callback=given, help="Bundle name (default: VIDEOSTEM-OBJECT, VIDEOSTEM-car+person) or a path.")
 @click.option("--update", "update_name", default=None, callback=given, metavar="BUNDLE",
-              help="Make a new version of BUNDLE from the reference answers queries collected on VIDEOS (files, "
+              help="Make a new version of BUNDLE (a name or folder; not a kept version BUNDLE@N, which query and "
+                   "evaluate read with --model) from the reference answers queries collected on VIDEOS (files, "
                    "folders, globs; the newest last); it replaces BUNDLE only if it validates at least as well on the "
-                   "newest footage. BUNDLE@N names a kept version.")
+                   "newest footage. Exit 8: too few new answers to learn from (unchanged).")
 @click.option("--force", is_flag=True, help="Retrain from scratch instead of resuming.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Random seed (default: config seed).")
 @segment_options
@@ -273,18 +276,22 @@ def train(videos, object_name, name, update_name, force, seed, start, end, refer
 
 
 def update_line(bundle_name: str, videos, settings: Settings, start, end, quiet: bool, say) -> None:
-    """`train --update` (and `query --update`): the update, and one line saying what it made."""
+    """`train --update` (and `query --update`): the update, and one line saying what it made (or why it
+    made nothing). Raises update.UpdateRefused when there is too little new to learn from."""
     from .batch import expand_videos
-    from .bundle import bundle_path, names_version
-    from .update import update_bundle
+    from .bundle import bundle_label, bundle_path, kept_version, version_of
+    from .update import Unchanged, update_bundle
 
-    if names_version(bundle_name):
-        raise UsageError(f"--update {bundle_name!r} names a version; update the bundle itself (its newest good version "
-                         "is what learns)")
+    if version_of(bundle_name) is not None or kept_version(root := bundle_path(bundle_name)):
+        raise UsageError(f"--update {bundle_name!r} names a version of a bundle: versions are for reading (--model "
+                         "NAME@N in query and evaluate) and an update learns on the bundle itself, whose newest good "
+                         "version is what learns: give its name or folder")
     if not videos:
         raise UsageError("--update BUNDLE needs the VIDEOS whose collected reference answers it learns from")
-    root = bundle_path(bundle_name)
     r = update_bundle(root, expand_videos(videos), settings, start, end, quiet=quiet, say=say)
+    if isinstance(r, Unchanged):
+        echo_line(f"not updated: {bundle_label(root)} stays version {r.version}: {r.why}")
+        return
     v = r.entry["validation"]
     new, cur = v["new"], v["current"]
     figures = (f"held-out {v['heldout_frames']} frames: best AUC {_aucs(new)} vs {_aucs(cur)}, reference on "
@@ -296,6 +303,17 @@ def update_line(bundle_name: str, videos, settings: Settings, start, end, quiet:
     else:
         echo_line(f"updated {root}: version {r.version} kept aside at {r.path}, {root.name} stays version {r.parent}: "
                   f"it validates worse ({r.reason}); {figures}")
+
+
+def update_after_query(bundle_name: str, videos, settings: Settings, start, end, quiet: bool, say) -> None:
+    """`query --update`: the update after the answers are written. A refusal (too little new to learn
+    from) is one warning line: the query's answers stand, and so does its exit status."""
+    from .update import UpdateRefused
+
+    try:
+        update_line(bundle_name, videos, settings, start, end, quiet, say)
+    except UpdateRefused as e:
+        log.warning("not updated: %s", e)
 
 
 def _aucs(fig: dict) -> str:
@@ -381,7 +399,7 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
                                ray_address, quiet, verbose)
         answered = [r["path"] for r in records if r["status"] != "failed"]
         if update_after and answered:
-            update_line(model, answered, settings, start, end, quiet or as_json, say)
+            update_after_query(model, answered, settings, start, end, quiet or as_json, say)
         if any(r["status"] == "failed" for r in records):
             click.get_current_context().exit(1)
         return
@@ -390,7 +408,7 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
                           reference_named=bool(reference_name), plot=not no_plot, quiet=quiet or as_json, say=say)
     click.echo(json.dumps(json_safe(summary)) if as_json else printable(_summary_line(summary)))
     if update_after:
-        update_line(model, [video], settings, start, end, quiet or as_json, say)
+        update_after_query(model, [video], settings, start, end, quiet or as_json, say)
 
 
 def _summary_line(summary: dict) -> str:

@@ -110,8 +110,8 @@ def _size(v):
 
 
 def _skips(v):
-    ok = isinstance(v, list) and v and all(between(1, integer=True)(x) is None for x in v)
-    return None if ok else "a non-empty list of integers >= 1"
+    ok = isinstance(v, list) and v and all(_POSITIVE_INT(x) is None for x in v)
+    return None if ok else f"a non-empty list of integers in [1, {MAX_COUNT}]"
 
 
 HEAD_SPEC = re.compile(r"L(\d+)@(\d+):(linear|spatial)")
@@ -141,9 +141,13 @@ def _grid(v):
     return None
 
 
+# Counts, sizes and windows stop at 2^31 - 1 (a frame number's range here): a larger value is a typo,
+# and one past int64 is not even an array size (an OverflowError far from the setting that caused it).
+MAX_COUNT = 2**31 - 1
+MAX_WINDOW = 10**6  # frames per window (over 9 hours at 30 fps)
 _FRACTION = between(0, 1, lo_open=True, hi_open=True)
-_POSITIVE_INT = between(1, integer=True)
-_COUNT = between(0, integer=True)
+_POSITIVE_INT = between(1, MAX_COUNT, integer=True)
+_COUNT = between(0, MAX_COUNT, integer=True)
 _BOOL: Rule = lambda v: None  # noqa: E731 - the type check already allows only true or false
 
 RULES: dict[str, Rule] = {
@@ -153,7 +157,7 @@ RULES: dict[str, Rule] = {
     "reference.batch_size": nullable(_POSITIVE_INT),
     "reference.runtime": one_of("auto", "torch", "onnxruntime", "openvino"),
     "labels.min_score": between(0, 1, lo_open=True), "labels.smooth": _odd,
-    "train.max_frames": between(MIN_TRAIN_FRAMES, integer=True), "train.run_length": _POSITIVE_INT,
+    "train.max_frames": between(MIN_TRAIN_FRAMES, MAX_COUNT, integer=True), "train.run_length": _POSITIVE_INT,
     "train.split": one_of("forward", "interleaved"), "train.block": _POSITIVE_INT,
     "train.heldout_fraction": _FRACTION, "train.heldout_min_runs": _COUNT, "train.val_fraction": _FRACTION,
     "train.augment": _COUNT, "train.grid": _grid, "train.heads": _heads, "train.epochs": _POSITIVE_INT, "train.batch_size": _POSITIVE_INT,
@@ -162,7 +166,7 @@ RULES: dict[str, Rule] = {
     "optimizer.skips": _skips, "optimizer.min_auc": between(0),  # above 1: no CNN is ever used
     "optimizer.min_saving": between(0, 1, hi_open=True), "optimizer.confidence": _FRACTION,
     "optimizer.strict": _BOOL, "optimizer.cost_slack": between(0),
-    "optimizer.metric": one_of("frames", "windows"), "optimizer.window": _POSITIVE_INT,
+    "optimizer.metric": one_of("frames", "windows"), "optimizer.window": between(1, MAX_WINDOW, integer=True),
     "decode.backend": one_of("auto", "pyav", "opencv"), "decode.prefetch": _COUNT, "decode.workers": _COUNT,
     "decode.frame_cache": _BOOL,
     "query.target_fpr": _FRACTION, "query.target_fnr": _FRACTION, "query.batch_size": _POSITIVE_INT,

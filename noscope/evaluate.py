@@ -23,6 +23,7 @@ from .answer import answer
 from .errors import NoscopeError
 from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
+from .metrics import window_labels
 from .planning import choose_plan
 from .plans import Plan, Targets
 from .prepare import Query
@@ -34,16 +35,22 @@ log = logging.getLogger("noscope")
 
 def measured(result, frames: np.ndarray, truth: np.ndarray, window: int) -> dict:
     """Frame and window FPR/FNR of a result against the reference's answers on `frames` (None
-    where a rate has no frame of its kind: a rate from zero positives is not a measurement)."""
+    where a rate has no frame, or no window, of its kind: a rate from zero positives is not a
+    measurement; one positive window and no negative one has a window FNR and no window FPR)."""
     common = np.intersect1d(frames, result.frames)
     t = truth[np.searchsorted(frames, common)]
     pred = result.labels[np.searchsorted(result.frames, common)]
     f_fpr, f_fnr = rates(pred, t, "frames", window)
     w_fpr, w_fnr = rates(pred, t, "windows", window)
-    has_pos, has_neg = bool(t.any()), bool((~t).any())
+    w_truth = window_labels(t, window)
     return dict(frames_compared=int(len(common)), positives=int(t.sum()),
-                frames=dict(fpr=float(f_fpr) if has_neg else None, fnr=float(f_fnr) if has_pos else None),
-                windows=dict(fpr=float(w_fpr) if has_neg else None, fnr=float(w_fnr) if has_pos else None, window=window))
+                frames=dict(fpr=defined(f_fpr, ~t), fnr=defined(f_fnr, t)),
+                windows=dict(fpr=defined(w_fpr, ~w_truth), fnr=defined(w_fnr, w_truth), window=window))
+
+
+def defined(rate: float, kind: np.ndarray) -> float | None:
+    """A rate where frames (or windows) of its kind exist, else None (n/a, never 0)."""
+    return float(rate) if bool(kind.any()) else None
 
 
 def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False) -> dict[str, dict]:

@@ -71,15 +71,24 @@ def store_dir(video: Video, ref_key: str, reference: Reference) -> Path:
 
 
 CHECKS = "checks.jsonl"  # one line per query of the video: what its check found (noscope.update reads it)
+CHECKS_MAX_BYTES = 256 << 10  # about a thousand queries' notes; past it the oldest half goes
+CHECKS_KEEP = 500  # notes kept when the file is trimmed (an update reads the newest that fits it)
 
 
 def note_check(directory: Path, record: dict) -> None:
-    """Add one query's check record to the video's label store. A line that cannot be written costs
-    a later update one comparison, never an answer: it is logged and passed over."""
+    """Add one query's check record to the video's label store, keeping the file bounded (the newest
+    CHECKS_KEEP notes when it grows past CHECKS_MAX_BYTES: a nightly job queries the same video
+    for ever). A line that cannot be written costs a later update one comparison, never an answer:
+    it is logged and passed over."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / CHECKS, "a") as f:  # one short line, appended whole
-            f.write(json.dumps(record) + "\n")
+        path = directory / CHECKS
+        with FileLock(str(directory) + ".lock"):
+            with open(path, "a") as f:  # one short line, appended whole
+                f.write(json.dumps(record) + "\n")
+            if path.stat().st_size > CHECKS_MAX_BYTES:
+                kept = path.read_text().splitlines()[-CHECKS_KEEP:]
+                atomic.atomic_write_bytes(path, ("\n".join(kept) + "\n").encode())
     except OSError as e:
         log.warning("could not note the check of this query in %s: %s", directory, e)
 

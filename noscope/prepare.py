@@ -18,6 +18,7 @@ from .bundle import TrainedBundle, bundle_path, load_bundle
 from .errors import NoscopeError, UsageError
 from .reference import REFERENCES, Reference, configured_reference
 from .settings import LabelSettings, ReferenceSettings, Settings, default_name, parse_objects
+from .versions import restore_lost
 from .video import Video, open_video
 
 log = logging.getLogger("noscope")
@@ -115,6 +116,7 @@ def resolve_bundle(settings: Settings, video, model, objects, quiet, start=None,
     root = bundle_path(model) if model else bundle_destination(video, objects, settings.decode.backend)
     if own and model and objects and video:  # a batch names this video's own bundle by its path
         root = own_bundle(root, video, settings.decode.backend)
+    restore_lost(root, lambda m: log.warning("%s", m))  # never trained over, nor refused, for a publish cut short
     if not (root / "bundle.yaml").is_file() and objects and video:
         say(f"no bundle at {root}; training one on {video} for {', '.join(objects)}")
         run_train(video, objects, root, settings, start, end, quiet=quiet, say=say)

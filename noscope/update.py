@@ -42,18 +42,22 @@ which a query on one of those videos answers with the reference and never certif
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from . import bundle as B
 from . import decode_pool, difference
-from .atomic import hold_folder
+from .atomic import FolderBusy, hold_folder
+from .versions import archive_top, publish, restore_top
 from .check import apply_known
 from .errors import NoscopeError
 from .labels import checks_noted, load_cached, object_truth, store_dir
@@ -121,27 +125,91 @@ class UpdateResult:
     entry: dict  # the version's lineage entry (videos, frames, validation figures)
 
 
+@dataclass
+class Unchanged:
+    """An update that made no version, and rightly so: nothing new to learn (every answer collected was
+    learnt from already), or the same inputs as a version made before (`matches`)."""
+
+    version: int  # the bundle's version, as it stays
+    why: str
+    matches: int | None = None
+
+
+class UpdateRefused(NoscopeError):
+    """Too few new answered frames to learn from or to hold out: the bundle is unchanged. Not a failure
+    of the run (query more video, then update), so it has an exit code of its own."""
+
+    exit_code = 8
+
+
+class NothingNew(NoscopeError):
+    """Every reference answer collected on the videos was learnt from already (update_bundle: Unchanged)."""
+
+
 def update_bundle(root: Path, videos: list, settings: Settings, start=None, end=None, quiet: bool = False,
-                  say=print) -> UpdateResult:
-    """Learn from the reference answers collected on `videos` (module docstring); one NoscopeError
-    and nothing changed when there is nothing to learn from."""
+                  say=print) -> UpdateResult | Unchanged:
+    """Learn from the reference answers collected on `videos` (module docstring). Unchanged when there
+    is nothing new to learn or a version was made from these very inputs before (nothing written);
+    UpdateRefused when too few new frames to learn from or hold out; one NoscopeError, and nothing
+    changed, when the videos hold no answers at all or the bundle is unusable."""
     root = Path(root)
-    lock = hold_folder(root)  # one update of a bundle at a time
-    try:
-        lock.__enter__()
-    except NoscopeError as e:
-        raise NoscopeError(f"bundle {root} cannot be updated now: {e}") from None
-    try:
+    with updating(root):
         restore_top(root, say)
         parent = B.load_bundle(root)
         reference, ref_key = bundle_reference(settings.reference, parent, False)
-        answers = collect(parent, reference, ref_key, videos, settings, start, end, say)
+        try:
+            answers = collect(parent, reference, ref_key, videos, settings, start, end, say)
+        except NothingNew as e:
+            return Unchanged(parent.version, str(e))
+        inputs = inputs_digest(root, answers, settings)
+        same = made_from(root, inputs)
+        if same is not None:
+            return Unchanged(parent.version, f"its inputs (the bundle, the answers collected, the settings) are those "
+                             f"version {same[0]} was made from ({same[1]}): nothing written", same[0])
         scored = decode_and_score(parent, reference, answers, settings, quiet)
         split_forward(scored, answers, settings)
         checked = vouched(parent, store_dir(answers[-1].video, ref_key, reference), validation_targets(settings))
-        return refit_validate_write(root, parent, reference, answers, scored, settings, say, checked)
-    finally:
-        lock.__exit__(None, None, None)
+        return refit_validate_write(root, parent, reference, answers, scored, settings, say, checked, inputs)
+
+
+@contextmanager
+def updating(root: Path):
+    """One update of a bundle at a time: a second is told which process holds it."""
+    try:
+        with hold_folder(root):
+            yield
+    except FolderBusy as e:
+        raise NoscopeError(f"bundle {root} is being updated by another noscope run (pid {e.pid}); the bundle is "
+                           "unchanged by this one: run it again when that one is done") from None
+
+
+def inputs_digest(root: Path, answers: list[Answers], settings: Settings) -> str:
+    """What decides the version an update makes: the bundle it starts from (its bundle.yaml, byte for
+    byte, which holds every file's checksum), each video's answered frames and the reference's scores
+    of them, and the settings it fits and validates with. The same inputs make the same version."""
+    h = hashlib.sha256((root / "bundle.yaml").read_bytes())
+    config = settings.as_config()
+    relevant = {k: config[k] for k in ("seed", "reference", "labels", "train", "optimizer")}
+    relevant["targets"] = [config["query"]["target_fpr"], config["query"]["target_fnr"]]
+    h.update(json.dumps(relevant, sort_keys=True, default=str).encode())
+    for a in answers:
+        h.update(a.video.hash.encode())
+        h.update(np.ascontiguousarray(a.frames, np.int64).tobytes())
+        h.update(np.ascontiguousarray(a.scores, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def made_from(root: Path, inputs: str) -> tuple[int, str] | None:
+    """(version, its status and reason) of a kept version made from these inputs, or None."""
+    for n in reversed(B.versions(root)):
+        try:
+            entry = (yaml.safe_load((root / B.VERSIONS / str(n) / "bundle.yaml").read_text()).get("lineage") or [{}])[-1]
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if isinstance(entry, dict) and entry.get("inputs") == inputs:
+            status = entry.get("status", "good")
+            return n, status + (f": {entry['reason']}" if entry.get("reason") else "")
+    return None
 
 
 # --------------------------------------------------------------------------- 1. collect
@@ -149,36 +217,50 @@ def update_bundle(root: Path, videos: list, settings: Settings, start=None, end=
 
 def collect(parent: B.TrainedBundle, reference, ref_key: str, videos: list, settings: Settings, start, end,
             say) -> list[Answers]:
-    """Each video's reference answers from the label cache (module docstring, step 1), oldest video first."""
-    lab = parent.meta["labels"]
-    classes = [parent.class_index(o) for o in parent.objects]
-    out, empty = [], []
-    trained = parent.meta["video"]
+    """Each video's reference answers from the label cache (module docstring, step 1), oldest video
+    first. NothingNew when the videos hold answers but the bundle learnt from every one of them."""
+    out, empty, learnt = [], [], []
     for path in videos:
         v = open_video(path, settings.decode.backend)
         s, e = v.segment(start, end)
         cached = load_cached(store_dir(v, ref_key, reference), len(reference.class_names))
         frames = np.array(sorted(f for f in cached if s <= f < e), np.int64)
-        if v.hash == trained["hash"]:  # what training labelled is in the cache too: not new
-            frames = frames[(frames < trained["segment"][0]) | (frames >= trained["segment"][1])]
-        frames = frames[~np.isin(frames, parent.learnt_frames(v.hash))]
-        if not len(frames):
-            empty.append(str(path))
+        new = not_learnt(parent, v.hash, frames)
+        if not len(new):
+            (learnt if len(frames) else empty).append(str(path))
             continue
-        scores = np.stack([cached[f][0] for f in frames.tolist()]).astype(np.float32)
-        base = 1 + max((int(a.runs.max()) for a in out), default=-1)
-        runs = base + np.r_[0, np.cumsum(np.diff(frames) != 1)]
-        truth = np.stack([object_truth(scores[:, c], float(lab["min_score"]), int(lab["smooth"]), blocks=runs)
-                          for c in classes], axis=1)
-        out.append(Answers(v, frames, scores, truth, runs))
+        out.append(answers_of(parent, v, new, cached, 1 + max((int(a.runs.max()) for a in out), default=-1)))
+    name = B.bundle_label(parent.root)
+    if not out and not learnt:
+        raise NoscopeError(f"no reference answers collected on {', '.join(empty)}: nothing to learn; the bundle is "
+                           f"unchanged (version {parent.version}). Run `noscope query` on them first")
     if not out:
-        raise NoscopeError(f"no reference answers collected on {', '.join(empty)} that bundle {parent.root} has not "
-                           f"learnt from: nothing to learn; the bundle is unchanged (version {parent.version}). Run "
-                           "`noscope query` on them first")
+        raise NothingNew(f"nothing new to learn: {name} (version {parent.version}) has learnt from every reference "
+                         f"answer collected on {', '.join(learnt)} (or they are its training frames)")
     for path in empty:
-        say(f"{path}: no reference answers collected that {B.bundle_label(parent.root)} has not learnt from; learning "
-            "from the other videos")
+        say(f"{path}: no reference answers collected there; learning from the other videos")
+    for path in learnt:
+        say(f"{path}: {name} has learnt from every reference answer collected there; learning from the other videos")
     return out
+
+
+def not_learnt(parent: B.TrainedBundle, video_hash: str, frames: np.ndarray) -> np.ndarray:
+    """The answered frames the bundle has not learnt from: neither its training segment (labelled for
+    training, so in the cache too) nor frames a version of it was fitted on."""
+    trained = parent.meta["video"]
+    if video_hash == trained["hash"]:
+        frames = frames[(frames < trained["segment"][0]) | (frames >= trained["segment"][1])]
+    return frames[~np.isin(frames, parent.learnt_frames(video_hash))]
+
+
+def answers_of(parent: B.TrainedBundle, video: Video, frames: np.ndarray, cached: dict, first_run: int) -> Answers:
+    """One video's answers on `frames`, its runs of consecutive frames numbered from `first_run`."""
+    lab = parent.meta["labels"]
+    scores = np.stack([cached[f][0] for f in frames.tolist()]).astype(np.float32)
+    runs = first_run + np.r_[0, np.cumsum(np.diff(frames) != 1)]
+    truth = np.stack([object_truth(scores[:, parent.class_index(o)], float(lab["min_score"]), int(lab["smooth"]),
+                                   blocks=runs) for o in parent.objects], axis=1)
+    return Answers(video, frames, scores, truth, runs)
 
 
 # --------------------------------------------------------------------------- 2. split, 3. decode and score
@@ -202,12 +284,12 @@ def split_forward(scored: Scored, answers: list[Answers], settings: Settings) ->
     scored.blocks[newest] = ids
     name = answers[-1].video.path
     if ho.sum() < MIN_HELDOUT:
-        raise NoscopeError(f"only {int(ho.sum())} answered frames of the newest video ({name}) could be held out to "
+        raise UpdateRefused(f"only {int(ho.sum())} answered frames of the newest video ({name}) could be held out to "
                            f"validate a new version (at least {MIN_HELDOUT}); the bundle is unchanged: query more of it first")
     if scored.fit.sum() < MIN_FIT:
         again = (f" ({int(scored.repeats.sum())} more show a picture a held-out frame shows: a looped or frozen video)"
                  if scored.repeats.any() else "")
-        raise NoscopeError(f"only {int(scored.fit.sum())} answered frames to learn from besides the {int(ho.sum())} held "
+        raise UpdateRefused(f"only {int(scored.fit.sum())} answered frames to learn from besides the {int(ho.sum())} held "
                            f"out{again} (at least {MIN_FIT}); the bundle is unchanged: query more video first")
 
 
@@ -465,7 +547,7 @@ def _r(x, digits: int = 4):
 
 
 def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers: list[Answers], scored: Scored,
-                         settings: Settings, say, checked: dict | None = None) -> UpdateResult:
+                         settings: Settings, say, checked: dict | None = None, inputs: str = "") -> UpdateResult:
     """Steps 4-6 of the module docstring (`checked`: what the current version's check found on the
     newest video, `vouched`)."""
     skips = [int(k) for k in settings.optimizer.skips]
@@ -482,6 +564,7 @@ def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers
         heldout_positives={o: int(scored.truth[scored.heldout, k].sum()) for k, o in enumerate(parent.objects)},
         new=fig_new, current=fig_old, current_as_planned=as_planned(parent, views_old, targets, settings),
         current_checked=checked), reason)
+    entry["inputs"] = inputs or None  # a later update with the same inputs writes nothing (made_from)
     path = write_version(root, n, parent, scored, new, views_new, entry)
     if not reason:
         publish(root, path)
@@ -617,69 +700,3 @@ def learnt_answers(bundle: B.TrainedBundle, video_hash: str, start: int, end: in
         return results
     got = ask(fitted)
     return {o: apply_known(r, {f: s[o] for f, s in got.items()}, min_score) for o, r in results.items()}
-
-
-# --------------------------------------------------------------------------- versions on disk
-
-
-def archive_top(root: Path, parent: B.TrainedBundle) -> None:
-    """Keep the bundle at `root` as a version before anything replaces it: a bundle as trained (never
-    updated, or retrained since) becomes the next version number."""
-    kept = B.versions(root)
-    top = (root / "bundle.yaml").read_bytes()
-    same = [k for k in kept if (root / B.VERSIONS / str(k) / "bundle.yaml").read_bytes() == top]
-    if same:  # kept already (the newest good version, or the bundle as trained after an update set aside)
-        parent.meta["version"] = same[-1]
-        return
-    n = 1 if not kept else max(kept) + 1
-    tmp = root / B.VERSIONS / f".tmp-{n}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel in list(parent.meta["files"]) + ["bundle.yaml"]:
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / rel, tmp / rel)
-    B.load_manifest(tmp)
-    os.replace(tmp, root / B.VERSIONS / str(n))
-    if n != parent.version:
-        parent.meta["version"] = n  # what the update records as its parent
-
-
-def publish(root: Path, version: Path) -> None:
-    """Make `root` a copy of `version`: bundle.yaml goes first (no manifest vouches for a mix of old and
-    new files), the version's files are copied, files it does not have are removed, bundle.yaml last."""
-    meta = B.load_manifest(version)
-    (root / "bundle.yaml").unlink(missing_ok=True)
-    keep = set(meta["files"]) | {"bundle.yaml"}
-    for p in sorted(root.rglob("*"), reverse=True):
-        rel = p.relative_to(root)
-        if rel.parts[0] in (B.VERSIONS, "work") or p.name.startswith(".") or rel.as_posix() in keep:
-            continue
-        if p.is_file():
-            p.unlink()
-        elif p.is_dir() and not any(p.iterdir()):
-            p.rmdir()
-    for rel in meta["files"]:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        B.atomic_write_bytes(root / rel, (version / rel).read_bytes())
-    B.atomic_write_bytes(root / "bundle.yaml", (version / "bundle.yaml").read_bytes())
-
-
-def status_of(path: Path) -> str:
-    """"good" or "aside": what a kept version's own lineage entry says (a version as trained: good)."""
-    import yaml
-
-    try:
-        meta = yaml.safe_load((path / "bundle.yaml").read_text())
-        return str((meta.get("lineage") or [{}])[-1].get("status", "good"))
-    except (OSError, yaml.YAMLError, AttributeError, TypeError):
-        return "aside"
-
-
-def restore_top(root: Path, say) -> None:
-    """A publish that stopped part-way leaves `root` without bundle.yaml: make it the newest good version again."""
-    kept = B.versions(root)
-    if (root / "bundle.yaml").is_file() or not kept:
-        return
-    good = [n for n in kept if status_of(root / B.VERSIONS / str(n)) == "good"]
-    if good:
-        say(f"{root} had no bundle.yaml (an earlier update stopped while replacing it): restoring version {good[-1]}")
-        publish(root, root / B.VERSIONS / str(good[-1]))

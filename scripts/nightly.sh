@@ -31,9 +31,11 @@
 #       cut file) have no answer (runs.jsonl: "complete": false, with missing_frames / stopped_at);
 #       rerunning does not help, the file itself is damaged. Comes before 5.
 #   7   (NIGHTLY_UPDATE) the videos were answered, but updating the bundle failed (the log says why;
-#       the bundle is unchanged). Comes before 6 and 5.
+#       the bundle is unchanged). Comes before 6 and 5. An update with nothing new to learn (a night
+#       run again) or too few new answers to learn from yet is logged and is not a failure.
 #   1   partial: some videos failed, the others are kept; running it again retries only the failed ones
 #   2   usage error
+#   3   the night's video folder is missing (a camera that recorded nothing, a share not mounted)
 #   4   the run did not start (no videos, bundle unusable, Ray unreachable)
 #   75  nothing done: another nightly run still holds OUT_DIR's lock (EX_TEMPFAIL: try again later)
 #   others: noscope's own (see the log)
@@ -44,8 +46,8 @@ usage() { echo "usage: $0 VIDEO_DIR BUNDLE [OUT_DIR]  (or set NIGHTLY_VIDEOS, NI
 videos=${1:-${NIGHTLY_VIDEOS:-}}
 bundle=${2:-${NIGHTLY_BUNDLE:-}}
 [[ -n $videos && -n $bundle ]] || usage
-[[ -d $videos ]] || { echo "nightly: error: not a folder: $videos" >&2; exit 2; }
-out=${3:-${NIGHTLY_OUT:-noscope-out/nightly/$(basename "$(cd "$videos" && pwd)")}}
+if [[ -d $videos ]]; then night=$(basename "$(cd "$videos" && pwd)"); else night=$(basename "$videos"); fi
+out=${3:-${NIGHTLY_OUT:-noscope-out/nightly/$night}}
 mkdir -p "$out"
 log=${NIGHTLY_LOG:-$out/nightly.log}
 read -r -a noscope <<<"${NIGHTLY_NOSCOPE:-noscope}"
@@ -62,6 +64,19 @@ done
 update_extra=("${targets[@]}" "${update_extra[@]}")
 
 say() { printf '%s nightly: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$log"; }
+
+# A night's folder that is not there is the camera's problem (it recorded nothing, a share is not
+# mounted), not a usage error: logged, with a code of its own.
+if [[ ! -e $videos ]]; then
+    say "error: the night's video folder is missing: $videos (exit 3)"
+    echo "nightly: error: the night's video folder is missing: $videos" >&2
+    exit 3
+fi
+if [[ ! -d $videos ]]; then
+    say "usage error: not a folder: $videos (exit 2)"
+    echo "nightly: error: not a folder: $videos" >&2
+    exit 2
+fi
 
 # One run per results folder: a slow night must not overlap with the next one.
 if command -v flock >/dev/null; then
@@ -95,6 +110,8 @@ if [[ -n ${NIGHTLY_UPDATE:-} && ${NIGHTLY_UPDATE} != 0 ]]; then
         uline=$("${noscope[@]}" train --update "$bundle" "$videos" -q "${update_extra[@]}" 2>>"$log") || urc=$?
         if (( urc == 0 )); then
             say "update: ${uline}"
+        elif (( urc == 8 )); then  # too few new answers to learn from yet: not a failure
+            say "update: not updated: too few new reference answers to learn from (see the line above); $bundle is unchanged"
         else
             say "update failed: noscope train --update exited $urc (see the line above); $bundle is unchanged"
             update_failed=1

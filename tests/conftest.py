@@ -119,3 +119,48 @@ def shared_cache(trained, monkeypatch):
     """Use the session's label cache, so queries on the urban clip reuse its labels."""
     monkeypatch.setenv("NOSCOPE_CACHE", str(trained["cache"]))
     return trained["cache"]
+
+
+# The drift scene of test_drift as a camera (tests/test_update.py, tests/test_edges.py): its test
+# reference is colour-blind and fast, so a query is seconds. Trained on the first third.
+CAMERA_TRAIN = ["--set", "train.grid=small", "--set", "train.epochs=3", "--set", "train.block=40", "--set",
+                "train.augment=0", "--set", "decode.frame_cache=false"]
+
+
+@pytest.fixture(scope="session")
+def trained_camera(tmp_path_factory):
+    """The drift scene as a video and a bundle trained on its first third (once for the session)."""
+    from click.testing import CliRunner
+
+    import noscope.reference
+    from noscope.cli import cli
+
+    from .test_drift import N, SaturatedSquares, scene
+
+    root = tmp_path_factory.mktemp("camera")
+    frames, present = scene()  # its pictures repeat every 48 frames: a little noise makes each frame its own, as a camera's are
+    noise = np.random.default_rng(1).integers(-4, 5, frames.shape)
+    frames = np.clip(frames.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    video = write_video(root / "cam.avi", frames)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(noscope.reference, "load_reference", lambda *a, **k: SaturatedSquares())
+        mp.setenv("NOSCOPE_CACHE", str(share_detector_files(tmp_path_factory.mktemp("cache"))))
+        mp.setenv("NOSCOPE_MODELS", str(root / "models"))
+        args = ["train", str(video), "--object", "square", "--end", f"{N // 3}f", "--name", str(root / "cam"), "-q"]
+        r = CliRunner().invoke(cli, args + CAMERA_TRAIN, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return video, root / "cam", present
+
+
+@pytest.fixture
+def camera(trained_camera, tmp_path, monkeypatch):
+    """The scene, its test reference in place, and a copy of the trained bundle of this test's own."""
+    import noscope.reference
+
+    from .test_drift import SaturatedSquares
+
+    video, trained, present = trained_camera
+    monkeypatch.setattr(noscope.reference, "load_reference", lambda *a, **k: SaturatedSquares())
+    bundle = tmp_path / "models" / "cam"
+    shutil.copytree(trained, bundle)
+    return video, bundle, present

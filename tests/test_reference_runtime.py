@@ -9,6 +9,14 @@ auto's fallback.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,10 +27,11 @@ from noscope.reference import runtime as R
 from noscope.reference.darknet import DarknetNet, DarknetReference, parse_cfg
 from noscope.video import open_video
 
-from .conftest import STOREFRONT
+from .conftest import ROOT, SHARED, STOREFRONT
 from .test_darknet import V4_CFG, _random_weights
 
 EXPORTED = ("onnxruntime", "openvino")
+HIGHWAY = SHARED / "highway-cctv_cars-trucks.avi"
 SCORE_TOL = 1e-3  # observed: <= 3e-6 (the network's float rounding; decoding is shared)
 MIN_SCORE = 0.5
 
@@ -52,7 +61,9 @@ def torch_answers(frames):
 def test_runtime_gives_torchs_answers(name, frames, torch_answers):
     skip_unless_installed(name)
     ref = load_reference("yolov3-tiny", device="cpu", runtime=name)
-    assert ref.runtime == name and reference_runtime(ref) == f"cpu-fp32-{name}"  # labels cached apart
+    # labels cached apart, and apart per export (the start of its checksum)
+    assert ref.runtime == name and reference_runtime(ref) == f"cpu-fp32-{name}-{ref.runner.export}"
+    assert len(ref.runner.export) == R.DIGEST_CHARS
     scores, dets = ref.predict(frames)
     want, want_dets = torch_answers
     diff = np.abs(scores - want).max()
@@ -103,6 +114,43 @@ def test_export_is_cached_atomic_and_repaired(tmp_path, monkeypatch):
     path.write_bytes(b"not an onnx model")  # damaged: exported again, and it runs
     again = load_reference("darknet", **files, device="cpu", runtime="onnxruntime")
     assert again.runtime == "onnxruntime" and path.stat().st_size > 1000
+
+
+def test_a_damaged_export_never_answers(tmp_path, monkeypatch):
+    """4 KB overwritten in the middle of the exported file (it still loads, with wrong weights): the
+    next `noscope label` exports it again with one warning line and answers as with the intact file;
+    labels made by another export are kept apart (the label cache's key names the export)."""
+    skip_unless_installed("onnxruntime")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope")).resolve()
+    (cache / "weights").symlink_to(real / "weights", target_is_directory=True)
+    if (real / "exported").is_dir():  # a copy of our own: this test damages it
+        shutil.copytree(real / "exported", cache / "exported", ignore=shutil.ignore_patterns("*.lock", ".tmp-*"))
+    env = dict(os.environ, NOSCOPE_CACHE=str(cache), PYTHONPATH=str(ROOT))
+
+    def label():
+        r = subprocess.run([sys.executable, "-m", "noscope.cli", "label", str(HIGHWAY), "--object", "car", "--end", "32f",
+                            "--json", "--set", "reference.runtime=onnxruntime"], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        shutil.rmtree(cache / "labels", ignore_errors=True)  # the next run asks the reference again
+        return json.loads(r.stdout), [line for line in r.stderr.splitlines() if line.startswith("noscope:")]
+
+    intact, said = label()
+    assert intact["positives"] >= 20 and intact["runtime"].startswith("cpu-fp32-onnxruntime-"), intact
+    path = cache / "exported" / R.export_path(intact["reference"], "fp32").name  # ours, not the shared one
+    record = json.loads(R.record_path(path).read_text())
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    again, said = label()
+    assert (again["positives"], again["runtime"]) == (intact["positives"], intact["runtime"])
+    assert len(said) == 1 and "does not match the checksum" in said[0] and "exporting it again" in said[0], said
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"], "the export was made again"
+    path.write_bytes(path.read_bytes()[:-1] + b"x")  # a file with no record of its own is not trusted either
+    R.record_path(path).unlink()
+    assert label()[0]["positives"] == intact["positives"]
 
 
 def test_missing_runtime_is_one_line_with_the_fix(monkeypatch):
@@ -157,6 +205,6 @@ def test_fp16_export_runs(tmp_path):
     want = DarknetReference(files["cfg"], files["weights"], files["names"], device="cpu").raw_predictions(small)
     ref = DarknetReference(files["cfg"], files["weights"], files["names"], device="cpu", half=True)
     R.attach(ref, "onnxruntime", "v4ish-fp16-test")
-    assert reference_runtime(ref) == "cpu-fp16-onnxruntime"
+    assert reference_runtime(ref) == f"cpu-fp16-onnxruntime-{ref.runner.export}"
     got = ref.raw_predictions(small)
     assert np.abs(got[..., 4:] - want[..., 4:]).max() < 2e-2  # fp16 rounding of the logits

@@ -261,17 +261,22 @@ def reference_key(ref: Reference) -> str:
 
 def reference_runtime(ref: Reference) -> str:
     """Where, in what arithmetic and by what the reference runs here: "cpu-fp32", "cuda-fp16"
-    (PyTorch), "cpu-fp32-onnxruntime", "cpu-fp32-openvino", "cuda-fp16-onnxruntime".
+    (PyTorch), "cpu-fp32-onnxruntime-<export>", "cpu-fp32-openvino-<export>" (<export>: the start of
+    the exported file's sha256, checked before every use: noscope.reference.runtime).
 
     Part of the label cache's key (fp16 CUDA and fp32 CPU answers differ on borderline frames, and
-    another runtime's float rounding might too), not of reference_key: a bundle trained on a GPU
-    is still the same reference's on a CPU. PyTorch adds no suffix, so its labels cached before
-    runtimes existed are still found.
+    another runtime's float rounding might too; labels made by one export are never mixed with
+    another's, nor with those of a file damaged before its checksum was checked), not of
+    reference_key: a bundle trained on a GPU is still the same reference's on a CPU. PyTorch adds no
+    suffix, so its labels cached before runtimes existed are still found.
     """
     device = getattr(ref, "device", None)
     kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
     engine = getattr(ref, "runtime", "torch")
-    return f"{kind}-{getattr(ref, 'precision', 'fp32')}" + ("" if engine == "torch" else f"-{engine}")
+    if engine == "torch":
+        return f"{kind}-{getattr(ref, 'precision', 'fp32')}"
+    export = getattr(getattr(ref, "runner", None), "export", None)
+    return f"{kind}-{getattr(ref, 'precision', 'fp32')}-{engine}" + (f"-{export}" if export else "")
 
 
 def _is_stock_bundle(files: dict[str, Path]) -> bool:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -42,6 +44,7 @@ AUTO_ORDER = {"cpu": ("onnxruntime", "openvino")}
 NEEDS = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
 EXTRA = {"onnxruntime": "pip install 'noscope[onnx]'", "openvino": "pip install 'noscope[openvino]'"}
 EXPORT_FORMAT = 1  # part of the file name: bump when FramesToHeads or the export call changes the graph
+DIGEST_CHARS = 10  # of the export's sha256, in the label cache's key (reference_runtime)
 OPSET = 18
 
 
@@ -101,39 +104,98 @@ def attach(ref, runtime: str, key: str) -> None:
 
 
 def _runner(ref, name: str, key: str):
-    """The runner for `name`, from the cached export (made now if missing). A cached file that
-    does not load (damaged, or from another exporter) is exported once more."""
+    """The runner for `name`, from the cached export (made now if missing). The export is checked
+    against the checksum recorded when it was written before every use (`verified_export`): a file
+    damaged since, or without a record, is exported again with one warning line, never run. A
+    checked file that does not load (another exporter's) is exported once more. The runner carries
+    the export's digest (`export`), which the label cache's key names."""
+    origin = export_origin(key, ref.precision, ref.input_size)
     fresh = not export_path(key, ref.precision).is_file()
     for attempt in range(2):
         try:
-            path = exported_onnx(ref.frames_module(), ref.input_size, key, ref.precision, replace=attempt > 0)
+            path, model, digest = _checked_export(ref, key, origin, replace=attempt > 0)
         except OSError as e:
             raise NoscopeError(f"cannot write the exported reference under {cache_dir()} ({e.strerror or e}); set "
                                "NOSCOPE_CACHE to a writable folder, or reference.runtime=torch") from None
         try:
-            return RUNNERS[name](path, ref.device)
+            runner = RUNNERS[name](path, model, ref.device)
+            runner.export = digest[:DIGEST_CHARS]
+            return runner
         except Exception as e:
             if fresh or attempt:
                 raise NoscopeError(f"{name} cannot load the exported {path.name} ({_one_line(e)}); "
                                    "set reference.runtime=torch") from None
 
 
+def _checked_export(ref, key: str, origin: dict, replace: bool) -> tuple[Path, bytes, str]:
+    """(path, the export's bytes, their sha256): the cached export when it matches its record, else
+    exported now (one warning when a file was there: it is not what was exported)."""
+    path = export_path(key, ref.precision)
+    if not replace:
+        got = verified_export(path, origin)
+        if got is not None:
+            return path, *got
+        if path.is_file():
+            log.warning("the exported reference %s does not match the checksum recorded when it was exported "
+                        "(damaged, or from an older noscope): exporting it again", path.name)
+    path = exported_onnx(ref.frames_module(), ref.input_size, key, ref.precision, replace=True)
+    got = verified_export(path, origin)
+    if got is None:  # another process replaced it between our write and this read
+        raise NoscopeError(f"the exported reference {path} changed while it was being checked; run again")
+    return path, *got
+
+
 def export_path(key: str, precision: str) -> Path:
     return cache_dir() / "exported" / f"{key}_{precision}_uint8-nhwc_any-batch_v{EXPORT_FORMAT}.onnx"
 
 
+def record_path(path: Path) -> Path:
+    """The record written beside an export: its checksum and what it was exported from."""
+    return path.with_name(path.name + ".json")
+
+
+def export_origin(key: str, precision: str, input_size) -> dict:
+    """What an export is made from: the reference (its key names its weights), the precision, the
+    input size and the exporter's version; a record saying otherwise is not this export's."""
+    import torch
+
+    return dict(reference=key, precision=precision, input_size=[int(x) for x in input_size], format=EXPORT_FORMAT,
+                opset=OPSET, torch=torch.__version__)
+
+
+def verified_export(path: Path, origin: dict) -> tuple[bytes, str] | None:
+    """(the export's bytes, their sha256) when the file matches the checksum and the origin its
+    record holds; None when it is missing, damaged, or made from something else. The bytes read are
+    the bytes checked, so what runs is what was checked."""
+    try:
+        record = json.loads(record_path(path).read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    if not isinstance(record, dict) or record.get("sha256") != digest or record.get("origin") != origin:
+        return None
+    return data, digest
+
+
 def exported_onnx(module, input_size: tuple[int, int], key: str, precision: str, replace: bool = False) -> Path:
-    """The ONNX file of `module` (FramesToHeads), exported now unless cached; written atomically
-    and under a lock, so parallel runs export it once and never read half a file."""
+    """The ONNX file of `module` (FramesToHeads), exported now unless cached, with its record (sha256
+    and origin) beside it; both written atomically and under a lock, the record last, so parallel
+    runs export it once and never read half a file."""
     from filelock import FileLock
 
     path = export_path(key, precision)
-    if path.is_file() and not replace:
+    if path.is_file() and record_path(path).is_file() and not replace:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if replace or not path.is_file():
-            atomic_write_bytes(path, _export_bytes(module, input_size))
+        if replace or not (path.is_file() and record_path(path).is_file()):
+            data = _export_bytes(module, input_size)
+            record_path(path).unlink(missing_ok=True)  # no record vouches for a file being replaced
+            atomic_write_bytes(path, data)
+            record = dict(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
+                          origin=export_origin(key, precision, input_size))
+            atomic_write_bytes(record_path(path), json.dumps(record, indent=1).encode())
     return path
 
 
@@ -173,7 +235,9 @@ class OnnxRuntimeRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device):
+    def __init__(self, path: Path, data: bytes, device):
+        """`data`: the export's bytes, as checked against its record (the session is built from them,
+        not from the file read again)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -182,7 +246,7 @@ class OnnxRuntimeRunner:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.session = ort.InferenceSession(data, opts, providers=providers)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, frames):
@@ -197,7 +261,8 @@ class OpenVinoRunner:
 
     name = "openvino"
 
-    def __init__(self, path: Path, device):
+    def __init__(self, path: Path, data: bytes, device):
+        """Compiled from the file at `path`, checked against its record just before (`data`)."""
         import openvino
 
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": "f32"}
