@@ -143,9 +143,9 @@ def test_no_module_outside_the_optimizer_imports_it_for_a_type():
     assert not bad, bad
 
 
-def readme_table_order() -> dict[str, int]:
-    """README's "How it works" table: each module (or package) -> its row, top to bottom."""
-    text = (PACKAGE.parent / "README.md").read_text()
+def module_table_order() -> dict[str, int]:
+    """docs/modules.md's "How it works" table: each module (or package) -> its row, top to bottom."""
+    text = (PACKAGE.parent / "docs" / "modules.md").read_text()
     table = text[text.index("| module | job |"):]
     table = table[: table.index("\n\n")]
     rows = {}
@@ -155,9 +155,9 @@ def readme_table_order() -> dict[str, int]:
     return rows
 
 
-def test_readme_module_table_lists_the_package_in_import_order():
-    """Every module is in the table, and each imports only modules in rows above its own."""
-    rows, mods = readme_table_order(), modules()
+def test_module_table_lists_the_package_in_import_order():
+    """Every module is in docs/modules.md's table, and each imports only modules in rows above its own."""
+    rows, mods = module_table_order(), modules()
     top = {m: ".".join(m.split(".")[:2]) for m in mods if m != "noscope"}
     assert set(top.values()) == set(rows), sorted(set(top.values()) ^ set(rows))
     below = sorted(f"{m} imports {t}" for m, deps in imports(mods).items() if m in top for t, _ in deps
