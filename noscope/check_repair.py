@@ -26,7 +26,6 @@ from .plans import ObjectPlan, Targets
 SIDES = {"fpr": True, "fnr": False}  # the rate, and the cheap answer whose frames hold its errors
 
 
-# Long: one block per stage, in the cascade's order: skip, difference detector, model (refitted, or its thresholds).
 def repair(plans: dict[str, ObjectPlan], broken: dict[str, set[str]], verdicts: dict[str, dict], results: dict,
            weights: dict[str, dict[int, float]], targets: Targets, skips, min_score: float,
            learn=None) -> tuple[dict[str, ObjectPlan], list[str]]:

@@ -260,7 +260,6 @@ def cached_batches(
     yield from _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root, stores, keep)
 
 
-# Long: writes each size as batches pass, saves the bitmaps every few batches and once at the end, gives up on OSError.
 def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root: Path, stores: dict,
                      keep: Keep | None = None) -> Iterator[Batch]:
     """Decode the wanted frames, writing each distinct size into the cache as it passes.

@@ -505,7 +505,6 @@ def _fit_logistic(xtr, ytr, xva, yva, l2: float, fit: HeadFit, judged: torch.Ten
     return best_w, best_b, best_loss, best_step, step
 
 
-# Long: one epoch loop with shuffling, validation and keeping the best state; split up it reads worse.
 def _fit_spatial(head: SpatialHead, mtr: torch.Tensor, ytr: torch.Tensor, mva: torch.Tensor, yva: torch.Tensor,
                  fit: HeadFit, seed: int) -> dict:
     """Minibatch Adam; the state with the best mean validation loss over objects is kept."""

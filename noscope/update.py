@@ -599,7 +599,6 @@ def first_entry(meta: dict) -> dict:
                 validation=dict(heldout_frames=ho["frames"], heldout_positives=ho.get("positives"), aucs=aucs))
 
 
-# Long: one version's files, in the order a bundle is written: models, detectors, arrays, bundle.yaml last.
 def write_version(root: Path, n: int, parent: B.TrainedBundle, scored: Scored, new: Fitted, views: dict[str, HeldOut],
                   entry: dict) -> Path:
     """Version `n` under root/versions/n: written into a temp folder, renamed into place when complete."""
