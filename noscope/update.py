@@ -36,7 +36,8 @@ check's uniform draws, the strata a repair handed to the reference. They sit in 
 
 Each version's bundle.yaml carries its `lineage` (every version it descends from, with the videos,
 the frames learnt from each, and the validation figures) and learnt.npz the frames it was fitted on,
-which a query on one of those videos answers with the reference and never certifies on.
+which a query on one of those videos answers with the reference and never certifies on
+(noscope.answer: `QueryRun.learnt_frames_answered`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ import numpy as np
 from . import bundle as B
 from . import decode_pool, difference
 from .atomic import hold_folder
-from .check import apply_known
 from .errors import NoscopeError
 from .labels import checks_noted, load_cached, object_truth, store_dir
 from .optimizer import optimize
@@ -602,21 +602,6 @@ def thinned(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = np.r_[np.linspace(0, len(z) - MAX_LEARNT // 2 - 1, MAX_LEARNT - MAX_LEARNT // 2).round().astype(np.int64),
                  np.arange(len(z) - MAX_LEARNT // 2, len(z))]
     return z[keep], y[keep]
-
-
-# --------------------------------------------------------------------------- a query with an updated version
-
-
-def learnt_answers(bundle: B.TrainedBundle, video_hash: str, start: int, end: int, results: dict, ask, min_score: float) -> dict:
-    """A query's first answers with the reference's answer on every frame of [start, end) of this video
-    the version was fitted on (`ask(frames)` -> frame -> {object: score}; those answers were paid for
-    and sit in the label cache): they are reference answers then, so the check's uniform draws come
-    from the other frames and it never certifies a version on frames it learnt from."""
-    fitted = bundle.learnt_frames(video_hash, start, end)
-    if not len(fitted):
-        return results
-    got = ask(fitted)
-    return {o: apply_known(r, {f: s[o] for f, s in got.items()}, min_score) for o, r in results.items()}
 
 
 # --------------------------------------------------------------------------- versions on disk
