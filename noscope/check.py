@@ -1,9 +1,13 @@
 """The check of a query's answers on the queried video: its rounds of drawing, judging and repairing.
 
-    results, reports = check_and_repair(results, plan, ask, rerun, targets, settings, order, min_score, clock, learn)
+    results, reports = check_and_repair(run, results, plan, targets, settings)   # run: a Run (noscope.answer.QueryRun)
 
 The statistics of one round (how many frames to draw, the bounds a draw gives) are in
-noscope.check_stats; what a repair changes in a plan is in noscope.check_repair.
+noscope.check_stats; what a repair changes in a plan is in noscope.check_repair. The check keeps
+each object's state across rounds in one record (`ObjectCheck`: the reference's answers so far, the
+latest draw and its verdict, the rates repaired, the report) and asks the query it checks (`Run`)
+for what it cannot work out itself: the reference's answers, the cascade's again after a repair, a
+model refitted on this video.
 
 Round k (1, 2, ...) spends alpha / 2^k of the error budget (alpha = 1 - confidence), so however
 many rounds run, and whatever they decide from what they saw, the final statement holds with
@@ -35,14 +39,14 @@ else the reference answers it.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
-from .check_repair import SIDES, repair
+from .check_repair import SIDES, Evidence, repair
 from .check_stats import Check, DrawOrder, certification_sizes, draw, missed, rate_met, verdict
 from .plans import ObjectPlan, Plan, Targets
 from .settings import CheckSettings
@@ -135,77 +139,113 @@ def failing(v: dict, targets: Targets, guarantee: bool) -> set[str]:
     return out
 
 
-# Long: the rounds read top to bottom: draw, judge, then stop, answer with the reference, or repair.
-def check_and_repair(results: dict, plan: Plan, ask: Callable, rerun: Callable, targets: Targets,
-                     settings: CheckSettings, order: DrawOrder | np.random.Generator, min_score: float,
-                     clock: dict | None = None, learn: Callable | None = None) -> tuple[dict, dict[str, dict]]:
-    """The rounds of the module docstring. `ask(frames)` runs the reference: frame -> {object:
-    score}; `rerun(plan)` runs the cascade again: object -> result; `learn(model, results)` refits a
-    model on this video's reference answers (check_repair.repair). Returns the final results (every
-    reference answer in them) and each object's report for summary.json. `clock`, when given, gets
-    the seconds spent repairing under "check_repairs"."""
-    clock = {} if clock is None else clock
-    order = order if isinstance(order, DrawOrder) else covering(results, order)
-    objects = list(results)
-    plans = plan.plans
-    alpha = 1.0 - settings.confidence
-    known = {o: dict(results[o].reference_scores) for o in objects}
-    repaired: dict[str, set[str]] = {o: set() for o in objects}
-    show: dict[str, set[str]] = {}
-    reports = {o: dict(mode="guarantee" if settings.guarantee else "default", confidence=settings.confidence,
-                       rounds=[], escalations=[], reference_answered=[], checked=0) for o in objects}
+class Run(Protocol):
+    """What the check asks of the query whose answers it checks (noscope.answer.QueryRun)."""
+
+    order: DrawOrder  # the order draws take frames in, fixed before the first pass
+    min_score: float  # the reference's score at which a frame counts as positive
+
+    def ask_reference(self, frames: np.ndarray) -> dict[int, dict[str, float]]:
+        """The reference on `frames`: frame -> {object: score}; a frame it cannot decode is left out."""
+
+    def answer_again(self, plan: Plan) -> dict:
+        """The cascade run again with repaired plans: object -> result."""
+
+    def refit(self, model: str, seen: dict):
+        """`model` fitted again on this video's reference answers (check_repair.repair's `learn`), or None."""
+
+    def timed(self, part: str) -> AbstractContextManager:
+        """Counts the seconds of a `with` block as `part` of the check's time."""
+
+
+@dataclass(frozen=True)
+class ObjectCheck:
+    """One object's state across the check's rounds."""
+
+    result: object  # its answers (a CascadeResult), with the reference's answers applied at each round's start
+    known: dict[int, float]  # frame -> the reference's score: every frame it has answered so far
+    report: dict  # what summary.json says of the check: rounds, escalations, reference_answered, ...
+    repaired: frozenset[str] = frozenset()  # the rates a repair acted on
+    show: frozenset[str] = frozenset()  # repaired rates that look right, to be shown near their target next round
+    round: Round | None = None  # the latest draw
+    verdict: dict | None = None  # and what it said (`judge`)
+
+
+def check_and_repair(run: Run, results: dict, plan: Plan, targets: Targets,
+                     settings: CheckSettings) -> tuple[dict, dict[str, dict]]:
+    """The rounds of the module docstring on `results` (object -> result), the answers of `plan`.
+    The check asks `run` for the reference's answers, for the cascade again after a repair and for a
+    model refitted on this video (Run). Returns the final results (every reference answer in them)
+    and each object's report for summary.json."""
+    checks = {o: ObjectCheck(r, dict(r.reference_scores), new_report(settings)) for o, r in results.items()}
     if settings.per_stratum <= 0 and not settings.guarantee:
-        return results, {o: dict(r, met=None, fpr=None, fnr=None, sample=dict(yes=0, no=0), escalated=False,
-                                 note="verification off (query.verify: 0)") for o, r in reports.items()}
+        return results, {o: dict(c.report, met=None, fpr=None, fnr=None, sample=dict(yes=0, no=0), escalated=False,
+                                 note="verification off (query.verify: 0)") for o, c in checks.items()}
+    plans, alpha = plan.plans, 1.0 - settings.confidence
     for k in range(1, max(1, settings.rounds) + 1):
-        a = alpha / 2**k
-        for o in objects:  # a re-run's own reference calls are answers in hand too
-            known[o].update(results[o].reference_scores)
-        results = {o: apply_known(results[o], known[o], min_score) for o in objects}
-        rounds = {o: plan_round(results[o], targets, settings, a, order, show.get(o, set())) for o in objects}
-        _ask_into(ask, known, np.unique(np.concatenate([d for r in rounds.values() for d in r.draws.values()])))
-        verdicts = {o: judge(results[o], rounds[o], known[o], min_score, targets, a) for o in objects}
-        broken = {o: b for o in objects if (b := failing(verdicts[o], targets, settings.guarantee))}
-        for o in objects:
-            _log_round(reports[o], k, a, verdicts[o])
-        # a repaired stratum that now looks right but is not yet shown near its target: draw more next round
-        last = k == settings.rounds
+        a, last = alpha / 2**k, k == settings.rounds
+        checks = drawn_and_judged(checks, run, targets, settings, a)
+        checks = {o: dataclasses.replace(c, report=logged(c.report, k, a, c.verdict)) for o, c in checks.items()}
+        broken = {o: b for o, c in checks.items() if (b := failing(c.verdict, targets, settings.guarantee))}
         if not broken:
-            show = {o: u for o in objects if (u := unconfirmed(verdicts[o], repaired[o], [], targets))}
-            if not show or last:
+            # a repaired stratum that now looks right but is not yet shown near its target: draw more next round
+            checks = {o: dataclasses.replace(c, show=unconfirmed(c.verdict, c.repaired, [], targets))
+                      for o, c in checks.items()}
+            if last or not any(c.show for c in checks.values()):
                 break
             continue
-        show = {}
-        fixable = {o: {r for r in b if missed(verdicts[o][r], getattr(targets, r))} for o, b in broken.items()}
-        # the cascade's answers beside every reference answer so far, this round's draw included
-        seen = {o: dataclasses.replace(results[o], reference_scores={**results[o].reference_scores, **known[o]})
-                for o in objects}
-        t = time.perf_counter()
-        plans_new, actions = ({}, []) if last else repair(plans, {o: b for o, b in fixable.items() if b}, verdicts, seen,
-                                                          {o: _weights(rounds[o]) for o in objects}, targets,
-                                                          steps(settings.skips, plan, plans), min_score, learn)
-        clock["check_repairs"] = clock.get("check_repairs", 0.0) + time.perf_counter() - t
+        checks = {o: dataclasses.replace(c, show=frozenset()) for o, c in checks.items()}
+        fixable = {o: {r for r in broken.get(o, ()) if missed(c.verdict[r], getattr(targets, r))}
+                   for o, c in checks.items()}
+        with run.timed("check_repairs"):
+            plans_new, actions = ({}, []) if last else repair(plans, evidence(checks, fixable), targets, run.min_score,
+                                                              steps(settings.skips, plan, plans), run.refit)
         if last or (not actions and not settings.guarantee):
-            verdicts = _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, a)
-            for o, b in broken.items():
-                reports[o]["reference_answered"] = sorted(answer_word(r) for r in b)
-                _log_round(reports[o], k, a, verdicts[o], final=True)
+            checks = _reference_answers(checks, broken, run, targets, a)
             break
         if actions:
             plans = plans_new
-            for o, b in fixable.items():
-                repaired[o] |= b
-            for o in objects:
-                reports[o]["escalations"] += actions
-            results = rerun(plan.with_plans(plans))
+            results = run.answer_again(plan.with_plans(plans))
+            checks = {o: dataclasses.replace(c, result=results[o], repaired=c.repaired | fixable[o],
+                                             report=dict(c.report, escalations=c.report["escalations"] + actions))
+                      for o, c in checks.items()}
     # a stratum found wrong and repaired stands only where a draw shows it near its target
-    doubt = {o: u for o in objects
-             if (u := unconfirmed(verdicts[o], repaired[o], reports[o]["reference_answered"], targets))}
+    doubt = {o: u for o, c in checks.items()
+             if (u := unconfirmed(c.verdict, c.repaired, c.report["reference_answered"], targets))}
     if doubt:
-        results = settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets, settings, a / 2, order,
-                                min_score)
-    results = {o: apply_known(results[o], known[o], min_score) for o in objects}
-    return results, {o: _final(reports[o], plans[o]) for o in objects}
+        checks = settle_doubts(checks, doubt, run, targets, settings, a / 2)
+    return ({o: apply_known(c.result, c.known, run.min_score) for o, c in checks.items()},
+            {o: final_report(c.report, plans[o]) for o, c in checks.items()})
+
+
+def new_report(settings: CheckSettings) -> dict:
+    """An object's report before any round."""
+    return dict(mode="guarantee" if settings.guarantee else "default", confidence=settings.confidence, rounds=[],
+                escalations=[], reference_answered=[], checked=0)
+
+
+def drawn_and_judged(checks: dict[str, ObjectCheck], run: Run, targets: Targets, settings: CheckSettings,
+                     alpha: float) -> dict[str, ObjectCheck]:
+    """One round's draw and verdicts: every frame the reference has answered so far (a re-run's own
+    reference calls included) takes its answer, a fresh draw per object goes to the reference, and
+    each object's draw is judged."""
+    now = {}
+    for o, c in checks.items():
+        known = {**c.known, **c.result.reference_scores}
+        result = apply_known(c.result, known, run.min_score)
+        now[o] = dataclasses.replace(c, result=result, known=known,
+                                     round=plan_round(result, targets, settings, alpha, run.order, c.show))
+    now = _asked(now, run, np.unique(np.concatenate([d for c in now.values() for d in c.round.draws.values()])))
+    return {o: dataclasses.replace(c, verdict=judge(c.result, c.round, c.known, run.min_score, targets, alpha))
+            for o, c in now.items()}
+
+
+def evidence(checks: dict[str, ObjectCheck], broken: dict[str, set[str]]) -> dict[str, Evidence]:
+    """What a repair reads of each object's check: its answers beside every reference answer so far
+    (this round's draw included), the rates to repair, the stages that answered the wrong frames
+    drawn, and what each drawn frame stands for."""
+    return {o: Evidence(dataclasses.replace(c.result, reference_scores={**c.result.reference_scores, **c.known}),
+                        broken[o], c.verdict["wrong_stages"], _weights(c.round)) for o, c in checks.items()}
 
 
 def unconfirmed(v: dict, repaired: set[str], answered: list[str], targets: Targets) -> set[str]:
@@ -223,30 +263,27 @@ def unconfirmed(v: dict, repaired: set[str], answered: list[str], targets: Targe
     return out
 
 
-def settle_doubts(results, doubt, verdicts, rounds, known, ask, reports, targets: Targets, settings: CheckSettings,
-                  alpha: float, order: DrawOrder, min_score: float) -> dict:
-    """The repaired strata no round showed near their target (`unconfirmed`): one more draw at
-    `alpha` (a slice of the budget no round spent), as large as showing that takes if nothing wrong
-    turns up; a stratum it shows stands, the others the reference answers. Updates `verdicts`, `rounds`, `known` and
-    the reports; returns the results with every reference answer applied."""
-    doubt = dict(doubt)
-    results = {o: apply_known(r, known[o], min_score) for o, r in results.items()}
-    extra = {o: rnd for o, r in doubt.items()
-             if (rnd := confirmation_round(results[o], r, targets, settings, alpha, order)) is not None}
+def settle_doubts(checks: dict[str, ObjectCheck], doubt: dict[str, set[str]], run: Run, targets: Targets,
+                  settings: CheckSettings, alpha: float) -> dict[str, ObjectCheck]:
+    """The repaired strata no round showed near their target (`doubt`: object -> rates, see
+    `unconfirmed`): one more draw at `alpha` (a slice of the budget no round spent), as large as
+    showing that takes if nothing wrong turns up; a stratum it shows stands, the others the
+    reference answers. Returns the checks after it (results with every reference answer before
+    that draw applied)."""
+    now = {o: dataclasses.replace(c, result=apply_known(c.result, c.known, run.min_score)) for o, c in checks.items()}
+    extra = {o: rnd for o, rates in doubt.items()
+             if (rnd := confirmation_round(now[o].result, rates, targets, settings, alpha, run.order)) is not None}
     if extra:
-        _ask_into(ask, known, np.unique(np.concatenate([d for r in extra.values() for d in r.draws.values()])))
+        now = _asked(now, run, np.unique(np.concatenate([d for r in extra.values() for d in r.draws.values()])))
     for o, rnd in extra.items():
-        rounds[o], verdicts[o] = rnd, judge(results[o], rnd, known[o], min_score, targets, alpha)
-        _log_round(reports[o], reports[o]["rounds"][-1]["round"] + 1, alpha, verdicts[o])
-        if not (failing(verdicts[o], targets, settings.guarantee) & doubt[o]
-                or unconfirmed(verdicts[o], doubt[o], [], targets)):
-            del doubt[o]
-    if doubt:
-        verdicts.update(_reference_answers(results, doubt, verdicts, rounds, known, ask, min_score, targets, alpha))
-        for o, b in doubt.items():
-            reports[o]["reference_answered"] = sorted(set(reports[o]["reference_answered"]) | {answer_word(r) for r in b})
-            _log_round(reports[o], reports[o]["rounds"][-1]["round"], alpha, verdicts[o], final=True)
-    return results
+        c = now[o]
+        v = judge(c.result, rnd, c.known, run.min_score, targets, alpha)
+        now[o] = dataclasses.replace(c, round=rnd, verdict=v,
+                                     report=logged(c.report, c.report["rounds"][-1]["round"] + 1, alpha, v))
+    left = {o: rates for o, rates in doubt.items()
+            if o not in extra or failing(now[o].verdict, targets, settings.guarantee) & rates
+            or unconfirmed(now[o].verdict, rates, [], targets)}
+    return _reference_answers(now, left, run, targets, alpha) if left else now
 
 
 def confirmation_round(result, rates: set[str], targets: Targets, settings: CheckSettings, alpha: float,
@@ -274,7 +311,7 @@ def answer_word(rate: str) -> str:
 
 
 def covering(results: dict, rng: np.random.Generator) -> DrawOrder:
-    """A draw order over every frame the results answer (when the caller made none before the pass)."""
+    """A draw order over every frame the results answer, for a caller that made none before the pass."""
     frames = np.concatenate([r.frames for r in results.values()]) if results else np.zeros(0, np.int64)
     return DrawOrder(int(frames.min(initial=0)), int(frames.max(initial=-1)) + 1, rng)
 
@@ -284,33 +321,44 @@ def _weights(rnd: Round) -> dict[int, float]:
     return {f: rnd.population[ans] / len(d) for ans, d in rnd.draws.items() for f in d.tolist()}
 
 
-def _ask_into(ask: Callable, known: dict[str, dict], frames: np.ndarray) -> None:
-    frames = np.array([f for f in frames.tolist() if f not in next(iter(known.values()))], np.int64)
-    if len(frames):
-        for f, per in ask(frames).items():
-            for o, score in per.items():
-                known[o][f] = score
+def _asked(checks: dict[str, ObjectCheck], run: Run, frames: np.ndarray) -> dict[str, ObjectCheck]:
+    """The checks with the reference's answers on `frames` known (those it has not answered yet)."""
+    answered = next(iter(checks.values())).known
+    new = np.array([f for f in frames.tolist() if f not in answered], np.int64)
+    if not len(new):
+        return checks
+    got = run.ask_reference(new)
+    return {o: dataclasses.replace(c, known={**c.known, **{f: per[o] for f, per in got.items()}})
+            for o, c in checks.items()}
 
 
-def _reference_answers(results, broken, verdicts, rounds, known, ask, min_score, targets, alpha) -> dict:
-    """The reference answers every not-yet-answered frame of each failing stratum; that stratum
-    then has no error left, and the verdict says so exactly (the other stratum keeps its draw)."""
-    out = dict(verdicts)
+def _reference_answers(checks: dict[str, ObjectCheck], broken: dict[str, set[str]], run: Run, targets: Targets,
+                       alpha: float) -> dict[str, ObjectCheck]:
+    """The reference answers every not-yet-answered frame of each failing stratum (`broken`: object
+    -> rates); that stratum then has no error left, and the verdict says so exactly (the other
+    stratum keeps its draw); the report names the answers the reference took over."""
+    out = dict(checks)
     for o, rates in broken.items():
-        res = results[o]
-        cheap = (res.decided_by != "reference") & ~np.isin(res.frames, np.fromiter(known[o], np.int64))
+        res = out[o].result
+        cheap = (res.decided_by != "reference") & ~np.isin(res.frames, np.fromiter(out[o].known, np.int64))
         for r in rates:
-            _ask_into(ask, known, res.frames[cheap & (res.labels == SIDES[r])])
-        rnd = rounds[o]
+            out = _asked(out, run, res.frames[cheap & (res.labels == SIDES[r])])
+        c, rnd = out[o], out[o].round
         full = {ans: (ans in {SIDES[r] for r in rates}) for ans in (True, False)}
         draws = {ans: (res.frames[(res.decided_by != "reference") & (res.labels == ans)] if full[ans] else d)
                  for ans, d in rnd.draws.items()}
         stages = {ans: res.decided_by[np.searchsorted(res.frames, d)] for ans, d in draws.items()}
-        out[o] = judge(res, Round(draws, rnd.population, stages), known[o], min_score, targets, alpha)
+        v = judge(res, Round(draws, rnd.population, stages), c.known, run.min_score, targets, alpha)
+        report = dict(c.report, reference_answered=sorted(set(c.report["reference_answered"])
+                                                          | {answer_word(r) for r in rates}))
+        out[o] = dataclasses.replace(c, verdict=v, report=logged(report, report["rounds"][-1]["round"], alpha, v,
+                                                                 final=True))
     return out
 
 
-def _log_round(report: dict, k: int, alpha: float, v: dict, final: bool = False) -> None:
+def logged(report: dict, k: int, alpha: float, v: dict, final: bool = False) -> dict:
+    """The report with round `k`'s verdict `v` added (`final`: in place of the last round's, whose
+    failing strata the reference then answered), and its rates as the latest."""
     checks = v["checks"]
     entry = dict(round=k, alpha=alpha, population=dict(yes=checks[True].population, no=checks[False].population),
                  sample=dict(yes=checks[True].sample, no=checks[False].sample),
@@ -318,15 +366,14 @@ def _log_round(report: dict, k: int, alpha: float, v: dict, final: bool = False)
                  fpr=v["fpr"], fnr=v["fnr"], met=v["met"])
     if final:
         entry["reference_answered"] = True
-        report["rounds"][-1:] = [entry]
-    else:
-        report["rounds"].append(entry)
-    report.update(fpr=v["fpr"], fnr=v["fnr"], met=v["met"])
+    rounds = report["rounds"][:-1] + [entry] if final else report["rounds"] + [entry]
+    return dict(report, rounds=rounds, fpr=v["fpr"], fnr=v["fnr"], met=v["met"])
 
 
-def _final(report: dict, plan: ObjectPlan) -> dict:
-    report["checked"] = int(sum(r["sample"]["yes"] + r["sample"]["no"] for r in report["rounds"]))
-    report["sample"] = report["rounds"][-1]["sample"] if report["rounds"] else dict(yes=0, no=0)
-    report["escalated"] = bool(report["escalations"] or report["reference_answered"])
-    report["final_cascade"] = plan.to_dict() if report["escalations"] else None
-    return report
+def final_report(report: dict, plan: ObjectPlan) -> dict:
+    """The report as summary.json keeps it: how many frames were checked, the last draw, whether
+    anything was repaired or answered by the reference, and the plan the answers came from."""
+    return dict(report, checked=int(sum(r["sample"]["yes"] + r["sample"]["no"] for r in report["rounds"])),
+                sample=report["rounds"][-1]["sample"] if report["rounds"] else dict(yes=0, no=0),
+                escalated=bool(report["escalations"] or report["reference_answered"]),
+                final_cascade=plan.to_dict() if report["escalations"] else None)

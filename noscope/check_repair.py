@@ -1,6 +1,6 @@
 """Repairs: what the check changes in a plan when it finds the cascade's answers wrong on this video.
 
-    plans, actions = repair(plans, broken, verdicts, results, weights, targets, skips, min_score, learn)
+    plans, actions = repair(plans, evidence, targets, min_score, skips, learn)   # evidence: object -> Evidence
 
 Only the stages that made the wrong answers seen change, and each by the least that removes them:
 the frame skip steps down to the next smaller one (to 1 where it has stepped down before: the caller
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,25 +27,37 @@ from .plans import ObjectPlan, Targets
 SIDES = {"fpr": True, "fnr": False}  # the rate, and the cheap answer whose frames hold its errors
 
 
-def repair(plans: dict[str, ObjectPlan], broken: dict[str, set[str]], verdicts: dict[str, dict], results: dict,
-           weights: dict[str, dict[int, float]], targets: Targets, skips, min_score: float,
+@dataclass(frozen=True)
+class Evidence:
+    """What the check has shown of one object's answers on this video, as a repair reads it."""
+
+    result: object  # its answers (a CascadeResult), every reference answer so far in `reference_scores`
+    broken: set[str]  # the rates whose estimate misses the target ("fpr", "fnr"); empty: nothing to repair
+    wrong_stages: dict[bool, Counter]  # cheap answer -> the stages that answered the wrong frames drawn
+    weights: dict[int, float]  # drawn frame -> how many frames of its stratum it stands for
+
+
+def repair(plans: dict[str, ObjectPlan], evidence: dict[str, Evidence], targets: Targets, min_score: float, skips,
            learn=None) -> tuple[dict[str, ObjectPlan], list[str]]:
     """Plans with the stages that made the wrong answers seen repaired (module docstring), and what
-    was done. Skip and difference detector are shared by every object's plan. `learn(model)`, where
-    given, refits the model on this video's reference answers: (new model's name, object -> its
-    scores on each result's frames, frames it learnt from), or None when it cannot."""
+    was done. Skip and difference detector are shared by every object's plan. `learn(model, results)`,
+    where given, refits the model on this video's reference answers (`results`: object -> its
+    Evidence's result): (new model's name, object -> its scores on each result's frames, frames it
+    learnt from), or None when it cannot."""
     shared = next(iter(plans.values()))
+    broken = {o: e.broken for o, e in evidence.items() if e.broken}
+    results = {o: e.result for o, e in evidence.items()}
     stages = Counter()
     for o, rates in broken.items():
         for r in rates:
-            stages.update(verdicts[o]["wrong_stages"][SIDES[r]])
+            stages.update(evidence[o].wrong_stages[SIDES[r]])
     skip, diff, thr = shared.skip, shared.diff, shared.diff_threshold
     actions = []
     if stages["skip"] and skip > 1:
         skip = max([s for s in skips if s < skip] or [1])
         actions.append(f"frame skip {shared.skip} -> {skip} ({stages['skip']} wrong answers copied to skipped frames)")
     if stages["diff"] and diff is not None:
-        thr = _refit_diff(results, broken, thr, weights, targets, min_score)
+        thr = _refit_diff(evidence, thr, targets, min_score)
         diff, thr = (None, None) if thr is None else (diff, thr)
         if thr != shared.diff_threshold:  # a threshold the errors do not move is no repair
             actions.append(f"difference detector {shared.diff} " + (f"threshold {shared.diff_threshold:.4g} -> {thr:.4g}"
@@ -53,17 +66,18 @@ def repair(plans: dict[str, ObjectPlan], broken: dict[str, set[str]], verdicts: 
     if learnt is not None:
         name, scores, n = learnt
         actions.append(f"model {shared.model} re-fitted on {n} reference answers of this video -> {name}")
-        cuts = {o: _fitted_cuts(dataclasses.replace(results[o], model_scores=scores[o]), weights[o], targets, min_score)
-                for o in plans}
+        cuts = {o: _fitted_cuts(dataclasses.replace(results[o], model_scores=scores[o]), evidence[o].weights, targets,
+                                min_score) for o in plans}
         return {o: dataclasses.replace(p, skip=skip, diff=diff, diff_threshold=thr, model=name, c_low=cuts[o][0],
                                        c_high=cuts[o][1]) for o, p in plans.items()}, actions
     new = {}
     for o, p in plans.items():
         c_low, c_high = p.c_low, p.c_high
         for r in sorted(broken.get(o, ())):
-            if not verdicts[o]["wrong_stages"][SIDES[r]]["model"] or (c_low if r == "fnr" else c_high) is None:
+            if not evidence[o].wrong_stages[SIDES[r]]["model"] or (c_low if r == "fnr" else c_high) is None:
                 continue
-            c_low, c_high, what = _refit_model(results[o], r, c_low, c_high, weights[o], getattr(targets, r), min_score)
+            (c_low, c_high), what = _refit_model(results[o], r, (c_low, c_high), evidence[o].weights,
+                                                 getattr(targets, r), min_score)
             if what:  # a threshold the errors do not move is no repair
                 actions.append(f"{o}: {what}" if len(plans) > 1 else what)
         new[o] = dataclasses.replace(p, skip=skip, diff=diff, diff_threshold=thr, c_low=c_low, c_high=c_high)
@@ -80,8 +94,8 @@ def _learn(learn, model: str | None, stages: Counter, results: dict):
 def _fitted_cuts(result, weights: dict[int, float], targets: Targets, min_score: float) -> tuple[float | None, float | None]:
     """(c_low, c_high) for a refitted model, each fitted on this video's answered frames as
     `_refit_model` moves one (from no threshold at all); crossed thresholds meet in the middle."""
-    c_low, _, _ = _refit_model(result, "fnr", np.inf, None, weights, targets.fnr, min_score)
-    _, c_high, _ = _refit_model(result, "fpr", None, -np.inf, weights, targets.fpr, min_score)
+    (c_low, _), _ = _refit_model(result, "fnr", (np.inf, None), weights, targets.fnr, min_score)
+    (_, c_high), _ = _refit_model(result, "fpr", (None, -np.inf), weights, targets.fpr, min_score)
     if c_low is not None and c_high is not None and c_low > c_high:
         c_low = c_high = (c_low + c_high) / 2
     return (None if c_low is None or not np.isfinite(c_low) else c_low,
@@ -95,17 +109,19 @@ def _answered(result, min_score: float, scores: np.ndarray) -> tuple[np.ndarray,
     return at, truth, scores[at]
 
 
-def _refit_model(result, rate: str, c_low, c_high, weights: dict[int, float], target: float, min_score: float):
-    """Move one model threshold past the wrong answers the reference has shown on this video, until
-    the errors it would still make there, each frame counted for the frames its draw stands for
-    (`weights`; 1 for frames not drawn), are at most half the target. No frame of the kind needed
-    (no positive for c_low): the model stops answering that way."""
+def _refit_model(result, rate: str, cuts: tuple, weights: dict[int, float], target: float, min_score: float):
+    """The model's thresholds `cuts` (c_low, c_high) with the one `rate` names moved past the wrong
+    answers the reference has shown on this video, until the errors it would still make there, each
+    frame counted for the frames its draw stands for (`weights`; 1 for frames not drawn), are at most
+    half the target; and what moved (None: nothing). No frame of the kind needed (no positive for
+    c_low): the model stops answering that way."""
+    c_low, c_high = cuts
     at, truth, p = _answered(result, min_score, result.model_scores)
     w = np.array([weights.get(f, 1.0) for f in result.frames[at].tolist()])
     kind = truth if rate == "fnr" else ~truth
     if not kind.any():
-        return (None, c_high, "the model no longer answers no") if rate == "fnr" else \
-            (c_low, None, "the model no longer answers yes")
+        return ((None, c_high), "the model no longer answers no") if rate == "fnr" else \
+            ((c_low, None), "the model no longer answers yes")
     order = np.argsort(p[kind] if rate == "fnr" else -p[kind], kind="stable")
     scores, cum = p[kind][order], np.cumsum(w[kind][order])
     j = int(np.searchsorted(cum, target / 2 * cum[-1], side="right"))  # the first frame that must not be wrong
@@ -114,23 +130,22 @@ def _refit_model(result, rate: str, c_low, c_high, weights: dict[int, float], ta
     new = min(old, cut) if rate == "fnr" else max(old, cut)
     what = f"model {'c_low' if rate == 'fnr' else 'c_high'} {old:.4g} -> {new:.4g} (re-fitted to the reference on this video)"
     what = what if new != old else None
-    return (new, c_high, what) if rate == "fnr" else (c_low, new, what)
+    return ((new, c_high) if rate == "fnr" else (c_low, new)), what
 
 
-def _refit_diff(results: dict, broken: dict[str, set[str]], threshold: float, weights: dict[str, dict[int, float]],
-                targets: Targets, min_score: float) -> float | None:
+def _refit_diff(evidence: dict[str, Evidence], threshold: float, targets: Targets, min_score: float) -> float | None:
     """A lower difference threshold, below which the wrong answers the detector let copy, each
     counted for the frames its draw stands for, are at most half of each broken rate's target share
     of the frames of its kind seen (as a model threshold moves); where even the lowest-scoring wrong
     copy is too many, a threshold below every wrong copy seen; None (drop the detector) where no
     score is known."""
     cut = threshold
-    for o, rates in broken.items():
-        res = results[o]
+    for e in (e for e in evidence.values() if e.broken):
+        res = e.result
         at, truth, d = _answered(res, min_score, res.diff_scores)
-        w = np.array([weights[o].get(f, 1.0) for f in res.frames[at].tolist()])
+        w = np.array([e.weights.get(f, 1.0) for f in res.frames[at].tolist()])
         copied = res.decided_by[at] == "diff"
-        for r in rates:
+        for r in e.broken:
             kind = truth if r == "fnr" else ~truth  # misses are positives answered no; false alarms the reverse
             wrong = copied & kind & (res.labels[at] != truth)
             if not wrong.any():

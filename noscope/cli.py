@@ -258,7 +258,7 @@ def train(videos, object_name, name, update_name, force, seed, start, end, refer
                         ("--reference-weights", reference_weights), ("--reference-cfg", reference_cfg)):
             if v:
                 raise UsageError(f"{flag} does not go with --update (the bundle says what it answers and with which reference)")
-        update_line(update_name, videos, settings, start, end, quiet, say)
+        update_line(update_name, videos, settings, (start, end), quiet, say)
         return
     if object_name is None:
         raise UsageError("train needs --object OBJ (or --update BUNDLE to update a trained bundle)")
@@ -275,9 +275,10 @@ def train(videos, object_name, name, update_name, force, seed, start, end, refer
               f"{meta['train']['seconds']:.0f} s")
 
 
-def update_line(bundle_name: str, videos, settings: Settings, start, end, quiet: bool, say) -> None:
+def update_line(bundle_name: str, videos, settings: Settings, segment: tuple, quiet: bool, say) -> None:
     """`train --update` (and `query --update`): the update, and one line saying what it made (or why it
-    made nothing). Raises update.UpdateRefused when there is too little new to learn from."""
+    made nothing). `segment`: (--start, --end) of each video. Raises update.UpdateRefused when there is
+    too little new to learn from."""
     from .batch import expand_videos
     from .bundle import bundle_label, bundle_path, kept_version, version_of
     from .update import Unchanged, update_bundle
@@ -288,7 +289,7 @@ def update_line(bundle_name: str, videos, settings: Settings, start, end, quiet:
                          "version is what learns: give its name or folder")
     if not videos:
         raise UsageError("--update BUNDLE needs the VIDEOS whose collected reference answers it learns from")
-    r = update_bundle(root, expand_videos(videos), settings, start, end, quiet=quiet, say=say)
+    r = update_bundle(root, expand_videos(videos), settings, *segment, quiet=quiet, say=say)
     if isinstance(r, Unchanged):
         echo_line(f"not updated: {bundle_label(root)} stays version {r.version}: {r.why}")
         return
@@ -305,13 +306,13 @@ def update_line(bundle_name: str, videos, settings: Settings, start, end, quiet:
                   f"it validates worse ({r.reason}); {figures}")
 
 
-def update_after_query(bundle_name: str, videos, settings: Settings, start, end, quiet: bool, say) -> None:
+def update_after_query(bundle_name: str, videos, settings: Settings, segment: tuple, quiet: bool, say) -> None:
     """`query --update`: the update after the answers are written. A refusal (too little new to learn
     from) is one warning line: the query's answers stand, and so does its exit status."""
     from .update import UpdateRefused
 
     try:
-        update_line(bundle_name, videos, settings, start, end, quiet, say)
+        update_line(bundle_name, videos, settings, segment, quiet, say)
     except UpdateRefused as e:
         log.warning("not updated: %s", e)
 
@@ -399,7 +400,7 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
                                ray_address, quiet, verbose)
         answered = [r["path"] for r in records if r["status"] != "failed"]
         if update_after and answered:
-            update_after_query(model, answered, settings, start, end, quiet or as_json, say)
+            update_after_query(model, answered, settings, (start, end), quiet or as_json, say)
         if any(r["status"] == "failed" for r in records):
             click.get_current_context().exit(1)
         return
@@ -408,7 +409,7 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
                           reference_named=bool(reference_name), plot=not no_plot, quiet=quiet or as_json, say=say)
     click.echo(json.dumps(json_safe(summary)) if as_json else printable(_summary_line(summary)))
     if update_after:
-        update_after_query(model, [video], settings, start, end, quiet or as_json, say)
+        update_after_query(model, [video], settings, (start, end), quiet or as_json, say)
 
 
 def _summary_line(summary: dict) -> str:

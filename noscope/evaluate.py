@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .answer import answer
+from .answer import QueryRun
 from .errors import NoscopeError
 from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
@@ -64,13 +64,12 @@ def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False
     if not len(labels.frames):
         nothing_to_compare(q, q.video.stopped_at)
     plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
-    first: dict = {}
-    results, reports = answer(q, plan, targets, settings, use_label_cache=False, frame_cache=False, quiet=quiet,
-                              first_pass=first)
+    run = QueryRun(q, settings, use_label_cache=False, frame_cache=False, quiet=quiet)
+    results, reports = run.answer(plan, targets)
     out = {}
     for o in q.objects:
         truth = object_truth(labels.score_of(q.bundle.class_index(o)), lab["min_score"], lab["smooth"])
-        out[o] = _report(q, o, labels.frames, truth, t_ref, results[o], first[o], reports[o], plan, targets)
+        out[o] = _report(q, o, labels.frames, truth, t_ref, results[o], run.first[o], reports[o], plan, targets)
     return out
 
 

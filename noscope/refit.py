@@ -1,6 +1,6 @@
 """A model refitted on the queried video's own reference answers: what a repair that learns does.
 
-    learnt = refit_on_video(bundle, "L6-320x192-linear", cheap, known, min_score, frames_of, device)
+    learnt = refit_on_video(bundle, "L6-320x192-linear", cheap, known, frames_of, device)
     name, scores, n = learnt        # the new model's name, object -> its scores on a result's frames, frames learnt from
 
 The check on a video (noscope.check) pays the reference for hundreds of frames of exactly the
@@ -23,7 +23,7 @@ MIN_FRAMES = 20  # fewer answered frames of this video than this: nothing to lea
 
 
 def refit_on_video(bundle: TrainedBundle, model: str, cheap: CheapAnswers | None, known: dict[int, np.ndarray],
-                   min_score: float, frames_of: dict[str, np.ndarray], device) -> tuple[str, dict[str, np.ndarray], int] | None:
+                   frames_of: dict[str, np.ndarray], device) -> tuple[str, dict[str, np.ndarray], int] | None:
     """(new model's name, object -> scores on `frames_of[object]` to choose its thresholds on, frames
     of this video it learnt from), or None where the model cannot learn (no head to refit, no kept
     features) or there is too little to learn from. `known`: frame -> the reference's class scores.

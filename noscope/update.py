@@ -36,12 +36,14 @@ check's uniform draws, the strata a repair handed to the reference. They sit in 
 
 Each version's bundle.yaml carries its `lineage` (every version it descends from, with the videos,
 the frames learnt from each, and the validation figures) and learnt.npz the frames it was fitted on,
-which a query on one of those videos answers with the reference and never certifies on.
+which a query on one of those videos answers with the reference and never certifies on
+(noscope.answer: `QueryRun.learnt_frames_answered`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -58,7 +60,6 @@ from . import bundle as B
 from . import decode_pool, difference
 from .atomic import FolderBusy, hold_folder
 from .versions import archive_top, publish, restore_top
-from .check import apply_known
 from .errors import NoscopeError
 from .labels import checks_noted, load_cached, object_truth, store_dir
 from .optimizer import optimize
@@ -111,6 +112,7 @@ class Scored:
     heldout: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     repeats: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # neither: a held-out frame's picture again
     blocks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    inputs: str = ""  # inputs_digest of the update these frames are for
 
 
 @dataclass
@@ -166,10 +168,10 @@ def update_bundle(root: Path, videos: list, settings: Settings, start=None, end=
         if same is not None:
             return Unchanged(parent.version, f"its inputs (the bundle, the answers collected, the settings) are those "
                              f"version {same[0]} was made from ({same[1]}): nothing written", same[0])
-        scored = decode_and_score(parent, reference, answers, settings, quiet)
+        scored = dataclasses.replace(decode_and_score(parent, reference, answers, settings, quiet), inputs=inputs)
         split_forward(scored, answers, settings)
         checked = vouched(parent, store_dir(answers[-1].video, ref_key, reference), validation_targets(settings))
-        return refit_validate_write(root, parent, reference, answers, scored, settings, say, checked, inputs)
+        return refit_validate_write(root, parent, reference, answers, scored, settings, say, checked)
 
 
 @contextmanager
@@ -547,7 +549,7 @@ def _r(x, digits: int = 4):
 
 
 def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers: list[Answers], scored: Scored,
-                         settings: Settings, say, checked: dict | None = None, inputs: str = "") -> UpdateResult:
+                         settings: Settings, say, checked: dict | None = None) -> UpdateResult:
     """Steps 4-6 of the module docstring (`checked`: what the current version's check found on the
     newest video, `vouched`)."""
     skips = [int(k) for k in settings.optimizer.skips]
@@ -564,7 +566,7 @@ def refit_validate_write(root: Path, parent: B.TrainedBundle, reference, answers
         heldout_positives={o: int(scored.truth[scored.heldout, k].sum()) for k, o in enumerate(parent.objects)},
         new=fig_new, current=fig_old, current_as_planned=as_planned(parent, views_old, targets, settings),
         current_checked=checked), reason)
-    entry["inputs"] = inputs or None  # a later update with the same inputs writes nothing (made_from)
+    entry["inputs"] = scored.inputs or None  # a later update with the same inputs writes nothing (made_from)
     path = write_version(root, n, parent, scored, new, views_new, entry)
     if not reason:
         publish(root, path)
@@ -684,18 +686,3 @@ def thinned(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = np.r_[np.linspace(0, len(z) - MAX_LEARNT // 2 - 1, MAX_LEARNT - MAX_LEARNT // 2).round().astype(np.int64),
                  np.arange(len(z) - MAX_LEARNT // 2, len(z))]
     return z[keep], y[keep]
-
-
-# --------------------------------------------------------------------------- a query with an updated version
-
-
-def learnt_answers(bundle: B.TrainedBundle, video_hash: str, start: int, end: int, results: dict, ask, min_score: float) -> dict:
-    """A query's first answers with the reference's answer on every frame of [start, end) of this video
-    the version was fitted on (`ask(frames)` -> frame -> {object: score}; those answers were paid for
-    and sit in the label cache): they are reference answers then, so the check's uniform draws come
-    from the other frames and it never certifies a version on frames it learnt from."""
-    fitted = bundle.learnt_frames(video_hash, start, end)
-    if not len(fitted):
-        return results
-    got = ask(fitted)
-    return {o: apply_known(r, {f: s[o] for f, s in got.items()}, min_score) for o, r in results.items()}

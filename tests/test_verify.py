@@ -5,12 +5,14 @@ with long runs (like video), cascades with errors of every kind, repairs between
 reported 95% upper bounds on FPR and FNR must both hold in at least 95% of them.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 
 from noscope import bounds
 from noscope.cascade import CascadeResult
-from noscope.check import apply_known, check_and_repair, plan_round
+from noscope.check import apply_known, check_and_repair, covering, plan_round
 from noscope.check_stats import Check, DrawOrder, certification_size, certification_sizes, rate_met, verdict
 from noscope.plans import ObjectPlan, Plan, Targets
 from noscope.settings import CheckSettings as Settings
@@ -19,6 +21,39 @@ from noscope.settings import CheckSettings as Settings
 def one(plan: ObjectPlan) -> Plan:
     """A pass for one object, "x"."""
     return Plan({"x": plan}, 0.0, {})
+
+
+class FakeRun:
+    """A query's run as the check sees it (noscope.check.Run) made of plain functions: `ask(frames)`
+    -> frame -> {object: score} stands for the reference, `rerun(plan)` -> object -> result for the
+    cascade answering a repaired plan, `learn(model, seen)` for a refit (None: no model can learn).
+    Draws follow a random order (from `rng`) over the frames of the first answers; the parts it was
+    asked to time are kept in `timed_parts`."""
+
+    min_score = 0.5
+
+    def __init__(self, first: dict, rng, ask, rerun, learn=None):
+        self.order = covering(first, rng)
+        self.ask, self.rerun, self.learn = ask, rerun, learn
+        self.timed_parts = []
+
+    def ask_reference(self, frames):
+        return self.ask(frames)
+
+    def answer_again(self, plan):
+        return self.rerun(plan)
+
+    def refit(self, model, seen):
+        return None if self.learn is None else self.learn(model, seen)
+
+    def timed(self, part):
+        self.timed_parts.append(part)
+        return contextlib.nullcontext()
+
+
+def oracle(truth):
+    """The reference, answering from `truth` (object "x")."""
+    return lambda frames: {int(f): {"x": float(truth[f])} for f in frames}
 
 
 def test_hypergeometric_limits_are_exact_and_never_zero_width():
@@ -147,8 +182,8 @@ def test_upper_bounds_hold_jointly_over_many_video_like_sequences():
         def ask(frames, truth=truth):
             return {int(f): {"x": float(truth[f])} for f in frames}
 
-        results, reports = check_and_repair({"x": first}, one(plan), ask, rerun, targets,
-                                            Settings(per_stratum=100, rounds=3), rng, 0.5)
+        run = FakeRun({"x": first}, rng, ask, rerun)
+        results, reports = check_and_repair(run, {"x": first}, one(plan), targets, Settings(per_stratum=100, rounds=3))
         final = results["x"].labels
         fp, fn = np.count_nonzero(final & ~truth), np.count_nonzero(~final & truth)
         rep = reports["x"]
@@ -197,9 +232,10 @@ def test_a_miss_found_is_repaired_and_checked_again():
         calls.append(p.plans["x"].skip)
         return {"x": good}
 
-    results, reports = check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
-                                        rerun, Targets(0.05, 0.05), Settings(per_stratum=100), rng, 0.5)
+    run = FakeRun({"x": bad}, rng, oracle(truth), rerun)
+    results, reports = check_and_repair(run, {"x": bad}, one(plan), Targets(0.05, 0.05), Settings(per_stratum=100))
     rep = reports["x"]
+    assert "check_repairs" in run.timed_parts
     assert calls == [15] and rep["escalations"] and rep["escalations"][0].startswith("frame skip 30 -> 15")
     assert rep["rounds"][0]["errors"]["no"] > 0
     # the repaired "no" answers look right in round 2; round 3 draws enough to show FNR near 0.05
@@ -226,9 +262,8 @@ def test_a_skip_that_stepped_down_and_still_copies_past_events_goes_to_one():
         calls.append(p.plans["x"].skip)
         return {"x": good if p.plans["x"].skip == 1 else bad}
 
-    results, reports = check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
-                                        rerun, Targets(0.05, 0.05), Settings(per_stratum=400, rounds=4),
-                                        np.random.default_rng(1), 0.5)
+    results, reports = check_and_repair(FakeRun({"x": bad}, np.random.default_rng(1), oracle(truth), rerun), {"x": bad},
+                                        one(plan), Targets(0.05, 0.05), Settings(per_stratum=400, rounds=4))
     rep = reports["x"]
     assert calls == [15, 1], rep["escalations"]
     assert rep["escalations"][1].startswith("frame skip 15 -> 1") and rep["reference_answered"] == []
@@ -255,9 +290,8 @@ def test_a_repair_the_last_draw_cannot_confirm_is_answered_by_the_reference(monk
                       heldout_fpr=0.0, heldout_fnr=0.0)
 
     def run():
-        return check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
-                                lambda p: {"x": half}, Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
-                                np.random.default_rng(0), 0.5)
+        return check_and_repair(FakeRun({"x": bad}, np.random.default_rng(0), oracle(truth), lambda p: {"x": half}),
+                                {"x": bad}, one(plan), Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3))
 
     results, reports = run()
     rep = reports["x"]
@@ -284,9 +318,8 @@ def test_a_repair_a_larger_draw_shows_near_its_target_stands_without_the_referen
     fixed = _result(frames, truth.copy(), np.where(truth, "model", "diff"), {})
     plan = ObjectPlan(skip=30, diff=None, diff_threshold=None, model=None, c_low=None, c_high=None, expected_cost=0.0,
                       heldout_fpr=0.0, heldout_fnr=0.0)
-    results, reports = check_and_repair({"x": bad}, one(plan), lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
-                                        lambda p: {"x": fixed}, Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
-                                        np.random.default_rng(0), 0.5)
+    results, reports = check_and_repair(FakeRun({"x": bad}, np.random.default_rng(0), oracle(truth), lambda p: {"x": fixed}),
+                                        {"x": bad}, one(plan), Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3))
     rep = reports["x"]
     assert rep["escalations"] and rep["reference_answered"] == []
     assert [r["round"] for r in rep["rounds"]] == [1, 2, 3] and rep["rounds"][1]["fnr"]["high"] > 0.1
@@ -314,10 +347,9 @@ def test_a_repair_a_larger_draw_finds_still_wrong_is_repaired_again():
         calls.append(p.plans["x"].skip)
         return {"x": runs[p.plans["x"].skip]}
 
-    results, reports = check_and_repair({"x": _result(frames, np.ones(n, bool), ["skip"] * n, {})}, one(plan),
-                                        lambda fr: {int(f): {"x": float(truth[f])} for f in fr}, rerun,
-                                        Targets(0.05, 0.05), Settings(per_stratum=100, rounds=4),
-                                        np.random.default_rng(1), 0.5)  # a seed whose round 2 sees none
+    first = {"x": _result(frames, np.ones(n, bool), ["skip"] * n, {})}
+    run = FakeRun(first, np.random.default_rng(1), oracle(truth), rerun)  # a seed whose round 2 sees none
+    results, reports = check_and_repair(run, first, one(plan), Targets(0.05, 0.05), Settings(per_stratum=100, rounds=4))
     rep = reports["x"]
     assert calls == [15, 1], rep["rounds"]
     assert rep["rounds"][1]["errors"]["yes"] == 0 and rep["rounds"][2]["sample"]["yes"] > 100
@@ -369,10 +401,9 @@ def test_a_repair_that_refits_never_certifies_on_frames_it_learnt_from(monkeypat
         return {"x": _answers_of(frames, good, p.plans["x"], truth)}
 
     monkeypatch.setattr(check, "plan_round", recording_round)
-    results, reports = check_and_repair({"x": _answers_of(frames, bad, plan, truth)}, one(plan),
-                                        lambda fr: {int(f): {"x": float(truth[f])} for f in fr}, rerun,
-                                        Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
-                                        np.random.default_rng(0), 0.5, learn=learn)
+    first = {"x": _answers_of(frames, bad, plan, truth)}
+    run = FakeRun(first, np.random.default_rng(0), oracle(truth), rerun, learn)
+    results, reports = check_and_repair(run, first, one(plan), Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3))
     rep = reports["x"]
     assert learnt_from and drawn_after, "the refit and a later round both happened"
     assert not learnt_from & drawn_after
@@ -392,11 +423,10 @@ def test_a_refit_that_cannot_help_falls_back_to_the_reference():
         calls.append(model)
         return f"{model}~", {"x": bad}, 100
 
-    results, reports = check_and_repair({"x": _answers_of(frames, bad, plan, truth)}, one(plan),
-                                        lambda fr: {int(f): {"x": float(truth[f])} for f in fr},
-                                        lambda p: {"x": _answers_of(frames, bad, p.plans["x"], truth)},
-                                        Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3),
-                                        np.random.default_rng(1), 0.5, learn=learn)
+    first = {"x": _answers_of(frames, bad, plan, truth)}
+    run = FakeRun(first, np.random.default_rng(1), oracle(truth),
+                  lambda p: {"x": _answers_of(frames, bad, p.plans["x"], truth)}, learn)
+    results, reports = check_and_repair(run, first, one(plan), Targets(0.05, 0.05), Settings(per_stratum=100, rounds=3))
     assert calls == ["m"] and reports["x"]["final_cascade"]["model"] == "m~"
     low = bad < 0.3  # where the model said "no" and missed three positives in four
     assert (results["x"].decided_by[low] == "reference").all()
