@@ -1,0 +1,87 @@
+"""The question per window (noscope.windows) and what a windowed cascade answers on held-out frames
+(noscope.window_simulate): pure functions, no video."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from noscope.errors import UsageError
+from noscope.plans import Cascade, HeldOut
+from noscope.simulate import HeldOutArrays
+from noscope.window_simulate import CHEAP, SAMPLED, WindowPlan, simulate_windows
+from noscope.windows import Sampling, WindowGrid, decided, need, parse_window, spread_order
+
+
+def test_window_lengths_parse_and_bad_ones_are_usage_errors():
+    assert parse_window("1s").frames_at(29.97) == 30 and parse_window("0.5s").frames_at(25) == 12
+    assert parse_window("30f").frames_at(10) == 30 and parse_window("2").frames_at(10) == 20
+    assert parse_window("0.01s").frames_at(10) == 1  # never less than a frame
+    for bad in ("0s", "-1", "abc", "0f", "1.5f", "", "1 s s", "1e3"):
+        with pytest.raises(UsageError):
+            parse_window(bad)
+
+
+def test_a_window_is_decided_as_soon_as_its_share_is_certain():
+    assert int(need(30, 0.5)) == 15 and int(need(30, 28 / 30)) == 28 and int(need(1, 0.5)) == 1
+    assert decided(15, 0, 30, 0.5) is True and decided(0, 16, 30, 0.5) is False and decided(14, 15, 30, 0.5) is None
+    assert decided(0, 3, 30, 28 / 30) is False  # three negatives leave at most 27 positive
+    np.testing.assert_array_equal(decided(np.array([1, 0, 0]), np.array([0, 1, 0]), 1, 0.5), [1, 0, -1])
+
+
+def test_windows_count_from_the_segment_start_and_the_last_is_shorter():
+    g = WindowGrid(5, 70, 30)
+    assert g.first.tolist() == [5, 35, 65] and g.last.tolist() == [34, 64, 69] and g.lengths.tolist() == [30, 30, 5]
+    truth = np.zeros(65, bool)
+    truth[60:63] = True  # 3 of the last window's 5 frames
+    truth[5:19] = True  # 14 of the first window's 30: not half
+    assert g.truth(truth).tolist() == [False, False, True]
+    longer = WindowGrid(0, 12, 30)  # a window longer than the segment: one window, the segment
+    assert longer.count == 1 and longer.lengths.tolist() == [12]
+
+
+def test_the_spread_order_visits_every_frame_and_its_prefixes_spread():
+    for n in (1, 2, 3, 10, 25, 30, 31):
+        order = spread_order(n)
+        assert sorted(order.tolist()) == list(range(n))
+    first = spread_order(30)[:4]
+    assert first[0] == 15 and max(np.diff(np.sort(np.r_[0, first, 30]))) <= 8
+
+
+def test_sampling_stops_at_a_lead_and_is_exact_when_certain():
+    ones = np.ones(30, bool)
+    assert Sampling(3, 30).run(ones, 0.5) == (True, 3, False)
+    assert Sampling(0, 30).run(ones, 0.5) == (True, 15, True)  # certain after 15 of 30
+    alternating = np.array([True, False] * 15)
+    answer, calls, exact = Sampling(3, 8).run(alternating, 0.5)
+    assert calls == 8 and not exact and answer  # 4 of 8: half counts as yes
+    with pytest.raises(UsageError):
+        Sampling(-1, 3)
+
+
+def arrays_of(truth, scores=None, blocks=None) -> HeldOutArrays:
+    n = len(truth)
+    blocks = np.zeros(n, np.int64) if blocks is None else blocks
+    return HeldOutArrays(HeldOut(truth=np.asarray(truth, bool), blocks=blocks,
+                                 model_scores={} if scores is None else {"m": scores}, diff_scores={}, diff_kinds={}))
+
+
+def test_exact_sampling_answers_every_window_as_the_reference_does():
+    rng = np.random.default_rng(3)
+    truth = rng.random(330) < 0.5
+    arrays = arrays_of(truth, blocks=np.repeat([0, 1], [200, 130]))
+    out = simulate_windows(WindowPlan(Cascade(1), Sampling(0, 30), 30, 0.5), arrays)
+    assert len(out.labels) == 7 + 5  # windows restart at the block: 200 = 6 x 30 + 20, 130 = 4 x 30 + 10
+    assert (out.labels == out.truth).all() and out.exact.all() and (out.stage == SAMPLED).all()
+    assert (out.calls <= 30).all() and out.calls.sum() < 330
+
+
+def test_a_sure_model_settles_windows_without_the_reference():
+    truth = np.repeat([False, True, False], [60, 60, 60])
+    scores = np.where(truth, 0.9, 0.1)
+    arrays = arrays_of(truth, scores)
+    out = simulate_windows(WindowPlan(Cascade(5, None, None, "m", 0.3, 0.7), Sampling(3, 8), 30, 0.5), arrays)
+    assert (out.stage == CHEAP).all() and out.calls.sum() == 0 and (out.labels == out.truth).all()
+    assert out.processed == 36 and out.reached == 36
+    unsure = simulate_windows(WindowPlan(Cascade(5, None, None, "m", 0.05, 0.95), Sampling(1, 1), 30, 0.5), arrays)
+    assert (unsure.stage == SAMPLED).all() and unsure.calls.sum() == 6
