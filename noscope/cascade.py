@@ -36,7 +36,7 @@ from .labels import label_frames
 from .plans import STAGES, ObjectPlan, Plan
 from .progress import progress_bar
 from .settings import DecodeSettings
-from .video import Keep, Video, decode_workers, missing_ranges
+from .video import DecodePass, Keep, Video, decode_workers, missing_ranges
 
 # per processed frame, before the reference pass
 _COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
@@ -78,6 +78,7 @@ class CascadeResult:
     missing: list = field(default_factory=list)  # [a, b) frames with no answer: the video could not be decoded there
     first_fractions: dict[str, float] | None = None  # each stage's share of frames in the first pass, before the check
     cheap: CheapAnswers | None = None  # the pass's cheap answers, shared by every object's result (run_cascade's `previous`)
+    stop_time: float | None = None  # seconds where decoding stopped (`stopped_at`), by the pass that found it
 
     def fractions(self) -> dict[str, float]:
         n = max(len(self.frames), 1)
@@ -164,6 +165,16 @@ class CheapAnswers:
     shape: tuple = ()  # Stages.shape of the pass
     scores: np.ndarray | None = None  # float (P, outputs): every output of the model where it ran, NaN elsewhere
     features: np.ndarray | None = None  # float16 (P, D): the model's features where it ran (models that have them)
+    stop_time: float | None = None  # seconds where decoding stopped, by the pass that found `stopped_at`
+    passes: list = field(default_factory=list)  # the decoding passes (video.DecodePass) these answers ran
+
+    def found(self, decoding: DecodePass) -> None:
+        """Take on what a decoding pass of these answers found: the frames it lost, and where it
+        stopped if that is earlier than any stop found before."""
+        self.passes.append(decoding)
+        self.lost += decoding.missing
+        if decoding.stopped_at is not None and (self.stopped_at is None or decoding.stopped_at < self.stopped_at):
+            self.stopped_at, self.stop_time = decoding.stopped_at, decoding.stop_time
 
     def keep(self, rows: np.ndarray) -> None:
         """Only these rows of the processed frames (the others were lost or could not be answered)."""
@@ -190,18 +201,19 @@ def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size
         with progress_bar(total=len(processed), desc="query", quiet=quiet) as bar, \
                 cpu_threads_beside_decoder(stages.device, prefetch, workers):
             t_dec = time.perf_counter()
-            for batch in decode(stages.sizes, start, end, stride=stages.skip, batch_size=batch_size, prefetch=prefetch,
-                                workers=workers, keep=keep):
-                out.stage_t["decode"] += time.perf_counter() - t_dec
-                at = np.searchsorted(processed, batch.indices)  # frames lost to damage leave holes
-                out.state[at] = _batch_states(stages, batch, at, out, prev_last)
-                got[at] = True
-                bar.update(len(batch))
-                t_dec = time.perf_counter()
-        out.lost += video.missing
+            decoding = decode(stages.sizes, start, end, stride=stages.skip, batch_size=batch_size, prefetch=prefetch,
+                              workers=workers, keep=keep)
+            with decoding:
+                for batch in decoding:
+                    out.stage_t["decode"] += time.perf_counter() - t_dec
+                    at = np.searchsorted(processed, batch.indices)  # frames lost to damage leave holes
+                    out.state[at] = _batch_states(stages, batch, at, out, prev_last)
+                    got[at] = True
+                    bar.update(len(batch))
+                    t_dec = time.perf_counter()
+        out.found(decoding)
         # the file ended early, or frames were lost to damage
         out.keep(got)
-    out.stopped_at = video.stopped_at
     return out
 
 
@@ -228,7 +240,7 @@ def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
     out = CheapAnswers(previous.processed, previous.state.copy(), np.full((len(previous.processed), len(stages.objects)),
                        np.nan, np.float32), previous.dscore, list(previous.lost), previous.stopped_at,
                        {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}, stages.shape, scores,
-                       previous.features)
+                       previous.features, previous.stop_time)
     if scores is not None and ran.any():
         p = scores[ran][:, stages.cols]
         sub = np.full(p.shape, _REF, np.int8)
@@ -315,9 +327,8 @@ def reference_pass(video: Video, bundle: TrainedBundle, stages: Stages, cheap: C
         lab = label_frames(video, reference, ref_key, ask, use_cache=use_label_cache, quiet=quiet, desc="reference")
         scores.update(zip(lab.frames.tolist(), lab.scores[:, classes].astype(float)))
         known.update(zip(lab.frames.tolist(), lab.scores))
-        cheap.lost += video.missing
-        if video.stopped_at is not None:
-            cheap.stopped_at = video.stopped_at if cheap.stopped_at is None else min(cheap.stopped_at, video.stopped_at)
+        if lab.decoding is not None:
+            cheap.found(lab.decoding)
     cheap.stage_t["reference"] = time.perf_counter() - t
     # A frame the second pass could not decode (lost, or the file ended) has no answer.
     answered = ~asks | np.isin(cheap.processed, np.fromiter(scores, np.int64, len(scores)))
@@ -344,7 +355,7 @@ def _results(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAn
         model_scores = np.full(len(frames), np.nan, np.float32)
         model_scores[on_processed] = cheap.pscore[on[on_processed], k]
         results[o] = CascadeResult(frames, times, labels, decided, ref_scores, seconds, cheap.stage_t, cheap.stopped_at,
-                                   model_scores, diff_scores, missing, cheap=cheap)
+                                   model_scores, diff_scores, missing, cheap=cheap, stop_time=cheap.stop_time)
     return results
 
 

@@ -210,9 +210,10 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
                    from_cache=labels.from_cache,
                    positives=pos, min_score=min_score, seconds=round(wall, 3),
                    frames_per_s=round(fresh / labels.seconds, 2) if fresh and labels.seconds else None)
-    if stop_is_truncation(v):
-        summary["stopped_at"] = v.stopped_at
-    lost = missing_ranges(v.missing, s, e)
+    decoding = labels.decoding  # None: every frame came from the cache
+    if decoding is not None and stop_is_truncation(decoding):
+        summary["stopped_at"] = decoding.stopped_at
+    lost = missing_ranges(decoding.missing if decoding is not None else [], s, e)
     if lost:
         summary["missing_frames"] = lost
     if as_json:
@@ -222,7 +223,8 @@ def label(video, object_name, every, as_json, start, end, reference_name, refere
     echo_line(f"{v.path.name}: {n} frames labelled ({labels.from_cache} from cache), {object_name} in {pos} "
               f"({100 * pos / max(n, 1):.1f}%, score >= {min_score}), {wall:.1f} s, {rate}")
     if "stopped_at" in summary:
-        log.warning("the video stops decoding at frame %d of %d; labelled what decoded", v.stopped_at, v.frame_count)
+        log.warning("the video stops decoding at frame %d of %d; labelled what decoded", summary["stopped_at"],
+                    v.frame_count)
     if lost:
         log.warning("part of the video cannot be decoded: no labels for frames %s; labelled the rest",
                     describe_missing(lost, most=None))

@@ -1,7 +1,9 @@
 """Decode one video in several processes at once, each taking keyframe-aligned segments.
 
-    for batch in batches(video, {"model": (50, 50)}, stride=2, batch_size=256, workers=4):
+    decoding = batches(video, {"model": (50, 50)}, stride=2, batch_size=256, workers=4)
+    for batch in decoding:
         ...   # the same batches, in the same order, as video.batches (one process)
+    decoding.stopped_at, decoding.missing, decoding.decoded   # what the workers found, added up
 
 One PyAV process converts frames on one core: FFmpeg's own threads decode, but the scaling
 and the copy out to numpy run in the calling thread, and for 360p video they are most of the
@@ -25,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .video import Batch, Keep, Size, Video, decoder_name, keyframes, prefetched
+from .video import Batch, DecodePass, Keep, Size, Video, decoder_name, keyframes, prefetched
 
 __all__ = ["keyframes", "parallel_batches", "plan_segments"]  # keyframes: the scan lives in noscope.video
 
@@ -68,23 +70,29 @@ def plan_segments(wanted: np.ndarray, key_nums: np.ndarray, key_pts: np.ndarray,
 
 def batches(video: Video, sizes: dict[str, Size], start: int = 0, end: int | None = None, stride: int = 1,
             batch_size: int = 64, frames: np.ndarray | None = None, prefetch: int = 2, workers: int = 1,
-            keep: Keep | None = None) -> Iterator[Batch]:
+            keep: Keep | None = None) -> DecodePass:
     """`video.batches`, decoded by `workers` processes where that can work (PyAV, a file whose
-    frames can be numbered by timestamp); otherwise by one, exactly as video.batches. Frames to
-    `keep` are kept by one process only (several leave `keep.sink` empty: the caller decodes them
-    later, as it would have)."""
-    if workers <= 1 or decoder_name(video.backend) != "pyav" or video.counted:  # counted: one process from its start
-        yield from video.batches(sizes, start, end, stride, batch_size, frames, prefetch, keep)
-        return
-    wanted, _ = video.begin(start, end, stride, frames)
-    if len(wanted):
-        decode = parallel_batches(video, wanted, sizes, batch_size, workers)
-        yield from (prefetched(decode, prefetch) if prefetch > 0 else decode)
+    frames can be numbered by timestamp); otherwise by one, exactly as video.batches. The pass
+    adds up what each process found. Frames to `keep` are kept by one process only (several leave
+    `keep.sink` empty: the caller decodes them later, as it would have)."""
+
+    def run(p: DecodePass) -> Iterator[Batch]:
+        if workers <= 1 or decoder_name(video.backend) != "pyav" or video.counted:  # counted: one process from its start
+            yield from p.through(video.batches(sizes, start, end, stride, batch_size, frames, prefetch, keep))
+            return
+        wanted = video.wanted(start, end, stride, frames)
+        if len(wanted):
+            decode = parallel_batches(p, wanted, sizes, batch_size, workers)
+            yield from (prefetched(decode, prefetch) if prefetch > 0 else decode)
+
+    return DecodePass(video, run)
 
 
-def parallel_batches(video: Video, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
+def parallel_batches(p: DecodePass, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
                      workers: int) -> Iterator[Batch]:
-    """`video.batches` for the sorted `wanted` frames, decoded by `workers` processes."""
+    """`video.batches` for the sorted `wanted` frames of `p.video`, decoded by `workers`
+    processes; what each segment's worker found is added to the pass `p`."""
+    video = p.video
     frame_bytes = sum(w * h * 3 for w, h in sizes.values()) or 1
     max_frames = max(batch_size, SEGMENT_BYTES // frame_bytes)
     min_frames = int(np.clip(len(wanted) // (workers * SEGMENTS_PER_WORKER), batch_size, max_frames))
@@ -93,7 +101,7 @@ def parallel_batches(video: Video, wanted: np.ndarray, sizes: dict[str, Size], b
     # one process: a counted file, a short request, keyframes far apart, or no processes to be had
     pool = _start_pool(video, min(workers, len(segments)), keys) if len(segments) >= 2 else None
     if pool is None:
-        yield from video.decode_pyav(wanted, sizes, batch_size)
+        yield from p.decode_pyav(wanted, sizes, batch_size)
         return
     try:
         todo = iter(segments)
@@ -104,14 +112,13 @@ def parallel_batches(video: Video, wanted: np.ndarray, sizes: dict[str, Size], b
                 break
         rebatch = _Rebatcher(batch_size)
         while pending:
-            indices, times, arrays, stop, missing = pending.popleft().get()
+            indices, times, arrays, found = pending.popleft().get()
             nxt = next(todo, None)
-            if nxt is not None and stop is None:
+            if nxt is not None and found.stopped_at is None:
                 pending.append(pool.apply_async(_decode_segment, (nxt[0], sizes, nxt[1])))
-            video.missing.extend(missing)
+            p.add(found)
             yield from rebatch.add(indices, times, arrays)
-            if stop is not None:  # the file ended inside this segment: as one process would
-                video.stopped_at, video.stop_time = stop
+            if found.stopped_at is not None:  # the file ended inside this segment: as one process would
                 break
         yield from rebatch.rest()
     finally:
@@ -178,12 +185,10 @@ def _start_worker(path: str, fps: float, width: int, height: int, frame_count: i
 
 
 def _decode_segment(frames: np.ndarray, sizes: dict[str, Size], seek_pts: int | None):
-    """One segment, as one batch: (frame numbers, times, name -> frames, (stopped_at, stop_time)
-    where the file stopped or None, the ranges lost to damage)."""
-    _video.stopped_at, _video.stop_time, _video.missing = None, None, []
-    got = list(_video.decode_pyav(frames, sizes, len(frames), seek_pts))
-    stop = None if _video.stopped_at is None else (_video.stopped_at, _video.stop_time)
+    """One segment, as one batch: (frame numbers, times, name -> frames, what its decoding found)."""
+    segment = DecodePass(_video)
+    got = list(segment.decode_pyav(frames, sizes, len(frames), seek_pts))
     if not got:
         return (np.zeros(0, np.int64), np.zeros(0), {k: np.zeros((0, h, w, 3), np.uint8) for k, (w, h) in sizes.items()},
-                stop, _video.missing)
-    return got[0].indices, got[0].times, got[0].frames, stop, _video.missing
+                segment.findings())
+    return got[0].indices, got[0].times, got[0].frames, segment.findings()

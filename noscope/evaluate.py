@@ -62,7 +62,7 @@ def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False
                           desc="reference")
     t_ref = time.perf_counter() - t0
     if not len(labels.frames):
-        nothing_to_compare(q, q.video.stopped_at)
+        nothing_to_compare(q, labels.decoding.stopped_at if labels.decoding is not None else None)
     plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
     run = QueryRun(q, settings, use_label_cache=False, frame_cache=False, quiet=quiet)
     results, reports = run.answer(plan, targets)

@@ -28,8 +28,9 @@ import io
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from filelock import FileLock
@@ -37,7 +38,7 @@ from filelock import FileLock
 from . import decode_pool
 from .atomic import atomic_write_bytes
 from .paths import cache_dir
-from .video import Batch, Keep, Size, Video, decoder_version, missing_ranges
+from .video import Batch, DecodePass, Keep, Size, Video, decoder_version, missing_ranges
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,10 @@ def _load_times(root: Path, video: Video) -> None:
         video.note_times(known, t[known])
 
 
-def _save_facts(root: Path, video: Video) -> None:
-    """What decoding learnt besides pixels, merged with what other processes saved: frame times
+def _save_facts(root: Path, decoding: DecodePass) -> None:
+    """What the pass learnt besides pixels, merged with what other processes saved: frame times
     (counted files) and ranges lost to damage. Saved before the bitmaps that vouch for frames."""
+    video = decoding.video
     with FileLock(str(root / "facts.lock")):
         if video.counted:
             mine = video.recorded_times()
@@ -184,8 +186,8 @@ def _save_facts(root: Path, video: Video) -> None:
             buf = io.BytesIO()
             np.save(buf, merged, allow_pickle=False)
             atomic_write_bytes(root / "times.npy", buf.getvalue())
-        if video.missing:
-            lost = missing_ranges(_read_lost(root) + list(video.missing), 0, 1 << 62)
+        if decoding.missing:
+            lost = missing_ranges(_read_lost(root) + list(decoding.missing), 0, 1 << 62)
             atomic_write_bytes(root / "lost.json", json.dumps(lost).encode())
 
 
@@ -225,44 +227,51 @@ def cached_batches(
     prefetch: int = 2,
     workers: int = 1,
     keep: Keep | None = None,
-) -> Iterator[Batch]:
-    """Like `video.batches`, reading from the frame cache when it holds every wanted frame,
-    else decoding (and filling the cache as it goes). Sets `video.stopped_at`, `stop_time` and
-    `missing` the same way, and gives the same times. `keep` is filled only where the pass decodes
-    (frames read from the cache were never decoded: the caller decodes what it still needs)."""
+) -> DecodePass:
+    """Like `video.batches`, a pass that reads from the frame cache when it holds every wanted
+    frame (a pass that decodes nothing), else decodes (and fills the cache as it goes). It finds
+    `stopped_at`, `stop_time` and `missing` the same way, and gives the same times. `keep` is
+    filled only where the pass decodes (frames read from the cache were never decoded: the caller
+    decodes what it still needs)."""
     wanted = video.wanted(start, end, stride, frames)
     until = end if end is not None or frames is not None else video.frame_count  # as video.batches decodes on to
+    decode = partial(decode_pool.batches, video, sizes, end=until, frames=wanted, batch_size=batch_size,
+                     prefetch=prefetch, workers=workers, keep=keep)
+    return DecodePass(video, lambda p: _cached(p, sizes, wanted, batch_size, decode))
+
+
+def _cached(p: DecodePass, sizes: dict[str, Size], wanted: np.ndarray, batch_size: int,
+            decode: Callable[[], DecodePass]) -> Iterator[Batch]:
+    """The batches of `cached_batches`: from the cache, or `decode()`d (a pass) through it."""
     if not keeps(sizes):
-        yield from decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch,
-                                       workers=workers, keep=keep)
+        yield from p.through(decode())
         return
-    root = cache_root(video)
+    root = cache_root(p.video)
     uniq = sorted(set(sizes.values()))
     try:
         root.mkdir(parents=True, exist_ok=True)
-        stores = {z: _Store(root, z, video.frame_count) for z in uniq}
+        stores = {z: _Store(root, z, p.video.frame_count) for z in uniq}
     except OSError as e:  # a read-only or full cache only costs speed
         log.warning("frame cache unavailable (%s); decoding", e)
-        yield from decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch,
-                                       workers=workers, keep=keep)
+        yield from p.through(decode())
         return
-    served = _servable(video, root, stores.values(), wanted) if len(wanted) else None
-    if served is not None:
-        readable, stop, stop_time, lost = served
-        ends = stop is not None and wanted[-1] >= stop
-        video.stopped_at, video.stop_time = (stop, stop_time) if ends else (None, None)
-        video.missing = [tuple(r) for r in missing_ranges(lost, int(wanted[0]), int(wanted[-1]) + 1)]
-        for i in range(0, len(readable), batch_size):
-            idx = readable[i : i + batch_size]
-            arrays = {z: s.read(idx) for z, s in stores.items()}
-            yield Batch(idx, video.times_of(idx), {name: arrays[z] for name, z in sizes.items()})
+    served = _servable(p.video, root, stores.values(), wanted) if len(wanted) else None
+    if served is None:
+        yield from _decode_and_fill(p, sizes, wanted, decode(), root, stores)
         return
-    yield from _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root, stores, keep)
+    readable, stop, stop_time, lost = served
+    ends = stop is not None and wanted[-1] >= stop
+    p.stopped_at, p.stop_time = (stop, stop_time) if ends else (None, None)
+    p.missing = [tuple(r) for r in missing_ranges(lost, int(wanted[0]), int(wanted[-1]) + 1)]
+    for i in range(0, len(readable), batch_size):
+        idx = readable[i : i + batch_size]
+        arrays = {z: s.read(idx) for z, s in stores.items()}
+        yield Batch(idx, p.video.times_of(idx), {name: arrays[z] for name, z in sizes.items()})
 
 
-def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers, root: Path, stores: dict,
-                     keep: Keep | None = None) -> Iterator[Batch]:
-    """Decode the wanted frames, writing each distinct size into the cache as it passes.
+def _decode_and_fill(p: DecodePass, sizes, wanted, decoding: DecodePass, root: Path, stores: dict) -> Iterator[Batch]:
+    """The batches of `decoding` (a pass over the wanted frames, run as part of the pass `p`),
+    each distinct size written into the cache as it passes.
 
     The cache only ever costs speed: when it cannot be written (full disk, permissions) the
     run says so once and goes on decoding without it.
@@ -284,15 +293,13 @@ def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers,
     except OSError as e:
         give_up(e)
     try:
-        decoded = decode_pool.batches(video, sizes, end=until, frames=wanted, batch_size=batch_size, prefetch=prefetch,
-                                      workers=workers, keep=keep)
-        for k, b in enumerate(decoded):
+        for k, b in enumerate(p.through(decoding)):
             if files:
                 try:
                     for z, name in name_of.items():
                         stores[z].write(files[z], b.indices, b.frames[name])
                     if (k + 1) % _SAVE_EVERY == 0:
-                        _save_facts(root, video)
+                        _save_facts(root, p)
                         for z, s in stores.items():
                             s.save_have(files[z])
                 except OSError as e:
@@ -302,11 +309,11 @@ def _decode_and_fill(video, sizes, wanted, until, batch_size, prefetch, workers,
     finally:
         if files:
             try:
-                _save_facts(root, video)
+                _save_facts(root, p)
                 for z, s in stores.items():
                     s.save_have(files[z])
-                if finished and video.stopped_at is not None and wanted[-1] >= video.stopped_at:
-                    end = dict(stopped_at=int(video.stopped_at), stop_time=video.stop_time)
+                if finished and p.stopped_at is not None and wanted[-1] >= p.stopped_at:
+                    end = dict(stopped_at=int(p.stopped_at), stop_time=p.stop_time)
                     atomic_write_bytes(root / "end.json", json.dumps(end).encode())
             except OSError as e:
                 give_up(e)

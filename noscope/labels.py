@@ -21,8 +21,10 @@ import json
 import logging
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from filelock import FileLock
@@ -33,7 +35,7 @@ from .paths import cache_dir
 from .progress import progress_bar
 from .reference import reference_runtime
 from .reference.base import Detections, Reference
-from .video import Video, decoder_version
+from .video import DecodePass, Video, decoder_version
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Labels:
     detections: list[Detections]
     from_cache: int = 0  # how many of the N came from the cache
     seconds: float = 0.0  # wall time spent labelling the rest
+    decoding: DecodePass | None = None  # the pass that decoded the frames labelled fresh (None: none was needed)
 
     def score_of(self, class_index: int) -> np.ndarray:
         return self.scores[:, class_index]
@@ -206,6 +209,7 @@ def label_frames(
     from_cache = len(frames) - len(missing)
 
     t0 = time.perf_counter()
+    decoding = None
     if len(missing):
         size = reference.input_size or (video.width, video.height)
         lock = FileLock(str(directory) + ".lock") if use_cache else None
@@ -220,8 +224,9 @@ def label_frames(
                     _write_npz_atomic(directory / f"chunk-{pend_f[0]:09d}-{pend_f[-1]:09d}-{len(pend_f)}.npz", **_pack(pend_f, pend_s, pend_d))
             pend_f.clear(), pend_s.clear(), pend_d.clear()
 
-        with progress_bar(total=len(missing), desc=desc, unit="frame", quiet=quiet) as bar:
-            for indices, frames_det in _pictures(video, missing, size, reference.batch_size, pixels or {}):
+        pictures, decoding = _pictures(video, missing, size, reference.batch_size, pixels or {})
+        with progress_bar(total=len(missing), desc=desc, unit="frame", quiet=quiet) as bar, closing(pictures):
+            for indices, frames_det in pictures:
                 scores, dets = reference.predict(frames_det)
                 for f, s, d in zip(indices.tolist(), scores, dets):
                     cached[f] = (s, d)
@@ -235,19 +240,27 @@ def label_frames(
     have = np.array([f for f in frames.tolist() if f in cached], np.int64)
     scores = np.stack([cached[f][0] for f in have.tolist()]) if len(have) else np.zeros((0, n_classes), np.float32)
     dets = [cached[f][1] for f in have.tolist()]
-    return Labels(have, scores.astype(np.float32), dets, from_cache=from_cache, seconds=seconds)
+    return Labels(have, scores.astype(np.float32), dets, from_cache=from_cache, seconds=seconds, decoding=decoding)
 
 
-def _pictures(video: Video, frames: np.ndarray, size, batch_size: int, pixels: dict[int, np.ndarray]):
-    """(frame numbers, pictures at `size`) in batches: those in `pixels` first, then the rest decoded."""
+def _pictures(video: Video, frames: np.ndarray, size, batch_size: int,
+              pixels: dict[int, np.ndarray]) -> tuple[Iterator, DecodePass | None]:
+    """(frame numbers, pictures at `size`) in batches: those in `pixels` first, then the rest
+    decoded; and the pass that decodes the rest (None when `pixels` holds them all)."""
     have = np.array([f for f in frames.tolist() if f in pixels], np.int64)
-    for s in range(0, len(have), batch_size):
-        chunk = have[s : s + batch_size]
-        yield chunk, np.stack([pixels[f] for f in chunk.tolist()])
     rest = frames[~np.isin(frames, have)]
-    if len(rest):
-        for batch in video.batches({"det": size}, frames=rest, batch_size=batch_size):
-            yield batch.indices, batch.frames["det"]
+    decoding = video.batches({"det": size}, frames=rest, batch_size=batch_size) if len(rest) else None
+
+    def pictures():
+        for s in range(0, len(have), batch_size):
+            chunk = have[s : s + batch_size]
+            yield chunk, np.stack([pixels[f] for f in chunk.tolist()])
+        if decoding is not None:
+            with decoding:
+                for batch in decoding:
+                    yield batch.indices, batch.frames["det"]
+
+    return pictures(), decoding
 
 
 def object_truth(scores: np.ndarray, min_score: float, smooth_k: int, blocks: np.ndarray | None = None) -> np.ndarray:

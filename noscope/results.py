@@ -159,13 +159,14 @@ def tell_verified(verified: dict, targets: Targets, say, prefix: str = "") -> No
 def warn_if_stopped(q: Query, result, summary: dict) -> None:
     """One warning when decoding stopped well before the end of the segment or of the file,
     judged in time (the frames' presentation times): a frame count is only the container's guess."""
-    from .video import stop_is_truncation, stopped_early
+    from .video import stopped_early
 
     v, s, e = q.video, q.start, q.end
     stop_time = (float(result.times[-1]) + 1 / v.fps) if len(result.times) else s / v.fps
     early = stopped_early(result.stopped_at, stop_time, v.fps, s, e)
-    if result.stopped_at is not None and (early or stopped_early(result.stopped_at, stop_time, v.fps, 0, v.frame_count)
-                                          or stop_is_truncation(v)):
+    # before the end of the file, judged by the answers' times or by the time the pass stopped at
+    in_file = any(stopped_early(result.stopped_at, t, v.fps, 0, v.frame_count) for t in (stop_time, result.stop_time))
+    if result.stopped_at is not None and (early or in_file):
         summary["stopped_at"] = int(result.stopped_at)
         log.warning("the video stops decoding at frame %d; answered the frames before it", result.stopped_at)
     warn_if_missing(result, summary)

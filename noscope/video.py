@@ -3,8 +3,10 @@
     from noscope.video import open_video
     video = open_video("cam.mp4")                        # one-line NoscopeError if unreadable
     start, end = video.segment("10s", "60%")             # seconds, m:ss, "300f" frame, or "60%"
-    for batch in video.batches({"s50": (50, 50), "det": (416, 416)}, start, end, stride=2):
+    decoding = video.batches({"s50": (50, 50), "det": (416, 416)}, start, end, stride=2)
+    for batch in decoding:                               # a DecodePass: decodes as it is iterated, once
         batch.indices, batch.times, batch.frames["s50"]  # (B,), (B,), uint8 (B, 50, 50, 3) RGB
+    decoding.stopped_at, decoding.missing, decoding.decoded  # what this pass found: None, [], frames decoded
 
 Full-size frames are never kept or even made: with PyAV (the default decoder) each wanted
 frame is scaled while it is converted, from the decoder's YUV straight to every requested size
@@ -12,8 +14,10 @@ frame is scaled while it is converted, from the decoder's YUV straight to every 
 resizes. Measured on 2 cores, one thread, CPU time per frame: 1.15 ms (PyAV) vs 1.47 ms
 (OpenCV) at 640x360, and 2.5 ms vs 5.7 ms at 1280x720, to 50x50 RGB. Frames that are not
 wanted (stride, sparse samples) are decoded but never converted, which is most of the cost
-saved. A file that stops decoding early (truncated) yields the frames that decode and records
-where it stopped in `video.stopped_at`.
+saved. A file that stops decoding early (truncated) yields the frames that decode, and the pass
+records where it stopped (`stopped_at`). The Video holds what is true of the file (and what
+decoding learns of it once: frame 0's time, keyframes, counted frames' times); each pass holds
+what that pass found.
 
 Frame numbers mean one picture on every path (sequential, seek, worker segments, caches):
 - Where the packets' timestamps are exactly one frame apart (constant frame rate), a frame's
@@ -23,7 +27,7 @@ Frame numbers mean one picture on every path (sequential, seek, worker segments,
   decodes from the first frame (`video.counted`).
 A packet that fails to decode is skipped, and so is every frame after it up to the next
 keyframe that decodes (those show the damage, and a decoder started elsewhere would show them
-differently); `video.missing` lists what was lost. Frames come upright: PyAV applies the
+differently); the pass's `missing` lists what was lost. Frames come upright: PyAV applies the
 display-matrix rotation, as OpenCV does. Times are the frames' presentation times (seconds from
 the stream start); for constant frame rate that is frame / fps.
 """
@@ -38,7 +42,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -167,11 +171,6 @@ class Video:
         self.width = width
         self.height = height
         self.frame_count = frame_count  # as the container reports it; may be a few off
-        self.stopped_at: int | None = None  # first frame that failed to decode before `end`
-        self.stop_time: float | None = None  # seconds (from the stream start) where decoding stopped
-        # [a, b) frame ranges the last `batches` call found undecodable (damage); an empty range
-        # [n, n) marks pictures lost before frame n in a file numbered by counting (no numbers to give)
-        self.missing: list[tuple[int, int]] = []
         self.backend = "auto"  # decoder: auto (PyAV where installed) | pyav | opencv
         self._hash: str | None = None
         # What decoding learns once per file, handed to decode workers so they number frames alike:
@@ -221,10 +220,8 @@ class Video:
             return frames / self.fps
         t = self.recorded_times(frames)
         if np.isnan(t).any():
-            state = self.stopped_at, self.stop_time, self.missing
             for _ in self.batches({}, frames=frames[np.isnan(t)], prefetch=0):
                 pass
-            self.stopped_at, self.stop_time, self.missing = state
             t = self.recorded_times(frames)
         known = np.flatnonzero(~np.isnan(self._times))
         if np.isnan(t).any() and len(known):  # past the last frame that decodes: one average frame each
@@ -311,7 +308,8 @@ class Video:
             return np.unique(np.asarray(frames, dtype=np.int64))
         return np.arange(start, self.frame_count if end is None else end, max(1, stride), dtype=np.int64)
 
-    def _capture(self) -> cv2.VideoCapture:
+    def capture(self) -> cv2.VideoCapture:
+        """The file opened by OpenCV."""
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             raise NoscopeError(f"cannot open video {self.path}")
@@ -327,12 +325,12 @@ class Video:
         frames: np.ndarray | None = None,
         prefetch: int = 2,
         keep: Keep | None = None,
-    ) -> Iterator[Batch]:
-        """Yield batches of resized RGB frames (and fill `keep.sink` with the kept frames the pass
-        decodes on its way, at their size).
+    ) -> DecodePass:
+        """A decoding pass: batches of resized RGB frames as it is iterated (and `keep.sink` filled
+        with the kept frames the pass decodes on its way, at their size).
 
         Either every `stride`-th frame of [start, end), or exactly the sorted frame numbers in
-        `frames`. Sets `self.stopped_at` if the file ends early, `self.missing` for frames lost
+        `frames`. The pass records `stopped_at` if the file ends early, `missing` for frames lost
         to damage (those are not yielded). With `prefetch` > 0 a thread
         decodes up to that many batches ahead, so decoding overlaps with whatever the caller
         does with a batch (OpenCV, FFmpeg and torch all release the GIL while they work).
@@ -340,39 +338,134 @@ class Video:
         is decoded on to `end` (not converted), so the times of the frames between the wanted
         ones are known too (`times_of`).
         """
-        wanted, until = self.begin(start, end, stride, frames)
+        wanted = self.wanted(start, end, stride, frames)
+        until = (self.frame_count if end is None else end) if frames is None or end is not None else None
+        return DecodePass(self, lambda p: p.one_process(wanted, sizes, batch_size, until, prefetch, keep))
+
+    def first_time(self) -> float:
+        """Timestamp of frame 0 in seconds (learnt once: a segment worker asks for every segment)."""
+        if self.time_origin is None:
+            self.time_origin = 0.0
+            with _av.open(str(self.path)) as c:
+                stream = c.streams.video[0]
+                for packet in packets(c, stream):
+                    try:
+                        out = packet.decode()
+                    except _av.error.FFmpegError:
+                        continue  # damage: frame 0 is the first picture that decodes
+                    if out:
+                        self.time_origin = float(out[0].time or 0.0)
+                        break
+        return self.time_origin
+
+    def recorded_time(self, n: int) -> float:
+        """Seconds from the stream start of frame `n`: n / fps where timestamps number frames, else
+        the time decoding recorded (NaN: none recorded yet)."""
+        if not self.counted:
+            return n / self.fps
+        return float(self._times[n]) if n < len(self._times) else np.nan
+
+
+@dataclass(eq=False)
+class Findings:
+    """What one decoding pass found: where the file stopped decoding, what damage lost, and how
+    much decoding the pass did."""
+
+    stopped_at: int | None = None  # first frame that failed to decode before the pass's end
+    stop_time: float | None = None  # seconds (from the stream start) where decoding stopped
+    # [a, b) frame ranges found undecodable (damage); an empty range [n, n) marks pictures lost
+    # before frame n in a file numbered by counting (no numbers to give)
+    missing: list[tuple[int, int]] = field(default_factory=list)
+    decoded: int = 0  # frames the decoder gave the pass (OpenCV: frames grabbed; its seeks decode unseen)
+    converted: int = 0  # frames turned into pictures: yielded, or kept on the side (`Keep`; both: twice)
+
+    def add(self, part: Findings) -> None:
+        """Take on what a part of this pass found (a decode worker's segment): lost ranges and counts
+        add up; where the part stopped is where this pass stopped."""
+        self.missing += part.missing
+        self.decoded += part.decoded
+        self.converted += part.converted
+        if part.stopped_at is not None:
+            self.stopped_at, self.stop_time = part.stopped_at, part.stop_time
+
+
+class DecodePass(Findings):
+    """One decoding pass over a video: an iterator of Batch that decodes as it is iterated (once,
+    like a generator; `close` stops it), and what the pass found (`Findings`), complete when it is
+    used up. video.batches makes one; noscope.decode_pool and noscope.framecache give the same
+    kind (a pass the frame cache serves decodes nothing; one of several processes adds up what
+    each found)."""
+
+    def __init__(self, video: Video, run: Callable[[DecodePass], Iterator[Batch]] | None = None):
+        super().__init__()
+        self.video = video
+        self._run = run  # run(pass): the batches, recording what it finds on `pass`
+        self._batches: Iterator[Batch] | None = None
+
+    def __iter__(self) -> DecodePass:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._batches is None:
+            self._batches = self.through(self)
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop decoding early: the decoding thread ends and the file is closed."""
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> DecodePass:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def through(self, other: DecodePass) -> Iterator[Batch]:
+        """`other`'s batches, decoded as part of this pass: what it finds is recorded here as it is
+        found (the frame cache decodes through the worker pool, which may decode in one process)."""
+        return iter(()) if other._run is None else other._run(self)
+
+    def findings(self) -> Findings:
+        """What the pass found, apart from the pass (a decode worker sends it back)."""
+        return Findings(self.stopped_at, self.stop_time, list(self.missing), self.decoded, self.converted)
+
+    def stop(self, n: int) -> None:
+        """Decoding stopped before frame `n`: where, in frames and in seconds (the end of frame n - 1)."""
+        v = self.video
+        last = v.recorded_time(n - 1) if n > 0 else np.nan
+        self.stopped_at = n
+        self.stop_time = n / v.fps if np.isnan(last) else last + 1 / v.fps
+
+    def one_process(self, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int, until: int | None,
+                    prefetch: int, keep: Keep | None) -> Iterator[Batch]:
+        """`video.batches`: the wanted frames decoded by this process, in a thread `prefetch` batches ahead."""
         if len(wanted) == 0:
             return
-        if decoder_name(self.backend) == "pyav":
+        if decoder_name(self.video.backend) == "pyav":
             decode = partial(self.decode_pyav, wanted, sizes, batch_size, until=until, keep=keep)
         else:
-            cap = self._capture()
+            cap = self.video.capture()
 
             def decode():
                 try:
-                    yield from self._decode(cap, wanted, sizes, batch_size, until, keep)
+                    yield from self.decode_opencv(cap, wanted, sizes, batch_size, until, keep)
                 finally:
                     cap.release()
 
         yield from (prefetched(decode(), prefetch) if prefetch > 0 else decode())
 
-    def begin(self, start: int = 0, end: int | None = None, stride: int = 1, frames=None) -> tuple[np.ndarray, int | None]:
-        """A decoding pass starts: (the wanted frames, where a counted file is decoded on to), and
-        what the last pass recorded (stopped_at, stop_time, missing) is cleared."""
-        wanted = self.wanted(start, end, stride, frames)
-        until = (self.frame_count if end is None else end) if frames is None or end is not None else None
-        self.stopped_at, self.stop_time, self.missing = None, None, []
-        return wanted, until
-
     def decode_pyav(self, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
-                     seek_pts: int | None = None, until: int | None = None, keep: Keep | None = None) -> Iterator[Batch]:
+                    seek_pts: int | None = None, until: int | None = None, keep: Keep | None = None) -> Iterator[Batch]:
         """PyAV: the wanted frames, numbered as `_numbered` says. Seeks over large gaps unless the
         file is counted. `seek_pts`: start with a seek to exactly this timestamp (a keyframe's,
         from `keyframes`), so a segment that begins on a keyframe decodes nothing before it."""
+        v = self.video
         try:
-            container = _av.open(str(self.path))
+            container = _av.open(str(v.path))
         except Exception as e:
-            raise NoscopeError(f"cannot open video {self.path}: {' '.join(str(e).split())}") from None
+            raise NoscopeError(f"cannot open video {v.path}: {' '.join(str(e).split())}") from None
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame threads: decoding uses the cores it is given
@@ -380,10 +473,10 @@ class Video:
             track = _Tracker(self, keep)
             frames_iter = None
             for target in wanted.tolist():
-                seek = seek_pts is not None or (not self.counted and target - track.pos > _SEEK_GAP)
+                seek = seek_pts is not None or (not v.counted and target - track.pos > _SEEK_GAP)
                 if seek:  # to the keyframe at or before a point safely before the target
-                    t0 = self._first_time()
-                    ts = int((t0 + max(0.0, target - 2) / self.fps) / stream.time_base) if seek_pts is None else seek_pts
+                    t0 = v.first_time()
+                    ts = int((t0 + max(0.0, target - 2) / v.fps) / stream.time_base) if seek_pts is None else seek_pts
                     container.seek(ts, stream=stream, backward=True, any_frame=False)
                 if seek or frames_iter is None:
                     frames_iter, seek_pts = self._numbered(stream, container), None
@@ -396,9 +489,10 @@ class Video:
                 for name, (w, h) in sizes.items():
                     buf.frames[name].append(upright_rgb(frame, w, h))
                 buf.add(target, track.time)
+                self.converted += 1
                 if buf.full():
                     yield buf.take()
-            if self.counted and until is not None and frames_iter is not None and not track.ended:
+            if v.counted and until is not None and frames_iter is not None and not track.ended:
                 track.advance(frames_iter, until - 1)  # times of the frames after the last wanted one
             later = max((f for f in keep.frames if f > track.pos), default=None) if keep is not None else None
             if later is not None and frames_iter is not None and not track.ended:
@@ -415,8 +509,9 @@ class Video:
         the timestamp relative to frame 0's. A packet that fails to decode is skipped, and every
         frame after it until a keyframe decodes (and frames before that keyframe in time): they
         may show the damage, differently for a decoder started elsewhere."""
+        v = self.video
         time_base, origin = float(stream.time_base), stream.start_time or 0  # float: no Fraction per frame
-        t0 = None if self.counted else self._first_time()
+        t0 = None if v.counted else v.first_time()
         n, clean, floor, lost = -1, True, None, False
         for packet in packets(container, stream):
             try:
@@ -424,6 +519,7 @@ class Video:
             except _av.error.FFmpegError:
                 clean, lost = False, True
                 continue
+            self.decoded += len(out)
             if not clean and packet.is_keyframe:
                 clean, floor = True, packet.pts
             for frame in out:
@@ -435,59 +531,34 @@ class Video:
                 elif frame.time is None:
                     continue  # cannot be numbered (never seen in a file whose packets all had timestamps)
                 else:
-                    m = int(round((frame.time - t0) * self.fps))
+                    m = int(round((frame.time - t0) * v.fps))
                 if m <= n:  # out of order after damage
                     continue
                 n = m
                 yield n, (np.nan if frame.pts is None else round((frame.pts - origin) * time_base, 6)), frame, lost
                 lost = False
 
-    def _first_time(self) -> float:
-        """Timestamp of frame 0 in seconds (cached: a segment worker asks for every segment)."""
-        if self.time_origin is None:
-            self.time_origin = 0.0
-            with _av.open(str(self.path)) as c:
-                stream = c.streams.video[0]
-                for packet in packets(c, stream):
-                    try:
-                        out = packet.decode()
-                    except _av.error.FFmpegError:
-                        continue  # damage: frame 0 is the first picture that decodes
-                    if out:
-                        self.time_origin = float(out[0].time or 0.0)
-                        break
-        return self.time_origin
-
-    def _time(self, n: int) -> float:
-        """Seconds from the stream start of frame `n`, decoded in this pass (NaN: no time was recorded)."""
-        if not self.counted:
-            return n / self.fps
-        return float(self._times[n]) if n < len(self._times) else np.nan
-
-    def _stop(self, n: int) -> None:
-        """Decoding stopped before frame `n`: where, in frames and in seconds (the end of frame n - 1)."""
-        last = self._time(n - 1) if n > 0 else np.nan
-        self.stopped_at = n
-        self.stop_time = n / self.fps if np.isnan(last) else last + 1 / self.fps
-
-    def _decode(self, cap, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
-                until: int | None = None, keep: Keep | None = None) -> Iterator[Batch]:
+    def decode_opencv(self, cap, wanted: np.ndarray, sizes: dict[str, Size], batch_size: int,
+                      until: int | None = None, keep: Keep | None = None) -> Iterator[Batch]:
         """OpenCV: frames counted by `grab`; seeks over large gaps unless the file is counted. OpenCV
         cannot decode past a damaged packet: there decoding stops."""
-        counted = self.counted
+        v = self.video
+        counted = v.counted
         pos = 0  # index of the next frame `grab` will return
 
         def grab() -> bool:
             nonlocal pos
             if not cap.grab():
                 return False
+            self.decoded += 1
             if counted:
-                self.note_times([pos], [round(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000, 6)])
+                v.note_times([pos], [round(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000, 6)])
             if keep is not None and pos in keep.frames:
                 ok, bgr = cap.retrieve()
                 if ok and bgr is not None:
                     small = cv2.resize(bgr, keep.size, interpolation=cv2.INTER_AREA) if bgr.shape[1::-1] != keep.size else bgr
                     keep.sink[pos] = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+                    self.converted += 1
             pos += 1
             return True
 
@@ -500,21 +571,22 @@ class Video:
             while ok and pos <= target:
                 ok = grab()
             if not ok:
-                self._stop(pos)
+                self.stop(pos)
                 break
             ok, bgr = cap.retrieve()
             if not ok or bgr is None:
-                self._stop(target)
+                self.stop(target)
                 break
             for name, (w, h) in sizes.items():
                 small = bgr if (bgr.shape[1], bgr.shape[0]) == (w, h) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
                 buf.frames[name].append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-            buf.add(target, self._time(target))
+            buf.add(target, v.recorded_time(target))
+            self.converted += 1
             if buf.full():
                 yield buf.take()
         while counted and until is not None and self.stopped_at is None and pos < until:
             if not grab():  # times of the frames after the last wanted one; the file may end there
-                self._stop(pos)
+                self.stop(pos)
         later = max((f for f in keep.frames if f >= pos), default=None) if keep is not None else None
         while later is not None and self.stopped_at is None and pos <= later:
             if not grab():  # frames to keep after the last wanted one
@@ -524,10 +596,10 @@ class Video:
 
 
 class _Tracker:
-    """Where one PyAV pass is in the file; what it finds lost or where it stops goes to the video."""
+    """Where one PyAV pass is in the file; what it finds lost or where it stops goes to the pass."""
 
-    def __init__(self, video: Video, keep: Keep | None = None):
-        self.video, self.keep = video, keep
+    def __init__(self, found: DecodePass, keep: Keep | None = None):
+        self.found, self.keep = found, keep
         self.pos = -1  # number of the last frame taken from the decoder
         self.frame, self.time = None, 0.0  # that frame and its time
         self.ended = False
@@ -538,25 +610,27 @@ class _Tracker:
 
     def advance(self, frames: Iterator, target: int):
         """Take frames up to `target`: that frame, or None when it cannot be had (`ended`: the file ended)."""
-        v = self.video
+        p = self.found
+        v = p.video
         while self.pos < target:
             item = next(frames, None)
             if item is None:
                 self.ended = True
-                v.stopped_at = target if self.fresh else self.pos + 1
-                v.stop_time = v.stopped_at / v.fps if self.fresh or self.pos < 0 else self.time + 1 / v.fps
+                p.stopped_at = target if self.fresh else self.pos + 1
+                p.stop_time = p.stopped_at / v.fps if self.fresh or self.pos < 0 else self.time + 1 / v.fps
                 return None
             n, t, frame, lost = item
             if v.counted:
                 v.note_time(n, t)
                 if lost:
-                    v.missing.append((n, n))
+                    p.missing.append((n, n))
             elif self.fresh and n > target or not self.fresh and n > self.pos + 1:
-                v.missing.append((target if self.fresh else self.pos + 1, n))
+                p.missing.append((target if self.fresh else self.pos + 1, n))
             self.fresh, self.pos, self.frame = False, n, frame
             self.time = t if v.counted else n / v.fps
             if self.keep is not None and n in self.keep.frames:
                 self.keep.sink[n] = upright_rgb(frame, *self.keep.size)
+                p.converted += 1
         return self.frame if self.pos == target else None
 
 
@@ -586,7 +660,7 @@ def keyframes(video: Video) -> tuple[np.ndarray, np.ndarray] | None:
     rate), and no packet is a placeholder that decodes to no frame (AVI's packed B-frames: 1-7
     bytes).
     """
-    t0 = video._first_time()
+    t0 = video.first_time()
     nums, pts, every = [], [], []
     with _av.open(str(video.path)) as c:
         stream = c.streams.video[0]
@@ -800,6 +874,7 @@ def stopped_early(stopped_at: int | None, stop_time: float | None, fps: float, s
     return end / fps - stop > 0.05 * (end - start) / fps + 3 / fps
 
 
-def stop_is_truncation(video: Video) -> bool:
-    """True when decoding stopped well before the end of the file (see stopped_early)."""
-    return stopped_early(video.stopped_at, video.stop_time, video.fps, 0, video.frame_count)
+def stop_is_truncation(decoding: DecodePass) -> bool:
+    """True when the pass stopped decoding well before the end of the file (see stopped_early)."""
+    v = decoding.video
+    return stopped_early(decoding.stopped_at, decoding.stop_time, v.fps, 0, v.frame_count)

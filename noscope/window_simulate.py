@@ -27,22 +27,12 @@ import numpy as np
 
 from .plans import Cascade, high, low
 from .simulate import HeldOutArrays, layout_of
-from .windows import Sampling, decided, need, spread_order
+from .window_plans import WindowPlan
+from .windows import decided, need, spread_order
 
 CHEAP, SAMPLED = 0, 1  # the stage that settled a window
 WINDOW_STAGES = ("cheap", "reference")
 _NO, _YES, _UNDECIDED = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    """A cascade answering windows: the per-frame cheap stages, then the reference on a few frames
-    of the windows they leave open."""
-
-    frame: Cascade  # skip, difference detector, model and its thresholds (the per-frame cascade's)
-    sampling: Sampling
-    size: int  # frames per window
-    share: float  # share of positive frames that makes a window "yes"
 
 
 @dataclass
@@ -59,10 +49,11 @@ class WindowAnswers:
     reached: int  # frames the model ran on
 
 
-def window_starts(arrays: HeldOutArrays, size: int) -> np.ndarray:
-    """First held-out index of each window: every `size` frames of a block, from its first."""
+def window_starts(arrays: HeldOutArrays, size: int, offset: int = 0) -> np.ndarray:
+    """First held-out index of each window: every `size` frames of a block, from its first (or from
+    `offset` frames in: the same footage cut into windows at another phase, more evidence)."""
     block_start = np.r_[True, arrays.blocks[1:] != arrays.blocks[:-1]]
-    return np.flatnonzero(block_start | (arrays.pos % size == 0))
+    return np.flatnonzero(block_start | ((arrays.pos - offset) % size == 0))
 
 
 def cheap_states(arrays: HeldOutArrays, frame: Cascade) -> tuple[np.ndarray, np.ndarray, int]:
@@ -83,10 +74,11 @@ def cheap_states(arrays: HeldOutArrays, frame: Cascade) -> tuple[np.ndarray, np.
     return own[lay.src], processed, len(lay.reach) if frame.model is not None else 0
 
 
-def simulate_windows(plan: WindowPlan, arrays: HeldOutArrays) -> WindowAnswers:
-    """The windows' answers on the held-out frames (module docstring)."""
+def simulate_windows(plan: WindowPlan, arrays: HeldOutArrays, offset: int = 0) -> WindowAnswers:
+    """The windows' answers on the held-out frames (module docstring), windows cut `offset` frames
+    into each block (and at its first frame)."""
     state, processed, reached = cheap_states(arrays, plan.frame)
-    starts = window_starts(arrays, plan.size)
+    starts = window_starts(arrays, plan.size, offset)
     ends = np.r_[starts[1:], arrays.n]
     lengths = ends - starts
     w_of = np.repeat(np.arange(len(starts)), lengths)

@@ -82,6 +82,14 @@ def decided(pos, neg, size, share: float):
     return out
 
 
+@dataclass(frozen=True)
+class WindowQuestion:
+    """The question a windowed query asks: windows of `size` frames, "yes" at `share` positive frames."""
+
+    size: int
+    share: float = DEFAULT_SHARE
+
+
 class WindowGrid:
     """The windows of [start, end): consecutive runs of `size` frames from `start`, the last one
     shorter where the segment ends inside it."""

@@ -12,8 +12,9 @@ from .conftest import SHARED, STOREFRONT, URBAN
 
 
 def _decode(video, workers, **kw):
-    got = list(decode_pool.batches(video, {"a": (50, 50), "b": (32, 24)}, batch_size=128, workers=workers, **kw))
-    return got, video.stopped_at
+    decoding = decode_pool.batches(video, {"a": (50, 50), "b": (32, 24)}, batch_size=128, workers=workers, **kw)
+    got = list(decoding)
+    return got, decoding.stopped_at
 
 
 def _same(one, many):

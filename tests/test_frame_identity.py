@@ -109,9 +109,16 @@ class FrameReader(Reference):
 
 
 def decode_all(video: Video, sizes, **kw):
-    got = list(decode_pool.batches(video, sizes, batch_size=1000, **kw))
+    return decode_pass(video, sizes, **kw)[:3]
+
+
+def decode_pass(video: Video, sizes, **kw):
+    """decode_all's (frame numbers, times, name -> frames), and the pass with what it found."""
+    decoding = decode_pool.batches(video, sizes, batch_size=1000, **kw)
+    got = list(decoding)
     idx = np.concatenate([b.indices for b in got])
-    return idx, np.concatenate([b.times for b in got]), {k: np.concatenate([b.frames[k] for b in got]) for k in sizes}
+    frames = {k: np.concatenate([b.frames[k] for b in got]) for k in sizes}
+    return idx, np.concatenate([b.times for b in got]), frames, decoding
 
 
 def refuse_decoding(monkeypatch):
@@ -178,8 +185,8 @@ def test_overhead_clip_numbers_frames_alike_on_every_path(monkeypatch):
     monkeypatch.setattr(decode_pool, "MIN_PARALLEL_FRAMES", 0)
     v = open_video(OVERHEAD, "pyav")
     assert v.counted
-    idx, times, seq = decode_all(v, {"s": (32, 18)})
-    assert len(idx) == 734 and v.stopped_at == 734 and not stop_is_truncation(v)
+    idx, times, seq, decoding = decode_pass(v, {"s": (32, 18)})
+    assert len(idx) == 734 and decoding.stopped_at == 734 and not stop_is_truncation(decoding)
     sparse = np.array([3, 397, 400, 700, 733])
     for kw in (dict(frames=sparse), dict(workers=2, frames=sparse)):
         got_idx, _, got = decode_all(v, {"s": (32, 18)}, **kw)
@@ -206,8 +213,9 @@ def test_overhead_clip_opencv_never_seeks():
     v = open_video(OVERHEAD, "opencv")
     idx, _, seq = decode_all(v, {"s": (32, 18)})
     sparse = np.array([397, 400, 733])
-    got_idx, _, got = decode_all(v, {"s": (32, 18)}, frames=sparse)
+    got_idx, _, got, decoding = decode_pass(v, {"s": (32, 18)}, frames=sparse)
     assert len(idx) == 734 and np.array_equal(got_idx, sparse) and np.array_equal(got["s"], seq["s"][sparse])
+    assert (decoding.decoded, decoding.converted) == (734, 3)  # every frame up to the last one asked for, 3 converted
 
 
 # ---------------------------------------------------------------------------------- 2: times
@@ -221,11 +229,11 @@ def test_vfr_times_are_presentation_times(tmp_path, monkeypatch, ext):
     truth = write_generated(path)
     for backend in ("pyav", "opencv"):
         v = open_video(path, backend)
-        idx, times, _ = decode_all(v, {"s": (16, 16)})
+        idx, times, _, decoding = decode_pass(v, {"s": (16, 16)})
         assert len(idx) == 300 and np.abs(times - truth).max() < 1e-3, backend
-        assert not stop_is_truncation(v)
+        assert not stop_is_truncation(decoding)
     if ext == "mkv":
-        assert v.frame_count > 400 and v.stopped_at == 300  # the container's guess, and the real end
+        assert v.frame_count > 400 and decoding.stopped_at == 300  # the container's guess, and the real end
     v = open_video(path, "pyav")
     ref = FrameReader()
     tb = one_object_bundle(tmp_path, min_score=0.1)  # the reader says index / 1000: yes from frame 100 on
@@ -295,25 +303,27 @@ def damaged(tmp_path_factory) -> Path:
 
 
 def test_damaged_middle_is_skipped_alike_on_every_path(damaged, monkeypatch):
-    """The frames after the damage are decoded; the lost ones are named in video.missing; a
+    """The frames after the damage are decoded; the lost ones are named in the pass's `missing`; a
     seeked pass, worker segments and the frame cache give the same pictures under the same numbers."""
     monkeypatch.setattr(decode_pool, "MIN_PARALLEL_FRAMES", 0)
     v = open_video(damaged, "pyav")
     assert not v.counted  # timestamps number its frames: a lost frame leaves a gap
-    idx, _, seq = decode_all(v, {"s": (32, 18)}, start=1100, end=1800)
+    idx, _, seq, decoding = decode_pass(v, {"s": (32, 18)}, start=1100, end=1800)
     lost = np.arange(1280, 1600)
-    assert v.missing == [(1280, 1600)] and v.stopped_at is None
+    assert decoding.missing == [(1280, 1600)] and decoding.stopped_at is None
     assert np.array_equal(idx, np.setdiff1d(np.arange(1100, 1800), lost))
     sparse = np.array([1270, 1279, 1285, 1600, 1601, 1790])  # 1285 is lost
     for kw in (dict(frames=sparse), dict(workers=2, start=1100, end=1800)):
-        got_idx, _, got = decode_all(v, {"s": (32, 18)}, **kw)
+        got_idx, _, got, decoding = decode_pass(v, {"s": (32, 18)}, **kw)
         assert np.array_equal(got["s"], seq["s"][np.searchsorted(idx, got_idx)]), kw
-        assert np.isin(got_idx, lost).sum() == 0 and (1280, 1600) in v.missing, kw
+        assert np.isin(got_idx, lost).sum() == 0 and (1280, 1600) in decoding.missing, kw
+        assert decoding.decoded >= decoding.converted == len(got_idx) > 0, kw  # workers' counts add up
     list(cached_batches(v, {"s": (32, 18)}, frames=sparse))
     refuse_decoding(monkeypatch)
-    again = open_video(damaged, "pyav")
-    (b,) = list(cached_batches(again, {"s": (32, 18)}, frames=sparse))
-    assert b.indices.tolist() == [1270, 1279, 1600, 1601, 1790] and again.missing == [(1280, 1600)]
+    served = cached_batches(open_video(damaged, "pyav"), {"s": (32, 18)}, frames=sparse)
+    (b,) = list(served)
+    assert b.indices.tolist() == [1270, 1279, 1600, 1601, 1790] and served.missing == [(1280, 1600)]
+    assert served.decoded == served.converted == 0  # the cache served it: nothing decoded
     assert np.array_equal(b.frames["s"], seq["s"][np.searchsorted(idx, b.indices)])
 
 
@@ -343,8 +353,8 @@ def test_damaged_counted_file_marks_where_pictures_were_lost(tmp_path):
     runs = []
     for _ in range(2):
         v = open_video(bad, "pyav")
-        idx, _, got = decode_all(v, {"s": (W, H)})
-        runs.append((idx, got["s"], list(v.missing)))
+        idx, _, got, decoding = decode_pass(v, {"s": (W, H)})
+        runs.append((idx, got["s"], list(decoding.missing)))
     (idx, frames, missing), (idx2, frames2, missing2) = runs
     assert np.array_equal(idx, idx2) and np.array_equal(frames, frames2) and missing == missing2
     assert len(idx) < 300 and missing and all(a == b for a, b in missing)

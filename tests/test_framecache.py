@@ -25,13 +25,19 @@ def decoded(video, sizes, **kw):
 
 
 def cached(video, sizes, **kw):
+    return cached_pass(video, sizes, **kw)[:2]
+
+
+def cached_pass(video, sizes, **kw):
+    """cached's (frame numbers, name -> frames), and the pass with what it found."""
     out = {k: [] for k in sizes}
     idx = []
-    for b in framecache.cached_batches(video, sizes, **kw):
+    decoding = framecache.cached_batches(video, sizes, **kw)
+    for b in decoding:
         idx.append(b.indices)
         for k in sizes:
             out[k].append(b.frames[k])
-    return np.concatenate(idx), {k: np.concatenate(v) for k, v in out.items()}
+    return np.concatenate(idx), {k: np.concatenate(v) for k, v in out.items()}, decoding
 
 
 def no_decoding(monkeypatch):
@@ -51,12 +57,11 @@ def test_second_pass_reads_the_cache_and_equals_decoding(square_video, monkeypat
     no_decoding(monkeypatch)
     for kw in (dict(start=5, end=110, stride=3), dict(start=8, end=50, stride=6), dict(frames=[11, 14, 101])):
         ref_idx = np.arange(kw.get("start", 0), kw.get("end", 0), kw.get("stride", 1)) if "frames" not in kw else np.array(kw["frames"])
-        idx2, second = cached(v, sizes, batch_size=7, **kw)
-        assert np.array_equal(idx2, ref_idx)
+        idx2, second, served = cached_pass(v, sizes, batch_size=7, **kw)
+        assert np.array_equal(idx2, ref_idx) and served.stopped_at is None and served.decoded == 0
         pos = np.searchsorted(want_idx, ref_idx)
         for k in sizes:
             assert np.array_equal(second[k], want[k][pos]), k
-    assert v.stopped_at is None
 
 
 def test_holds_all_says_when_nothing_is_left_to_decode(square_video):
@@ -94,12 +99,13 @@ def test_whole_file_pass_remembers_where_decoding_ends(square_video, monkeypatch
     path, frames, _ = square_video
     v = open_video(path)
     v.frame_count += 4  # containers often claim a few frames more than decode
-    idx, _ = cached(v, {"m": (50, 50)})
-    assert len(idx) == len(frames) and v.stopped_at == len(frames)
+    idx, _, decoding = cached_pass(v, {"m": (50, 50)})
+    assert len(idx) == len(frames) and decoding.stopped_at == len(frames)
+    assert decoding.decoded == decoding.converted == len(frames)
     no_decoding(monkeypatch)
-    v.stopped_at = None
-    idx, _ = cached(v, {"m": (50, 50)})
-    assert len(idx) == len(frames) and v.stopped_at == len(frames)
+    idx, _, served = cached_pass(v, {"m": (50, 50)})
+    assert len(idx) == len(frames) and served.stopped_at == len(frames)
+    assert served.decoded == served.converted == 0
 
 
 def test_stopping_early_keeps_only_whole_frames(square_video):

@@ -306,7 +306,7 @@ MANY_PARAMS = {
     "noscope.check_stats.certification_sizes": 8, "noscope.check_stats.verdict": 7, "noscope.cli._query_batch": 11,
     "noscope.cli.setup": 7, "noscope.decode_pool._start_worker": 7,
     "noscope.decode_pool.batches": 10, "noscope.difference._blocked": 7, "noscope.difference.fit_and_score": 7,
-    "noscope.evaluate._report": 10, "noscope.framecache._decode_and_fill": 10,
+    "noscope.evaluate._report": 10,
     "noscope.framecache.cached_batches": 10, "noscope.labels.label_frames": 9, "noscope.labels.labelled_sample": 9,
     "noscope.optimizer._offer_for": 7, "noscope.optimizer.optimize": 11, "noscope.prefix_heads._fit_logistic": 7,
     "noscope.prefix_heads._fit_spatial": 7, "noscope.prefix_heads._refit_weighted": 7,

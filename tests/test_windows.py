@@ -9,7 +9,8 @@ import pytest
 from noscope.errors import UsageError
 from noscope.plans import Cascade, HeldOut
 from noscope.simulate import HeldOutArrays
-from noscope.window_simulate import CHEAP, SAMPLED, WindowPlan, simulate_windows
+from noscope.window_plans import WindowPlan
+from noscope.window_simulate import CHEAP, SAMPLED, simulate_windows
 from noscope.windows import Sampling, WindowGrid, decided, need, parse_window, spread_order
 
 
