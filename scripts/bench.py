@@ -4,8 +4,8 @@
     .venv/bin/python scripts/bench.py --set train.grid=small --out bench   # writes bench.md, bench.json
     .venv/bin/python scripts/bench.py --rss-loops 10 --heavy          # + peak memory, + projected heavy refs
 
-For each (clip, object) it trains a bundle on the first 60% (reused if already trained with the
-same settings) and measures, on the unseen last 40%:
+For each (clip, object) (harness.BENCH; the protocol: scripts/harness.py) it trains a bundle on the
+first 60% (reused if already trained with the same settings) and measures, on the unseen last 40%:
   - the reference on every frame, end to end (decode included, no caches), and the cascade's
     frame-level FPR/FNR against it;
 then, for timing, the cascade end to end on that last 40% looped until it is long enough for a
@@ -31,25 +31,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import av
 import torch
 
-from noscope import decode_pool
+import harness
+from harness import fmt
 from noscope.answer import answer
 from noscope.bundle import bundle_path
 from noscope.config import load_config
 from noscope.evaluate import evaluate
-from noscope.framecache import cache_root
-from noscope.labels import store_dir
 from noscope.planning import choose_plan
 from noscope.plans import Targets
 from noscope.prepare import Query, open_query, open_reference
@@ -57,38 +52,10 @@ from noscope.settings import Settings
 from noscope.train import train
 from noscope.video import decode_workers, open_video
 
-ROOT = Path(__file__).resolve().parents[1]
-VIDEOS = ROOT.parent / "shared" / "videos"
-CASES = [("storefront-cctv_people.mp4", "person"), ("urban-road-cctv_cars-buses-motorbikes.mp4", "bus")]
 
-
-def loop_video(src: Path, dst: Path, times: int, start_s: float = 0.0) -> Path:
-    """Write `src`'s own video packets from the keyframe at or before `start_s` to the end,
-    `times` over, into `dst` (no re-encoding; timestamps shifted)."""
-    with av.open(str(src)) as inp:
-        ist = inp.streams.video[0]
-        packets = [(bytes(p), p.pts, p.dts, p.is_keyframe, p.duration) for p in inp.demux(ist) if p.size and p.pts is not None]
-        t0 = min(p[1] for p in packets) + int(start_s / ist.time_base)
-        keys = [i for i, p in enumerate(packets) if p[3] and p[1] <= t0]
-        packets = packets[keys[-1] if keys else 0:]
-        first = min(p[1] for p in packets)
-        span = max(p[1] for p in packets) + (packets[-1][4] or 1) - first
-        with av.open(str(dst), "w") as out:
-            ost = out.add_stream_from_template(ist)
-            for k in range(times):
-                for data, pts, dts, key, dur in packets:
-                    q = av.Packet(data)
-                    q.pts, q.dts = pts + k * span, dts + k * span
-                    q.is_keyframe, q.duration, q.time_base, q.stream = key, dur, ist.time_base, ost
-                    out.mux(q)
-    return dst
-
-
-def decode_fps(video, start, end, workers: int, size=50) -> float:
-    t = time.perf_counter()
-    n = sum(len(b) for b in decode_pool.batches(video, {"s": (size, size)}, start, end, batch_size=256, prefetch=0,
-                                                workers=workers))
-    return n / (time.perf_counter() - t)
+def decode_fps(video, start, end, workers: int) -> float:
+    n, seconds = harness.decode_only(video, start, end, workers)
+    return n / seconds
 
 
 def timed_query(q: Query, plan, settings: Settings, targets):
@@ -98,10 +65,6 @@ def timed_query(q: Query, plan, settings: Settings, targets):
     results, reports = answer(q, plan, targets, settings, quiet=True)
     o = q.objects[0]
     return results[o], reports[o], len(results[o].frames) / (time.perf_counter() - t)
-
-
-def _rate(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 def heavy_reference_seconds(width: int, height: int, frames: int = 2) -> dict[str, float]:
@@ -126,16 +89,9 @@ def heavy_reference_seconds(width: int, height: int, frames: int = 2) -> dict[st
 
 def peak_rss_mb(video: Path, model: Path, cfg_sets: list[str], out: Path) -> tuple[float, float]:
     """Peak resident memory (MB) and wall seconds of a fresh `noscope query` process."""
-    args = [sys.executable, "-m", "noscope.cli", "query", str(video), "--model", str(model), "--out", str(out),
-            "-q", "--no-plot", "--set", "decode.frame_cache=false"]
-    for s in cfg_sets:
-        args += ["--set", s]
-    t = time.perf_counter()
-    p = subprocess.Popen(args, cwd=ROOT)
-    _, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench: noscope query failed on {video}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t
+    ran = harness.cli("query", video, "--model", model, "--out", out, "-q", "--no-plot", "--set", "decode.frame_cache=false",
+                      *harness.set_flags(cfg_sets), cwd=harness.ROOT)
+    return ran.peak_rss_mb, ran.seconds
 
 
 def main() -> None:
@@ -153,11 +109,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="noscope-bench-"))
     try:
         run(args, settings, targets, ref, key, tmp)
-    finally:  # the looped videos and the --rss-loops results (and their label caches) are the bench's alone
+    finally:  # the looped videos and the --rss-loops results (and their caches) are the bench's alone
         for v in tmp.glob("*.*"):
             if v.is_file():
                 try:
-                    shutil.rmtree(store_dir(open_video(v), key, ref), ignore_errors=True)
+                    harness.forget(v)
                 except Exception:
                     pass
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,26 +124,25 @@ def run(args, settings: Settings, targets, ref, key, tmp: Path) -> None:
     rows, heavy_rows, rss_rows = [], [], []
     heavy_cache: dict[tuple[int, int], dict[str, float]] = {}
     workers = decode_workers(settings.decode.workers)
-    for clip, obj in CASES:
-        path = VIDEOS / clip
+    for clip, obj in harness.BENCH:
+        path = harness.VIDEOS / clip
         root = bundle_path(f"bench-{Path(clip).stem}-{obj}")
-        train(path, obj, root, settings, None, "60%", quiet=True, say=lambda *a: None)
-        q = open_query(settings, path, str(root.absolute()), None, "60%", None)
+        train(path, obj, root, settings, None, harness.CUT, quiet=True, say=lambda *a: None)
+        q = open_query(settings, path, str(root.absolute()), None, harness.CUT, None)
         plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
         rep = evaluate(q, targets, settings, quiet=True)[obj]
         ref_share = rep["fractions"]["reference"]
         n_clip = open_video(path).frame_count
         if ref_share > 0.2:  # the reference dominates: long enough already, and looping would take hours
             loops, tv = 0, None
-            cascade_fps, second_fps, dec = rep["cascade_fps"], None, decode_fps(open_video(path), *open_video(path).segment("60%", None), workers)
+            cascade_fps, second_fps, dec = rep["cascade_fps"], None, decode_fps(open_video(path), *harness.unseen(open_video(path)), workers)
             n_timed, stages, verified = rep["frames_compared"], rep["stage_seconds"], rep["verified"]
         else:
-            s40, _ = open_video(path).segment("60%", None)
-            loops = max(1, min(40, -(-args.loop_frames // (n_clip - s40))))
-            tv = open_video(loop_video(path, tmp / f"loop{loops}-{clip}", loops, s40 / open_video(path).fps))
+            s40, _ = harness.unseen(open_video(path))
+            loops = harness.loops_for(n_clip - s40, min_frames=args.loop_frames, max_loops=40)
+            tv = open_video(harness.stream_loop(path, tmp / f"loop{loops}-{clip}", s40 / open_video(path).fps, loops).path)
             dec = decode_fps(tv, 0, tv.frame_count, workers)
-            for d in (cache_root(tv), store_dir(tv, key, ref)):  # a first query: nothing cached yet
-                shutil.rmtree(d, ignore_errors=True)
+            harness.forget(tv.path)  # a first query: nothing cached yet
             looped = Query(tv, 0, tv.frame_count, q.bundle, q.objects, q.reference, q.ref_key)
             res, verified, cascade_fps = timed_query(looped, plan, settings, targets)  # fills both caches
             _, _, second_fps = timed_query(looped, plan, settings, targets)  # a repeat query reads them
@@ -220,19 +175,25 @@ def run(args, settings: Settings, targets, ref, key, tmp: Path) -> None:
                 heavy_rows.append(dict(clip=clip, object=obj, reference=name, reference_fps=1 / sec, projected_cascade_fps=1 / casc,
                                        projected_speedup=full / casc, reference_share=timed_share))
         if tv is not None:
-            for d in (cache_root(tv), store_dir(tv, key, ref)):
-                shutil.rmtree(d, ignore_errors=True)
+            harness.forget(tv.path)
     if args.rss_loops:
-        clip, obj = CASES[0]
+        clip, obj = harness.BENCH[0]
         root = bundle_path(f"bench-{Path(clip).stem}-{obj}")
         for loops in (1, args.rss_loops):
-            lv = loop_video(VIDEOS / clip, tmp / f"rss{loops}-{clip}", loops)
+            lv = harness.stream_loop(harness.VIDEOS / clip, tmp / f"rss{loops}-{clip}", loops=loops).path
             mb, sec = peak_rss_mb(lv, root, args.sets, tmp / f"rss-out{loops}")
             rss_rows.append(dict(clip=clip, object=obj, loops=loops, frames=open_video(lv).frame_count, peak_rss_mb=mb, seconds=sec))
             print(json.dumps(rss_rows[-1]), file=sys.stderr)
 
+    report = harness.Report(args.out)
+    report.write(tables(args, rows, heavy_rows, rss_rows), dict(cases=rows, heavy=heavy_rows, rss=rss_rows,
+                                                                machine=report.machine))
+
+
+def tables(args, rows: list[dict], heavy_rows: list[dict], rss_rows: list[dict]) -> str:
+    """The report's markdown (its columns: the module docstring)."""
     x0 = rows[0]
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, device {x0['device']}, torch threads {x0['threads']}, "
+    lines = [f"Device {x0['device']}, torch threads {x0['threads']}, "
              f"reference batch {x0['reference_batch']}, query batch {x0['query_batch']}, decode prefetch {x0['prefetch']}, decode workers {x0['decode_workers']}; "
              f"target FPR=FNR={args.target}. Errors: the last 40% of each clip (unseen in training) against the reference "
              f"on every frame. Timing: that last 40% looped N times (its own packets, no re-encode) where the table says so.", "",
@@ -246,7 +207,7 @@ def run(args, settings: Settings, targets, ref, key, tmp: Path) -> None:
         lines.append(f"| {x['clip']} | {x['object']} | {x['frames']} ({x['positives']}) | {timed} | {x['decode_fps']:.0f} "
                      f"| {x['reference_fps']:.1f} | {x['cascade_fps']:.0f} | {x['speedup']:.1f}x | {100 * x['cascade_of_decode']:.0f}% "
                      f"| {x['verify_share']:.0%}, {x['checked']}, {x['verified_met']} "
-                     f"| {second} | {x['predecoded_fps']:.0f} | {_rate(x['fpr'])} | {_rate(x['fnr'])} "
+                     f"| {second} | {x['predecoded_fps']:.0f} | {fmt(x['fpr'])} | {fmt(x['fnr'])} "
                      f"| {x['reference_calls']} ({100 * x['reference_share']:.1f}%) |")
     if heavy_rows:
         lines += ["", "Projected (not measured end to end): heavier references timed here with random weights, and the timed "
@@ -260,11 +221,7 @@ def run(args, settings: Settings, targets, ref, key, tmp: Path) -> None:
                   "| clip | looped | frames | peak RSS | wall |", "|---|---|---|---|---|"]
         for m in rss_rows:
             lines.append(f"| {m['clip']} | {m['loops']}x | {m['frames']} | {m['peak_rss_mb']:.0f} MB | {m['seconds']:.0f} s |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.with_suffix(".md").write_text(table + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(dict(cases=rows, heavy=heavy_rows, rss=rss_rows), indent=2))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

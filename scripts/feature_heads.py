@@ -1,7 +1,7 @@
 """Forward in time: heads on the reference's first layers vs a from-scratch CNN, on the shared clips.
 
-    PYTHONPATH=. .venv/bin/python scripts/feature_heads.py --out fh.json          # the whole grid
-    PYTHONPATH=. .venv/bin/python scripts/feature_heads.py --cases storefront:person --layers 6 --widths 320
+    .venv/bin/python scripts/feature_heads.py --out fh.json          # the whole grid
+    .venv/bin/python scripts/feature_heads.py --cases storefront:person --layers 6 --widths 320
 
 For each (clip, object) of the forward table, every frame is labelled by the reference (YOLOv3-tiny,
 CPU, fp32; through the label cache, so `noscope label` runs are reused). Frames in decoding order
@@ -26,9 +26,7 @@ training settings) on the same split for comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -38,19 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import fmt as _f
+from noscope import prefix_heads as ph
+from noscope import specialized as sp
+from noscope.costs import measure_decode_costs, measure_reference_cost
+from noscope.labels import label_frames
+from noscope.reference import load_reference, reference_key
+from noscope.video import open_video
 
-from noscope import prefix_heads as ph  # noqa: E402
-from noscope import specialized as sp  # noqa: E402
-from noscope.costs import measure_decode_costs, measure_reference_cost  # noqa: E402
-from noscope.labels import label_frames  # noqa: E402
-from noscope.reference import load_reference, reference_key  # noqa: E402
-from noscope.video import open_video  # noqa: E402
-from evaluate_shared import CASES  # noqa: E402  (the forward table's ten pairs)
-
-VIDEOS = ROOT.parent / "shared" / "videos"
-TRAIN_END, VAL_END = 0.51, 0.60
+TRAIN_END, VAL_END = 0.51, harness.CUT_SHARE  # validation: the last 9% before the protocol's cut
 MIN_SCORE = 0.5
 
 
@@ -92,7 +87,7 @@ def _num(x: float) -> float | None:
 
 def clip_data(clip: str, objects: list[str], ref, key: str, widths: list[int], scratch: bool, say) -> dict:
     """Labels of every frame, the split, and the frames decoded once at every size."""
-    video = open_video(VIDEOS / clip)
+    video = open_video(harness.VIDEOS / clip)
     t0 = time.perf_counter()
     labels = label_frames(video, ref, key, np.arange(video.frame_count), quiet=True)
     say(f"{clip}: {len(labels.frames)} frames labelled ({labels.from_cache} from cache, {time.perf_counter() - t0:.0f} s)")
@@ -197,10 +192,6 @@ def scratch_cnn(d: dict, objects: list[str], arch: str, targets: list[float], se
     return rows
 
 
-def _f(x, digits=3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def _settled(r: dict, t: float) -> str:
     s = r[f"T{t:g}"]
     if s["settled"] is None:
@@ -299,13 +290,11 @@ def parse_args(argv):
 
 
 def selected_cases(spec: str | None) -> dict[str, list[str]]:
-    cases = CASES
-    if spec:
-        cases = []
-        for item in spec.split(","):
-            stem, _, obj = item.partition(":")
-            clip = next((c for c, _ in CASES if c.startswith(stem)), None) or stem
-            cases.append((clip, obj))
+    """--cases (comma-separated clip-prefix:object; any object) -> {clip: [objects]}; one line on error."""
+    try:
+        cases = harness.parse_cases(spec.split(",") if spec else None, harness.FORWARD, any_object=True)
+    except ValueError as e:
+        raise SystemExit(f"feature_heads: {e}") from None
     by_clip: dict[str, list[str]] = {}
     for clip, obj in cases:
         by_clip.setdefault(clip, []).append(obj)
@@ -314,6 +303,7 @@ def selected_cases(spec: str | None) -> dict[str, list[str]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    by_clip = {} if args.costs_only else selected_cases(args.cases)  # a wrong --cases says so before any work
     layers = [int(v) for v in args.layers.split(",") if v]
     widths = [int(v) for v in args.widths.split(",") if v]
     heads = [h for h in args.heads.split(",") if h]
@@ -335,7 +325,7 @@ def main(argv=None) -> int:
                 for kind in heads:
                     head = ph.make_head(kind, ph.extract_channels(prefix), 1)
                     costs[(k, size, kind)] = dict(model=ph.PrefixModel(prefix, head, kind).eval())
-    for clip, objects in ([] if args.costs_only else selected_cases(args.cases).items()):
+    for clip, objects in by_clip.items():
         d = clip_data(clip, objects, ref, key, widths, bool(args.scratch), say)
         decoding[clip] = decode_costs(d["video"], d["sizes"])
         te = d["parts"]["te"]
@@ -352,11 +342,10 @@ def main(argv=None) -> int:
         rows += [dict(r, **extra[r["object"]]) for r in clip_rows]
         del d
     cost_rows = cost_pass(costs, ref, args.cost_passes) if costs and args.cost_passes else []
-    order = {c: i for i, c in enumerate(CASES)}
+    order = {c: i for i, c in enumerate(harness.FORWARD)}
     rows.sort(key=lambda r: (order.get((r["clip"], r["object"]), 99), r["head"], r["layers"] or 0, r["width"] or 0))
     text = "\n\n".join([
-        f"reference {key} {ref_cost * 1e3:.0f} ms/frame; {platform.node()}, {torch.get_num_threads()} torch threads; "
-        f"{time.perf_counter() - t_start:.0f} s in all",
+        f"reference {key} {ref_cost * 1e3:.0f} ms/frame; {time.perf_counter() - t_start:.0f} s in all",
         "## Summary over pairs\n\n" + summary(rows, targets),
         f"## Cost, batch of 64 uint8 frames in memory (median of {args.cost_passes} passes)\n\n" + cost_table(cost_rows) if cost_rows else "",
         "## Pooling (linear head)\n\n" + ablation_table(ablation) if ablation else "",
@@ -364,14 +353,14 @@ def main(argv=None) -> int:
         "## Convert + resize per decoded frame (PyAV), ms\n\n" + "\n".join(
             f"- {c}: " + ", ".join(f"{s} {v * 1e3:.2f}" for s, v in dc.items()) for c, dc in decoding.items()),
     ])
-    print(text)
+    report = harness.Report(args.out)
+    scores = {f"row{i}": r.pop("scores") for i, r in enumerate(rows)}  # every frame's, beside the JSON
     if args.out:
-        np.savez_compressed(Path(args.out).with_suffix(".npz"), **{f"row{i}": r.pop("scores") for i, r in enumerate(rows)})
-        out = dict(reference=key, reference_cost_s=ref_cost, threads=torch.get_num_threads(), rows=rows, costs=cost_rows,
-                   ablation=ablation, decode_convert_s=decoding, seconds=time.perf_counter() - t_start,
-                   split=dict(train_end=TRAIN_END, val_end=VAL_END), argv=sys.argv[1:])
-        Path(args.out).write_text(json.dumps(out, indent=1))
-        Path(args.out).with_suffix(".md").write_text(text + "\n")
+        np.savez_compressed(Path(args.out).with_suffix(".npz"), **scores)
+    report.write(text, dict(reference=key, reference_cost_s=ref_cost, threads=torch.get_num_threads(), rows=rows,
+                            costs=cost_rows, ablation=ablation, decode_convert_s=decoding,
+                            seconds=time.perf_counter() - t_start, split=dict(train_end=TRAIN_END, val_end=VAL_END),
+                            argv=sys.argv[1:], machine=report.machine))
     return 0
 
 

@@ -21,9 +21,7 @@ median is reported, so load from other jobs hits all of them alike; the load ave
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,16 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+import harness
+from noscope.errors import NoscopeError
+from noscope.labels import label_frames
+from noscope.reference import load_reference, reference_key, reference_runtime
+from noscope.reference.runtime import RUNTIMES, problem
+from noscope.video import open_video
 
-from noscope.errors import NoscopeError  # noqa: E402
-from noscope.labels import label_frames  # noqa: E402
-from noscope.reference import load_reference, reference_key, reference_runtime  # noqa: E402
-from noscope.reference.runtime import RUNTIMES, problem  # noqa: E402
-from noscope.video import open_video  # noqa: E402
-
-STOREFRONT = ROOT.parent / "shared" / "videos" / "storefront-cctv_people.mp4"
+STOREFRONT = harness.VIDEOS / "storefront-cctv_people.mp4"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,13 +86,10 @@ def rows_for(args) -> tuple[list[Row], list[str]]:
 
 def baseline_row(args) -> Row:
     """The reference of another copy of the package (imported as `noscope_baseline`), in PyTorch."""
-    init = args.baseline_src / "noscope" / "__init__.py"
-    if not init.is_file():
-        raise NoscopeError(f"--baseline-src {args.baseline_src} holds no noscope/__init__.py")
-    spec = importlib.util.spec_from_file_location("noscope_baseline", init, submodule_search_locations=[str(init.parent)])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["noscope_baseline"] = pkg
-    spec.loader.exec_module(pkg)
+    try:
+        harness.import_copy(args.baseline_src, "noscope_baseline")
+    except FileNotFoundError as e:
+        raise NoscopeError(f"--baseline-src {e}") from None
     from noscope_baseline import labels as base_labels, reference as base_reference, video as base_video
 
     ref = base_reference.load_reference(args.reference, device=args.device, batch_size=args.batch_size)
@@ -164,8 +157,7 @@ def main(argv=None) -> int:
     print(f"{args.reference} {rows[0].ref.input_size}, {args.video.name}, device {args.device}, batch {args.batch_size}, "
           f"{len(frames)} spread frames for predict, {args.label_frames} consecutive from {args.label_start} for "
           f"label_frames, median of {args.repeats} interleaved rounds")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), load average at the end {os.getloadavg()[0]:.1f}\n")
+    print(f"{harness.machine_line(harness.machine())} Load average at the end {os.getloadavg()[0]:.1f}.\n")
     print(table(rows, args.min_score))
     for s in skipped:
         print(f"\nskipped {s}")

@@ -15,21 +15,17 @@ to the positive share. Reference answers come from the label cache; missing ones
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
+import harness
 from noscope.config import load_config
 from noscope.labels import label_frames, object_truth
 from noscope.prepare import open_reference
 from noscope.settings import Settings
 from noscope.video import open_video
 
-from evaluate_shared import CASES  # the forward table's ten pairs (this script's folder is on the path)
-
-ROOT = Path(__file__).resolve().parents[1]
-VIDEOS = ROOT.parent / "shared" / "videos"
 BAND = (0.35, 0.65)
 
 
@@ -57,9 +53,9 @@ def main() -> None:
     settings = Settings.from_config(load_config(None, args.sets))
     reference, key = open_reference(settings.reference)
     rows = []
-    for clip, obj in CASES:
-        video = open_video(VIDEOS / clip, settings.decode.backend)
-        frames = np.arange(*video.segment("60%"))  # the forward table's segment, by the same rule
+    for clip, obj in harness.FORWARD:
+        video = open_video(harness.VIDEOS / clip, settings.decode.backend)
+        frames = np.arange(*harness.unseen(video))  # the forward table's segment, by the same rule
         labels = label_frames(video, reference, key, frames, quiet=True)
         scores = labels.scores[:, reference.class_names.index(obj)]
         rows.append(dict(clip=Path(clip).stem, object=obj, **scene(scores, settings.labels.min_score, args.smooth)))
@@ -71,10 +67,7 @@ def main() -> None:
         lines.append(f"| {r['clip']} | {r['object']} | {r['frames']} | {r['positives']:.2f} | {r['hovering']:.2f} | "
                      f"{r['changes']:.1f} | " + " | ".join(f"{r[f'smooth{k}']['changes']:.1f}, {r[f'smooth{k}']['positives']:.2f}"
                                                           for k in args.smooth) + " |")
-    print("\n".join(lines))
-    if args.out:
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    harness.Report(args.out).write("\n".join(lines), rows)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+import harness
 from noscope.answer import answer
 from noscope.bundle import bundle_path
 from noscope.config import load_config
@@ -36,10 +37,6 @@ from noscope.settings import Settings
 from noscope.specialized import roc_auc
 from noscope.train import train
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
-CASES = [("storefront-cctv_people.mp4", "person"), ("urban-road-cctv_cars-buses-motorbikes.mp4", "bus"),
-         ("highway-cctv_cars-trucks.avi", "car"), ("highway-cctv_cars-trucks.avi", "truck"),
-         ("overhead-residential-street_cars.mp4", "car"), ("highway-curve_cars.mp4", "truck")]
 SETTINGS = {"interleaved, no augmentation": ["train.split=interleaved", "train.augment=0"],
             "forward, no augmentation": ["train.split=forward", "train.augment=0"],
             "forward, augmentation (default)": ["train.split=forward", "train.augment=4"]}
@@ -54,10 +51,10 @@ def later_scores(bundle, video, frames: np.ndarray, name: str) -> np.ndarray:
 # Long: one table row: train, score the later footage, then each target's first pass.
 def one(clip: str, obj: str, label: str, sets: list[str], targets: list[float]) -> dict:
     settings = Settings.from_config(load_config(None, ["train.grid=small", "query.verify=0", *sets]))
-    path = VIDEOS / clip
+    path = harness.VIDEOS / clip
     root = bundle_path(f"carry-{Path(clip).stem}-{obj}-{'-'.join(s.split('=')[1] for s in sets)}")
-    train(path, obj, root, settings, None, "60%", quiet=True, say=lambda *a: None)
-    q = open_query(settings, path, str(root.absolute()), None, "60%", None)
+    train(path, obj, root, settings, None, harness.CUT, quiet=True, say=lambda *a: None)
+    q = open_query(settings, path, str(root.absolute()), None, harness.CUT, None)
     tb, v, s, e = q.bundle, q.video, q.start, q.end
     labels = label_frames(v, q.reference, q.ref_key, np.arange(s, e), quiet=True)
     truth = object_truth(labels.score_of(tb.class_index(obj)), 0.5, 1)
@@ -82,7 +79,7 @@ def one(clip: str, obj: str, label: str, sets: list[str], targets: list[float]) 
 
 
 def _f(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.2f}"
+    return harness.fmt(x, 2)
 
 
 def main() -> None:
@@ -90,7 +87,7 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[0.05, 0.01])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    rows = [one(c, o, label, sets, args.targets) for c, o in CASES for label, sets in SETTINGS.items()]
+    rows = [one(c, o, label, sets, args.targets) for c, o in harness.CARRY for label, sets in SETTINGS.items()]
     head = ("| clip | object | setting | best CNN | held-out AUC | later AUC | positives' median score, held-out -> later "
             "| negatives' median later | " + " | ".join(f"first pass FPR / FNR at {t}" for t in args.targets) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -101,11 +98,7 @@ def main() -> None:
                      f"| {_f(r.get('heldout_auc'))} | {_f(r.get('later_auc'))} "
                      f"| {_f(r.get('heldout_pos_median'))} -> {_f(r.get('later_pos_median'))} "
                      f"| {_f(r.get('later_neg_median'))} | {firsts} |")
-    md = "\n".join(lines)
-    print(md)
-    if args.out:
-        args.out.with_suffix(".md").write_text(md + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    harness.Report(args.out).write("\n".join(lines), rows)
 
 
 if __name__ == "__main__":

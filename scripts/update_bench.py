@@ -4,8 +4,9 @@
     .venv/bin/python scripts/update_bench.py --set train.grid=small --night 6000 --out update-bench   # + looped nights
     .venv/bin/python scripts/update_bench.py --cases storefront:person --targets 0.01
 
-For each (clip, object), in a cache and model folder of its own (`--work`; only the detector's
-weights and exports are shared with ~/.cache/noscope, so nothing another run labelled is learnt from):
+For each (clip, object) (harness.UPDATE; the protocol: scripts/harness.py), in a cache and model
+folder of its own (`--work`; only the detector's weights and exports are shared with
+~/.cache/noscope, so nothing another run labelled is learnt from):
 
   1. `noscope train CLIP --object O --end A` (the first third, frames [0, A));
   2. `noscope query CLIP --model B --start A --end B` (the second third, the default check at the
@@ -36,38 +37,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-VIDEOS = ROOT.parent / "shared" / "videos"
-# The shared clips long enough to cut in three (at least 700 frames), with an object that shows on
-# both sides of the cuts (../shared/README.md).
-CASES = [("storefront-cctv_people.mp4", "person"), ("urban-road-cctv_cars-buses-motorbikes.mp4", "bus"),
-         ("pets2009-s2l1_vtest_people.avi", "car"), ("highway-cctv_cars-trucks.avi", "car"),
-         ("overhead-residential-street_cars.mp4", "car")]
+import harness
+from harness import fmt
 
 
-def noscope(*args, env: dict, refusal_ok: bool = False) -> tuple[str, float]:
-    """Run `python -m noscope.cli ARGS` (stdout, seconds); a failure ends the benchmark with its stderr,
-    except, with `refusal_ok`, a refusal (exit 1, one "noscope: error:" line): then that line is the output."""
-    cmd = [sys.executable, "-m", "noscope.cli", *map(str, args)]
-    t = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if refusal_ok and res.returncode == 1 and res.stderr.startswith("noscope: error:"):
-        return res.stderr, time.perf_counter() - t
-    if res.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{res.stderr}")
-    return res.stdout, time.perf_counter() - t
+def noscope(*args, env: dict, refusal_ok: bool = False) -> harness.Ran:
+    """`python -m noscope.cli ARGS` in this benchmark's caches (`env`), from the repository's root."""
+    return harness.cli(*args, env=env, cwd=harness.ROOT, refusal_ok=refusal_ok)
 
 
 def at_target(t: float) -> list[str]:
@@ -75,59 +59,39 @@ def at_target(t: float) -> list[str]:
     return ["--set", f"query.target_fpr={t}", "--set", f"query.target_fnr={t}"]
 
 
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def workspace(work: Path) -> dict:
-    """The environment of every noscope run here: its own label, frame and model caches."""
-    cache = work / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    real = Path(os.environ.get("NOSCOPE_CACHE", Path.home() / ".cache" / "noscope"))
-    for sub in ("weights", "exported"):
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        if not (cache / sub).exists():
-            (cache / sub).symlink_to(real.resolve() / sub, target_is_directory=True)
-    env = dict(os.environ, NOSCOPE_CACHE=str(cache), NOSCOPE_MODELS=str(work / "models"),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    os.environ.update(NOSCOPE_CACHE=env["NOSCOPE_CACHE"], NOSCOPE_MODELS=env["NOSCOPE_MODELS"])
-    return env
-
-
 def update(bundle: Path, *args, env: dict) -> tuple[dict, str, float]:
     """`noscope train --update BUNDLE ARGS` -> (version 2's lineage entry, its line, seconds); an update
     that refuses (one error line, exit 1: nothing to learn) is a row too: status "refused", its reason."""
     import yaml
 
-    out, secs = noscope("train", "--update", bundle.name, *args, env=env, refusal_ok=True)
-    line = out.strip()
-    if line.startswith("noscope: error:"):
+    ran = noscope("train", "--update", bundle.name, *args, env=env, refusal_ok=True)
+    line = ran.out.strip()
+    if ran.refused:
         why = line.removeprefix("noscope: error:").strip()
-        return dict(status="refused", reason=why, learnt_frames=0, validation=None), line, secs
+        return dict(status="refused", reason=why, learnt_frames=0, validation=None), line, ran.seconds
     entry = yaml.safe_load((bundle / "versions" / "2" / "bundle.yaml").read_text())["lineage"][-1]
-    return entry, line, secs
+    return entry, line, ran.seconds
 
 
 # Long: the four steps of the module docstring for one (clip, object), then its looped nights.
 def run_case(clip: str, obj: str, t: float, extra: list[str], env: dict, work: Path, night: int) -> dict:
-    video = VIDEOS / clip
+    video = harness.VIDEOS / clip
     at = at_target(t)
     with av.open(str(video)) as c:  # the frames that decode (a container may claim more)
         n = sum(1 for _ in c.decode(video=0))
-    a, b = n // 3, 2 * n // 3
+    a, b = harness.thirds(n)
     name = f"ub-{Path(clip).stem}-{obj}"
     bundle = work / "models" / name
     case = dict(clip=clip, object=obj, target=t, frames=n, cuts=[a, b], seconds={})
     for old in (bundle, work / "models" / f"{name}-night"):  # a run starts from a bundle as trained
         shutil.rmtree(old, ignore_errors=True)
-    _, case["seconds"]["train"] = noscope("train", video, "--object", obj, "--end", f"{a}f", "--name", name, "-q", *extra,
-                                          env=env)
+    case["seconds"]["train"] = noscope("train", video, "--object", obj, "--end", f"{a}f", "--name", name, "-q", *extra,
+                                       env=env).seconds
     if night:
         shutil.copytree(bundle, work / "models" / f"{name}-night")
-    out, case["seconds"]["night_query"] = noscope("query", video, "--model", name, "--start", f"{a}f", "--end", f"{b}f",
-                                                  "--json", "-q", "--no-plot", "--out", work / "out" / name / "night",
-                                                  *at, *extra, env=env)
-    case["night"] = brief(last_json(out))
+    ran = noscope("query", video, "--model", name, "--start", f"{a}f", "--end", f"{b}f", "--json", "-q", "--no-plot",
+                  "--out", work / "out" / name / "night", *at, *extra, env=env)
+    case["night"], case["seconds"]["night_query"] = brief(harness.last_json(ran.out)), ran.seconds
     case["update"], case["update_line"], case["seconds"]["update"] = update(bundle, video, "--start", f"{a}f", "--end",
                                                                             f"{b}f", *at, *extra, env=env)
     good = case["update"]["status"] == "good"
@@ -136,9 +100,9 @@ def run_case(clip: str, obj: str, t: float, extra: list[str], env: dict, work: P
         if label == "updated" and not good:
             row[label] = dict(row["original"], same_as_original=True)
             continue
-        out, _ = noscope("evaluate", video, "--model", model, "--start", f"{b}f", "--target-fpr", t, "--target-fnr", t,
-                         "--json", "-q", *extra, env=env)
-        row[label] = measured(last_json(out))
+        out = noscope("evaluate", video, "--model", model, "--start", f"{b}f", "--target-fpr", t, "--target-fnr", t,
+                      "--json", "-q", *extra, env=env).out
+        row[label] = measured(harness.last_json(out))
     case["rows"] = [row]
     print(json.dumps(dict(clip=clip, object=obj, target=t, original=row["original"]["speedup"],
                           updated=row["updated"]["speedup"])), file=sys.stderr)
@@ -166,42 +130,9 @@ def measured(rep: dict) -> dict:
                 reference_per_frame=rep["reference_seconds"] / max(rep["frames_compared"], 1), model=rep["model"])
 
 
-def loop_range(src: Path, dst: Path, parts: list[tuple[int, int, int]]) -> tuple[Path, int]:
-    """Each part (a, b, m): frames [a, b) of `src` looped until at least m frames, one part after the
-    other, re-encoded losslessly (x264 qp 0: the same decoded pictures) -> (file, loops of the first
-    part). With one part, looped frame i shows original frame a + i % (b - a)."""
-    first = None
-    with av.open(str(src)) as inp:
-        ist = inp.streams.video[0]
-        start, end = min(a for a, _, _ in parts), max(b for _, b, _ in parts)
-        frames = {i: f for i, f in zip(range(end), inp.decode(ist)) if i >= start}
-        rate = ist.average_rate or Fraction(25)
-        with av.open(str(dst), "w") as out:
-            st = out.add_stream("libx264", rate=rate)
-            st.width, st.height, st.pix_fmt = frames[start].width, frames[start].height, "yuv420p"
-            st.options = {"qp": "0", "preset": "ultrafast"}
-            k = 0
-            for a, b, m in parts:
-                loops = max(1, -(-m // (b - a)))
-                first = first or loops
-                for _ in range(loops):
-                    for f in (frames[i] for i in range(a, b)):
-                        f.pts, f.time_base = k, 1 / Fraction(rate)
-                        for p in st.encode(f):
-                            out.mux(p)
-                        k += 1
-            for p in st.encode():
-                out.mux(p)
-    return dst, first
-
-
 # Long: a night looped, the copy of the bundle updated from it, the last third looped and queried with both versions.
 def run_night(video: Path, obj: str, name: str, cuts: tuple[int, int, int], t: float, extra: list[str], env: dict,
               work: Path, min_frames: int, case: dict) -> dict:
-    from noscope.labels import label_frames, object_truth
-    from noscope.prepare import open_reference
-    from noscope.settings import Settings
-    from noscope.config import load_config
     from noscope.video import open_video
 
     a, b, n = cuts
@@ -210,19 +141,18 @@ def run_night(video: Path, obj: str, name: str, cuts: tuple[int, int, int], t: f
     loops_dir.mkdir(exist_ok=True)
     copy = f"{name}-night"
     m = a + round(0.6 * (b - a))  # the night moves forward: the first 60% of the third, then the rest
-    night, loops = loop_range(video, loops_dir / f"{name}-night.mp4", [(a, m, round(0.6 * min_frames)),
-                                                                        (m, b, round(0.4 * min_frames))])
-    out, t_night = noscope("query", night, "--model", copy, "--json", "-q", "--no-plot", "--out",
-                           work / "out" / name / "looped-night", *at, *extra, env=env)
-    res = dict(night=dict(brief(last_json(out)), loops=loops), seconds=dict(night_query=t_night))
-    res["update"], res["update_line"], res["seconds"]["update"] = update(work / "models" / copy, night, *at, *extra, env=env)
+    night = harness.reencode_loop(video, loops_dir / f"{name}-night.mp4", [(a, m, round(0.6 * min_frames)),
+                                                                           (m, b, round(0.4 * min_frames))])
+    ran = noscope("query", night.path, "--model", copy, "--json", "-q", "--no-plot", "--out",
+                  work / "out" / name / "looped-night", *at, *extra, env=env)
+    res = dict(night=dict(brief(harness.last_json(ran.out)), loops=night.loops), seconds=dict(night_query=ran.seconds))
+    res["update"], res["update_line"], res["seconds"]["update"] = update(work / "models" / copy, night.path, *at, *extra,
+                                                                          env=env)
     good = res["update"]["status"] == "good"
-    last, loops_last = loop_range(video, loops_dir / f"{name}-last.mp4", [(b, n, min_frames)])
-    settings = Settings.from_config(load_config(None, [s for s in extra if s != "--set"]))
-    ref, key = open_reference(settings.reference)
-    labels = label_frames(open_video(video), ref, key, np.arange(b, n), quiet=True)  # evaluate labelled them: cached
-    assert np.array_equal(labels.frames, np.arange(b, n)), "the last third's frames must all decode"
-    truth = object_truth(labels.score_of(ref.class_index(obj)), settings.labels.min_score, 1)
+    last = harness.reencode_loop(video, loops_dir / f"{name}-last.mp4", [(b, n, min_frames)])
+    judge = harness.Referee(harness.settings_of(extra))
+    answered, truth = judge.answers(video, np.arange(b, n), obj)  # evaluate labelled them: cached
+    assert np.array_equal(answered, np.arange(b, n)), "the last third's frames must all decode"
     per_frame = case["rows"][0]["original"]["reference_per_frame"]
     row = dict(target=t)
     for label, model in (("original", f"{copy}@1"), ("updated", copy)):
@@ -230,61 +160,31 @@ def run_night(video: Path, obj: str, name: str, cuts: tuple[int, int, int], t: f
             row[label] = dict(row["original"], same_as_original=True)
             continue
         folder = work / "out" / name / f"looped-last-{label}-{t}"
-        forget(last)  # each query of the looped last third starts with nothing cached, as a first night does
-        out, _ = noscope("query", last, "--model", model, "--target-fpr", t, "--target-fnr", t, "--json", "-q",
-                         "--no-plot", "--out", folder, *extra, env=env)
-        row[label] = looped_measure(last_json(out), folder, truth, n - b, per_frame, loops_last)
+        harness.forget(last.path)  # each query of the looped last third starts with nothing cached, as a first night does
+        out = noscope("query", last.path, "--model", model, "--target-fpr", t, "--target-fnr", t, "--json", "-q",
+                      "--no-plot", "--out", folder, *extra, env=env).out
+        row[label] = looped_measure(harness.last_json(out), folder, truth, n - b, per_frame, last.loops)
     res["rows"] = [row]
-    res["mapping_agreement"] = mapping_check(last, video, b, n, ref, key, obj, settings.labels.min_score)
+    # a spot check of 24 looped frames: does the reference answer each as it answers its original?
+    spot = np.linspace(0, open_video(last.path).frame_count - 1, 24).astype(np.int64)
+    res["mapping_agreement"] = judge.agreement(last.path, {int(f): truth[f % (n - b)] for f in spot}, obj)
     return res
-
-
-def forget(video: Path) -> None:
-    """Remove what the label and frame caches hold of `video` (this benchmark's own caches)."""
-    from noscope.paths import cache_dir
-    from noscope.video import open_video
-
-    h = open_video(video).hash
-    shutil.rmtree(cache_dir() / "labels" / h, ignore_errors=True)
-    for p in (cache_dir() / "frames").glob(f"{h}-*"):
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def looped_measure(summary: dict, folder: Path, truth: np.ndarray, length: int, per_frame: float, loops: int) -> dict:
     """A looped query's answers against the reference's answers on the frames they repeat."""
-    rows = np.loadtxt(folder / "frames.csv", delimiter=",", skiprows=1, usecols=(0, 2), dtype=np.int64, ndmin=2)
-    frames, labels = rows[:, 0], rows[:, 1].astype(bool)
+    frames, labels = harness.query_answers(folder)
     expect = truth[frames % length]
-    n_pos, n_neg = int(expect.sum()), int((~expect).sum())
+    fpr, fnr, n_pos = harness.error_rates(labels, expect)
     v = summary["verified"]
-    return dict(frames=len(frames), positives=n_pos, loops=loops,
-                fpr=float(np.sum(labels & ~expect) / n_neg) if n_neg else None,
-                fnr=float(np.sum(~labels & expect) / n_pos) if n_pos else None, met=v["met"],
+    return dict(frames=len(frames), positives=n_pos, loops=loops, fpr=fpr, fnr=fnr, met=v["met"],
                 escalations=len(v.get("escalations") or []) + bool(v.get("reference_answered")),
                 cheap=1 - summary["fractions"]["reference"], reference_calls=summary["reference_calls"],
                 seconds=summary["wall_seconds"], speedup=len(frames) * per_frame / summary["wall_seconds"])
 
 
-def mapping_check(looped: Path, video: Path, b: int, n: int, ref, key, obj: str, min_score: float) -> float:
-    """Share of 24 spot-checked looped frames the reference answers as it answers their originals."""
-    from noscope.labels import label_frames
-    from noscope.video import open_video
-
-    lv = open_video(looped)
-    spot = np.linspace(0, lv.frame_count - 1, 24).astype(np.int64)
-    got = label_frames(lv, ref, key, spot, quiet=True)
-    want = label_frames(open_video(video), ref, key, b + spot % (n - b), quiet=True)  # answers come in frame order
-    at = dict(zip(want.frames.tolist(), want.score_of(ref.class_index(obj)) >= min_score))
-    same = [at[b + f % (n - b)] == (s >= min_score) for f, s in zip(got.frames.tolist(), got.score_of(ref.class_index(obj)))]
-    return float(np.mean(same))
-
-
-def _f(x, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def side(r: dict) -> str:
-    return (f"{_f(r['fpr'])} / {_f(r['fnr'])} | {r['met']} | {r['escalations']} | {r['cheap']:.0%} | {r['reference_calls']} "
+    return (f"{fmt(r['fpr'])} / {fmt(r['fnr'])} | {r['met']} | {r['escalations']} | {r['cheap']:.0%} | {r['reference_calls']} "
             f"| {r['speedup']:.1f}x")
 
 
@@ -318,9 +218,9 @@ def updates(cases: list[dict], looped: bool = False) -> str:
             lines.append(f"| {Path(c['clip']).stem} | {c['object']} | {nt['frames']}, {nt['reference_calls']}, "
                          f"{nt['escalations']}, {nt['cheap']:.0%} | 0 | | | | | refused ({u['reason']}) |")
             continue
-        auc = lambda f: "/".join(_f(x) for x in f["best_auc"].values())  # noqa: E731
+        auc = lambda f: "/".join(fmt(x) for x in f["best_auc"].values())  # noqa: E731
         cap = v["current_as_planned"]
-        err = "; ".join(f"{_f(e['fpr'])} / {_f(e['fnr'])}" for e in cap["errors"].values())
+        err = "; ".join(f"{fmt(e['fpr'])} / {fmt(e['fnr'])}" for e in cap["errors"].values())
         lines.append(f"| {Path(c['clip']).stem} | {c['object']} | {nt['frames']}, {nt['reference_calls']}, {nt['escalations']}, "
                      f"{nt['cheap']:.0%} | {u['learnt_frames']} | {v['heldout_frames']} ({sum(v['heldout_positives'].values())}) "
                      f"| {auc(v['new'])} / {auc(v['current'])} | {v['new']['reference_share']:.0%} / "
@@ -357,24 +257,21 @@ def main() -> None:
     ap.add_argument("--night", type=int, default=0, metavar="N", help="also the looped nights (module docstring), N frames")
     ap.add_argument("--work", type=Path, default=Path("/tmp/noscope-update-bench"), help="caches, bundles, loops, results")
     ap.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
-    args = ap.parse_args()
-    extra = [x for s in args.sets for x in ("--set", s)]
-    cases = CASES if not args.cases else [(c, o) for c, o in CASES for want in args.cases
-                                          if c.startswith(want.split(":")[0]) and o == want.split(":")[1]]
+    args = harness.read_args(ap, harness.UPDATE)
+    extra = harness.set_flags(args.sets)
+    report = harness.Report(args.out)
     t0 = time.perf_counter()
     done = []
     for t in args.targets:
-        env = workspace(args.work / f"T{t}")  # a chain per target, in caches of its own
-        for clip, obj in cases:
+        env = harness.workspace(args.work / f"T{t}")  # a chain per target, in caches of its own
+        for clip, obj in args.cases:
             done.append(run_case(clip, obj, t, extra, env, args.work / f"T{t}", args.night))
-            if args.out:
-                args.out.with_suffix(".json").write_text(json.dumps(done, indent=2))
+            report.save(done)
     md = "\n".join([
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {' '.join(args.sets) or 'default config'}; "
-        f"{(time.perf_counter() - t0) / 60:.0f} min in all. Each clip and target T (a chain of its own): trained on its "
-        "first third, the second third queried at T (default check), the bundle updated at T from that query's reference "
-        "answers, the last third answered by the original (v1) and the updated bundle at T, against the reference on "
-        "every frame of it.", "",
+        f"{' '.join(args.sets) or 'default config'}; {(time.perf_counter() - t0) / 60:.0f} min in all. Each clip and "
+        "target T (a chain of its own): trained on its first third, the second third queried at T (default check), the "
+        "bundle updated at T from that query's reference answers, the last third answered by the original (v1) and the "
+        "updated bundle at T, against the reference on every frame of it.", "",
         table(done), "", "The updates:", "", updates(done), "", *acceptance(done)]
         + (["", f"Looped nights (at least {args.night} frames): the second third looped is the night queried and learnt "
                 "from (its first 60% loops the third's first 60%, the rest the rest), the last third looped is answered by both "
@@ -382,10 +279,7 @@ def main() -> None:
             "", *acceptance(done, True),
             "- spot checks: a looped frame's reference answer equals its original's on "
             f"{min(c['looped']['mapping_agreement'] for c in done):.0%} of the checked frames or more"] if args.night else []))
-    print(md)
-    if args.out:
-        args.out.with_suffix(".md").write_text(md + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(done, indent=2))
+    report.write(md, done)
 
 
 if __name__ == "__main__":
