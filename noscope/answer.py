@@ -22,10 +22,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .cascade import CheapAnswers, run_cascade
+from .cascade import CheapAnswers, PassOptions, run_cascade
 from .check import apply_known, check_and_repair
+from .check_repair import repair
 from .check_stats import DrawOrder
-from .labels import label_frames
+from .labels import ReferenceStream, label_frames
 from .plans import Plan, Targets
 from .prepare import Query
 from .refit import refit_on_video
@@ -34,8 +35,11 @@ from .video import Keep
 
 # Frames whose pictures the first pass keeps for the check, per frame it checks in a stratum and
 # round: enough for the first round and most of the next ones; the rest are decoded after the pass
-# (416x416 RGB: 0.5 MB a frame, so 400 frames hold about 200 MB while the query runs).
+# (416x416 RGB: 0.5 MB a frame, so 400 frames hold about 200 MB while the query runs). Where the
+# pictures are small, as many as RESERVE_BYTES holds (a short video's every frame: a repair that
+# sends more frames to the reference then decodes nothing again).
 RESERVE = 4
+RESERVE_BYTES = 256 << 20
 
 
 def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, quiet: bool = False) -> tuple[dict, dict[str, dict]]:
@@ -61,13 +65,15 @@ class QueryRun:
         self.known: dict[int, np.ndarray] = {}  # frame -> the reference's class scores, every call of this run
         rng = np.random.default_rng([int(settings.seed), zlib.crc32(q.video.hash.encode()), int(q.start), int(q.end)])
         self.order = DrawOrder(q.start, q.end, rng)  # the check's draws, fixed before anything is answered
-        self.reserve = Keep(set(self.order.reserve(RESERVE * settings.check.per_stratum).tolist()),
-                            tuple(q.reference.input_size or (q.video.width, q.video.height)))
+        size = tuple(q.reference.input_size or (q.video.width, q.video.height))
+        held = max(RESERVE * settings.check.per_stratum, RESERVE_BYTES // (size[0] * size[1] * 3))
+        self.reserve = Keep(set(self.order.reserve(held).tolist()), size)
         self.clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
         self.min_score = float(q.bundle.meta["labels"]["min_score"])
         self.cheap: CheapAnswers | None = None  # the latest pass's cheap answers
         self.objects: list[str] = []  # the objects of the plan answered
         self.first: dict | None = None  # the first pass's results, before any check
+        self.passes: list[dict] = []  # every decoding pass of the answer: what it was for, frames decoded and converted
 
     def answer(self, plan: Plan, targets: Targets) -> tuple[dict, dict[str, dict]]:
         """object -> CascadeResult with every reference answer in it, and object -> check report.
@@ -88,6 +94,7 @@ class QueryRun:
         for o, r in results.items():
             r.seconds = seconds
             r.stage_seconds = dict(stages, verify=seconds - first, **self.clock)
+            r.decoding = list(self.passes)
             r.first_fractions = shares[o]
             reports[o]["seconds"] = round(seconds - first, 3)
         return results, reports
@@ -106,12 +113,25 @@ class QueryRun:
 
     def _cascade(self, plan: Plan) -> dict:
         q = self.q
-        out = run_cascade(q.video, q.bundle, plan, q.reference, q.ref_key, q.start, q.end, decode=self.decode,
-                          batch_size=self.settings.query.batch_size, use_label_cache=self.use_label_cache,
-                          quiet=self.quiet, known=self.known, previous=self.cheap,
-                          keep=self.reserve if self.cheap is None else None)
+        first = self.cheap is None
+        stream = ReferenceStream(q.video, q.reference, q.ref_key, (q.start, q.end), self.use_label_cache) if first else None
+        opts = PassOptions(self.decode, self.settings.query.batch_size, self.use_label_cache, self.quiet, stream,
+                           self.known, self.reserve.sink, self.reserve if first else None, self.reserve.size)
+        try:
+            out = run_cascade(q.video, q.bundle, plan, q.reference, q.ref_key, (q.start, q.end), opts, self.cheap)
+        finally:
+            if stream is not None:
+                stream.close()  # the answers it was given go to the label cache, even when the pass stops
+        seen = {id(p) for p in self.cheap.passes} if self.cheap is not None else set()
         self.cheap = next(iter(out.values())).cheap
+        for d in self.cheap.passes:
+            if id(d) not in seen:
+                self.note_pass("first pass" if first and not self.passes else ("answer again" if not first else "reference"), d)
         return out
+
+    def note_pass(self, step: str, decoding) -> None:
+        """Count a decoding pass of this answer (summary.json's `decoding`)."""
+        self.passes.append(dict(step=step, decoded=int(decoding.decoded), converted=int(decoding.converted)))
 
     def ask_reference(self, frames: np.ndarray) -> dict[int, dict[str, float]]:
         """The reference on `frames` (the reserve's pictures where it kept them): frame -> {object:
@@ -121,8 +141,15 @@ class QueryRun:
             lab = label_frames(q.video, q.reference, q.ref_key, frames, use_cache=self.use_label_cache, quiet=True,
                                desc="verify", pixels=self.reserve.sink)
             self.known.update(zip(lab.frames.tolist(), lab.scores))
+            if lab.decoding is not None:
+                self.note_pass("check", lab.decoding)
         return {f: {o: float(s[q.bundle.class_index(o)]) for o in self.objects} for f, s in
                 zip(lab.frames.tolist(), lab.scores)}
+
+    def repair(self, plans: dict, evidence: dict, targets: Targets, skips) -> tuple[dict, list[str]]:
+        """The check's repair of the per-frame plans (check_repair.repair), a model refitted on this
+        video's reference answers where it can learn (`refit`)."""
+        return repair(plans, evidence, targets, self.min_score, skips, self.refit)
 
     def refit(self, model: str, seen: dict):
         """`model` fitted again on every frame of this video the reference has answered (noscope.refit),

@@ -33,13 +33,13 @@ from . import decode_pool
 from .bundle import TrainedBundle
 from .framecache import cached_batches, holds_all
 from .labels import label_frames
-from .plans import STAGES, ObjectPlan, Plan
+from .plans import STAGES, ObjectPlan, Plan, stages_of
 from .progress import progress_bar
 from .settings import DecodeSettings
-from .video import DecodePass, Keep, Video, decode_workers, missing_ranges
+from .video import KEEP_PICTURES, DecodePass, Keep, Luma, Video, decode_workers, missing_ranges
 
 # per processed frame, before the reference pass
-_COPY, _NO, _YES, _REF, _EMPTY = 0, 1, 2, 3, 4  # _EMPTY: the empty-scene detector said no
+COPY, NO, YES, REF, EMPTY = 0, 1, 2, 3, 4  # EMPTY: the empty-scene detector said no
 
 
 @contextmanager
@@ -79,31 +79,46 @@ class CascadeResult:
     first_fractions: dict[str, float] | None = None  # each stage's share of frames in the first pass, before the check
     cheap: CheapAnswers | None = None  # the pass's cheap answers, shared by every object's result (run_cascade's `previous`)
     stop_time: float | None = None  # seconds where decoding stopped (`stopped_at`), by the pass that found it
+    decoding: list = field(default_factory=list)  # the answer's decoding passes: what each was for, frames decoded
 
     def fractions(self) -> dict[str, float]:
         n = max(len(self.frames), 1)
-        return {s: float((self.decided_by == s).sum()) / n for s in STAGES}
+        return {s: float((self.decided_by == s).sum()) / n for s in stages_of(self.decided_by)}
 
 
-def run_cascade(video: Video, bundle: TrainedBundle, plan: Plan, reference, ref_key: str, start: int, end: int, *,
-                decode: DecodeSettings, batch_size: int = 256, use_label_cache: bool = True, quiet: bool = False,
-                known: dict[int, np.ndarray] | None = None, previous: CheapAnswers | None = None,
-                keep: Keep | None = None) -> dict[str, CascadeResult]:
-    """Run `plan` over [start, end): object -> CascadeResult, all from one decode, one CNN pass, one
-    reference pass. `decode.frame_cache` reads and fills the decoded-frame cache (decode once, query
-    many); `decode.prefetch` batches are decoded ahead in a thread, by `decode.workers` processes
-    (noscope.decode_pool). `known`: frame -> the reference's class scores already in hand (an
-    earlier pass), not asked again. `previous`: an earlier pass's cheap answers (a result's
-    `cheap`); where the plan keeps its skip and difference detector, they are answered again from
-    those scores without decoding (`restate`). `keep`: frames whose pictures the decoding pass
-    keeps on the side (video.Keep: the check's reserve)."""
+@dataclass
+class PassOptions:
+    """How a cascade's pass runs: decoding (`decode`: frame cache, prefetch, workers), batches, the
+    reference's answers (`stream`: a labels.ReferenceStream answering in the pass, None: after it;
+    `known`: frame -> class scores already in hand, never asked again; `pixels`: frame -> its picture
+    at the reference's size, kept earlier), and the frames whose pictures the pass keeps (`keep`)."""
+
+    decode: DecodeSettings
+    batch_size: int = 256
+    use_label_cache: bool = True
+    quiet: bool = False
+    stream: object | None = None  # labels.ReferenceStream
+    known: dict = field(default_factory=dict)
+    pixels: dict = field(default_factory=dict)
+    keep: Keep | None = None
+    ref_size: tuple[int, int] = (416, 416)  # the reference's input size (the video's own where it has none)
+
+
+def run_cascade(video: Video, bundle: TrainedBundle, plan: Plan, reference, ref_key: str, span: tuple[int, int],
+                opts: PassOptions, previous: CheapAnswers | None = None) -> dict[str, CascadeResult]:
+    """Run `plan` over [start, end) = `span`: object -> CascadeResult, all from one decoding pass
+    (`cheap_pass`: the difference detector on the luma plane, the model and the reference on the
+    frames that reach them, converted for them alone). `previous`: an earlier pass's cheap answers (a
+    result's `cheap`); where the plan keeps its skip and difference detector, they are answered again
+    from those scores without decoding (`restate`), and the reference answers the frames that now
+    need it from what is known or kept (`opts.pixels`), decoding only the others."""
     t0 = time.perf_counter()
+    start, end = span
     stages = Stages.of(bundle, plan.plans, reference)
     cheap = restate(previous, stages) if previous is not None else None
     if cheap is None:
-        cheap = cheap_pass(video, stages, start, end, batch_size=batch_size, frame_cache=decode.frame_cache,
-                           prefetch=decode.prefetch, workers=decode_workers(decode.workers), quiet=quiet, keep=keep)
-    scores = reference_pass(video, bundle, stages, cheap, reference, ref_key, use_label_cache, quiet, known)
+        cheap = cheap_pass(video, stages, span, opts, bundle)
+    scores = reference_pass(video, bundle, stages, cheap, (reference, ref_key), opts)
     return _results(video, bundle, stages, cheap, scores, start, end, time.perf_counter() - t0)
 
 
@@ -120,7 +135,7 @@ class Stages:
     cols: list[int]  # each object's column of the model's output
     c_low: np.ndarray  # per object; -inf: the model never says no for it (it asks the reference)
     c_high: np.ndarray  # per object; +inf: never yes
-    sizes: dict[str, tuple[int, int]]  # frame sizes the stages need
+    sizes: dict  # what the pass decodes for the stages (video.batches' sizes: a Luma plane, kept pictures)
     device: object
     model_name: str | None = None
 
@@ -135,15 +150,14 @@ class Stages:
     @classmethod
     def of(cls, bundle: TrainedBundle, plans: dict[str, ObjectPlan], reference) -> "Stages":
         plan = next(iter(plans.values()))
-        sizes: dict[str, tuple[int, int]] = {}
+        sizes: dict = {"pictures": KEEP_PICTURES}  # the model's and the reference's frames, converted for them alone
         det = model = None
         if plan.diff:
             det = bundle.diff(plan.diff)
             dz = bundle.diff_size(plan.diff)
-            sizes["diff"] = (dz, dz)
+            sizes["diff"] = Luma(dz, dz) if det.plane == "luma" else (dz, dz)  # a bundle from before: RGB
         if plan.model:
             model = bundle.model(plan.model, reference.device, reference)
-            sizes["model"] = model.size
         return cls(list(plans), max(1, int(plan.skip)), det, plan.diff_threshold, model,
                    [bundle.objects.index(o) for o in plans],
                    np.array([-np.inf if p.c_low is None else p.c_low for p in plans.values()]),
@@ -156,7 +170,7 @@ class CheapAnswers:
     """What the cheap stages said of every processed frame, before the reference pass."""
 
     processed: np.ndarray  # int64: the processed frames that decoded
-    state: np.ndarray  # int8 (P, objects): _COPY, _NO, _YES, _REF or _EMPTY
+    state: np.ndarray  # int8 (P, objects): COPY, NO, YES, REF or EMPTY
     pscore: np.ndarray  # float (P, objects): the CNN's score, NaN where it did not run
     dscore: np.ndarray  # float (P,): the difference detector's score, NaN where it did not run
     lost: list  # [a, b) ranges lost to damage
@@ -167,6 +181,8 @@ class CheapAnswers:
     features: np.ndarray | None = None  # float16 (P, D): the model's features where it ran (models that have them)
     stop_time: float | None = None  # seconds where decoding stopped, by the pass that found `stopped_at`
     passes: list = field(default_factory=list)  # the decoding passes (video.DecodePass) these answers ran
+    answered: dict = field(default_factory=dict)  # frame -> the reference's class scores, asked in the pass
+    pending: list = field(default_factory=list)  # (frames, pictures) waiting for a reference batch to fill
 
     def found(self, decoding: DecodePass) -> None:
         """Take on what a decoding pass of these answers found: the frames it lost, and where it
@@ -184,37 +200,81 @@ class CheapAnswers:
         self.features = None if self.features is None else self.features[rows]
 
 
-def cheap_pass(video: Video, stages: Stages, start: int, end: int, *, batch_size: int, frame_cache: bool, prefetch: int,
-               workers: int, quiet: bool, keep: Keep | None = None) -> CheapAnswers:
-    """Decode every `skip`-th frame once and run the difference detector and the CNN on it."""
+def cheap_pass(video: Video, stages: Stages, span: tuple[int, int], opts: PassOptions, bundle: TrainedBundle) -> CheapAnswers:
+    """Decode every `skip`-th frame of `span` once: the difference detector, the model on the frames
+    it lets through, and (with `opts.stream`) the reference on the frames no cheap stage decides,
+    each converted for the stage that needs it and no other."""
+    start, end = span
     n_obj = len(stages.objects)
     processed = np.arange(start, end, stages.skip, dtype=np.int64)
-    out = CheapAnswers(processed, np.full((len(processed), n_obj), _REF, np.int8),
+    out = CheapAnswers(processed, np.full((len(processed), n_obj), REF, np.int8),
                        np.full((len(processed), n_obj), np.nan, np.float32), np.full(len(processed), np.nan, np.float32),
                        [], None, {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}, stages.shape)
-    if stages.sizes:
-        got = np.zeros(len(processed), bool)  # processed frames that decoded
-        prev_last = [None]  # last processed frame of the previous batch, for "prev" difference detectors
-        decode = partial(cached_batches if frame_cache else decode_pool.batches, video)
-        if frame_cache and holds_all(video, stages.sizes, start, end, stages.skip):  # nothing to decode: torch keeps every core
-            prefetch, workers = 0, 1
-        with progress_bar(total=len(processed), desc="query", quiet=quiet) as bar, \
-                cpu_threads_beside_decoder(stages.device, prefetch, workers):
-            t_dec = time.perf_counter()
-            decoding = decode(stages.sizes, start, end, stride=stages.skip, batch_size=batch_size, prefetch=prefetch,
-                              workers=workers, keep=keep)
-            with decoding:
-                for batch in decoding:
-                    out.stage_t["decode"] += time.perf_counter() - t_dec
-                    at = np.searchsorted(processed, batch.indices)  # frames lost to damage leave holes
-                    out.state[at] = _batch_states(stages, batch, at, out, prev_last)
-                    got[at] = True
-                    bar.update(len(batch))
-                    t_dec = time.perf_counter()
-        out.found(decoding)
-        # the file ended early, or frames were lost to damage
-        out.keep(got)
+    if opts.stream is None and stages.det is None and stages.model is None:
+        return out  # nothing cheap to run, and the reference answers after the pass
+    d = opts.decode
+    got = np.zeros(len(processed), bool)  # processed frames that decoded
+    prev_last = [None]  # last processed frame of the previous batch, for "prev" difference detectors
+    workers, prefetch = decode_workers(d.workers), d.prefetch
+    decode = partial(cached_batches if d.frame_cache else decode_pool.batches, video)
+    if d.frame_cache and holds_all(video, stages.sizes, start, end, stages.skip):  # nothing to decode: torch keeps every core
+        prefetch, workers = 0, 1
+    classes = [bundle.class_index(o) for o in stages.objects]
+    with progress_bar(total=len(processed), desc="query", quiet=opts.quiet) as bar, \
+            cpu_threads_beside_decoder(stages.device, prefetch, workers):
+        t_dec = time.perf_counter()
+        decoding = decode(stages.sizes, start, end, stride=stages.skip, batch_size=opts.batch_size, prefetch=prefetch,
+                          workers=workers, keep=opts.keep)
+        with decoding:
+            for batch in decoding:
+                out.stage_t["decode"] += time.perf_counter() - t_dec
+                at = np.searchsorted(processed, batch.indices)  # frames lost to damage leave holes
+                out.state[at] = batch_states(stages, batch, at, out, prev_last)
+                if opts.stream is not None:
+                    ask_in_pass(stages, batch, out.state[at], out, opts, classes)
+                got[at] = True
+                bar.update(len(batch))
+                t_dec = time.perf_counter()
+        if opts.stream is not None:
+            flush_pending(out, opts)
+    out.found(decoding)
+    # the file ended early, or frames were lost to damage
+    out.keep(got)
     return out
+
+
+def ask_in_pass(stages: Stages, batch, states: np.ndarray, out: CheapAnswers, opts: PassOptions, classes) -> None:
+    """The frames of `batch` some object left undecided (`states`) go to the reference now, their
+    pictures converted at its input size from the ones the pass kept (answers already known or cached
+    are taken as they are); the reference runs when a batch of its own has filled."""
+    rows = np.flatnonzero((states == REF).any(axis=1))
+    if not len(rows):
+        return
+    t = time.perf_counter()
+    frames = batch.indices[rows]
+    for f in frames.tolist():
+        if f in opts.known:
+            out.answered[f] = opts.known[f]
+        elif f in opts.stream.cached:
+            out.answered[f] = opts.stream.cached[f]
+    ask = rows[[f not in out.answered for f in frames.tolist()]]
+    if len(ask):
+        out.pending.append((batch.indices[ask], batch.rgb(ask, opts.ref_size)))
+    if sum(len(f) for f, _ in out.pending) >= opts.stream.reference.batch_size:
+        flush_pending(out, opts)
+    out.stage_t["reference"] += time.perf_counter() - t
+
+
+def flush_pending(out: CheapAnswers, opts: PassOptions) -> None:
+    """The reference on the pictures waiting for it."""
+    if not out.pending:
+        return
+    t = time.perf_counter()
+    frames = np.concatenate([f for f, _ in out.pending])
+    scores = opts.stream.answer(frames, np.concatenate([p for _, p in out.pending]))
+    out.answered.update(zip(frames.tolist(), scores))
+    out.pending = []
+    out.stage_t["reference"] += time.perf_counter() - t
 
 
 def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
@@ -243,19 +303,19 @@ def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
                        previous.features, previous.stop_time)
     if scores is not None and ran.any():
         p = scores[ran][:, stages.cols]
-        sub = np.full(p.shape, _REF, np.int8)
-        sub[p < stages.c_low] = _NO
-        sub[p > stages.c_high] = _YES
+        sub = np.full(p.shape, REF, np.int8)
+        sub[p < stages.c_low] = NO
+        sub[p > stages.c_high] = YES
         out.state[ran] = sub
         out.pscore[ran] = p
     out.stage_t["model"] = time.perf_counter() - t
     return out
 
 
-def _batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev_last: list) -> np.ndarray:
+def batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev_last: list) -> np.ndarray:
     """One batch through the difference detector and the CNN: each frame's state per object;
     the stages' scores go into `out` at rows `at`."""
-    st = np.full((len(batch), len(stages.objects)), _REF, np.int8)
+    st = np.full((len(batch), len(stages.objects)), REF, np.int8)
     todo = np.ones(len(batch), bool)
     if stages.det is not None:
         t = time.perf_counter()
@@ -269,17 +329,19 @@ def _batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev
         else:
             sc = stages.det.score(x)
         unchanged = sc < stages.threshold  # NaN compares False: changed
-        st[unchanged] = _COPY if stages.det.kind == "prev" else _EMPTY
+        st[unchanged] = COPY if stages.det.kind == "prev" else EMPTY
         out.dscore[at] = sc
         todo &= ~unchanged
         out.stage_t["diff"] += time.perf_counter() - t
     if stages.model is not None and todo.any():
         t = time.perf_counter()
-        every = _model_scores(stages.model, batch.frames["model"][todo], at[todo], out)
+        rows = np.flatnonzero(todo)
+        frames = batch.frames["model"][rows] if "model" in batch.frames else batch.rgb(rows, stages.model.size)
+        every = _model_scores(stages.model, frames, at[todo], out)
         p = every[:, stages.cols]
-        sub = np.full(p.shape, _REF, np.int8)
-        sub[p < stages.c_low] = _NO
-        sub[p > stages.c_high] = _YES
+        sub = np.full(p.shape, REF, np.int8)
+        sub[p < stages.c_low] = NO
+        sub[p > stages.c_high] = YES
         st[todo] = sub
         out.pscore[at[todo]] = p
         out.stage_t["model"] += time.perf_counter() - t
@@ -312,24 +374,29 @@ def _model_scores(model, frames: np.ndarray, rows: np.ndarray, out: CheapAnswers
     return every
 
 
-def reference_pass(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAnswers, reference, ref_key: str,
-                   use_label_cache: bool, quiet: bool, known: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
-    """The reference on the frames some object could not decide (one call answers them all):
-    frame -> per-object scores. Frames it could not decode lose their answer (`cheap` is cut)."""
+def reference_pass(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAnswers, reference: tuple,
+                   opts: PassOptions) -> dict[int, np.ndarray]:
+    """The reference's answers on the frames some object could not decide (one call answers them all):
+    frame -> per-object scores. Those the pass asked for, or known before, are taken as they are; the
+    others are asked now (from `opts.pixels` where kept, else decoded: one sparse pass). Frames it
+    could not decode lose their answer (`cheap` is cut). `reference`: (the detector, its key)."""
     t = time.perf_counter()
-    asks = (cheap.state == _REF).any(axis=1)
+    ref, ref_key = reference
+    asks = (cheap.state == REF).any(axis=1)
     need = cheap.processed[asks]
     classes = [bundle.class_index(o) for o in stages.objects]
-    known = {} if known is None else known
+    known = opts.known
+    known.update(cheap.answered)
     scores = {f: known[f][classes].astype(float) for f in need.tolist() if f in known}
     ask = np.array([f for f in need.tolist() if f not in scores], np.int64)
     if len(ask):
-        lab = label_frames(video, reference, ref_key, ask, use_cache=use_label_cache, quiet=quiet, desc="reference")
+        lab = label_frames(video, ref, ref_key, ask, use_cache=opts.use_label_cache, quiet=opts.quiet,
+                           desc="reference", pixels=opts.pixels)
         scores.update(zip(lab.frames.tolist(), lab.scores[:, classes].astype(float)))
         known.update(zip(lab.frames.tolist(), lab.scores))
         if lab.decoding is not None:
             cheap.found(lab.decoding)
-    cheap.stage_t["reference"] = time.perf_counter() - t
+    cheap.stage_t["reference"] += time.perf_counter() - t
     # A frame the second pass could not decode (lost, or the file ended) has no answer.
     answered = ~asks | np.isin(cheap.processed, np.fromiter(scores, np.int64, len(scores)))
     if not answered.all():
@@ -387,12 +454,12 @@ def _resolve(processed, state, ref_scores, min_score, frames) -> tuple[np.ndarra
     """One object's answers: processed frames in order (copies take the previous processed
     answer, "no" before the first one), then every frame (skipped frames copy the last processed
     frame, `answerable` made sure it was answered)."""
-    own = (state == _YES) | ((state == _REF) & np.array([ref_scores.get(f, -np.inf) >= min_score
+    own = (state == YES) | ((state == REF) & np.array([ref_scores.get(f, -np.inf) >= min_score
                                                          for f in processed.tolist()], bool))
     idx = np.arange(len(processed))
-    source = np.maximum.accumulate(np.where(state != _COPY, idx, -1)) if len(processed) else idx
+    source = np.maximum.accumulate(np.where(state != COPY, idx, -1)) if len(processed) else idx
     plabel = np.where(source >= 0, own[np.maximum(source, 0)], False)
-    pdec = np.array(STAGES)[np.select([state == _REF, (state == _NO) | (state == _YES)], [3, 2], 1)]
+    pdec = np.array(STAGES)[np.select([state == REF, (state == NO) | (state == YES)], [3, 2], 1)]
     pos = np.clip(np.searchsorted(processed, frames, side="right") - 1, 0, max(len(processed) - 1, 0))
     labels = plabel[pos] if len(processed) else np.zeros(len(frames), bool)
     decided = pdec[pos].astype(str) if len(processed) else np.full(len(frames), "reference")

@@ -46,7 +46,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .check_repair import SIDES, Evidence, repair
+from .check_repair import SIDES, Evidence
 from .check_stats import Check, DrawOrder, certification_sizes, draw, missed, rate_met, verdict
 from .plans import ObjectPlan, Plan, Targets
 from .settings import CheckSettings
@@ -151,8 +151,9 @@ class Run(Protocol):
     def answer_again(self, plan: Plan) -> dict:
         """The cascade run again with repaired plans: object -> result."""
 
-    def refit(self, model: str, seen: dict):
-        """`model` fitted again on this video's reference answers (check_repair.repair's `learn`), or None."""
+    def repair(self, plans: dict, evidence: dict[str, Evidence], targets: Targets, skips) -> tuple[dict, list[str]]:
+        """Plans with the stages that made the wrong answers seen repaired, and what was done
+        (check_repair.repair: per frame; a windowed run has its own)."""
 
     def timed(self, part: str) -> AbstractContextManager:
         """Counts the seconds of a `with` block as `part` of the check's time."""
@@ -198,8 +199,8 @@ def check_and_repair(run: Run, results: dict, plan: Plan, targets: Targets,
         fixable = {o: {r for r in broken.get(o, ()) if missed(c.verdict[r], getattr(targets, r))}
                    for o, c in checks.items()}
         with run.timed("check_repairs"):
-            plans_new, actions = ({}, []) if last else repair(plans, evidence(checks, fixable), targets, run.min_score,
-                                                              steps(settings.skips, plan, plans), run.refit)
+            plans_new, actions = ({}, []) if last else run.repair(plans, evidence(checks, fixable), targets,
+                                                                  steps(settings.skips, plan, plans))
         if last or (not actions and not settings.guarantee):
             checks = _reference_answers(checks, broken, run, targets, a)
             break

@@ -352,6 +352,10 @@ def targets_options(f):
     f = click.option("--target-fpr", type=float, default=None, help="Most false positives allowed (share of negative frames).")(f)
     f = click.option("--target-fnr", type=float, default=None, help="Most false negatives allowed (share of positive frames).")(f)
     f = click.option("--metric", type=click.Choice(["frames", "windows"]), default=None, help="Count errors per frame or per window (NoScope).")(f)
+    f = click.option("--window", default=None, callback=given, metavar="LENGTH",
+                     help="Answer per window of time: 1s, 0.5s, 30f (query.window). A window is yes when the reference "
+                          "sees the object in at least query.window_share of its frames (0.5); the targets are shares of "
+                          "windows.")(f)
     return f
 
 
@@ -377,8 +381,8 @@ def targets_options(f):
 @reference_options
 @common
 def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor, ray_address, update_after, guarantee,
-          target_fpr, target_fnr, metric, start, end, reference_name, reference_weights, reference_cfg, config_file, sets,
-          quiet, verbose):
+          target_fpr, target_fnr, metric, window, start, end, reference_name, reference_weights, reference_cfg, config_file,
+          sets, quiet, verbose):
     """Answer, for every frame of VIDEO, whether the object is there, within the error targets.
 
     Several videos, a folder (its videos, not recursive) or a quoted glob run as a batch: one
@@ -389,7 +393,7 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
     from .report import json_safe
 
     settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg)
-    settings = settings.with_guarantee(guarantee)
+    settings = settings.with_guarantee(guarantee).with_window(checked_window(window))
     targets = make_targets(settings, target_fpr, target_fnr, metric)
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
@@ -414,10 +418,25 @@ def query(videos, model, object_name, out_dir, as_json, no_plot, force, executor
         update_after_query(model, [video], settings, (start, end), quiet or as_json, say)
 
 
+def checked_window(window):
+    """--window as given, checked now (a bad one is one usage line before anything runs)."""
+    if window is not None:
+        from .windows import parse_window
+
+        parse_window(window)
+    return window
+
+
 def _summary_line(summary: dict) -> str:
     """The one line a query prints on stdout: what was found where, how fast, and what backs it."""
     from .results import met_word, model_words
 
+    if summary.get("unit") == "windows" and "windows" in summary:
+        w = summary["window"]
+        return (f"{Path(summary['video']).name}: {summary['object']} in {summary['positive_windows']} of "
+                f"{summary['windows']} windows of {w['spec']} ({summary['intervals']} intervals), {summary['frames_per_s']} "
+                f"frames/s, {summary['reference_calls']} reference calls, {model_words(summary)}, "
+                f"targets {met_word(summary['verified']['met'])} -> {summary['out']}")
     if "objects" in summary:
         found = ", ".join(f"{o} in {r['positives']} ({r['intervals']} intervals, targets {met_word(r['verified_met'])})"
                           for o, r in summary["results"].items())
@@ -551,19 +570,25 @@ def report(out_dir, clips_dir, pad, max_clips, max_clip_seconds, video_path, as_
 @segment_options
 @reference_options
 @common
-def evaluate(video, model, as_json, guarantee, target_fpr, target_fnr, metric, start, end,
+def evaluate(video, model, as_json, guarantee, target_fpr, target_fnr, metric, window, start, end,
              reference_name, reference_weights, reference_cfg, config_file, sets, quiet, verbose):
     """Measure a query's errors and speed-up against the reference on every frame (a several-objects
     bundle: one report per object, answered in one pass)."""
     from .evaluate import evaluate as run_evaluate
+    from .evaluate import evaluate_windows
     from .prepare import open_query
+    from .query import window_question
     from .report import json_safe
 
     settings = setup(config_file, sets, quiet, verbose, reference_name, reference_weights, reference_cfg)
-    settings = settings.with_guarantee(guarantee)
+    settings = settings.with_guarantee(guarantee).with_window(checked_window(window))
     targets = make_targets(settings, target_fpr, target_fnr, metric)
     q = open_query(settings, video, model, None, start, end, reference_named=bool(reference_name), quiet=quiet)
-    reports = run_evaluate(q, targets, settings, quiet=quiet or as_json)
+    question = window_question(settings, q)
+    if question is not None and question.size > 1:
+        reports = evaluate_windows(q, targets, settings, question, quiet=quiet or as_json)
+    else:
+        reports = run_evaluate(q, targets, settings, quiet=quiet or as_json)
     for report in reports.values():
         click.echo(json.dumps(json_safe(report)) if as_json else "\n".join(map(printable, _evaluate_lines(report, targets).split("\n"))))
 
@@ -573,13 +598,16 @@ def _evaluate_lines(report: dict, targets) -> str:
     from .results import verified_line
 
     f, w = report["frames"], report["windows"]
+    unit = "window" if report.get("unit") == "windows" else "frame"
+    windows = (f"windows of {report['window']['spec']} ({w['count']}, {w['positives']} positive) FPR {_rate(w['fpr'])} "
+               f"FNR {_rate(w['fnr'])}" if unit == "window" else f"windows FPR {_rate(w['fpr'])} FNR {_rate(w['fnr'])}")
     return (
         f"{Path(report['video']).name} [{report['segment'][0]}, {report['segment'][1]}) {report['object']} @ targets "
         f"{targets.fpr}/{targets.fnr}, {report['frames_compared']} frames compared ({report['positives']} positive): "
-        f"frames FPR {_rate(f['fpr'])} FNR {_rate(f['fnr'])}; windows FPR {_rate(w['fpr'])} FNR {_rate(w['fnr'])}; "
+        f"frames FPR {_rate(f['fpr'])} FNR {_rate(f['fnr'])}; {windows}; "
         f"reference {report['reference_fps']:.1f} frames/s, query {report['cascade_fps']:.1f} frames/s, speed-up "
         f"{report['speedup']:.1f}x ({report['reference_calls']} reference calls, verification {report['verify_seconds']:.1f} s)"
-        f"\n{verified_line(report['verified'], targets)}"
+        f"\n{verified_line(report['verified'], targets, unit)}"
     )
 
 

@@ -109,6 +109,17 @@ def _size(v):
     return None if ok else "[width, height] (or WxH) of two integers in [1, 8192]"
 
 
+def _window(v):
+    """query.window: seconds or frames (1s, 0.5s, 30f), as --window reads it."""
+    from .windows import parse_window
+
+    try:
+        parse_window(v)
+    except NoscopeError:
+        return "a window like 1s, 0.5s or 30f (more than 0)"
+    return None
+
+
 def _skips(v):
     ok = isinstance(v, list) and v and all(_POSITIVE_INT(x) is None for x in v)
     return None if ok else f"a non-empty list of integers in [1, {MAX_COUNT}]"
@@ -171,6 +182,7 @@ RULES: dict[str, Rule] = {
     "decode.frame_cache": _BOOL,
     "query.target_fpr": _FRACTION, "query.target_fnr": _FRACTION, "query.batch_size": _POSITIVE_INT,
     "query.verify": _COUNT, "query.verify_rounds": _POSITIVE_INT, "query.guarantee": _BOOL,
+    "query.window": nullable(_window), "query.window_share": between(0, 1, lo_open=True), "query.verify_windows": _COUNT,
 }
 
 

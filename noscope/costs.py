@@ -1,6 +1,6 @@
 """Seconds per frame on this machine, for the optimizer's cost model: decoding and the reference.
 
-    t_grab, t_convert = measure_decode_costs(video, start, end, (50, 50))
+    t_decode, t_luma = measure_decode_costs(video, start, end, Luma(50, 50))
     t_reference = measure_reference_cost(reference)
 
 The cheap stages time themselves (specialized.measure_cost, difference.measure_cost).
@@ -15,22 +15,22 @@ import numpy as np
 from .video import Video
 
 
-def measure_decode_costs(video: Video, start: int, end: int, size: tuple[int, int], n: int = 200) -> tuple[float, float]:
-    """Seconds per frame to demux+decode (grab) and to also convert+resize one frame."""
-    import cv2
-
+def measure_decode_costs(video: Video, start: int, end: int, spec, n: int = 200) -> tuple[float, float]:
+    """Seconds per frame to decode a frame as a query's pass decodes it (PyAV, nothing made of it),
+    and to also make `spec` of it: a video.Luma plane (what every processed frame pays), or RGB at a
+    (width, height) (what a frame pays to reach the model or the reference). The faster of two runs."""
     n = max(1, min(n, end - start))
-    cap = cv2.VideoCapture(str(video.path))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-    t0 = time.perf_counter()
-    grabbed = sum(1 for _ in range(n) if cap.grab())
-    t_grab = (time.perf_counter() - t0) / max(grabbed, 1)
-    cap.release()
     begin = 0 if video.counted else start  # a counted file is decoded from its start: time its first frames
+    plain = min(_per_frame(video, {}, begin, n) for _ in range(2))
+    made = min(_per_frame(video, {"x": spec}, begin, n) for _ in range(2))
+    return plain, max(made - plain, 1e-7)
+
+
+def _per_frame(video: Video, sizes: dict, begin: int, n: int) -> float:
     t0 = time.perf_counter()
-    got = sum(len(b) for b in video.batches({"x": size}, begin, begin + n))
-    t_full = (time.perf_counter() - t0) / max(got, 1)
-    return t_grab, max(t_full - t_grab, 1e-7)
+    with video.batches(sizes, begin, begin + n, prefetch=0) as decoding:
+        got = sum(len(b) for b in decoding)
+    return (time.perf_counter() - t0) / max(got, 1)
 
 
 def measure_reference_cost(reference, n: int = 8) -> float:

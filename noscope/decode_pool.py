@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .video import Batch, DecodePass, Keep, Size, Video, decoder_name, keyframes, prefetched
+from .video import Batch, DecodePass, Keep, Size, Video, decoder_name, keeps_pictures, keyframes, prefetched, spec_bytes
 
 __all__ = ["keyframes", "parallel_batches", "plan_segments"]  # keyframes: the scan lives in noscope.video
 
@@ -77,7 +77,8 @@ def batches(video: Video, sizes: dict[str, Size], start: int = 0, end: int | Non
     `keep.sink` empty: the caller decodes them later, as it would have)."""
 
     def run(p: DecodePass) -> Iterator[Batch]:
-        if workers <= 1 or decoder_name(video.backend) != "pyav" or video.counted:  # counted: one process from its start
+        # counted: one process from its start; kept pictures cannot cross processes
+        if workers <= 1 or decoder_name(video.backend) != "pyav" or video.counted or keeps_pictures(sizes):
             yield from p.through(video.batches(sizes, start, end, stride, batch_size, frames, prefetch, keep))
             return
         wanted = video.wanted(start, end, stride, frames)
@@ -93,7 +94,7 @@ def parallel_batches(p: DecodePass, wanted: np.ndarray, sizes: dict[str, Size], 
     """`video.batches` for the sorted `wanted` frames of `p.video`, decoded by `workers`
     processes; what each segment's worker found is added to the pass `p`."""
     video = p.video
-    frame_bytes = sum(w * h * 3 for w, h in sizes.values()) or 1
+    frame_bytes = sum(spec_bytes(spec) for spec in sizes.values()) or 1
     max_frames = max(batch_size, SEGMENT_BYTES // frame_bytes)
     min_frames = int(np.clip(len(wanted) // (workers * SEGMENTS_PER_WORKER), batch_size, max_frames))
     keys = video.seek_points() if len(wanted) >= MIN_PARALLEL_FRAMES else None

@@ -27,6 +27,7 @@ one busy core, ten to a hundred times less than the smallest CNN, so a GPU would
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from .errors import NoscopeError
 
 KINDS = ("prev", "ref")
 MODES = ("global", "blocked")
+PLANES = ("luma", "rgb")
 
 # Frames per chunk when computing MSEs: bounds the int32 temporaries (50x50x3 -> ~30 MB).
 _CHUNK = 1024
@@ -140,10 +142,15 @@ def global_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _broadcast_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # A single reference image (S, S, C) / (S, S) is compared with every frame.
+    # A single reference image (S, S, C) / (S, S) is compared with every frame; grey frames (N, S, S)
+    # and a grey image kept as (S, S, 1) (or the reverse) are the same pictures.
     a, b = np.asarray(a), np.asarray(b)
     if b.ndim == a.ndim - 1 and b.shape == a.shape[1:]:
         return b[None]
+    if a.ndim == 3 and b.shape == a.shape[1:] + (1,):  # grey frames, the image as (S, S, 1)
+        return b[None, ..., 0]
+    if a.ndim == 4 and a.shape[-1] == 1 and b.shape == a.shape[1:3]:  # (N, S, S, 1) frames, an (S, S) image
+        return b[None, ..., None]
     return b
 
 
@@ -194,8 +201,11 @@ class DiffDetector:
     weights: np.ndarray | None = None
     bias: float | None = None
     reference_image: np.ndarray | None = None
+    plane: str = "rgb"  # what it compares: "luma" (the decoder's brightness plane) or "rgb" (bundles from before)
 
     def __post_init__(self) -> None:
+        if self.plane not in PLANES:
+            raise NoscopeError(f"difference detector {self.name!r}: plane must be {' or '.join(PLANES)}, not {self.plane!r}")
         if self.kind not in KINDS or self.mode not in MODES:
             raise NoscopeError(f"difference detector {self.name!r}: kind must be prev|ref and mode global|blocked")
         if self.mode == "blocked":
@@ -242,6 +252,7 @@ class DiffDetector:
             "features": FEATURES if self.mode == "blocked" else "mse",
             "weights": None if self.weights is None else [float(w) for w in self.weights],
             "bias": None if self.bias is None else float(self.bias),
+            **({"plane": self.plane} if self.plane != "rgb" else {}),  # a bundle from before says nothing: rgb
         }
 
     @staticmethod
@@ -258,6 +269,7 @@ class DiffDetector:
                 weights=None if d.get("weights") is None else np.asarray(d["weights"], dtype=np.float32),
                 bias=None if d.get("bias") is None else float(d["bias"]),
                 reference_image=reference_image,
+                plane=str(d.get("plane", "rgb")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise NoscopeError(f"damaged difference detector entry in the bundle: {type(e).__name__} {e}") from None
@@ -539,15 +551,16 @@ class Fitted:
 
 
 def fit_and_score(frames: np.ndarray, truth: np.ndarray, blocks: np.ndarray, parts, skips: list[int], grid: int,
-                  size: int) -> Fitted:
+                  size: int, plane: str = "rgb") -> Fitted:
     """Fit every detector on the training frames (`parts.train`), score it on the held-out frames
-    (`parts.heldout`) at every skip, time it."""
-    detectors = fit_detectors(frames[parts.train], truth[parts.train], blocks[parts.train], skips=skips, grid=grid)
+    (`parts.heldout`) at every skip, time it. `plane`: what the frames are ("luma": (N, S, S))."""
+    detectors = [dataclasses.replace(d, plane=plane) for d in
+                 fit_detectors(frames[parts.train], truth[parts.train], blocks[parts.train], skips=skips, grid=grid)]
     out = Fitted(detectors, {}, {}, [])
     for d in detectors:
         for k, v in diff_scores(d, frames[parts.heldout], blocks[parts.heldout], skips).items():
             out.heldout_scores[f"{d.name}@{k}"] = v
-        out.costs[d.name] = float(measure_cost(d, size))
+        out.costs[d.name] = float(measure_cost(d, size, channels=1 if plane == "luma" else 3))
         meta = d.to_dict()
         if d.reference_image is not None:
             meta["reference_image_file"] = f"diff/{d.name}.npy"

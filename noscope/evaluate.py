@@ -24,11 +24,13 @@ from .errors import NoscopeError
 from .labels import label_frames, object_truth
 from .metrics import evaluate as rates
 from .metrics import window_labels
-from .planning import choose_plan
+from .planning import choose_plan, choose_window_plan
 from .plans import Plan, Targets
 from .prepare import Query
 from .reference import reference_runtime
 from .settings import Settings
+from .window_answer import WindowRun
+from .windows import WindowQuestion
 
 log = logging.getLogger("noscope")
 
@@ -71,6 +73,40 @@ def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False
         truth = object_truth(labels.score_of(q.bundle.class_index(o)), lab["min_score"], lab["smooth"])
         out[o] = _report(q, o, labels.frames, truth, t_ref, results[o], run.first[o], reports[o], plan, targets)
     return out
+
+
+def evaluate_windows(q: Query, targets: Targets, settings: Settings, question: WindowQuestion,
+                     quiet: bool = False) -> dict[str, dict]:
+    """object -> report for a windowed query (one object): its final window answers against the
+    reference's windows (the share rule over every frame of each), the frames carrying those answers
+    against the reference per frame, side by side; the first pass's too; speed as `evaluate`."""
+    (obj,) = q.objects
+    lab = q.bundle.meta["labels"]
+    t0 = time.perf_counter()
+    labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
+                          desc="reference")
+    t_ref = time.perf_counter() - t0
+    if not len(labels.frames):
+        nothing_to_compare(q, labels.decoding.stopped_at if labels.decoding is not None else None)
+    plan = choose_window_plan(q.bundle, targets, obj, settings.optimizer, question)
+    run = WindowRun(q, settings, question, use_label_cache=False, quiet=quiet)
+    run.spec = str(settings.query.window)
+    results, reports = run.answer(plan, targets)
+    truth = object_truth(labels.score_of(q.bundle.class_index(obj)), lab["min_score"], lab["smooth"])
+    frames = run.frame_answers(results[obj])
+    report = _report(q, obj, labels.frames, truth, t_ref, frames, frames, reports[obj], plan, targets)
+    truth_w = run.grid.truth(truth, labels.frames)
+    return {obj: dict(report, unit="windows", window=dict(frames=run.grid.size, share=run.grid.share, spec=run.spec),
+                      windows=window_errors(results[obj], truth_w),
+                      first_pass=dict(window_errors(run.first[obj], truth_w), fractions=run.first[obj].fractions()),
+                      fractions=results[obj].fractions(), reference_calls=len(run.used))}
+
+
+def window_errors(result, truth_w: np.ndarray) -> dict:
+    """A windowed result's FPR / FNR over its windows against the reference's windows (None: no window of the kind)."""
+    t, said = truth_w[result.frames], np.asarray(result.labels, bool)
+    f_fpr, f_fnr = rates(said, t, "frames", 1)
+    return dict(fpr=defined(f_fpr, ~t), fnr=defined(f_fnr, t), count=int(len(t)), positives=int(t.sum()))
 
 
 def _report(q: Query, obj: str, frames: np.ndarray, truth: np.ndarray, t_ref: float, result, first, verified: dict,

@@ -50,8 +50,9 @@ MAX_SIDE = 64
 
 
 def keeps(sizes: dict[str, Size]) -> bool:
-    """Whether the cache keeps frames of every one of these sizes."""
-    return all(max(z) <= MAX_SIDE for z in sizes.values())
+    """Whether the cache keeps frames of every one of these sizes: small RGB ones only (a luma plane
+    or kept pictures are what a pass cheaper than reading the cache asks for: it decodes)."""
+    return all(isinstance(z, tuple) and max(z) <= MAX_SIDE for z in sizes.values())
 _LAYOUT = 2  # 2: one numbering on every path, upright frames, times and lost ranges kept
 
 

@@ -212,35 +212,82 @@ def label_frames(
     decoding = None
     if len(missing):
         size = reference.input_size or (video.width, video.height)
-        lock = FileLock(str(directory) + ".lock") if use_cache else None
-        pend_f: list[int] = []
-        pend_s: list[np.ndarray] = []
-        pend_d: list[Detections] = []
-        per_chunk = chunk_frames()
-
-        def flush():
-            if use_cache and pend_f:
-                with lock:
-                    _write_npz_atomic(directory / f"chunk-{pend_f[0]:09d}-{pend_f[-1]:09d}-{len(pend_f)}.npz", **_pack(pend_f, pend_s, pend_d))
-            pend_f.clear(), pend_s.clear(), pend_d.clear()
-
+        writer = LabelWriter(directory, use_cache)
         pictures, decoding = _pictures(video, missing, size, reference.batch_size, pixels or {})
         with progress_bar(total=len(missing), desc=desc, unit="frame", quiet=quiet) as bar, closing(pictures):
             for indices, frames_det in pictures:
                 scores, dets = reference.predict(frames_det)
                 for f, s, d in zip(indices.tolist(), scores, dets):
                     cached[f] = (s, d)
-                    pend_f.append(f), pend_s.append(s), pend_d.append(d)
-                if len(pend_f) >= per_chunk:
-                    flush()
+                writer.add(indices, scores, dets)
                 bar.update(len(indices))
-        flush()
+        writer.flush()
     seconds = time.perf_counter() - t0
 
     have = np.array([f for f in frames.tolist() if f in cached], np.int64)
     scores = np.stack([cached[f][0] for f in have.tolist()]) if len(have) else np.zeros((0, n_classes), np.float32)
     dets = [cached[f][1] for f in have.tolist()]
     return Labels(have, scores.astype(np.float32), dets, from_cache=from_cache, seconds=seconds, decoding=decoding)
+
+
+class LabelWriter:
+    """New reference answers, written to the label cache in chunks of chunk_frames() as they come
+    (each chunk atomically, under the video's lock: an interruption loses at most one); with
+    `use_cache` off, nothing is written."""
+
+    def __init__(self, directory: Path, use_cache: bool = True):
+        self.directory, self.use_cache = directory, use_cache
+        self.lock = FileLock(str(directory) + ".lock") if use_cache else None
+        self.frames: list[int] = []
+        self.scores: list[np.ndarray] = []
+        self.dets: list[Detections] = []
+
+    def add(self, frames, scores, dets) -> None:
+        self.frames += [int(f) for f in frames]
+        self.scores += list(scores)
+        self.dets += list(dets)
+        if len(self.frames) >= chunk_frames():
+            self.flush()
+
+    def flush(self) -> None:
+        if self.use_cache and self.frames:
+            order = np.argsort(self.frames, kind="stable")  # a chunk's name spans its first and last frame
+            f = [self.frames[i] for i in order]
+            with self.lock:
+                _write_npz_atomic(self.directory / f"chunk-{f[0]:09d}-{f[-1]:09d}-{len(f)}.npz",
+                                  **_pack(f, [self.scores[i] for i in order], [self.dets[i] for i in order]))
+        self.frames, self.scores, self.dets = [], [], []
+
+
+class ReferenceStream:
+    """The reference answering frames while a decoding pass goes, their pictures in hand (no second
+    pass over the video): what the label cache holds for the segment is read once, the other frames
+    are asked for (in the reference's batches) and cached in chunks as they come. `close` writes the
+    last chunk. `seconds` and `calls` say what the reference itself cost."""
+
+    def __init__(self, video: Video, reference: Reference, ref_key: str, span: tuple[int, int], use_cache: bool = True):
+        self.reference = reference
+        directory = store_dir(video, ref_key, reference)
+        n = len(reference.class_names)
+        held = load_cached(directory, n, np.arange(*span)) if use_cache else {}
+        self.cached = {f: s for f, (s, _) in held.items()}
+        self.writer = LabelWriter(directory, use_cache)
+        self.seconds, self.calls = 0.0, 0
+
+    def answer(self, frames: np.ndarray, pictures: np.ndarray) -> np.ndarray:
+        """The reference's class scores (N, classes) of `frames`, whose pictures (at its input size) are given."""
+        t = time.perf_counter()
+        out = []
+        for i in range(0, len(frames), self.reference.batch_size):
+            scores, dets = self.reference.predict(pictures[i : i + self.reference.batch_size])
+            self.writer.add(frames[i : i + len(scores)], scores, dets)
+            out.append(np.asarray(scores, np.float32))
+        self.calls += len(frames)
+        self.seconds += time.perf_counter() - t
+        return np.concatenate(out) if out else np.zeros((0, len(self.reference.class_names)), np.float32)
+
+    def close(self) -> None:
+        self.writer.flush()
 
 
 def _pictures(video: Video, frames: np.ndarray, size, batch_size: int,

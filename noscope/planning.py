@@ -10,6 +10,9 @@ from .bundle import TrainedBundle
 from .optimizer import optimize
 from .plans import Plan, Targets
 from .settings import SearchSettings
+from .window_optimizer import optimize_windows
+from .window_plans import WindowedPlan
+from .windows import WindowQuestion
 
 
 def usable_models(bundle: TrainedBundle, min_auc: float, obj: str) -> list[str]:
@@ -33,3 +36,11 @@ def choose_plan(bundle: TrainedBundle, targets: Targets, objects: list[str], sea
     """One pass for `objects` (some or all of the bundle's), each held to `targets`."""
     models = {o: usable_models(bundle, float(search.min_auc), o) for o in objects}
     return optimize({o: bundle.heldouts[o] for o in objects}, bundle.costs, targets, models=models, **search.options())
+
+
+def choose_window_plan(bundle: TrainedBundle, targets: Targets, obj: str, search: SearchSettings,
+                       question: WindowQuestion) -> WindowedPlan:
+    """The windowed plan for one object of the bundle (noscope.window_optimizer), its models offered
+    as for a per-frame plan."""
+    return optimize_windows({obj: bundle.heldouts[obj]}, bundle.costs, targets, question, search,
+                            usable_models(bundle, float(search.min_auc), obj))

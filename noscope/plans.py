@@ -33,6 +33,15 @@ from .metrics import METRICS, WINDOW_MIN_FRACTION
 # Ordered by cost, so the stage a pass paid for a frame is the largest code any object needed there.
 SKIP, DIFF, MODEL, REFERENCE = 0, 1, 2, 3
 STAGES = ("skip", "diff", "model", "reference")
+# What settled a window (a windowed query, noscope.window_cascade): its processed frames' cheap answers,
+# the reference on a few of its frames, or the reference until the window's answer was certain.
+WINDOW_STAGES = ("cheap", "sampled", "reference")
+
+
+def stages_of(decided_by) -> tuple[str, ...]:
+    """The stage names a result's `decided_by` speaks: a windowed result's, or the per-frame ones."""
+    names = set(np.asarray(decided_by).tolist())
+    return WINDOW_STAGES if names & {"cheap", "sampled"} else STAGES
 
 DEFAULT_SKIPS = (1, 2, 5, 10, 15, 30)
 DIFF_KINDS = ("prev", "ref")

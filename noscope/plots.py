@@ -15,12 +15,12 @@ import warnings
 
 import numpy as np
 
-from .plans import STAGES
+from .plans import STAGES, stages_of
 
 # where the seconds go (skipping costs nothing); "verify" is the check on the video and its repairs
 COSTS = ("decode", "diff", "model", "reference", "verify")
 COLOURS = {"skip": "#b0b0b0", "decode": "#6c757d", "diff": "#5b9bd5", "model": "#f2a900", "reference": "#d9534f",
-           "verify": "#8e44ad"}
+           "verify": "#8e44ad", "cheap": "#5b9bd5", "sampled": "#f08a5d"}
 ANSWER = "#2e7d32"
 # Time bins across the picture: about one per pixel column, so hours of video draw as fast as
 # a minute and a bin's shade shows the share of its frames, not just "some frame".
@@ -108,7 +108,7 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
         axes[-1].set_xlabel("time")
         return _png(fig, plt)
 
-    masks = {s: table.decided_by == s for s in STAGES}
+    masks = {s: table.decided_by == s for s in table.stages}
     masks["yes"] = np.asarray(table.label, bool)
     edges, shares = _bin_shares(np.asarray(table.frame, np.int64), lambda f: table.seconds(f, fps), masks)
     ax = axes[1]
@@ -117,17 +117,17 @@ def timeline_png(table, fps: float, min_score: float | None = None, title: str =
     ax.set_ylim(0, 1.05)
     ax.set_yticks([0, 1], ["no", "yes"])
     ax.set_ylabel("cascade\nanswer")
-    _stage_panel(axes[2], edges, shares, masks)
+    _stage_panel(axes[2], edges, shares, masks, table.stages)
     fig.tight_layout()
     return _png(fig, plt)
 
 
-def _stage_panel(ax, edges: np.ndarray, shares: dict, masks: dict) -> None:
-    """Which stage decided the frames of each time bin, and the time axis under it."""
+def _stage_panel(ax, edges: np.ndarray, shares: dict, masks: dict, stages: tuple[str, ...] = STAGES) -> None:
+    """Which stage decided the frames of each time bin (a windowed result: their windows), and the time axis under it."""
     from matplotlib.colors import to_rgba
     from matplotlib.ticker import FuncFormatter, MultipleLocator
 
-    for k, s in enumerate(STAGES):
+    for k, s in enumerate(stages):
         # shade by the share of the bin's frames this stage decided, in tenths, so that runs of
         # bins with one shade draw as one bar (no hairline gaps between neighbouring bins)
         level = np.where(shares[s] > 0, np.maximum(1, np.round(shares[s] * 10)), 0).astype(int)
@@ -137,8 +137,8 @@ def _stage_panel(ax, edges: np.ndarray, shares: dict, masks: dict) -> None:
             colours.append(to_rgba(COLOURS[s], 0.2 + 0.08 * level[a]))
         if bars:
             ax.broken_barh(bars, (k - 0.4, 0.8), facecolors=colours, lw=0)
-    ax.set_yticks(range(len(STAGES)), [f"{s} {100 * m.mean():.0f}%" for s, m in zip(STAGES, (masks[s] for s in STAGES))])
-    ax.set_ylim(-0.6, len(STAGES) - 0.4)
+    ax.set_yticks(range(len(stages)), [f"{s} {100 * m.mean():.0f}%" for s, m in zip(stages, (masks[s] for s in stages))])
+    ax.set_ylim(-0.6, len(stages) - 0.4)
     ax.invert_yaxis()
     ax.set_ylabel("decided by")
     ax.set_xlim(edges[0], edges[-1])
@@ -180,10 +180,11 @@ def costs_png(summary: dict, decided: dict[str, int], title: str = "") -> bytes:
         a1.text(x, i, f" {x:.2f} s ({100 * x / total:.0f}%)", va="center", fontsize=8)
     a1.set_xlim(0, max(max(secs), 1e-3) * 1.45)
 
-    counts = [int(decided.get(s, 0)) for s in STAGES]
-    y = np.arange(len(STAGES))
-    a2.barh(y, [100 * c / n for c in counts], color=[COLOURS[s] for s in STAGES])
-    a2.set_yticks(y, STAGES)
+    stages = stages_of(list(decided))
+    counts = [int(decided.get(s, 0)) for s in stages]
+    y = np.arange(len(stages))
+    a2.barh(y, [100 * c / n for c in counts], color=[COLOURS[s] for s in stages])
+    a2.set_yticks(y, stages)
     a2.invert_yaxis()
     a2.set_xlabel("% of frames")
     a2.set_xlim(0, 125)

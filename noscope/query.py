@@ -13,11 +13,14 @@ from __future__ import annotations
 from .answer import answer
 from .atomic import hold_folder
 from .labels import note_check, store_dir
-from .planning import choose_plan, usable_models
+from .errors import UsageError
+from .planning import choose_plan, choose_window_plan, usable_models
 from .plans import Targets
 from .prepare import Query, open_query
-from .results import result_folder, write_results
+from .results import result_folder, write_results, write_window_results
 from .settings import Settings
+from .window_answer import WindowRun
+from .windows import WindowQuestion, parse_window
 
 
 def query_video(video, settings: Settings, targets: Targets, *, model=None, objects=None, out=None, start=None,
@@ -35,15 +38,47 @@ def query_video(video, settings: Settings, targets: Targets, *, model=None, obje
     say = say or (lambda *a, **k: None)
     q = open_query(settings, video, model, objects, start, end, reference_named=reference_named, quiet=quiet, say=say,
                    own=own_model)
+    question = window_question(settings, q)
     out = result_folder(out, q)
     with hold_folder(out):  # two queries into one folder at once: the second is told, not the last one winning
+        if question is not None and question.size > 1:
+            return query_windows(q, settings, targets, question, out, dict(plot=plot, say=say, tell=tell,
+                                                                            extra=summary_extra, quiet=quiet))
         plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
         say(f"cascade: {plan.describe()} ({offered_models(q, settings.optimizer.min_auc)})")
         results, reports = answer(q, plan, targets, settings, quiet=quiet)
         summary = write_results(out, q, plan, results, reports, targets, plot=plot, say=say, tell=tell,
-                                extra=summary_extra)
+                                extra=dict(summary_extra or {}, **one_frame_windows(question)))
     note_check(store_dir(q.video, q.ref_key, q.reference), check_record(q, summary, reports, targets))
     return summary
+
+
+def window_question(settings: Settings, q: Query) -> WindowQuestion | None:
+    """The question per window the settings ask (query.window, --window), in frames of this video;
+    None: per frame. A windowed query answers one object."""
+    if settings.query.window is None:
+        return None
+    spec = parse_window(settings.query.window)
+    if len(q.objects) > 1:
+        raise UsageError(f"--window answers one object at a time; give --object with one of {', '.join(q.objects)}")
+    return WindowQuestion(spec.frames_at(q.video.fps), float(settings.query.window_share))
+
+
+def one_frame_windows(question: WindowQuestion | None) -> dict:
+    """--window 1f: the per-frame question itself (every window one frame), said so in summary.json."""
+    return {} if question is None else dict(unit="windows", window=dict(frames=1, share=question.share))
+
+
+def query_windows(q: Query, settings: Settings, targets: Targets, question: WindowQuestion, out, how: dict) -> dict:
+    """A windowed query of one object (noscope.window_answer): plan, answer and check per window, write."""
+    (obj,) = q.objects
+    plan = choose_window_plan(q.bundle, targets, obj, settings.optimizer, question)
+    how["say"](f"cascade: {plan.describe()}")
+    run = WindowRun(q, settings, question, quiet=how["quiet"])
+    run.spec = str(settings.query.window)
+    results, reports = run.answer(plan, targets)
+    return write_window_results(out, q, run, (plan, results, reports), targets, plot=how["plot"], say=how["say"],
+                                tell=how["tell"], extra=how["extra"])
 
 
 def check_record(q: Query, summary: dict, reports: dict, targets: Targets) -> dict:

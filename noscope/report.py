@@ -24,12 +24,12 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import NoscopeError
-from .plans import STAGES
+from .plans import STAGES, WINDOW_STAGES, stages_of
 
 _COLUMNS = ["frame", "time_s", "label", "decided_by"]
 # What a result folder holds that noscope wrote (module docstring); summary.json first, so a
 # folder being cleared stops looking finished before anything else goes.
-RESULT_FILES = ("summary.json", "frames.csv", "intervals.json", "timeline.png", "costs.png")
+RESULT_FILES = ("summary.json", "frames.csv", "windows.csv", "intervals.json", "timeline.png", "costs.png")
 CLIPS_DIR = "clips"
 _CLIP_NAME = re.compile(r"(\.tmp-\d+-)?clip-\d{3,}-\d+\.\d\ds-\d+\.\d\ds\.mp4")
 
@@ -45,8 +45,13 @@ class FrameTable:
     # float64 (N,) holding the reference's float32 scores, NaN where it did not run; None: not saved
     reference_score: np.ndarray | None
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stage names its rows speak (a windowed result's: plans.WINDOW_STAGES)."""
+        return stages_of(self.decided_by)
+
     def decided_counts(self) -> dict[str, int]:
-        return {s: int((self.decided_by == s).sum()) for s in STAGES}
+        return {s: int((self.decided_by == s).sum()) for s in self.stages}
 
     def seconds(self, frames, fps: float) -> np.ndarray:
         """Presentation times of `frames` as the rows recorded them (variable frame rate: not
@@ -86,14 +91,17 @@ def _score_text(s: float) -> str:
     return np.format_float_positional(np.float32(s), unique=True, trim="-")
 
 
-def frames_csv(frames, times, labels, decided_by, reference_scores: dict[int, float] | None = None) -> bytes:
-    """frames.csv; reference_score is empty where the reference did not run on the frame."""
+def frames_csv(frames, times, labels, decided_by, reference_scores: dict[int, float] | None = None,
+               windows: np.ndarray | None = None) -> bytes:
+    """frames.csv; reference_score is empty where the reference did not run on the frame. A windowed
+    query's rows also name each frame's window (its label and decided_by are the window's)."""
     ref = reference_scores or {}
     buf = io.StringIO()
-    buf.write(",".join(_COLUMNS + ["reference_score"]) + "\n")
-    for f, t, l, d in zip(frames.tolist(), times.tolist(), labels.tolist(), decided_by.tolist()):
+    buf.write(",".join(_COLUMNS + ["reference_score"] + (["window"] if windows is not None else [])) + "\n")
+    for i, (f, t, l, d) in enumerate(zip(frames.tolist(), times.tolist(), labels.tolist(), decided_by.tolist())):
         s = ref.get(f)
-        buf.write(f"{f},{t:.3f},{int(l)},{d},{'' if s is None else _score_text(s)}\n")
+        tail = f",{int(windows[i])}" if windows is not None else ""
+        buf.write(f"{f},{t:.3f},{int(l)},{d},{'' if s is None else _score_text(s)}{tail}\n")
     return buf.getvalue().encode()
 
 
@@ -116,7 +124,7 @@ def read_frames_csv(path: Path) -> FrameTable:
             fr.append(int(row[0]))
             ts.append(float(row[1]))
             lb.append(row[2] == "1")
-            if row[3] not in STAGES:
+            if row[3] not in STAGES and row[3] not in WINDOW_STAGES:
                 raise ValueError(f"unknown stage {row[3]!r}")
             dec.append(row[3])
             if has_ref:
@@ -211,14 +219,15 @@ def _earlier_parts(out: Path) -> list[Path]:
     return [out / n for n in names if n not in ("", ".", "..") and (out / n).is_dir() and not (out / n).is_symlink()]
 
 
-def clear_result(out: Path) -> None:
-    """Remove what an earlier result left in `out` (ours only: module docstring), so the result
-    written next is not mixed with it. summary.json goes first."""
+def clear_result(out: Path, keep: tuple = ()) -> None:
+    """Remove what an earlier result left in `out` (ours only: module docstring; but the files in
+    `keep`, this result's own already), so the result written next is not mixed with it.
+    summary.json goes first."""
     out = Path(out)
     if not out.is_dir():
         return
     parts = _earlier_parts(out)
-    for name in RESULT_FILES:
+    for name in (n for n in RESULT_FILES if n not in keep):
         (out / name).unlink(missing_ok=True)
         for tmp in out.glob(f".tmp-{name}.*"):
             tmp.unlink(missing_ok=True)
@@ -240,13 +249,15 @@ def _rmdir_if_empty(path: Path) -> None:
         pass
 
 
-def write_result(out: Path, result, video, summary: dict, min_score: float, plot: bool = True) -> dict:
+def write_result(out: Path, result, video, summary: dict, min_score: float, plot: bool = True,
+                 windows: np.ndarray | None = None) -> dict:
     """The result folder: frames.csv, intervals.json, timeline.png, then summary.json, replacing
-    whatever an earlier result left there."""
-    clear_result(out)
+    whatever an earlier result left there (`windows`: each frame's window, a windowed query's;
+    windows.csv, written before, stays)."""
+    clear_result(out, keep=("windows.csv",) if windows is not None else ())
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "frames.csv", frames_csv(result.frames, result.times, result.labels, result.decided_by,
-                                                      result.reference_scores))
+                                                      result.reference_scores, windows))
     iv = intervals(result.frames, result.labels, video.fps, result.times)
     write_json(out / "intervals.json", iv)
     summary = dict(summary, intervals=len(iv))

@@ -18,8 +18,9 @@ import numpy as np
 
 from .bundle import bundle_label
 from .check_stats import all_met
-from .plans import STAGES, Plan, Targets, pass_decided, stage_fractions
+from .plans import STAGES, WINDOW_STAGES, Plan, Targets, pass_decided, stage_fractions, stages_of
 from .prepare import Query
+from .atomic import atomic_write_bytes
 from .report import clear_result, write_json, write_result
 from .settings import default_name
 
@@ -41,6 +42,52 @@ def write_results(out, q: Query, plan: Plan, results: dict, reports: dict, targe
             tell_verified(reports[o], targets, say)
         return write_result(out, results[o], q.video, summary, q.bundle.meta["labels"]["min_score"], plot=plot)
     return _write_pass(out, q, plan, results, reports, targets, plot, say, tell, extra)
+
+
+def write_window_results(out, q: Query, run, answered: tuple, targets: Targets, *, plot: bool = True, say=None,
+                         tell: bool = True, extra: dict | None = None) -> dict:
+    """A windowed query's result folder (one object): windows.csv (a row per window: its frames and
+    times, answer, what settled it, its reference calls), frames.csv (a row per frame carrying its
+    window's answer, the window's number beside it), intervals.json from the windows, timeline.png,
+    then summary.json (the question, and `verified` in windows). `answered`: (plan, results, reports),
+    what `run` (noscope.window_answer.WindowRun) gave."""
+    say = say or (lambda *a, **k: None)
+    plan, results, reports = answered
+    o = q.objects[0]
+    result, frames = results[o], run.frame_answers(results[o])
+    out = result_folder(out, q)
+    summary = dict(object_summary(q, o, frames, plan, targets, out), **window_summary(run, result), verified=reports[o],
+                   **(extra or {}))
+    if tell:
+        tell_verified(reports[o], targets, say, unit="window")
+    clear_result(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "windows.csv", windows_csv(run, result, q.video.fps))
+    return write_result(out, frames, q.video, summary, q.bundle.meta["labels"]["min_score"], plot=plot,
+                        windows=run.grid.index_of(frames.frames))
+
+
+def window_summary(run, result) -> dict:
+    """summary.json's words for the question per window: what a window is, how many, what settled them."""
+    g = run.grid
+    return dict(unit="windows", window=dict(frames=int(g.size), seconds=round(g.size / run.q.video.fps, 4),
+                                            share=float(g.share), count=int(g.count), spec=run.spec),
+                windows=int(len(result.frames)), positive_windows=int(result.labels.sum()),
+                window_fractions=result.fractions(), first_pass_window_fractions=result.first_fractions or result.fractions(),
+                decided_windows={st: int(np.sum(result.decided_by == st)) for st in WINDOW_STAGES},
+                reference_calls=len(run.used))
+
+
+def windows_csv(run, result, fps: float) -> bytes:
+    """windows.csv: window, first_frame, last_frame, start_s, end_s, answer, decided_by, reference_calls."""
+    g = run.grid
+    times = run.q.video.times_of(np.r_[g.first[result.frames], g.last[result.frames]]) if len(result.frames) else []
+    n = len(result.frames)
+    rows = ["window,first_frame,last_frame,start_s,end_s,answer,decided_by,reference_calls"]
+    for i, w in enumerate(result.frames.tolist()):
+        rows.append(f"{w},{g.first[w]},{g.last[w]},{times[i]:.3f},{times[n + i] + 1 / fps:.3f},{int(result.labels[i])},"
+                    f"{result.decided_by[i]},{int(result.calls[i])}")
+    return ("\n".join(rows) + "\n").encode()
 
 
 def result_folder(out, q: Query) -> Path:
@@ -83,8 +130,8 @@ def object_summary(q: Query, obj: str, result, plan: Plan, targets: Targets, out
         frames_per_s=round(n / result.seconds, 1) if result.seconds else None,
         reference_calls=len(result.reference_scores), fractions=result.fractions(),
         first_pass_fractions=result.first_fractions or result.fractions(),
-        decided_frames={st: int((result.decided_by == st).sum()) for st in STAGES},
-        stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
+        decided_frames={st: int((result.decided_by == st).sum()) for st in stages_of(result.decided_by)},
+        stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()}, decoding=passes(result),
         cascade=plan.plans[obj].to_dict(), targets=targets.to_dict(),
         min_score=q.bundle.meta["labels"]["min_score"], reference=q.ref_key, out=str(out),
     )
@@ -101,10 +148,17 @@ def pass_summary(q: Query, plan: Plan, results: dict, targets: Targets, out: Pat
         segment=[q.start, q.end], frames=n, wall_seconds=round(first.seconds, 3),
         frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
         reference_calls=len(first.reference_scores), fractions=stage_fractions(codes),
-        stage_seconds={k: round(x, 3) for k, x in first.stage_seconds.items()},
+        stage_seconds={k: round(x, 3) for k, x in first.stage_seconds.items()}, decoding=passes(first),
         cascade=plan.to_dict(), targets=targets.to_dict(), min_score=q.bundle.meta["labels"]["min_score"],
         reference=q.ref_key, out=str(out),
     )
+
+
+def passes(result) -> dict:
+    """How often the answer decoded the video: its passes in order (what each was for, frames the
+    decoder gave it, frames converted to pictures) and the frames decoded in all."""
+    each = list(getattr(result, "decoding", None) or [])
+    return dict(passes=len(each), frames=sum(p["decoded"] for p in each), each=each)
 
 
 def bundle_video(q: Query) -> dict:
@@ -127,14 +181,15 @@ def met_word(met) -> str:
     return {True: "met", False: "missed", None: "not verified"}[met]
 
 
-def verified_line(verified: dict, targets: Targets) -> str:
-    """One line on what the check on the queried video says of the targets."""
+def verified_line(verified: dict, targets: Targets, unit: str = "frame") -> str:
+    """One line on what the check on the queried video says of the targets (`unit`: what they count,
+    frames or windows)."""
     def one(name: str, rate: dict | None, target: float) -> str:
         if rate is None:
             return f"{name} unchecked"
         if rate["high"] is None:
             kind = "positive" if name == "FNR" else "negative"
-            return f"{name}: no {kind} frame seen, at most {rate['count_high']} frames wrong"
+            return f"{name}: no {kind} {unit} seen, at most {rate['count_high']} {unit}s wrong"
         est = "n/a" if rate["estimate"] is None else f"{rate['estimate']:.2%}"  # no drawn frame could be answered
         return f"{name} {est} (bound {rate['high']:.2%}, target {target:.2%})"
 
@@ -143,17 +198,17 @@ def verified_line(verified: dict, targets: Targets) -> str:
     rates = f"{one('FPR', verified['fpr'], targets.fpr)}, {one('FNR', verified['fnr'], targets.fnr)}"
     extra = f"; repaired: {'; '.join(verified['escalations'])}" if verified.get("escalations") else ""
     if verified.get("reference_answered"):
-        extra += f"; the reference answered every cheap {' and '.join(verified['reference_answered'])} frame"
+        extra += f"; the reference answered every cheap {' and '.join(verified['reference_answered'])} {unit}"
     hint = "" if verified["met"] or verified.get("mode") == "guarantee" else "; --guarantee checks until they are met"
-    return f"{what} on this video: {rates}, {verified.get('checked', 0)} frames checked{extra}{hint}"
+    return f"{what} on this video: {rates}, {verified.get('checked', 0)} {unit}s checked{extra}{hint}"
 
 
-def tell_verified(verified: dict, targets: Targets, say, prefix: str = "") -> None:
+def tell_verified(verified: dict, targets: Targets, say, prefix: str = "", unit: str = "frame") -> None:
     """A met target is a progress line; anything else is one warning line on stderr."""
     if verified.get("met"):
-        say(f"{prefix}verified: {verified_line(verified, targets)}")
+        say(f"{prefix}verified: {verified_line(verified, targets, unit)}")
     else:
-        log.warning("%s%s", prefix, verified_line(verified, targets))
+        log.warning("%s%s", prefix, verified_line(verified, targets, unit))
 
 
 def warn_if_stopped(q: Query, result, summary: dict) -> None:

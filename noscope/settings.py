@@ -137,6 +137,9 @@ class QuerySettings:
     verify: int
     verify_rounds: int
     guarantee: bool
+    window: object = None  # None: per frame; else seconds or frames per window (windows.parse_window)
+    window_share: float = 0.5
+    verify_windows: int = 50
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,15 @@ class Settings:
         q, o = self.query, self.optimizer
         return CheckSettings(per_stratum=int(q.verify), rounds=int(q.verify_rounds), guarantee=bool(q.guarantee),
                              confidence=float(o.confidence), skips=tuple(int(s) for s in o.skips))
+
+    @property
+    def window_check(self) -> CheckSettings:
+        """The check of a windowed query: windows drawn per cheap answer and round (query.verify_windows)."""
+        return replace(self.check, per_stratum=int(self.query.verify_windows))
+
+    def with_window(self, window) -> "Settings":
+        """--window where given (a text like 1s), else the configuration's query.window."""
+        return self if window is None else replace(self, query=replace(self.query, window=str(window)))
 
     def with_seed(self, seed: int | None) -> "Settings":
         return self if seed is None else replace(self, seed=int(seed))

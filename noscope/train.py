@@ -33,13 +33,14 @@ from . import decode_pool, difference, specialized
 from .config import HEAD_SPEC, MIN_TRAIN_FRAMES
 from .costs import measure_decode_costs, measure_reference_cost
 from .errors import NoscopeError
-from .framecache import cached_batches
 from .labels import Sample, labelled_sample
 from .progress import progress_bar
 from .reference import Reference, configured_reference, reference_runtime
 from .settings import Settings
 from .split import SampleSplit, sample_frames, split
-from .video import Video, decode_workers, open_video
+from .video import Luma, Video, decode_workers, open_video
+
+LUMA = "luma"  # decode_sample's key of the sample's luma planes (the difference detectors')
 
 MIN_FRAMES = MIN_TRAIN_FRAMES  # fewer labelled frames than this cannot be split into training and held-out
 
@@ -65,18 +66,23 @@ def train(video_path: str | Path, objects: str | list[str], out: Path, settings:
     _check_sample(sample, run, labels.min_score)
     parts = _split(sample, run, settings, say)
     archs = specialized.resolve_grid(ts.grid)
-    sizes = sorted({a.size for a in archs} | {ts.diff_size})
-    say(f"decoding {len(sample.frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)}")
+    sizes = sorted({a.size for a in archs})
+    say(f"decoding {len(sample.frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)} and their luma "
+        f"at {ts.diff_size}x{ts.diff_size}")
     d = settings.decode
-    small = decode_sample(run.video, sample.frames, sizes, quiet, d.frame_cache, d.prefetch, decode_workers(d.workers))
+    small = decode_sample(run.video, sample.frames, sizes, ts.diff_size, quiet, d.prefetch, decode_workers(d.workers))
     work = _work_dir(out, force)
     grid = specialized.train_grid(archs, small, sample.truth, parts, run.objects, work, run.key, ts, run.seed,
                                   run.reference.device, say)
     heads = train_heads(run, sample, parts, settings, work, say)
-    diffs = difference.fit_and_score(small[ts.diff_size], sample.truth, parts.blocks, parts,
-                                     [int(k) for k in settings.optimizer.skips], ts.diff_grid, ts.diff_size)
-    t_grab, t_convert = measure_decode_costs(run.video, run.start, run.end, (max(sizes), max(sizes)))
-    costs = dict(decode=t_grab, convert=t_convert, diff=diffs.costs, model={**grid.costs, **heads.costs},
+    diffs = difference.fit_and_score(small[LUMA], sample.truth, parts.blocks, parts,
+                                     [int(k) for k in settings.optimizer.skips], ts.diff_grid, ts.diff_size, plane="luma")
+    # what a query's pass pays (costs.measure_decode_costs): every frame decoded, each processed frame's
+    # luma plane, and each model's frames converted to RGB at its size (the heads' cost counts theirs)
+    t_decode, t_luma = measure_decode_costs(run.video, run.start, run.end, Luma(ts.diff_size, ts.diff_size))
+    converts = {z: measure_decode_costs(run.video, run.start, run.end, (z, z))[1] for z in sizes}
+    cnn_costs = {c["name"]: grid.costs[c["name"]] + converts[int(c["size"])] for c in grid.candidates}
+    costs = dict(decode=t_decode, convert=t_luma, diff=diffs.costs, model={**cnn_costs, **heads.costs},
                  reference=float(sample.reference_cost or measure_reference_cost(run.reference)))
     candidates = grid.candidates + heads.candidates
     meta = _manifest(run, sample, parts, settings, costs, candidates, diffs.meta, round(time.perf_counter() - t0, 1))
@@ -111,9 +117,8 @@ def train_heads(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: 
     say(f"training {len(specs)} head(s) on the reference's first layers at {', '.join(f'{w}x{h}' for w, h in frames_at)}")
     grid = ph.train_grid(run.reference, list(points.values()), frames_at, sample.truth, parts, run.objects, work, run.key,
                          kinds=kinds, seed=run.seed, device=run.reference.device, targets=sample.scores, say=say)
-    base = measure_decode_costs(v, run.start, run.end, (settings.train.diff_size, settings.train.diff_size))[1]
     for c in grid.candidates:
-        extra = max(0.0, measure_decode_costs(v, run.start, run.end, tuple(c["prefix"]["size"]))[1] - base)
+        extra = measure_decode_costs(v, run.start, run.end, tuple(c["prefix"]["size"]))[1]
         c["cost_s"] = grid.costs[c["name"]] = float(grid.costs[c["name"]] + extra)
         if c["name"] in grid.learnt_from:
             z, y = grid.learnt_from[c["name"]]
@@ -170,8 +175,9 @@ class TrainingRun:
         reference, ref_key = configured_reference(settings.reference)
         classes = [reference.class_index(o) for o in objects]
         config = settings.as_config()
+        # diff_plane: difference detectors on the luma plane (a bundle from before compares RGB: trained again)
         what = dict(video=video.hash, segment=[s, e], ref=ref_key, object=objects if len(objects) > 1 else objects[0],
-                    labels=config["labels"], train=config["train"], seed=settings.seed)
+                    labels=config["labels"], train=config["train"], seed=settings.seed, diff_plane="luma")
         key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return cls(video, s, e, objects, reference, ref_key, classes, settings.seed, key)
 
@@ -245,17 +251,18 @@ def _manifest(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: Se
     )
 
 
-def decode_sample(video: Video, frames: np.ndarray, sizes: list[int], quiet: bool, frame_cache: bool = True,
-                  prefetch: int = 2, workers: int = 1) -> dict[int, np.ndarray]:
-    """The sampled frames at every small size; through the frame cache, so the query that
-    follows training does not decode these frames again."""
-    out = {z: np.zeros((len(frames), z, z, 3), np.uint8) for z in sizes}
+def decode_sample(video: Video, frames: np.ndarray, sizes: list[int], luma: int, quiet: bool, prefetch: int = 2,
+                  workers: int = 1) -> dict:
+    """The sampled frames in RGB at every small size (the CNNs'), and their luma plane at `luma` x
+    `luma` under the key LUMA (the difference detectors', as a query's pass makes it)."""
+    out: dict = {z: np.zeros((len(frames), z, z, 3), np.uint8) for z in sizes}
+    out[LUMA] = np.zeros((len(frames), luma, luma), np.uint8)
     pos = {f: i for i, f in enumerate(frames.tolist())}
-    decode = partial(cached_batches if frame_cache else decode_pool.batches, video)
+    want = {**{z: (z, z) for z in sizes}, LUMA: Luma(luma, luma)}
     with progress_bar(total=len(frames), desc="decode", quiet=quiet) as bar:
-        for b in decode({z: (z, z) for z in sizes}, frames=frames, batch_size=256, prefetch=prefetch, workers=workers):
+        for b in decode_pool.batches(video, want, frames=frames, batch_size=256, prefetch=prefetch, workers=workers):
             idx = [pos[f] for f in b.indices.tolist()]
-            for z in sizes:
+            for z in want:
                 out[z][idx] = b.frames[z]
             bar.update(len(b))
     return out

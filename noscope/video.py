@@ -51,6 +51,27 @@ from .errors import NoscopeError, UsageError
 
 Size = tuple[int, int]  # (width, height)
 
+
+@dataclass(frozen=True)
+class Luma:
+    """A sizes entry asking for the decoder's luma (brightness) plane, area-averaged to width x height:
+    uint8 (h, w), no colour conversion at all (PyAV hands a planar YUV frame's Y plane over as it is).
+    What the difference detectors read (measured on the storefront clip, 2 cores: decoding with it
+    costs a few percent over decoding alone, against about twice for RGB through the scaler)."""
+
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """A sizes entry asking the pass to keep each frame's decoded picture with its batch, converted
+    only when asked for (`Batch.rgb`), at the size asked for: the model's and the reference's frames
+    are the few a cascade sends on, so most frames are never converted to RGB at all."""
+
+
+KEEP_PICTURES = Pictures()
+
 # Beyond this many unwanted frames in a row, seeking beats grabbing through them.
 _SEEK_GAP = 250
 _REORDER_DEPTH = 16  # most frames a decoder holds back for reordering (H.264's limit)
@@ -105,10 +126,34 @@ class Keep:
 class Batch:
     indices: np.ndarray  # int64 (B,) frame numbers in the file
     times: np.ndarray  # float64 (B,) seconds from the start of the file
-    frames: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 (B, h, w, 3) RGB
+    frames: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 (B, h, w, 3) RGB, or (B, h, w) luma
+    pictures: list | None = None  # each frame's decoded picture (a Pictures entry asked for them)
+    found: Findings | None = None  # the pass that decoded them: `rgb` counts its conversions there
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def subset(self, rows: np.ndarray) -> Batch:
+        """The batch's frames at `rows` (in order), with their pictures."""
+        rows = np.asarray(rows, np.int64)
+        return Batch(self.indices[rows], self.times[rows], {k: v[rows] for k, v in self.frames.items()},
+                     None if self.pictures is None else [self.pictures[i] for i in rows.tolist()], self.found)
+
+    def rgb(self, rows: np.ndarray, size: Size) -> np.ndarray:
+        """uint8 (len(rows), h, w, 3) RGB of the batch's frames at `rows`, converted now from the
+        pictures the pass kept (upright, area filter): the frames a later stage needs, and no other."""
+        return self.made(rows, tuple(size))
+
+    def made(self, rows: np.ndarray, spec) -> np.ndarray:
+        """The batch's frames at `rows` made now from the pictures the pass kept, at one sizes entry
+        (RGB (w, h), or a Luma plane)."""
+        out = [converted(self.pictures[i], spec) for i in np.asarray(rows, np.int64).tolist()]
+        if self.found is not None and not isinstance(spec, Luma):
+            self.found.converted += len(out)
+        if out:
+            return np.stack(out)
+        w, h = (spec.width, spec.height) if isinstance(spec, Luma) else spec
+        return np.zeros((0, h, w) if isinstance(spec, Luma) else (0, h, w, 3), np.uint8)
 
 
 def parse_position(spec: str | int | float | None, fps: float) -> int | None:
@@ -486,19 +531,17 @@ class DecodePass(Findings):
                     if track.ended:  # end of file, or a container that cannot be read on
                         break
                     continue  # lost to damage, or a seek landed past it: it cannot be had
-                for name, (w, h) in sizes.items():
-                    buf.frames[name].append(upright_rgb(frame, w, h))
-                buf.add(target, track.time)
-                self.converted += 1
+                buf.put(frame, target, track.time)
+                self.converted += converts(sizes)
                 if buf.full():
-                    yield buf.take()
+                    yield buf.take(self)
             if v.counted and until is not None and frames_iter is not None and not track.ended:
                 track.advance(frames_iter, until - 1)  # times of the frames after the last wanted one
             later = max((f for f in keep.frames if f > track.pos), default=None) if keep is not None else None
             if later is not None and frames_iter is not None and not track.ended:
                 track.advance(frames_iter, later)  # frames to keep after the last wanted one
             if len(buf):
-                yield buf.take()
+                yield buf.take(self)
         finally:
             container.close()
 
@@ -577,13 +620,10 @@ class DecodePass(Findings):
             if not ok or bgr is None:
                 self.stop(target)
                 break
-            for name, (w, h) in sizes.items():
-                small = bgr if (bgr.shape[1], bgr.shape[0]) == (w, h) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
-                buf.frames[name].append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-            buf.add(target, v.recorded_time(target))
-            self.converted += 1
+            buf.put(bgr, target, v.recorded_time(target))
+            self.converted += converts(sizes)
             if buf.full():
-                yield buf.take()
+                yield buf.take(self)
         while counted and until is not None and self.stopped_at is None and pos < until:
             if not grab():  # times of the frames after the last wanted one; the file may end there
                 self.stop(pos)
@@ -592,7 +632,7 @@ class DecodePass(Findings):
             if not grab():  # frames to keep after the last wanted one
                 break
         if len(buf):
-            yield buf.take()
+            yield buf.take(self)
 
 
 class _Tracker:
@@ -717,11 +757,72 @@ class _Buffer:
     def full(self) -> bool:
         return len(self.idx) >= self.batch_size
 
-    def take(self) -> Batch:
+    def put(self, picture, index: int, time: float) -> None:
+        """One decoded frame (a PyAV frame, or OpenCV's BGR array) at every size asked for."""
+        for name, spec in self.sizes.items():
+            self.frames[name].append(picture if isinstance(spec, Pictures) else converted(picture, spec))
+        self.add(index, time)
+
+    def take(self, found: Findings | None = None) -> Batch:
+        kept = [k for k, spec in self.sizes.items() if isinstance(spec, Pictures)]
         b = Batch(np.asarray(self.idx, np.int64), np.asarray(self.times, np.float64),
-                  {k: np.stack(v) for k, v in self.frames.items()})
+                  {k: np.stack(v) for k, v in self.frames.items() if k not in kept},
+                  self.frames[kept[0]] if kept else None, found)
         self.idx, self.times, self.frames = [], [], {k: [] for k in self.sizes}
         return b
+
+
+def keeps_pictures(sizes: dict) -> bool:
+    """Whether a pass is asked to keep its frames' pictures (a Pictures entry)."""
+    return any(isinstance(spec, Pictures) for spec in sizes.values())
+
+
+def spec_bytes(spec) -> int:
+    """Bytes a frame takes at one sizes entry (kept pictures: counted as none, they are the decoder's)."""
+    if isinstance(spec, Pictures):
+        return 0
+    return spec.width * spec.height if isinstance(spec, Luma) else spec[0] * spec[1] * 3
+
+
+def converts(sizes: dict) -> int:
+    """1 when a frame is converted for these sizes as it is decoded (its pictures kept alone: not yet)."""
+    return int(any(not isinstance(spec, Pictures) for spec in sizes.values()))
+
+
+def converted(picture, spec) -> np.ndarray:
+    """A decoded picture (PyAV frame, or OpenCV's BGR array) at one size: RGB (w, h), or a Luma plane."""
+    if isinstance(spec, Luma):
+        return picture_luma(picture, spec.width, spec.height)
+    return picture_rgb(picture, *spec)
+
+
+def picture_rgb(picture, w: int, h: int) -> np.ndarray:
+    """RGB (h, w, 3) of a PyAV frame (upright_rgb) or of OpenCV's BGR array."""
+    if isinstance(picture, np.ndarray):
+        small = picture if picture.shape[1::-1] == (w, h) else cv2.resize(picture, (w, h), interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+    return upright_rgb(picture, w, h)
+
+
+# Pixel formats whose first plane is 8-bit luma, one byte a pixel: read as they are, no conversion.
+_LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p", "yuv411p",
+               "yuv410p", "nv12", "nv21", "gray"}
+
+
+def picture_luma(picture, w: int, h: int) -> np.ndarray:
+    """Luma (h, w) of a PyAV frame, upright (its Y plane area-averaged; other formats through the
+    scaler), or of OpenCV's BGR array (converted to grey first)."""
+    if isinstance(picture, np.ndarray):
+        return cv2.resize(cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY), (w, h), interpolation=cv2.INTER_AREA)
+    turns = int(round(getattr(picture, "rotation", 0) / 90)) % 4
+    cw, ch = (h, w) if turns % 2 else (w, h)
+    if picture.format.name in _LUMA_FIRST:
+        plane = picture.planes[0]
+        y = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        small = cv2.resize(y, (cw, ch), interpolation=cv2.INTER_AREA)
+    else:
+        small = picture.to_ndarray(width=cw, height=ch, format="gray", interpolation="AREA")
+    return np.ascontiguousarray(np.rot90(small, turns)) if turns else small
 
 
 def prefetched(items: Iterator, depth: int) -> Iterator:

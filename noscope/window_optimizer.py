@@ -6,8 +6,11 @@ targets on the held-out windows.
 
 Candidates: the per-frame optimizer's cascades (noscope.optimizer) at the window targets and at
 looser frame targets (a window forgives what a frame does not: a frame wrong here and there, an
-answer a few frames late), plus no cheap stage at all; each with every reference sampling in
-SAMPLINGS (and the exact one: every window's own answer, decided). Each candidate is simulated on
+answer a few frames late), with their model's thresholds at other quantiles of its scores, plus no
+cheap stage at all; the cheap stages settling a window where its processed frames decide it, or
+only where they all agree; each with every reference sampling in SAMPLINGS (and the exact one:
+every window's own answer, decided) that answers the held-out windows within the targets on its
+own. Each candidate is simulated on
 the held-out windows (noscope.window_simulate), cut at OFFSETS phases so that a few held-out minutes
 give more windows to judge by; the window FPR and FNR averaged over the phases must meet the
 targets. Cost per frame (seconds, `Costs`): every frame decoded; processed frames converted and
@@ -19,6 +22,7 @@ piece of evidence); the exact plan is the fallback, and a cascade must save `min
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -48,16 +52,31 @@ def samplings(size: int) -> list[Sampling]:
 
 
 def frame_cascades(heldout: HeldOut, costs: Costs, targets: Targets, models, search) -> list[Cascade]:
-    """The per-frame optimizer's cascades at the window targets and looser ones, and no cheap stage."""
+    """The per-frame optimizer's cascades at the window targets and looser ones, each one with a model
+    also with its thresholds at other quantiles of the model's held-out scores (a window's answer
+    takes several frames' cheap answers: thresholds no frame target would pick can settle it), and no
+    cheap stage at all."""
     found = [Cascade(1)]
     levels = sorted({min(0.45, targets.fpr * m) for m in FRAME_TARGETS} | set(LOOSE_TARGETS))
     for t in levels:
         plan = optimize({"o": heldout}, costs, Targets(t, t), skips=tuple(int(s) for s in search.skips),
                         models={"o": list(models)}, min_saving=0.0, confidence=float(search.confidence))
         c = plan.shared.cascade
-        if c not in found:
-            found.append(c)
+        for variant in [c] + threshold_variants(c, heldout):
+            if variant not in found:
+                found.append(variant)
     return found
+
+
+QUANTILES = (0.05, 0.2, 0.4, 0.6, 0.8, 0.95)  # of a model's held-out scores, as window thresholds
+
+
+def threshold_variants(c: Cascade, heldout: HeldOut) -> list[Cascade]:
+    """`c` with its model's thresholds at pairs of QUANTILES of the model's held-out scores (c_low <= c_high)."""
+    if c.model is None:
+        return []
+    q = np.unique(np.quantile(np.asarray(heldout.model_scores[c.model], float), QUANTILES))
+    return [dataclasses.replace(c, c_low=float(lo), c_high=float(hi)) for lo in q for hi in q if lo <= hi]
 
 
 def judged(plan: WindowPlan, arrays: HeldOutArrays, costs: Costs) -> dict:
@@ -114,9 +133,12 @@ def optimize_windows(heldouts: dict[str, HeldOut], costs: Costs, targets: Target
     exact = WindowPlan(Cascade(1), Sampling(0, size), size, share)
     offers = [(judged(exact, arrays, costs), exact)]
     limit = (1.0 - float(search.min_saving)) * offers[0][0]["cost"]
+    # a sampling must answer the held-out windows within the targets on its own: the windows it gets
+    # on video are whichever the cheap stages leave, and a repair can leave it many more
+    able = [s for s in samplings(size) if meets(judged(WindowPlan(Cascade(1), s, size, share), arrays, costs), targets)]
     for c in frame_cascades(heldout, costs, targets, models, search):
-        for s in samplings(size):
-            plan = WindowPlan(c, s, size, share)
+        for s, unanimous in ((s, u) for s in able for u in ((False, True) if c.model or c.diff else (False,))):
+            plan = WindowPlan(c, s, size, share, unanimous=unanimous)
             fig = judged(plan, arrays, costs)
             if meets(fig, targets) and fig["cost"] <= limit:
                 offers.append((fig, plan))
@@ -141,5 +163,5 @@ def object_plan(plan: WindowPlan, fig: dict, confidence: float) -> WindowObjectP
 def exact_plan(question: WindowQuestion, obj: str) -> WindowedPlan:
     """The reference on every window until its answer is certain: no held-out figures needed."""
     plan = WindowPlan(Cascade(1), Sampling(0, question.size), question.size, question.share)
-    op = WindowObjectPlan(plan, math.nan, 0.0, 0.0, dict(cheap=0.0, reference=1.0), float(size), 0, 0.0, 0.0)
+    op = WindowObjectPlan(plan, math.nan, 0.0, 0.0, dict(cheap=0.0, reference=1.0), float(question.size), 0, 0.0, 0.0)
     return WindowedPlan({obj: op}, math.nan, op.fractions)

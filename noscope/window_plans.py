@@ -29,6 +29,8 @@ class WindowPlan:
     sampling: Sampling
     size: int  # frames per window
     share: float  # share of positive frames that makes a window "yes"
+    settles: tuple = (False, True)  # the answers the cheap stages may settle a window with (a repair narrows it)
+    unanimous: bool = False  # the cheap stages settle a window only where every processed frame agrees
 
     @property
     def reference_only(self) -> bool:
@@ -73,6 +75,7 @@ class WindowObjectPlan:
         return dict(unit="windows", window_frames=int(self.plan.size), share=float(self.plan.share), skip=int(f.skip),
                     diff=f.diff, diff_threshold=_num(f.diff_threshold), model=f.model, c_low=_num(f.c_low),
                     c_high=_num(f.c_high), sampling=dict(lead=int(s.lead), most=int(s.most)),
+                    settles=["yes" if a else "no" for a in self.plan.settles], unanimous=bool(self.plan.unanimous),
                     expected_cost=float(self.expected_cost), heldout_fpr=_num(self.heldout_fpr),
                     heldout_fnr=_num(self.heldout_fnr), fractions={k: float(v) for k, v in self.fractions.items()},
                     calls_per_window=float(self.calls_per_window), heldout_windows=int(self.windows),
@@ -82,7 +85,8 @@ class WindowObjectPlan:
     @classmethod
     def from_dict(cls, d: dict) -> "WindowObjectPlan":
         plan = WindowPlan(as_cascade(d), Sampling(int(d["sampling"]["lead"]), int(d["sampling"]["most"])),
-                          int(d["window_frames"]), float(d["share"]))
+                          int(d["window_frames"]), float(d["share"]),
+                          tuple(a == "yes" for a in d.get("settles", ["no", "yes"])), bool(d.get("unanimous", False)))
         return cls(plan, float(d["expected_cost"]), d.get("heldout_fpr"), d.get("heldout_fnr"), dict(d.get("fractions", {})),
                    float(d.get("calls_per_window", 0.0)), int(d.get("heldout_windows", 0)), float(d.get("bound_fpr", 1.0)),
                    float(d.get("bound_fnr", 1.0)), float(d.get("confidence", 0.95)))
@@ -97,6 +101,7 @@ class WindowObjectPlan:
         if f.model is not None:
             parts.append(f"model {f.model!r}")
         cheap = " -> ".join(parts) or "no cheap stage"
+        cheap += " (every processed frame agreeing)" if self.plan.unanimous else ""
         return (f"windows of {self.plan.size} frames ({self.plan.share:.0%} positive = yes): {cheap} settles "
                 f"{self.fractions.get('cheap', 0):.1%} of windows, {self.plan.sampling.describe()} on the rest "
                 f"({self.calls_per_window:.2g} a window); {self.expected_cost * 1e3:.3g} ms/frame; held-out windows "

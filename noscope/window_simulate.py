@@ -28,7 +28,7 @@ import numpy as np
 from .plans import Cascade, high, low
 from .simulate import HeldOutArrays, layout_of
 from .window_plans import WindowPlan
-from .windows import decided, need, spread_order
+from .windows import cheap_answer, need, spread_order
 
 CHEAP, SAMPLED = 0, 1  # the stage that settled a window
 WINDOW_STAGES = ("cheap", "reference")
@@ -84,9 +84,11 @@ def simulate_windows(plan: WindowPlan, arrays: HeldOutArrays, offset: int = 0) -
     w_of = np.repeat(np.arange(len(starts)), lengths)
     count = lambda mask: np.bincount(w_of, weights=mask, minlength=len(starts)).astype(np.int64)  # noqa: E731
     n_proc = count(processed)
-    sure = decided(count(processed & (state == _YES)), count(processed & (state == _NO)), np.maximum(n_proc, 1),
-                   plan.share)
-    sure[n_proc == 0] = -1
+    sure = cheap_answer(count(processed & (state == _YES)), count(processed & (state == _NO)), n_proc, plan.share,
+                        plan.unanimous)
+    for answer in (False, True):
+        if answer not in plan.settles:
+            sure[sure == int(answer)] = -1  # the cheap stages may not settle a window with this answer
     truth_w = count(arrays.truth) >= need(lengths, plan.share)
     labels, stage = sure == 1, np.where(sure >= 0, CHEAP, SAMPLED).astype(np.int8)
     calls, exact = np.zeros(len(starts), np.int64), np.zeros(len(starts), bool)

@@ -90,6 +90,19 @@ class WindowQuestion:
     share: float = DEFAULT_SHARE
 
 
+def cheap_answer(yes, no, n, share: float, unanimous: bool = False):
+    """A window's answer from its `n` processed frames' cheap answers (`yes` and `no` of them, the rest
+    undecided): where they decide it by the share rule whatever the others say (windows.decided over
+    the processed frames), or, `unanimous`, only where every one of them says the same. int8 arrays
+    (1 yes, 0 no, -1 the reference samples it); no processed frame: -1."""
+    yes, no, n = np.asarray(yes), np.asarray(no), np.asarray(n)
+    if unanimous:
+        out = np.where(yes == n, 1, np.where(no == n, 0, -1)).astype(np.int8)
+    else:
+        out = np.asarray(decided(yes, no, np.maximum(n, 1), share), np.int8).reshape(np.shape(yes))
+    return np.where(n > 0, out, -1).astype(np.int8)
+
+
 class WindowGrid:
     """The windows of [start, end): consecutive runs of `size` frames from `start`, the last one
     shorter where the segment ends inside it."""
@@ -158,18 +171,23 @@ class Sampling:
         spread order, are `answers` (only a prefix is read). `exact`: the answer is certain."""
         size = len(answers)
         pos = neg = 0
-        for i in range(min(self.most, size)):
-            if answers[i]:
-                pos += 1
-            else:
-                neg += 1
-            sure = decided(pos, neg, size, share)
-            if sure is not None:
-                return sure, i + 1, True
-            if self.lead and abs(pos - neg) >= self.lead:
-                break
+        for i in range(size):
+            pos, neg = pos + bool(answers[i]), neg + (not answers[i])
+            done = self.stop(pos, neg, size, share)
+            if done is not None:
+                return done[0], i + 1, done[1]
+        return bool(pos >= need(size, share)), size, True
+
+    def stop(self, pos: int, neg: int, size: int, share: float) -> tuple[bool, bool] | None:
+        """After `pos` positive and `neg` negative frames of a window of `size`: (answer, exact) when
+        the sampling stops here, None to ask for the next frame."""
+        sure = decided(pos, neg, size, share)
+        if sure is not None:
+            return sure, True
         seen = pos + neg
-        return bool(pos >= need(seen, share)), seen, False
+        if seen >= min(self.most, size) or (self.lead and abs(pos - neg) >= self.lead):
+            return bool(pos >= need(seen, share)), False
+        return None
 
     def describe(self) -> str:
         return f"reference on up to {self.most} frames a window" + (f", until one answer leads by {self.lead}"

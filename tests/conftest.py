@@ -74,6 +74,14 @@ def moving_square_frames(n: int = 120, h: int = 72, w: int = 96, seed: int = 0) 
     return frames, present
 
 
+def luma_frames(video, start: int, end: int, size: int = 50) -> np.ndarray:
+    """Frames [start, end) of an opened video as a query's difference detectors see them: the
+    decoder's luma plane at size x size."""
+    from noscope.video import Luma
+
+    return np.concatenate([b.frames["l"] for b in video.batches({"l": Luma(size, size)}, start, end)])
+
+
 @pytest.fixture
 def square_video(tmp_path):
     frames, present = moving_square_frames()
@@ -164,3 +172,16 @@ def camera(trained_camera, tmp_path, monkeypatch):
     bundle = tmp_path / "models" / "cam"
     shutil.copytree(trained, bundle)
     return video, bundle, present
+
+
+@pytest.fixture
+def drift_video(tmp_path, monkeypatch):
+    """The drift scene of test_drift as a video, its colour-blind test reference in place: (path, present)."""
+    import noscope.reference
+
+    from .test_drift import SaturatedSquares, scene
+
+    frames, present = scene()
+    path = write_video(tmp_path / "drift.avi", frames)
+    monkeypatch.setattr(noscope.reference, "load_reference", lambda *a, **k: SaturatedSquares())
+    return path, present

@@ -11,13 +11,11 @@ squares, the check on the queried video must find the misses and repair them, an
 import json
 
 import numpy as np
-import pytest
 
-import noscope.reference
 from noscope.plans import Targets
 from noscope.reference.base import Detections, Reference
 
-from .conftest import default_settings, write_video
+from .conftest import default_settings
 
 N, HALF = 480, 240
 
@@ -58,15 +56,6 @@ class SaturatedSquares(Reference):
         saturated = (f.max(axis=3) - f.min(axis=3)) > 120
         scores = np.minimum(saturated.sum(axis=(1, 2)) / 300.0, 1.0).astype(np.float32)[:, None]
         return scores, [Detections.empty() for _ in frames]
-
-
-@pytest.fixture
-def drift_video(tmp_path, monkeypatch):
-    frames, present = scene()
-    path = write_video(tmp_path / "drift.avi", frames)
-    load = lambda *a, **k: SaturatedSquares()  # noqa: E731
-    monkeypatch.setattr(noscope.reference, "load_reference", load)
-    return path, present
 
 
 def test_query_finds_the_miss_and_repairs_it(drift_video, tmp_path):

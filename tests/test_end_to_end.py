@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from noscope.cli import cli
 
-from .conftest import URBAN, default_settings
+from .conftest import URBAN, default_settings, luma_frames
 
 TRAIN = ["--object", "bus", "--start", "300f", "--end", "900f", "--name", "bus",
          "--set", "train.grid=small", "--set", "train.epochs=8", "--set", "train.block=50", "-q"]
@@ -77,7 +77,7 @@ def check_executor_matches_simulation():
     from noscope import difference
     from noscope.bundle import bundle_path
     from noscope.bundle import load_bundle
-    from noscope.cascade import run_cascade
+    from noscope.cascade import PassOptions, run_cascade
     from noscope.labels import label_frames
     from noscope.plans import STAGES, HeldOut, ObjectPlan, Plan
     from noscope.simulate import simulate
@@ -90,18 +90,19 @@ def check_executor_matches_simulation():
     key = reference_key(ref)
     frames = np.arange(600, 800)
     x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 600, 800)])
+    lx = luma_frames(v, 600, 800)  # what the difference detectors see
     name = tb.meta["candidates"][0]["name"]
     p = tb.model(name, ref.device).predict(x)[:, 0]
     blocks = np.zeros(len(frames), np.int64)
-    ds = difference.diff_scores(tb.diff("prev-global"), x, blocks, [2])
+    ds = difference.diff_scores(tb.diff("prev-global"), lx, blocks, [2])
     truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.class_index("bus")) >= tb.meta["labels"]["min_score"]
     plan = ObjectPlan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.3), model=name,
                       c_low=_between(p, 0.3), c_high=_between(p, 0.7), expected_cost=0.0, heldout_fpr=0.0, heldout_fnr=0.0)
     held = HeldOut(truth=truth, blocks=blocks, model_scores={name: p}, diff_scores={"prev-global": {2: ds[2]}},
                    diff_kinds={"prev-global": "prev"})
     sim_labels, sim_codes = simulate(plan, held)
-    res = run_cascade(v, tb, Plan({"bus": plan}, 0.0, {}), ref, key, 600, 800, decode=default_settings().decode,
-                      quiet=True)["bus"]
+    res = run_cascade(v, tb, Plan({"bus": plan}, 0.0, {}), ref, key, (600, 800),
+                      PassOptions(default_settings().decode, quiet=True))["bus"]
     assert res.frames.tolist() == frames.tolist()
     assert [STAGES[c] for c in sim_codes] == res.decided_by.tolist()
     assert np.array_equal(sim_labels, res.labels)

@@ -22,7 +22,7 @@ import torch
 from noscope import decode_pool
 from noscope import video as video_mod
 from noscope.bundle import TrainedBundle
-from noscope.cascade import run_cascade
+from noscope.cascade import PassOptions, run_cascade
 from noscope.framecache import cached_batches
 from noscope.labels import label_frames, store_dir
 from noscope.plans import ObjectPlan, Plan
@@ -143,7 +143,7 @@ def plan(skip: int) -> Plan:
 
 
 def run_car(v, tb, p, ref, start, end):
-    return run_cascade(v, tb, p, ref, reference_key(ref), start, end, decode=default_settings().decode, quiet=True)["car"]
+    return run_cascade(v, tb, p, ref, reference_key(ref), (start, end), PassOptions(default_settings().decode, quiet=True))["car"]
 
 
 # ------------------------------------------------------------------------- 1: frame numbers

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from noscope.cli import cli
 
-from .conftest import TRAIN, URBAN, default_settings, share_detector_files
+from .conftest import TRAIN, URBAN, default_settings, luma_frames, share_detector_files
 
 MULTI = [a if a != "bus" else "bus,car" for a in TRAIN]  # the session bundle's settings, two objects
 STEM = URBAN.stem
@@ -135,7 +135,7 @@ def test_executor_matches_the_simulation_for_every_object(multi):
     run on video with `simulate` of each object's plan, frame by frame."""
     from noscope import difference
     from noscope.bundle import load_bundle
-    from noscope.cascade import STAGES, run_cascade
+    from noscope.cascade import STAGES, PassOptions, run_cascade
     from noscope.labels import label_frames
     from noscope.plans import HeldOut, ObjectPlan, Plan, pass_decided, stage_fractions
     from noscope.reference import load_reference, reference_key
@@ -150,11 +150,12 @@ def test_executor_matches_the_simulation_for_every_object(multi):
         start, end = 450, 500  # labelled by training: the reference answers from the cache
         frames = np.arange(start, end)
         x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, start, end)])
+        lx = luma_frames(v, start, end)  # what the difference detectors see
         name = tb.meta["candidates"][0]["name"]
         p = tb.model(name, ref.device).predict(x)
         assert p.shape == (len(frames), 2)
         blocks = np.zeros(len(frames), np.int64)
-        ds = difference.diff_scores(tb.diff("prev-global"), x, blocks, [2])
+        ds = difference.diff_scores(tb.diff("prev-global"), lx, blocks, [2])
         lab = label_frames(v, ref, key, frames, quiet=True)
         t = _between(ds[2], 0.2)
         plans, held = {}, {}
@@ -166,7 +167,7 @@ def test_executor_matches_the_simulation_for_every_object(multi):
             held[obj] = HeldOut(truth=truth, blocks=blocks, model_scores={name: p[:, k]},
                                 diff_scores={"prev-global": {2: ds[2]}}, diff_kinds={"prev-global": "prev"})
         sims = simulate_plan(Plan(plans, 0.0, {}), held)
-        res = run_cascade(v, tb, Plan(plans, 0.0, {}), ref, key, start, end, decode=default_settings().decode, quiet=True)
+        res = run_cascade(v, tb, Plan(plans, 0.0, {}), ref, key, (start, end), PassOptions(default_settings().decode, quiet=True))
     assert set(res) == {"bus", "car"}
     for obj, (sim_labels, sim_codes) in sims.items():
         assert res[obj].frames.tolist() == frames.tolist()
@@ -185,7 +186,7 @@ def test_single_object_bundles_run_as_before(trained):
     equal frame for frame to `simulate`."""
     from noscope import difference
     from noscope.bundle import load_bundle
-    from noscope.cascade import STAGES, run_cascade
+    from noscope.cascade import STAGES, PassOptions, run_cascade
     from noscope.labels import label_frames
     from noscope.plans import HeldOut, ObjectPlan, Plan
     from noscope.reference import load_reference, reference_key
@@ -199,17 +200,18 @@ def test_single_object_bundles_run_as_before(trained):
         key = reference_key(ref)
         frames = np.arange(450, 500)
         x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 450, 500)])
+        lx = luma_frames(v, 450, 500)  # what the difference detectors see
         name = tb.meta["candidates"][0]["name"]
         p = tb.model(name, ref.device).predict(x)[:, 0]
         blocks = np.zeros(len(frames), np.int64)
-        ds = difference.diff_scores(tb.diff("prev-global"), x, blocks, [2])
+        ds = difference.diff_scores(tb.diff("prev-global"), lx, blocks, [2])
         truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.class_index("bus")) >= 0.5
         plan = ObjectPlan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.2), model=name,
                           c_low=_between(p, 0.3), c_high=_between(p, 0.7), expected_cost=0.0, heldout_fpr=0.0,
                           heldout_fnr=0.0)
         held = HeldOut(truth, blocks, {name: p}, {"prev-global": {2: ds[2]}}, {"prev-global": "prev"})
-        results = run_cascade(v, tb, Plan({"bus": plan}, 0.0, {}), ref, key, 450, 500, decode=default_settings().decode,
-                              quiet=True)
+        results = run_cascade(v, tb, Plan({"bus": plan}, 0.0, {}), ref, key, (450, 500),
+                              PassOptions(default_settings().decode, quiet=True))
     assert list(results) == ["bus"]
     res = results["bus"]
     labels, codes = simulate(plan, held)
@@ -234,9 +236,10 @@ def test_a_repair_that_keeps_skip_and_detector_answers_again_without_decoding(tr
         ref = load_reference("yolov3-tiny")
         key = reference_key(ref)
         x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 450, 500)])
+        lx = luma_frames(v, 450, 500)  # what the difference detectors see
         name = tb.meta["candidates"][0]["name"]
         p = tb.model(name, ref.device).predict(x)[:, 0]
-        ds = difference.diff_scores(tb.diff("prev-global"), x, np.zeros(len(x), np.int64), [2])
+        ds = difference.diff_scores(tb.diff("prev-global"), lx, np.zeros(len(x), np.int64), [2])
 
         def plan(lo, hi):
             one = ObjectPlan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.2), model=name,
@@ -245,8 +248,8 @@ def test_a_repair_that_keeps_skip_and_detector_answers_again_without_decoding(tr
             return Plan({"bus": one}, 0.0, {})
 
         def run(pl, previous=None):
-            return cascade.run_cascade(v, tb, pl, ref, key, 450, 500, decode=default_settings().decode, quiet=True,
-                                       previous=previous)["bus"]
+            return cascade.run_cascade(v, tb, pl, ref, key, (450, 500), cascade.PassOptions(default_settings().decode, quiet=True),
+                                       previous)["bus"]
 
         first = run(plan(0.45, 0.55))
         fresh = run(plan(0.2, 0.8))

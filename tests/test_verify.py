@@ -13,6 +13,7 @@ import pytest
 from noscope import bounds
 from noscope.cascade import CascadeResult
 from noscope.check import apply_known, check_and_repair, covering, plan_round
+from noscope.check_repair import repair
 from noscope.check_stats import Check, DrawOrder, certification_size, certification_sizes, rate_met, verdict
 from noscope.plans import ObjectPlan, Plan, Targets
 from noscope.settings import CheckSettings as Settings
@@ -45,6 +46,9 @@ class FakeRun:
 
     def refit(self, model, seen):
         return None if self.learn is None else self.learn(model, seen)
+
+    def repair(self, plans, evidence, targets, skips):
+        return repair(plans, evidence, targets, self.min_score, skips, self.refit)
 
     def timed(self, part):
         self.timed_parts.append(part)
