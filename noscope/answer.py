@@ -79,7 +79,7 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, use_la
         frames_of = {o: r.frames for o, r in seen.items()}
         return refit_on_video(q.bundle, model, last[0], known, min_score, frames_of, q.reference.device)
 
-    min_score = float(q.bundle.meta["labels"]["min_score"])
+    min_score = float(q.bundle.min_score)
     results = learnt_answers(q.bundle, q.video.hash, q.start, q.end, run(plan), ask, min_score)  # never certified on
     first = time.perf_counter() - t0
     if first_pass is not None:
