@@ -179,3 +179,40 @@ def test_module_table_lists_the_package_in_import_order():
     below = sorted(f"{m} imports {t}" for m, deps in imports(mods).items() if m in top for t, _ in deps
                    if t in top and top[t] != top[m] and rows[top[t]] > rows[top[m]])
     assert not below, below
+
+
+# bundle.yaml's dict is read in noscope.bundle and noscope.bundle_manifest (bundle*.py) only: everything
+# else uses the typed manifest (bundle_manifest.Manifest, TrainedBundle's fields).
+MANIFEST_READERS = ("noscope.bundle", "noscope.bundle_manifest")
+NOT_THE_MANIFEST = {"noscope.reference.torchvision_ref": "weights.meta['categories']"}  # torchvision's weights' own
+
+
+def manifest_reads(source: str) -> list[str]:
+    """Where a dict called `meta` (a name, or an attribute `.meta`) is indexed or read with .get()."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript):
+            target = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            target = node.func.value
+        else:
+            continue
+        if (isinstance(target, ast.Name) and target.id == "meta") or (isinstance(target, ast.Attribute)
+                                                                       and target.attr == "meta"):
+            out.append((node.lineno, f"line {node.lineno}: {ast.unparse(node)}"))
+    return [text for _, text in sorted(out)]
+
+
+def test_only_the_bundle_modules_read_the_manifest_dict():
+    sources = {m: PACKAGE.parent / Path(*m.split(".")) for m in modules() if m not in MANIFEST_READERS}
+    sources = {m: (p / "__init__.py" if p.is_dir() else p.with_suffix(".py")) for m, p in sources.items()}
+    sources.update({f"scripts/{p.name}": p for p in sorted((PACKAGE.parent / "scripts").glob("*.py"))})
+    bad = [f"{m} {line}" for m, p in sources.items() for line in manifest_reads(p.read_text())
+           if not line.endswith(f": {NOT_THE_MANIFEST.get(m)}")]
+    assert not bad, bad
+
+
+def test_the_manifest_check_finds_dict_reads():
+    snippet = ("a = meta['labels']\nb = bundle.meta['video']['hash']\nc = meta.get('learnt')\nd = q.bundle.meta.get('x')\n"
+               "e = metadata['x']\nf = cfg.get('meta')\ng = bundle.manifest.labels.min_score\n")
+    assert [r.split(":")[0] for r in manifest_reads(snippet)] == ["line 1", "line 2", "line 3", "line 4"]
