@@ -64,7 +64,7 @@ class QueryRun:
         self.reserve = Keep(set(self.order.reserve(RESERVE * settings.check.per_stratum).tolist()),
                             tuple(q.reference.input_size or (q.video.width, q.video.height)))
         self.clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
-        self.min_score = float(q.bundle.meta["labels"]["min_score"])
+        self.min_score = float(q.bundle.min_score)
         self.cheap: CheapAnswers | None = None  # the latest pass's cheap answers
         self.objects: list[str] = []  # the objects of the plan answered
         self.first: dict | None = None  # the first pass's results, before any check

@@ -548,10 +548,10 @@ def fit_and_score(frames: np.ndarray, truth: np.ndarray, blocks: np.ndarray, par
         for k, v in diff_scores(d, frames[parts.heldout], blocks[parts.heldout], skips).items():
             out.heldout_scores[f"{d.name}@{k}"] = v
         out.costs[d.name] = float(measure_cost(d, size))
-        meta = d.to_dict()
+        entry = d.to_dict()
         if d.reference_image is not None:
-            meta["reference_image_file"] = f"diff/{d.name}.npy"
-        out.meta.append(dict(meta, cost_s=out.costs[d.name], size=size))
+            entry["reference_image_file"] = f"diff/{d.name}.npy"
+        out.meta.append(dict(entry, cost_s=out.costs[d.name], size=size))
     return out
 
 

@@ -56,7 +56,6 @@ def defined(rate: float, kind: np.ndarray) -> float | None:
 def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False) -> dict[str, dict]:
     """object -> report: the query's answers (after its check and any repair) and its first pass,
     against the reference on every frame of the segment, and both runs' speed."""
-    lab = q.bundle.meta["labels"]
     t0 = time.perf_counter()
     labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
                           desc="reference")
@@ -68,7 +67,7 @@ def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False
     results, reports = run.answer(plan, targets)
     out = {}
     for o in q.objects:
-        truth = object_truth(labels.score_of(q.bundle.class_index(o)), lab["min_score"], lab["smooth"])
+        truth = object_truth(labels.score_of(q.bundle.class_index(o)), q.bundle.min_score, q.bundle.smooth)
         out[o] = _report(q, o, labels.frames, truth, t_ref, results[o], run.first[o], reports[o], plan, targets)
     return out
 

@@ -59,7 +59,7 @@ def check_record(q: Query, summary: dict, reports: dict, targets: Targets) -> di
 
 def offered_models(q: Query, min_auc: float) -> str:
     """How many models the optimizer was offered, for the cascade line."""
-    total = len(q.bundle.meta["candidates"])
+    total = len(q.bundle.candidates)
     counts = {o: len(usable_models(q.bundle, min_auc, o)) for o in q.objects}
     each = f"{counts[q.objects[0]]}" if len(q.objects) == 1 else "per object " + ", ".join(f"{o} {n}" for o, n in counts.items())
     guard = f" with a held-out AUC >= {min_auc}" if min_auc > 0 else ""

@@ -39,7 +39,7 @@ def write_results(out, q: Query, plan: Plan, results: dict, reports: dict, targe
         warn_if_stopped(q, results[o], summary)
         if tell:
             tell_verified(reports[o], targets, say)
-        return write_result(out, results[o], q.video, summary, q.bundle.meta["labels"]["min_score"], plot=plot)
+        return write_result(out, results[o], q.video, summary, q.bundle.min_score, plot=plot)
     return _write_pass(out, q, plan, results, reports, targets, plot, say, tell, extra)
 
 
@@ -62,7 +62,7 @@ def _write_pass(out, q: Query, plan: Plan, results: dict, reports: dict, targets
         sub = out / default_name(v.path, o)
         summary = dict(object_summary(q, o, results[o], plan, targets, sub), answered_with=objects, verified=reports[o],
                        **stop)
-        per[o] = write_result(sub, results[o], v, summary, q.bundle.meta["labels"]["min_score"], plot=plot)
+        per[o] = write_result(sub, results[o], v, summary, q.bundle.min_score, plot=plot)
         if tell:
             tell_verified(reports[o], targets, say, prefix=f"{o}: ")
     top = dict(pass_summary(q, plan, results, targets, out),
@@ -86,7 +86,7 @@ def object_summary(q: Query, obj: str, result, plan: Plan, targets: Targets, out
         decided_frames={st: int((result.decided_by == st).sum()) for st in STAGES},
         stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()},
         cascade=plan.plans[obj].to_dict(), targets=targets.to_dict(),
-        min_score=q.bundle.meta["labels"]["min_score"], reference=q.ref_key, out=str(out),
+        min_score=q.bundle.min_score, reference=q.ref_key, out=str(out),
     )
 
 
@@ -102,7 +102,7 @@ def pass_summary(q: Query, plan: Plan, results: dict, targets: Targets, out: Pat
         frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
         reference_calls=len(first.reference_scores), fractions=stage_fractions(codes),
         stage_seconds={k: round(x, 3) for k, x in first.stage_seconds.items()},
-        cascade=plan.to_dict(), targets=targets.to_dict(), min_score=q.bundle.meta["labels"]["min_score"],
+        cascade=plan.to_dict(), targets=targets.to_dict(), min_score=q.bundle.min_score,
         reference=q.ref_key, out=str(out),
     )
 
@@ -110,8 +110,8 @@ def pass_summary(q: Query, plan: Plan, results: dict, targets: Targets, out: Pat
 def bundle_video(q: Query) -> dict:
     """What the bundle was trained on, for the summary: its video's path and contents hash, and
     whether that is the queried video (a bundle of the same camera is fine when the user named it)."""
-    trained = q.bundle.meta["video"]
-    return dict(video=trained["path"], hash=trained["hash"], this_video=trained["hash"] == q.video.hash)
+    trained = q.bundle.manifest.video
+    return dict(video=trained.path, hash=trained.hash, this_video=trained.hash == q.video.hash)
 
 
 def model_words(summary: dict) -> str:

@@ -141,5 +141,5 @@ def object_plan(plan: WindowPlan, fig: dict, confidence: float) -> WindowObjectP
 def exact_plan(question: WindowQuestion, obj: str) -> WindowedPlan:
     """The reference on every window until its answer is certain: no held-out figures needed."""
     plan = WindowPlan(Cascade(1), Sampling(0, question.size), question.size, question.share)
-    op = WindowObjectPlan(plan, math.nan, 0.0, 0.0, dict(cheap=0.0, reference=1.0), float(size), 0, 0.0, 0.0)
+    op = WindowObjectPlan(plan, math.nan, 0.0, 0.0, dict(cheap=0.0, reference=1.0), float(question.size), 0, 0.0, 0.0)
     return WindowedPlan({obj: op}, math.nan, op.fractions)
