@@ -1,7 +1,8 @@
 """noscope: answer "which frames contain an X?" over fixed-camera video, fast.
 
-Pipeline, one module each: video (decode) -> labels (reference detector) -> specialized +
-difference (cheap models) -> optimizer (pick a cascade) -> cascade (run it) -> report.
+Pipeline, one module each: video (decode) -> labels (reference detector) -> cheap (cheap models:
+small CNNs, heads on the reference's layers) + difference -> optimizer (pick a cascade) -> cascade
+(run it) -> report.
 """
 
 __version__ = "0.1.0"

@@ -69,7 +69,7 @@ class QueryRun:
         held = max(RESERVE * settings.check.per_stratum, RESERVE_BYTES // (size[0] * size[1] * 3))
         self.reserve = Keep(set(self.order.reserve(held).tolist()), size)
         self.clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
-        self.min_score = float(q.bundle.meta["labels"]["min_score"])
+        self.min_score = float(q.bundle.min_score)
         self.cheap: CheapAnswers | None = None  # the latest pass's cheap answers
         self.objects: list[str] = []  # the objects of the plan answered
         self.first: dict | None = None  # the first pass's results, before any check

@@ -3,6 +3,7 @@ result folder written by one process at a time.
 
     atomic_write(path, lambda f: np.save(f, array))
     atomic_write_bytes(path, b"...")
+    save_npz(path, features=z, targets=y)
     with hold_folder(out): ...                      # a second process gets one NoscopeError
 
 A temp file in the same directory is written, fsynced, made world-readable (caches and
@@ -55,6 +56,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    """np.savez of `arrays` to `path`, all or nothing."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class FolderBusy(NoscopeError):

@@ -8,7 +8,7 @@ versions keep reading them, and refuse format 2 with their one-line "retrain it"
     .noscope/models/NAME/
       bundle.yaml        readable summary: object, reference, training video, candidates, costs
       heldout.npz        held-out labels and every candidate's scores on them (for the optimizer)
-      models/*.pt        specialized CNN weights (tensors only)
+      models/*.pt        the cheap models' weights (tensors only; noscope.cheap: one kind each)
       diff/*.npy         difference-detector images
       learnt.npz         (updated versions) the frames of each video the version was fitted on
       versions/N/        (after `noscope train --update`) every version, each a whole bundle like
@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from . import __version__, difference, specialized
-from .atomic import LOCK_NAME, atomic_write_bytes
+from . import __version__, cheap, difference
+from .atomic import LOCK_NAME, atomic_write_bytes, save_npz
+from .bundle_manifest import IDENTITY, Candidate, DiffRecord, Manifest, field_at
+from .cheap.base import LoadContext, Mismatch
 from .errors import NoscopeError, UsageError
 from .plans import Costs, HeldOut
 from .paths import models_dir
@@ -130,14 +131,6 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_npz(path: Path, **arrays) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def inside(root: Path, rel: str) -> Path:
     """Resolve a path named in a bundle, refusing anything that leaves the bundle."""
     if os.path.isabs(rel):
@@ -148,7 +141,7 @@ def inside(root: Path, rel: str) -> Path:
     return p
 
 
-def write_manifest(root: Path, meta: dict, fmt: int = FORMAT) -> None:
+def write_manifest(root: Path, meta: Manifest | dict, fmt: int = FORMAT) -> None:
     """Write bundle.yaml last, with checksums of every file, so a bundle is complete or absent."""
     files = {}
     for p in sorted(root.rglob("*")):
@@ -156,12 +149,13 @@ def write_manifest(root: Path, meta: dict, fmt: int = FORMAT) -> None:
         if (p.is_file() and p.name not in ("bundle.yaml", LOCK_NAME) and not p.name.startswith(".tmp-")
                 and p.parent.name != "work" and rel.parts[0] != VERSIONS):  # each version lists its own files
             files[rel.as_posix()] = sha256(p)
-    meta = dict(meta, format=fmt, noscope_version=__version__, files=files)
+    meta = dict(meta.content() if isinstance(meta, Manifest) else meta, format=fmt, noscope_version=__version__,
+                files=files)
     atomic_write_bytes(root / "bundle.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
 
 
-def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detectors: list, heldout: dict[str, np.ndarray],
-                 meta: dict, fmt: int = FORMAT) -> None:
+def write_bundle(out: Path, work: Path, key: str, detectors: list, heldout: dict[str, np.ndarray], manifest: Manifest,
+                 fmt: int = FORMAT) -> None:
     """A trained bundle: the models trained into `work` (named NAME-KEY.pt), the difference
     detectors' images, the held-out arrays, then bundle.yaml last; `work` is removed after."""
     out.mkdir(parents=True, exist_ok=True)
@@ -169,52 +163,53 @@ def write_bundle(out: Path, work: Path, key: str, candidates: list[dict], detect
     # leaves no bundle.yaml vouching for a mix of old and new files
     (out / "bundle.yaml").unlink(missing_ok=True)
     (out / "models").mkdir(exist_ok=True)
-    for c in candidates:
-        shutil.copyfile(work / f"{c['name']}-{key}.pt", out / c["file"])
-        if c.get("learnt_from"):  # a head's training features, for refits on a query's video
-            shutil.copyfile(work / f"{c['name']}-{key}-learnt.npz", out / c["learnt_from"])
+    for c in manifest.candidates:
+        shutil.copyfile(work / f"{c.name}-{key}.pt", out / c.file)
+        if c.learnt_from:  # a head's training features, for refits on a query's video
+            shutil.copyfile(work / f"{c.name}-{key}-learnt.npz", out / c.learnt_from)
     (out / "diff").mkdir(exist_ok=True)
     for d in detectors:
         if d.reference_image is not None:
             difference.save_npy(out / f"diff/{d.name}.npy", d.reference_image)
-    save_npz(out / "heldout.npz", **heldout, **{MADE_FOR: np.array(json.dumps(made_for(meta)))})
-    write_manifest(out, meta, fmt=fmt)
+    save_npz(out / "heldout.npz", **heldout, **{MADE_FOR: np.array(json.dumps(manifest.made_for()))})
+    write_manifest(out, manifest, fmt=fmt)
     shutil.rmtree(work, ignore_errors=True)
 
 
-# What heldout.npz was made for, recorded inside it (key MADE_FOR, a JSON text) when the bundle is
-# written: bundle.yaml's fields that decide answers, by name. A bundle.yaml edited afterwards, or
-# a heldout.npz copied in from another bundle (checksums redone or not), no longer agrees with it.
-MADE_FOR = "made_for"
-IDENTITY = (("settings_key", ("settings_key",)), ("object", ("object",)), ("objects", ("objects",)),
-            ("class_index", ("class_index",)), ("class_indices", ("class_indices",)),
-            ("labels.min_score", ("labels", "min_score")), ("labels.smooth", ("labels", "smooth")),
-            ("reference.key", ("reference", "key")), ("video.hash", ("video", "hash")),
-            ("video.segment", ("video", "segment")), ("heldout.frames", ("heldout", "frames")),
-            ("heldout.positives", ("heldout", "positives")), ("version", ("version",)),
-            ("heldout.video.hash", ("heldout", "video", "hash")), ("heldout.video.segment", ("heldout", "video", "segment")))
+MADE_FOR = "made_for"  # heldout.npz's record of the bundle.yaml it was made for (bundle_manifest.IDENTITY)
 
 
-def _field(meta: dict, path: tuple[str, ...]):
-    for k in path:
-        meta = meta.get(k) if isinstance(meta, dict) else None
-    return meta
-
-
-def made_for(meta: dict) -> dict:
-    """bundle.yaml's identifying fields (IDENTITY) as heldout.npz records them (absent ones left out)."""
-    return {name: _field(meta, path) for name, path in IDENTITY if _field(meta, path) is not None}
-
-
-def finished_bundle(root: Path, settings_key: str) -> dict | None:
-    """bundle.yaml of a complete bundle trained with these settings, else None."""
+def finished_bundle(root: Path, settings_key: str) -> Manifest | None:
+    """The manifest of a complete bundle trained with these settings, else None."""
     if not (root / "bundle.yaml").is_file():
         return None
     try:
         meta = load_manifest(root)
+        if meta.get("settings_key") != settings_key:
+            return None
+        return Manifest.read(root, meta)
     except NoscopeError:
         return None
-    return meta if meta.get("settings_key") == settings_key else None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None  # malformed: trained again
+
+
+def recorded(root: Path, *path: str):
+    """One field of the bundle.yaml at `root` as written (None where absent), read without loading or
+    checking the bundle: a look before loading it, or at a version kept beside it. NoscopeError
+    when bundle.yaml cannot be read as a mapping."""
+    try:
+        meta = yaml.safe_load((root / "bundle.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise NoscopeError(f"cannot read {root / 'bundle.yaml'} ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise NoscopeError(f"{root / 'bundle.yaml'} is not a mapping")
+    return field_at(meta, path)
+
+
+def listed_files(root: Path) -> dict[str, str]:
+    """The files the bundle at `root` lists, file -> sha256, each checked (load_manifest)."""
+    return dict(load_manifest(root)["files"])
 
 
 def load_manifest(root: Path) -> dict:
@@ -286,7 +281,7 @@ def load_npz(root: Path, rel: str) -> dict[str, np.ndarray]:
 @dataclass
 class TrainedBundle:
     root: Path
-    meta: dict
+    manifest: Manifest  # bundle.yaml, typed (noscope.bundle_manifest)
     costs: Costs
     heldouts: dict[str, HeldOut]  # object -> its held-out view (several objects: same frames, its own truth and scores)
     _models: dict = field(default_factory=dict)
@@ -294,104 +289,114 @@ class TrainedBundle:
     @property
     def object(self) -> str:
         """The object, or "car,bus" for a several-objects bundle."""
-        return self.meta["object"]
+        return self.manifest.object
 
     @property
     def multi(self) -> bool:
-        return "objects" in self.meta
+        return self.manifest.multi
 
     @property
     def objects(self) -> list[str]:
-        return list(self.meta["objects"]) if self.multi else [self.meta["object"]]
+        return self.manifest.object_names
 
-    def heldout_auc(self, candidate: dict, obj: str) -> float | None:
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """Its cheap models, as bundle.yaml describes them."""
+        return self.manifest.candidates
+
+    @property
+    def min_score(self) -> float:
+        """What counts as a positive frame: the reference's score for the class at least this."""
+        return self.manifest.labels.min_score
+
+    @property
+    def smooth(self) -> int:
+        return self.manifest.labels.smooth
+
+    @property
+    def reference_key(self) -> str:
+        """The key of the reference it was trained with."""
+        return self.manifest.reference.key
+
+    def heldout_auc(self, candidate: Candidate, obj: str) -> float | None:
         """A candidate model's held-out AUC for one object (None: its output for that object had too
         few training examples and is never used)."""
-        return candidate["heldout_aucs"][obj] if self.multi else candidate["heldout_auc"]
+        return candidate.auc(obj, self.multi)
 
     def class_index(self, obj: str) -> int:
-        return int(self.meta["class_indices"][self.objects.index(obj)]) if self.multi else int(self.meta["class_index"])
+        return self.manifest.class_of(obj)
 
     @property
     def version(self) -> int:
         """Which version of its bundle this is (1: as trained)."""
-        return int(self.meta.get("version", 1))
+        return self.manifest.number
+
+    def renumber(self, n: int) -> None:
+        """Call this version `n` (an update keeps it as version n before writing the next)."""
+        self.manifest = replace(self.manifest, version=n)
 
     def learnt_frames(self, video_hash: str, start: int = 0, end: int | None = None) -> np.ndarray:
         """The frames of the video with this content hash, in [start, end), that this version was
         fitted on (its models, thresholds or difference detectors; `train --update`): a query takes
         the reference's answer there and never certifies its answers on them. Empty for a version
         as trained (its training frames are not recorded frame by frame)."""
-        if not self.meta.get("learnt"):
+        if not self.manifest.learnt:
             return np.zeros(0, np.int64)
-        frames = load_npz(self.root, self.meta["learnt"]).get(f"v{video_hash}", np.zeros(0, np.int64)).astype(np.int64)
+        frames = load_npz(self.root, self.manifest.learnt).get(f"v{video_hash}", np.zeros(0, np.int64)).astype(np.int64)
         return frames[(frames >= start) & (frames < (np.iinfo(np.int64).max if end is None else end))]
 
-    def model(self, name: str, device, reference=None):
-        """The model `name`, ready to score frames (one column per object): a specialized CNN
-        (specialized.Scorer), or a head on the reference's first layers (prefix_heads.HeadScorer:
-        it needs `reference`, whose layers it runs)."""
+    def model(self, name: str, device, reference=None) -> cheap.CheapModel:
+        """The model `name`, ready to score frames (one column per object), loaded by its kind
+        (noscope.cheap); a head on the reference's first layers needs `reference`, whose layers it runs."""
         if name not in self._models:
-            c = next(c for c in self.meta["candidates"] if c["name"] == name)
-            if c.get("kind") == "prefix_head":
-                self._models[name] = self._head(c, device, reference)
-            else:
-                model, arch, mean = specialized.load_model(inside(self.root, c["file"]), device=device)
-                check_model(self, c, arch, model.outputs)  # again: the file may have changed since loading
-                self._models[name] = specialized.Scorer(model, arch, mean, device)
+            c = self.manifest.candidate(name)
+            ctx = LoadContext(self.root, device, reference, self.reference_key, len(self.objects),
+                              lambda rel: load_npz(self.root, rel))
+            try:  # checked again: the file may have changed since loading
+                self._models[name] = cheap.kind_of(c.kind).load(inside(self.root, c.file), c, ctx)
+            except Mismatch as e:
+                raise corrupt_model(self.root, c, e) from None
         return self._models[name]
 
-    def _head(self, c: dict, device, reference):
-        from . import prefix_heads
-
-        if reference is None:
-            raise NoscopeError(f"model {c['name']} of bundle {self.root} runs on the reference's layers: load the reference first")
-        check_head(self, c, prefix_heads.read_head_meta(inside(self.root, c["file"])))
-        model = prefix_heads.load_head(inside(self.root, c["file"]), reference, self.meta["reference"]["key"], device)
-        learnt = None
-        if c.get("learnt_from"):
-            z = load_npz(self.root, c["learnt_from"])
-            learnt = (z["features"].astype(np.float32), z["targets"].astype(np.float32))
-        return prefix_heads.scorer(model, c["name"], learnt)
-
-    def adopt(self, prefix: str, model) -> str:
+    def adopt(self, prefix: str, model: cheap.CheapModel) -> str:
         """Keep a model made while a query runs (a head refitted on the video) under a new name
         starting with `prefix` (PREFIX1, PREFIX2, ...): plans may then name it like the bundle's own."""
         n = 1 + sum(1 for k in self._models if k.startswith(prefix))
         self._models[f"{prefix}{n}"] = model
+        model.name = f"{prefix}{n}"
         return f"{prefix}{n}"
 
+    @property
+    def diffs(self) -> tuple[DiffRecord, ...]:
+        return self.manifest.diffs
+
     def diff(self, name: str) -> difference.DiffDetector:
-        d = next(d for d in self.meta["diffs"] if d["name"] == name)
-        det = difference.DiffDetector.from_dict({k: v for k, v in d.items() if k not in ("cost_s", "size", "reference_image_file")})
-        if d.get("reference_image_file"):
+        d = self.manifest.diff(name)
+        det = difference.DiffDetector.from_dict(d.detector())
+        if d.reference_image_file:
             det.reference_image = empty_scene(self.root, d)
         return det
 
     def diff_size(self, name: str) -> int:
-        return int(next(d for d in self.meta["diffs"] if d["name"] == name)["size"])
+        return int(self.manifest.diff(name).size)
 
 
-def check_model(bundle: TrainedBundle, candidate: dict, arch, outputs: int) -> None:
-    """A candidate's model file must hold the architecture its name says, with one output per
-    object: another model under its name would run with thresholds fit to a different one."""
-    want = len(bundle.objects) if bundle.multi else 1
-    if arch.name != candidate["name"] or arch.size != int(candidate["size"]) or outputs != want:
-        raise NoscopeError(f"model bundle {bundle.root} is corrupt: {candidate['file']} holds a {arch.name} model with "
-                           f"{outputs} output(s), not the {candidate['name']} with {want} that bundle.yaml names")
+def corrupt_model(root: Path, candidate: Candidate, e: Mismatch) -> NoscopeError:
+    """A candidate's model file holds another model than bundle.yaml names: one line naming both
+    (another model under its name would run with thresholds fit to a different one)."""
+    return NoscopeError(f"model bundle {root} is corrupt: {candidate.file} {e} that bundle.yaml names")
 
 
-def check_head(bundle: TrainedBundle, candidate: dict, meta: dict) -> None:
-    """A head's file must be what bundle.yaml says: at its prefix point, of its kind, with one
-    output per object. (That it was trained on the layers of the reference the query runs is
-    checked when it is loaded onto them: prefix_heads.load_head.)"""
-    p = candidate["prefix"]
-    want = dict(layers=int(p["layers"]), size=[int(x) for x in p["size"]], kind=candidate["head"],
-                outputs=len(bundle.objects))
-    got = {k: meta.get(k) for k in want}
-    if got != want:
-        raise NoscopeError(f"model bundle {bundle.root} is corrupt: {candidate['file']} holds a head {got}, not the "
-                           f"{candidate['name']} ({want}) that bundle.yaml names")
+def check_models(root: Path, manifest: Manifest) -> None:
+    """Each candidate's file holds the model bundle.yaml names (its kind checks it: noscope.cheap)."""
+    for c in manifest.candidates:
+        if c.kind not in cheap.KINDS:
+            raise NoscopeError(f"model bundle {root} holds model {c.name} of kind {c.kind!r}, which this noscope "
+                               f"({__version__}) does not know ({', '.join(cheap.KINDS)}); retrain it")
+        try:
+            cheap.kind_of(c.kind).check(inside(root, c.file), c, len(manifest.object_names))
+        except Mismatch as e:
+            raise corrupt_model(root, c, e) from None
 
 
 def load_bundle(root: Path) -> TrainedBundle:
@@ -403,17 +408,11 @@ def load_bundle(root: Path) -> TrainedBundle:
     meta = load_manifest(root)
     try:
         check_complete(root, meta)
-        check_meta(root, meta)
-        bundle = _read_bundle(root, meta)
-        for c in meta["candidates"]:
-            if c.get("kind") == "prefix_head":
-                from .prefix_heads import read_head_meta
-
-                check_head(bundle, c, read_head_meta(inside(root, c["file"])))
-            else:
-                check_model(bundle, c, *specialized.model_arch(inside(root, c["file"])))
-        for d in meta["diffs"]:
-            if d.get("reference_image_file"):
+        manifest = Manifest.read(root, meta)
+        bundle = _read_bundle(root, manifest)
+        check_models(root, manifest)
+        for d in manifest.diffs:
+            if d.reference_image_file:
                 empty_scene(root, d)
         return bundle
     except NoscopeError:
@@ -422,9 +421,9 @@ def load_bundle(root: Path) -> TrainedBundle:
         raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml or heldout.npz is malformed ({type(e).__name__}: {str(e)[:100]})") from None
 
 
-def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
-    z = load_npz(root, meta["heldout"]["file"])
-    check_heldout(root, meta, z)
+def _read_bundle(root: Path, m: Manifest) -> TrainedBundle:
+    z = load_npz(root, m.heldout.file)
+    check_heldout(root, m, z)
     z.pop(MADE_FOR, None)
     model_scores = {k[len("model__"):]: v for k, v in z.items() if k.startswith("model__")}
     diff_scores: dict[str, dict[int, np.ndarray]] = {}
@@ -432,132 +431,76 @@ def _read_bundle(root: Path, meta: dict) -> TrainedBundle:
         if k.startswith("diff__"):
             name, skip = k[len("diff__"):].rsplit("@", 1)
             diff_scores.setdefault(name, {})[int(skip)] = v
-    kinds = {d["name"]: d["kind"] for d in meta["diffs"]}
-    c = meta["costs"]
-    costs = Costs(decode=c["decode"], convert=c["convert"], diff=dict(c["diff"]), model=dict(c["model"]), reference=c["reference"])
-    if "objects" not in meta:
+    kinds = {d.name: d.kind for d in m.diffs}
+    if not m.multi:
         heldout = HeldOut(truth=z["truth"].astype(bool), blocks=z["blocks"], model_scores=model_scores,
                           diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames"))
-        return TrainedBundle(root, meta, costs, {meta["object"]: heldout})
-    objects = list(meta["objects"])
-    if meta.get("format") != MULTI_FORMAT or len(meta["class_indices"]) != len(objects) or len(objects) < 2:
+        return TrainedBundle(root, m, m.costs, {m.object: heldout})
+    objects = m.object_names
+    if m.format != MULTI_FORMAT or len(m.class_indices) != len(objects) or len(objects) < 2:
         raise NoscopeError(f"model bundle {root} is corrupt: its objects do not match its format")
     truth = z["truth"].astype(bool)
-    for what, a in (("truth", truth), *((f"model__{m}", v) for m, v in model_scores.items())):
+    for what, a in (("truth", truth), *((f"model__{n}", v) for n, v in model_scores.items())):
         if a.ndim != 2 or a.shape[1] != len(objects):
             raise NoscopeError(f"model bundle {root} is corrupt: heldout.npz {what} does not have one column per object")
     # Views per object: same frames and difference scores, that object's truth and model output.
-    heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={m: v[:, k] for m, v in model_scores.items()},
+    heldouts = {o: HeldOut(truth=truth[:, k], blocks=z["blocks"], model_scores={n: v[:, k] for n, v in model_scores.items()},
                            diff_scores=diff_scores, diff_kinds=kinds, frames=z.get("frames")) for k, o in enumerate(objects)}
-    return TrainedBundle(root, meta, costs, heldouts)
+    return TrainedBundle(root, m, m.costs, heldouts)
 
 
 # --------------------------------------------------------------------------------------------
-# What a bundle says about itself, checked before any of it is used
+# What heldout.npz and the pictures say, checked against bundle.yaml before any of it is used
 
 
-def _whole(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _class_number(x) -> bool:
-    return _whole(x) and x >= 0
-
-
-def check_meta(root: Path, meta: dict) -> None:
-    """bundle.yaml's fields that decide answers, each of its kind and in range, and agreeing with
-    each other; else one line naming the bundle and the field."""
-    def bad(field: str, rule: str):
-        value = _field(meta, tuple(field.split(".")))
-        raise NoscopeError(f"model bundle {root} is corrupt: bundle.yaml's {field} is {value!r}; {rule}")
-
-    obj = meta.get("object")
-    if not isinstance(obj, str) or not obj.strip():
-        bad("object", "it names the object, a class of the reference")
-    if "objects" in meta:
-        objects, idx = meta["objects"], meta.get("class_indices")
-        if not (isinstance(objects, list) and len(objects) >= 2 and len(set(map(str, objects))) == len(objects)
-                and all(isinstance(o, str) and o.strip() for o in objects)):
-            bad("objects", "a several-objects bundle lists two or more different object names")
-        if obj != ",".join(objects):
-            bad("object", f"a several-objects bundle's object is its objects joined by commas ({','.join(objects)!r})")
-        if not (isinstance(idx, list) and len(idx) == len(objects) and all(map(_class_number, idx))
-                and len(set(idx)) == len(idx)):
-            bad("class_indices", "one class number (a whole number >= 0) per object, all different")
-    elif not _class_number(meta.get("class_index")):
-        bad("class_index", "a class number is a whole number >= 0")
-    score = _field(meta, ("labels", "min_score"))
-    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score) and 0 < score <= 1):
-        bad("labels.min_score", "what counts as a positive frame is a score in (0, 1]")
-    smooth = _field(meta, ("labels", "smooth"))
-    if not (_whole(smooth) and smooth >= 1 and smooth % 2 == 1):
-        bad("labels.smooth", "it is an odd whole number >= 1")
-    seg = _field(meta, ("video", "segment"))
-    if not (isinstance(seg, list) and len(seg) == 2 and all(map(_class_number, seg)) and seg[0] < seg[1]):
-        bad("video.segment", "it is [start, end) in frames, start before end")
-    for key in ("settings_key", "reference.key", "video.hash", "video.path", "heldout.file"):
-        if not isinstance(_field(meta, tuple(key.split("."))), str):
-            bad(key, "it is a text")
-    if not _class_number(_field(meta, ("heldout", "frames"))):
-        bad("heldout.frames", "it is a number of frames")
-    if "version" in meta and not (_whole(meta["version"]) and meta["version"] >= 1):
-        bad("version", "a version is a whole number >= 1")
-    if _field(meta, ("heldout", "video")) is not None:
-        seg = _field(meta, ("heldout", "video", "segment"))
-        if not isinstance(_field(meta, ("heldout", "video", "hash")), str):
-            bad("heldout.video.hash", "it is a text")
-        if not (isinstance(seg, list) and len(seg) == 2 and all(map(_class_number, seg)) and seg[0] < seg[1]):
-            bad("heldout.video.segment", "it is [start, end) in frames, start before end")
-
-
-def check_heldout(root: Path, meta: dict, z: dict[str, np.ndarray]) -> None:
+def check_heldout(root: Path, m: Manifest, z: dict[str, np.ndarray]) -> None:
     """heldout.npz belongs to this bundle.yaml: made for what it says (the record inside it; a
     bundle written before that was recorded: its size, positives and frames alone), one row per
     held-out frame in every array, scores for every model and difference detector it names."""
-    rel = meta["heldout"]["file"]
+    rel = m.heldout.file
 
     def bad(why: str):
         raise NoscopeError(f"model bundle {root} is inconsistent: {rel} {why}")
 
     if MADE_FOR in z:
-        check_made_for(root, rel, meta, z[MADE_FOR])
+        check_made_for(root, rel, m, z[MADE_FOR])
     if "truth" not in z:
         bad("has no truth array")
     rows = len(z["truth"]) if z["truth"].ndim else -1
     for k, a in z.items():
         if k != MADE_FOR and (a.ndim == 0 or len(a) != rows):
             bad(f"holds {k} of shape {a.shape}, not one row for each of its {rows} held-out frames")
-    if rows != meta["heldout"]["frames"]:
-        bad(f"holds {rows} held-out frames but bundle.yaml's heldout.frames says {meta['heldout']['frames']}")
+    if rows != m.heldout.frames:
+        bad(f"holds {rows} held-out frames but bundle.yaml's heldout.frames says {m.heldout.frames}")
     each = z["truth"].reshape(rows, -1).astype(bool)
-    objects = meta.get("objects") or [meta["object"]]
+    objects = m.object_names
     if each.shape[1] == len(objects):
-        pos = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if "objects" in meta else int(each.sum())
-        if meta["heldout"].get("positives", pos) != pos:
-            bad(f"has {pos} positive held-out frames but bundle.yaml's heldout.positives says {meta['heldout']['positives']}")
+        pos = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if m.multi else int(each.sum())
+        if m.heldout.positives is not None and m.heldout.positives != pos:
+            bad(f"has {pos} positive held-out frames but bundle.yaml's heldout.positives says {m.heldout.positives}")
     # an updated version's held-out frames come from the newest video it learnt from (heldout.video)
-    source = "heldout.video.segment" if meta["heldout"].get("video") else "video.segment"
-    start, end = (meta["heldout"].get("video") or meta["video"])["segment"]
+    source = "heldout.video.segment" if m.heldout.video else "video.segment"
+    start, end = (m.heldout.video or m.video).segment
     if "frames" in z and len(z["frames"]) and not (start <= z["frames"].min() and z["frames"].max() < end):
         bad(f"holds frames outside the segment [{start}, {end}) that bundle.yaml's {source} names")
-    for c in meta["candidates"]:
-        if f"model__{c['name']}" not in z:
-            bad(f"has no held-out scores of model {c['name']}")
-    for d in meta["diffs"]:
-        if not any(k.startswith(f"diff__{d['name']}@") for k in z):
-            bad(f"has no held-out scores of difference detector {d['name']}")
+    for c in m.candidates:
+        if f"model__{c.name}" not in z:
+            bad(f"has no held-out scores of model {c.name}")
+    for d in m.diffs:
+        if not any(k.startswith(f"diff__{d.name}@") for k in z):
+            bad(f"has no held-out scores of difference detector {d.name}")
 
 
-def check_made_for(root: Path, rel: str, meta: dict, recorded: np.ndarray) -> None:
+def check_made_for(root: Path, rel: str, m: Manifest, recorded_for: np.ndarray) -> None:
     """bundle.yaml says what heldout.npz was made for (made_for): the same training (settings_key)
     first, so a file copied in from another bundle is said to be one, then field by field."""
     try:
-        rec = json.loads(str(recorded))
+        rec = json.loads(str(recorded_for))
     except ValueError:
         rec = None
     if not isinstance(rec, dict):
         raise NoscopeError(f"model bundle {root} is corrupt: {rel}'s record of the bundle it was made for is unreadable")
-    says = json.loads(json.dumps(made_for(meta)))  # yaml's and json's numbers and lists alike
+    says = json.loads(json.dumps(m.made_for()))  # yaml's and json's numbers and lists alike
     if says.get("settings_key") != rec.get("settings_key"):
         raise NoscopeError(
             f"model bundle {root} is inconsistent: {rel} was made for another bundle (training settings "
@@ -570,13 +513,13 @@ def check_made_for(root: Path, rel: str, meta: dict, recorded: np.ndarray) -> No
                 f"{rec.get(name)!r}; bundle.yaml was changed after training: restore it, or retrain")
 
 
-def empty_scene(root: Path, d: dict) -> np.ndarray:
+def empty_scene(root: Path, d: DiffRecord) -> np.ndarray:
     """A "ref" difference detector's picture of the empty scene: the uint8 size x size picture
     bundle.yaml names, or one line naming the bundle and the file."""
-    rel = d["reference_image_file"]
+    rel = d.reference_image_file
     img = difference.load_npy(inside(root, rel))
-    size = int(d["size"])
+    size = int(d.size)
     if img.dtype != np.uint8 or img.ndim not in (2, 3) or img.shape[:2] != (size, size):
         raise NoscopeError(f"model bundle {root} is corrupt: {rel} holds a {img.dtype} array of shape {img.shape}, not "
-                           f"the {size}x{size} uint8 picture of the empty scene difference detector {d['name']} compares with")
+                           f"the {size}x{size} uint8 picture of the empty scene difference detector {d.name} compares with")
     return img

@@ -80,6 +80,7 @@ class CascadeResult:
     cheap: CheapAnswers | None = None  # the pass's cheap answers, shared by every object's result (run_cascade's `previous`)
     stop_time: float | None = None  # seconds where decoding stopped (`stopped_at`), by the pass that found it
     decoding: list = field(default_factory=list)  # the answer's decoding passes: what each was for, frames decoded
+    windows: np.ndarray | None = None  # a windowed query's: each frame's window (frames carry their window's answer)
 
     def fractions(self) -> dict[str, float]:
         n = max(len(self.frames), 1)
@@ -131,7 +132,7 @@ class Stages:
     skip: int
     det: object | None  # difference.DiffDetector
     threshold: float | None
-    model: object | None  # specialized.Scorer
+    model: object | None  # cheap.CheapModel
     cols: list[int]  # each object's column of the model's output
     c_low: np.ndarray  # per object; -inf: the model never says no for it (it asks the reference)
     c_high: np.ndarray  # per object; +inf: never yes
@@ -144,7 +145,7 @@ class Stages:
         """What decides which frames reach the model, the model, and the model whose features it
         scores (itself, or the one a refitted model was refitted from): a later pass with the same
         skip, detector and threshold can be answered again from this one's scores or features."""
-        base = getattr(self.model, "base", None) or self.model_name
+        base = None if self.model is None else self.model.base
         return self.skip, None if self.det is None else self.det.name, self.threshold, self.model_name, base
 
     @classmethod
@@ -360,14 +361,14 @@ def frame_scores(cheap: CheapAnswers, row_scores: np.ndarray, frames: np.ndarray
 def _model_scores(model, frames: np.ndarray, rows: np.ndarray, out: CheapAnswers) -> np.ndarray:
     """The model's every output on `frames` (rows `rows` of the pass), kept in `out` with its
     features where the model has them, so a later pass can answer again without decoding."""
-    if hasattr(model, "features"):
+    if model.keeps_features:
         f = model.features(frames)
         every = model.from_features(f)
         if out.features is None:
             out.features = np.zeros((len(out.processed), f.shape[1]), np.float16)
         out.features[rows] = f
     else:
-        every = model.predict(frames)
+        every = model.score(frames)
     if out.scores is None:
         out.scores = np.full((len(out.processed), every.shape[1]), np.nan, np.float32)
     out.scores[rows] = every
@@ -418,7 +419,7 @@ def _results(video: Video, bundle: TrainedBundle, stages: Stages, cheap: CheapAn
     results = {}
     for k, o in enumerate(stages.objects):
         ref_scores = {f: float(v[k]) for f, v in scores.items()}
-        labels, decided = _resolve(processed, cheap.state[:, k], ref_scores, bundle.meta["labels"]["min_score"], frames)
+        labels, decided = _resolve(processed, cheap.state[:, k], ref_scores, bundle.min_score, frames)
         model_scores = np.full(len(frames), np.nan, np.float32)
         model_scores[on_processed] = cheap.pscore[on[on_processed], k]
         results[o] = CascadeResult(frames, times, labels, decided, ref_scores, seconds, cheap.stage_t, cheap.stopped_at,

@@ -271,10 +271,10 @@ def train(videos, object_name, name, update_name, force, seed, start, end, refer
     video, objects = videos[0], parse_objects(object_name)
     # never another video's namesake
     out = bundle_path(name) if name else bundle_destination(video, objects, settings.decode.backend)
-    meta = run_train(video, objects, out, settings, start, end, quiet=quiet, force=force, say=say)
-    echo_line(f"trained {out}: {len(meta['candidates'])} specialized models" + _best_auc_words(meta, objects)
-              + f", {len(meta['diffs'])} difference detectors, {meta['video']['frames_labelled']} frames labelled, "
-              f"{meta['train']['seconds']:.0f} s")
+    m = run_train(video, objects, out, settings, start, end, quiet=quiet, force=force, say=say)
+    echo_line(f"trained {out}: {len(m.candidates)} specialized models" + _best_auc_words(m.candidates, objects)
+              + f", {len(m.diffs)} difference detectors, {m.video.frames_labelled} frames labelled, "
+              f"{m.train_seconds:.0f} s")
 
 
 def update_line(bundle_name: str, videos, settings: Settings, segment: tuple, quiet: bool, say) -> None:
@@ -323,7 +323,7 @@ def _aucs(fig: dict) -> str:
     return "/".join("n/a" if a is None else f"{a:.3f}" for a in fig["best_auc"].values())
 
 
-def _best_auc_words(meta: dict, objects: list[str]) -> str:
+def _best_auc_words(cands, objects: list[str]) -> str:
     """' (best held-out AUC 0.973, NAME)' for train's line; n/a where no candidate has one (held-out
     frames of one kind only: NaN), as every rate without frames of its kind is written."""
     import math
@@ -331,18 +331,17 @@ def _best_auc_words(meta: dict, objects: list[str]) -> str:
     def finite(x) -> bool:
         return x is not None and math.isfinite(x)
 
-    cands = meta["candidates"]
     if not cands:
         return ""
     if len(objects) > 1:
         words = []
         for o in objects:
-            aucs = [c["heldout_aucs"][o] for c in cands if c["heldout_aucs"][o] is not None]  # None: never used
+            aucs = [c.heldout_aucs[o] for c in cands if c.heldout_aucs[o] is not None]  # None: never used
             scored = [a for a in aucs if finite(a)]
             words.append(f"{o} {max(scored):.3f}" if scored else f"{o} {'n/a' if aucs else 'unused'}")
         return f" (best held-out AUC per object: {'; '.join(words)})"
-    top = max((c for c in cands if finite(c["heldout_auc"])), key=lambda c: c["heldout_auc"], default=None)
-    return f" (best held-out AUC {top['heldout_auc']:.3f}, {top['name']})" if top else " (held-out AUC n/a)"
+    top = max((c for c in cands if finite(c.heldout_auc)), key=lambda c: c.heldout_auc, default=None)
+    return f" (best held-out AUC {top.heldout_auc:.3f}, {top.name})" if top else " (held-out AUC n/a)"
 
 
 def targets_options(f):

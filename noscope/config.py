@@ -142,7 +142,7 @@ def _grid(v):
         return None
     if not isinstance(v, list) or not v or not all(isinstance(n, str) for n in v):
         return "default, small, or a non-empty list of CNN names like [c2f32d128s50]"
-    from .specialized import Arch  # only for a custom grid: it imports torch
+    from .cheap.cnn import Arch  # only for a custom grid: it imports torch
 
     try:
         for n in v:

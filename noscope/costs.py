@@ -3,7 +3,7 @@
     t_decode, t_luma = measure_decode_costs(video, start, end, Luma(50, 50))
     t_reference = measure_reference_cost(reference)
 
-The cheap stages time themselves (specialized.measure_cost, difference.measure_cost).
+The cheap stages time themselves (each kind of cheap model: noscope.cheap; difference.measure_cost).
 """
 
 from __future__ import annotations

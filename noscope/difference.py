@@ -551,9 +551,11 @@ class Fitted:
 
 
 def fit_and_score(frames: np.ndarray, truth: np.ndarray, blocks: np.ndarray, parts, skips: list[int], grid: int,
-                  size: int, plane: str = "rgb") -> Fitted:
+                  size: int) -> Fitted:
     """Fit every detector on the training frames (`parts.train`), score it on the held-out frames
-    (`parts.heldout`) at every skip, time it. `plane`: what the frames are ("luma": (N, S, S))."""
+    (`parts.heldout`) at every skip, time it. Grey frames (N, S, S) are the luma plane (the
+    detectors' `plane`), colour ones (N, S, S, 3) RGB."""
+    plane = "luma" if np.ndim(frames) == 3 else "rgb"
     detectors = [dataclasses.replace(d, plane=plane) for d in
                  fit_detectors(frames[parts.train], truth[parts.train], blocks[parts.train], skips=skips, grid=grid)]
     out = Fitted(detectors, {}, {}, [])
@@ -561,10 +563,10 @@ def fit_and_score(frames: np.ndarray, truth: np.ndarray, blocks: np.ndarray, par
         for k, v in diff_scores(d, frames[parts.heldout], blocks[parts.heldout], skips).items():
             out.heldout_scores[f"{d.name}@{k}"] = v
         out.costs[d.name] = float(measure_cost(d, size, channels=1 if plane == "luma" else 3))
-        meta = d.to_dict()
+        entry = d.to_dict()
         if d.reference_image is not None:
-            meta["reference_image_file"] = f"diff/{d.name}.npy"
-        out.meta.append(dict(meta, cost_s=out.costs[d.name], size=size))
+            entry["reference_image_file"] = f"diff/{d.name}.npy"
+        out.meta.append(dict(entry, cost_s=out.costs[d.name], size=size))
     return out
 
 

@@ -58,7 +58,6 @@ def defined(rate: float, kind: np.ndarray) -> float | None:
 def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False) -> dict[str, dict]:
     """object -> report: the query's answers (after its check and any repair) and its first pass,
     against the reference on every frame of the segment, and both runs' speed."""
-    lab = q.bundle.meta["labels"]
     t0 = time.perf_counter()
     labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
                           desc="reference")
@@ -70,7 +69,7 @@ def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False
     results, reports = run.answer(plan, targets)
     out = {}
     for o in q.objects:
-        truth = object_truth(labels.score_of(q.bundle.class_index(o)), lab["min_score"], lab["smooth"])
+        truth = object_truth(labels.score_of(q.bundle.class_index(o)), q.bundle.min_score, q.bundle.smooth)
         out[o] = _report(q, o, labels.frames, truth, t_ref, results[o], run.first[o], reports[o], plan, targets)
     return out
 
@@ -81,7 +80,6 @@ def evaluate_windows(q: Query, targets: Targets, settings: Settings, question: W
     reference's windows (the share rule over every frame of each), the frames carrying those answers
     against the reference per frame, side by side; the first pass's too; speed as `evaluate`."""
     (obj,) = q.objects
-    lab = q.bundle.meta["labels"]
     t0 = time.perf_counter()
     labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
                           desc="reference")
@@ -92,7 +90,7 @@ def evaluate_windows(q: Query, targets: Targets, settings: Settings, question: W
     run = WindowRun(q, settings, question, use_label_cache=False, quiet=quiet)
     run.spec = str(settings.query.window)
     results, reports = run.answer(plan, targets)
-    truth = object_truth(labels.score_of(q.bundle.class_index(obj)), lab["min_score"], lab["smooth"])
+    truth = object_truth(labels.score_of(q.bundle.class_index(obj)), q.bundle.min_score, q.bundle.smooth)
     frames = run.frame_answers(results[obj])
     report = _report(q, obj, labels.frames, truth, t_ref, frames, frames, reports[obj], plan, targets)
     truth_w = run.grid.truth(truth, labels.frames)

@@ -28,7 +28,7 @@ def usable_models(bundle: TrainedBundle, min_auc: float, obj: str) -> list[str]:
     urban-road clip, models of held-out AUC 0.6-0.88 scored 0.51-0.61 later and a cascade's FPR went
     from 5% held-out to 87%; the check now catches that on the video itself.
     """
-    aucs = {c["name"]: bundle.heldout_auc(c, obj) for c in bundle.meta["candidates"]}
+    aucs = {c.name: bundle.heldout_auc(c, obj) for c in bundle.candidates}
     return [name for name, auc in aucs.items() if auc is not None and auc >= min_auc]
 
 

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import TrainedBundle, bundle_path, load_bundle
+from .bundle import TrainedBundle, bundle_path, load_bundle, recorded
 from .errors import NoscopeError, UsageError
 from .reference import REFERENCES, Reference, configured_reference
 from .settings import LabelSettings, ReferenceSettings, Settings, default_name, parse_objects
@@ -44,7 +44,7 @@ def open_query(settings: Settings, video, model=None, objects=None, start=None, 
     named one (`reference_named`); a reference that differs from the bundle's is an error."""
     bundle = resolve_bundle(settings, video, model, objects, quiet, say=say, own=own)
     warn_min_score(settings.labels, bundle)
-    v = open_video(video or bundle.meta["video"]["path"], settings.decode.backend)
+    v = open_video(video or bundle.manifest.video.path, settings.decode.backend)
     s, e = v.segment(start, end)
     reference, key = bundle_reference(settings.reference, bundle, reference_named)
     return Query(v, s, e, bundle, parse_objects(objects) or bundle.objects, reference, key)
@@ -53,7 +53,7 @@ def open_query(settings: Settings, video, model=None, objects=None, start=None, 
 def bundle_reference(settings: ReferenceSettings, bundle: TrainedBundle, reference_named: bool) -> tuple[Reference, str]:
     """The reference the bundle was trained with (or the one the user named), checked against what
     the bundle says of it: the same detector, and its objects the classes its class indices name."""
-    reference, key = open_reference(settings.for_bundle(bundle.meta["reference"], REFERENCES, reference_named))
+    reference, key = open_reference(settings.for_bundle(bundle.manifest.reference, REFERENCES, reference_named))
     check_reference_matches(bundle, key)
     check_classes(bundle, reference)
     return reference, key
@@ -73,12 +73,11 @@ def own_bundle_paths(root: Path, video_hash: str) -> list[Path]:
 def trained_on(root: Path) -> str | None:
     """The content hash of the video the bundle at `root` was trained on, read from its bundle.yaml
     alone (loading the bundle checks the rest); None if that says nothing readable."""
-    import yaml
-
     try:
-        return str(yaml.safe_load((root / "bundle.yaml").read_text())["video"]["hash"])
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        trained = recorded(root, "video", "hash")
+    except NoscopeError:
         return None
+    return None if trained is None else str(trained)
 
 
 def own_bundle(root: Path, video, backend: str = "auto") -> Path:
@@ -131,15 +130,15 @@ def warn_min_score(labels: LabelSettings, bundle: TrainedBundle) -> None:
     """What counts as a positive frame is the bundle's labels.min_score: its models, thresholds and
     held-out estimates were all fit to the labels it made, and the check on the video judges the
     answers by it too. A different value in the configuration is said, not silently dropped."""
-    asked, used = float(labels.min_score), float(bundle.meta["labels"]["min_score"])
+    asked, used = float(labels.min_score), float(bundle.min_score)
     if asked != used:
         log.warning("labels.min_score is %g in the configuration but bundle %s was trained with %g: the answers use "
                     "%g; train a bundle with labels.min_score=%g to use that", asked, bundle.root, used, used, asked)
 
 
 def check_reference_matches(bundle: TrainedBundle, ref_key: str) -> None:
-    if bundle.meta["reference"]["key"] != ref_key:
-        raise NoscopeError(f"bundle {bundle.root} was trained with reference {bundle.meta['reference']['key']}, "
+    if bundle.reference_key != ref_key:
+        raise NoscopeError(f"bundle {bundle.root} was trained with reference {bundle.reference_key}, "
                            f"but this run uses {ref_key}; retrain or pass the same --reference")
 
 

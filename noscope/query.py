@@ -77,8 +77,7 @@ def query_windows(q: Query, settings: Settings, targets: Targets, question: Wind
     run = WindowRun(q, settings, question, quiet=how["quiet"])
     run.spec = str(settings.query.window)
     results, reports = run.answer(plan, targets)
-    return write_window_results(out, q, run, (plan, results, reports), targets, plot=how["plot"], say=how["say"],
-                                tell=how["tell"], extra=how["extra"])
+    return write_window_results(out, q, run, (plan, results, reports), targets, how)
 
 
 def check_record(q: Query, summary: dict, reports: dict, targets: Targets) -> dict:
@@ -94,7 +93,7 @@ def check_record(q: Query, summary: dict, reports: dict, targets: Targets) -> di
 
 def offered_models(q: Query, min_auc: float) -> str:
     """How many models the optimizer was offered, for the cascade line."""
-    total = len(q.bundle.meta["candidates"])
+    total = len(q.bundle.candidates)
     counts = {o: len(usable_models(q.bundle, min_auc, o)) for o in q.objects}
     each = f"{counts[q.objects[0]]}" if len(q.objects) == 1 else "per object " + ", ".join(f"{o} {n}" for o, n in counts.items())
     guard = f" with a held-out AUC >= {min_auc}" if min_auc > 0 else ""

@@ -33,7 +33,7 @@ def refit_on_video(bundle: TrainedBundle, model: str, cheap: CheapAnswers | None
     them expect what the new head does on frames it has not seen; every other frame gets the new
     head's score."""
     scorer = bundle.model(model, device)  # loaded already: the pass that made `cheap` ran it
-    if not hasattr(scorer, "refit") or cheap is None or cheap.features is None or cheap.scores is None:
+    if not scorer.can_refit or cheap is None or cheap.features is None or cheap.scores is None:
         return None
     ran = np.isfinite(cheap.scores[:, 0])
     answered = ran & np.isin(cheap.processed, np.fromiter(known, np.int64, len(known)))
@@ -45,7 +45,7 @@ def refit_on_video(bundle: TrainedBundle, model: str, cheap: CheapAnswers | None
     targets = np.clip(np.stack([known[f][classes] for f in cheap.processed[rows].tolist()]), 0, 1)
     z = cheap.features[rows].astype(np.float32)
     new = scorer.refit(z, targets)
-    name = bundle.adopt(f"{getattr(scorer, 'base', None) or model}~", new)
+    name = bundle.adopt(f"{scorer.base}~", new)
     every = np.full(cheap.scores.shape, np.nan, np.float32)
     every[ran] = new.from_features(cheap.features[ran].astype(np.float32))
     every[rows] = out_of_fold(scorer, z, targets)

@@ -249,11 +249,11 @@ def _rmdir_if_empty(path: Path) -> None:
         pass
 
 
-def write_result(out: Path, result, video, summary: dict, min_score: float, plot: bool = True,
-                 windows: np.ndarray | None = None) -> dict:
+def write_result(out: Path, result, video, summary: dict, min_score: float, plot: bool = True) -> dict:
     """The result folder: frames.csv, intervals.json, timeline.png, then summary.json, replacing
-    whatever an earlier result left there (`windows`: each frame's window, a windowed query's;
-    windows.csv, written before, stays)."""
+    whatever an earlier result left there (a windowed query's result, whose frames name their
+    window: its windows.csv, written before, stays)."""
+    windows = getattr(result, "windows", None)
     clear_result(out, keep=("windows.csv",) if windows is not None else ())
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "frames.csv", frames_csv(result.frames, result.times, result.labels, result.decided_by,

@@ -40,18 +40,18 @@ def write_results(out, q: Query, plan: Plan, results: dict, reports: dict, targe
         warn_if_stopped(q, results[o], summary)
         if tell:
             tell_verified(reports[o], targets, say)
-        return write_result(out, results[o], q.video, summary, q.bundle.meta["labels"]["min_score"], plot=plot)
+        return write_result(out, results[o], q.video, summary, q.bundle.min_score, plot=plot)
     return _write_pass(out, q, plan, results, reports, targets, plot, say, tell, extra)
 
 
-def write_window_results(out, q: Query, run, answered: tuple, targets: Targets, *, plot: bool = True, say=None,
-                         tell: bool = True, extra: dict | None = None) -> dict:
+def write_window_results(out, q: Query, run, answered: tuple, targets: Targets, how: dict) -> dict:
     """A windowed query's result folder (one object): windows.csv (a row per window: its frames and
     times, answer, what settled it, its reference calls), frames.csv (a row per frame carrying its
     window's answer, the window's number beside it), intervals.json from the windows, timeline.png,
     then summary.json (the question, and `verified` in windows). `answered`: (plan, results, reports),
-    what `run` (noscope.window_answer.WindowRun) gave."""
-    say = say or (lambda *a, **k: None)
+    what `run` (noscope.window_answer.WindowRun) gave; `how`: plot, say, tell, extra (as write_results)."""
+    say, tell, plot, extra = how.get("say") or (lambda *a, **k: None), how.get("tell", True), how.get("plot", True), \
+        how.get("extra")
     plan, results, reports = answered
     o = q.objects[0]
     result, frames = results[o], run.frame_answers(results[o])
@@ -63,8 +63,7 @@ def write_window_results(out, q: Query, run, answered: tuple, targets: Targets, 
     clear_result(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "windows.csv", windows_csv(run, result, q.video.fps))
-    return write_result(out, frames, q.video, summary, q.bundle.meta["labels"]["min_score"], plot=plot,
-                        windows=run.grid.index_of(frames.frames))
+    return write_result(out, frames, q.video, summary, q.bundle.min_score, plot=plot)
 
 
 def window_summary(run, result) -> dict:
@@ -109,7 +108,7 @@ def _write_pass(out, q: Query, plan: Plan, results: dict, reports: dict, targets
         sub = out / default_name(v.path, o)
         summary = dict(object_summary(q, o, results[o], plan, targets, sub), answered_with=objects, verified=reports[o],
                        **stop)
-        per[o] = write_result(sub, results[o], v, summary, q.bundle.meta["labels"]["min_score"], plot=plot)
+        per[o] = write_result(sub, results[o], v, summary, q.bundle.min_score, plot=plot)
         if tell:
             tell_verified(reports[o], targets, say, prefix=f"{o}: ")
     top = dict(pass_summary(q, plan, results, targets, out),
@@ -133,7 +132,7 @@ def object_summary(q: Query, obj: str, result, plan: Plan, targets: Targets, out
         decided_frames={st: int((result.decided_by == st).sum()) for st in stages_of(result.decided_by)},
         stage_seconds={k: round(x, 3) for k, x in result.stage_seconds.items()}, decoding=passes(result),
         cascade=plan.plans[obj].to_dict(), targets=targets.to_dict(),
-        min_score=q.bundle.meta["labels"]["min_score"], reference=q.ref_key, out=str(out),
+        min_score=q.bundle.min_score, reference=q.ref_key, out=str(out),
     )
 
 
@@ -149,7 +148,7 @@ def pass_summary(q: Query, plan: Plan, results: dict, targets: Targets, out: Pat
         frames_per_s=round(n / first.seconds, 1) if first.seconds else None,
         reference_calls=len(first.reference_scores), fractions=stage_fractions(codes),
         stage_seconds={k: round(x, 3) for k, x in first.stage_seconds.items()}, decoding=passes(first),
-        cascade=plan.to_dict(), targets=targets.to_dict(), min_score=q.bundle.meta["labels"]["min_score"],
+        cascade=plan.to_dict(), targets=targets.to_dict(), min_score=q.bundle.min_score,
         reference=q.ref_key, out=str(out),
     )
 
@@ -164,8 +163,8 @@ def passes(result) -> dict:
 def bundle_video(q: Query) -> dict:
     """What the bundle was trained on, for the summary: its video's path and contents hash, and
     whether that is the queried video (a bundle of the same camera is fine when the user named it)."""
-    trained = q.bundle.meta["video"]
-    return dict(video=trained["path"], hash=trained["hash"], this_video=trained["hash"] == q.video.hash)
+    trained = q.bundle.manifest.video
+    return dict(video=trained.path, hash=trained.hash, this_video=trained.hash == q.video.hash)
 
 
 def model_words(summary: dict) -> str:

@@ -41,18 +41,18 @@ class ReferenceSettings:
         """The command line's --reference, --reference-weights and --reference-cfg, where given."""
         return replace(self, name=name or self.name, weights=weights or self.weights, cfg=cfg or self.cfg)
 
-    def for_bundle(self, trained: dict, known_names, user_named: bool) -> "ReferenceSettings":
-        """The reference a bundle was trained with (its bundle.yaml `reference`), unless the user
-        named one: its name (when this noscope knows it), files the configuration leaves unset, and
-        its input size."""
+    def for_bundle(self, trained, known_names, user_named: bool) -> "ReferenceSettings":
+        """The reference a bundle was trained with (its bundle.yaml `reference`:
+        bundle_manifest.ReferenceRecord), unless the user named one: its name (when this noscope
+        knows it), files the configuration leaves unset, and its input size."""
         if user_named:
             return self
-        out = replace(self, name=trained["name"] if trained["name"] in known_names else self.name)
+        out = replace(self, name=trained.name if trained.name in known_names else self.name)
         for k in ("weights", "cfg", "names"):
-            if trained.get(k) and not getattr(out, k):
-                out = replace(out, **{k: trained[k]})
-        if trained.get("input_size"):
-            out = replace(out, input_size=trained["input_size"])
+            if getattr(trained, k) and not getattr(out, k):
+                out = replace(out, **{k: getattr(trained, k)})
+        if trained.input_size:
+            out = replace(out, input_size=trained.input_size)
         return out
 
 

@@ -10,8 +10,8 @@ next run with the same settings):
   2. split the sample: the held-out frames for the optimizer come after the training frames in
      time, so drift between earlier and later minutes shows before a plan is chosen (split);
   3. decode the sample at the small sizes the models and detectors use (framecache, video);
-  4. train every specialized CNN of the grid, score it on the held-out frames, time it (specialized),
-     and every head on the reference's first layers (prefix_heads), decoded at their own size;
+  4. train every kind of cheap model's grid (noscope.cheap: small CNNs, heads on the reference's first
+     layers decoded at their own size), scoring each model on the held-out frames and timing it;
   5. fit the difference detectors, score them on the held-out frames for every frame skip, time them (difference);
   6. time decoding and the reference (costs), and write bundle.yaml last: a bundle is complete or absent (bundle).
 """
@@ -29,11 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from . import bundle as B
-from . import decode_pool, difference, specialized
-from .config import HEAD_SPEC, MIN_TRAIN_FRAMES
+from . import cheap, decode_pool, difference
+from .bundle_manifest import Candidate, DiffRecord, LabelRule, Manifest, ReferenceRecord, TrainedVideo, HeldoutRecord
+from .cheap.base import TrainingData
+from .config import MIN_TRAIN_FRAMES
 from .costs import measure_decode_costs, measure_reference_cost
 from .errors import NoscopeError
 from .labels import Sample, labelled_sample
+from .plans import Costs
 from .progress import progress_bar
 from .reference import Reference, configured_reference, reference_runtime
 from .settings import Settings
@@ -46,7 +49,7 @@ MIN_FRAMES = MIN_TRAIN_FRAMES  # fewer labelled frames than this cannot be split
 
 
 def train(video_path: str | Path, objects: str | list[str], out: Path, settings: Settings, start=None, end=None,
-          quiet: bool = False, force: bool = False, say=print) -> dict:
+          quiet: bool = False, force: bool = False, say=print) -> Manifest:
     """Train a bundle for `objects` (one name or a list) on a segment of `video_path`, written to `out`.
 
     Several objects train one bundle for all of them: one sample labelled once, one model per grid
@@ -65,75 +68,50 @@ def train(video_path: str | Path, objects: str | list[str], out: Path, settings:
                              labels.smooth, quiet)
     _check_sample(sample, run, labels.min_score)
     parts = _split(sample, run, settings, say)
-    archs = specialized.resolve_grid(ts.grid)
-    sizes = sorted({a.size for a in archs})
+    kinds = list(cheap.KINDS.values())
+    sizes = sorted({z for kind in kinds for z in kind.sizes(ts)})
     say(f"decoding {len(sample.frames)} sampled frames at {', '.join(f'{z}x{z}' for z in sizes)} and their luma "
         f"at {ts.diff_size}x{ts.diff_size}")
     d = settings.decode
     small = decode_sample(run.video, sample.frames, sizes, ts.diff_size, quiet, d.prefetch, decode_workers(d.workers))
     work = _work_dir(out, force)
-    grid = specialized.train_grid(archs, small, sample.truth, parts, run.objects, work, run.key, ts, run.seed,
-                                  run.reference.device, say)
-    heads = train_heads(run, sample, parts, settings, work, say)
+    data = training_data(run, sample, parts, small, settings, work, say)
+    grids = [kind.train_grid(data) for kind in kinds]
     diffs = difference.fit_and_score(small[LUMA], sample.truth, parts.blocks, parts,
-                                     [int(k) for k in settings.optimizer.skips], ts.diff_grid, ts.diff_size, plane="luma")
+                                     [int(k) for k in settings.optimizer.skips], ts.diff_grid, ts.diff_size)
     # what a query's pass pays (costs.measure_decode_costs): every frame decoded, each processed frame's
-    # luma plane, and each model's frames converted to RGB at its size (the heads' cost counts theirs)
+    # luma plane; each model's frames converted to RGB at its size count in its own cost (training_data)
     t_decode, t_luma = measure_decode_costs(run.video, run.start, run.end, Luma(ts.diff_size, ts.diff_size))
-    converts = {z: measure_decode_costs(run.video, run.start, run.end, (z, z))[1] for z in sizes}
-    cnn_costs = {c["name"]: grid.costs[c["name"]] + converts[int(c["size"])] for c in grid.candidates}
-    costs = dict(decode=t_decode, convert=t_luma, diff=diffs.costs, model={**cnn_costs, **heads.costs},
-                 reference=float(sample.reference_cost or measure_reference_cost(run.reference)))
-    candidates = grid.candidates + heads.candidates
-    meta = _manifest(run, sample, parts, settings, costs, candidates, diffs.meta, round(time.perf_counter() - t0, 1))
+    costs = Costs(decode=t_decode, convert=t_luma, diff=diffs.costs, model={n: c for g in grids for n, c in g.costs.items()},
+                  reference=float(sample.reference_cost or measure_reference_cost(run.reference)))
+    candidates = [c for g in grids for c in g.candidates]
+    manifest = _manifest(run, sample, parts, settings, costs, candidates, diffs.meta, round(time.perf_counter() - t0, 1))
     heldout = dict(frames=sample.frames[parts.heldout], truth=sample.truth[parts.heldout],
                    scores=sample.scores[parts.heldout].astype(np.float32), blocks=parts.blocks[parts.heldout],
-                   **{f"model__{k}": v.astype(np.float32) for k, v in {**grid.heldout_scores, **heads.heldout_scores}.items()},
+                   **{f"model__{k}": v.astype(np.float32) for g in grids for k, v in g.heldout_scores.items()},
                    **{f"diff__{k}": v.astype(np.float32) for k, v in diffs.heldout_scores.items()})
-    B.write_bundle(out, work, run.key, candidates, diffs.detectors, heldout, meta,
-                   fmt=B.MULTI_FORMAT if run.multi else B.FORMAT)
-    return meta
+    B.write_bundle(out, work, run.key, diffs.detectors, heldout, manifest, fmt=B.MULTI_FORMAT if run.multi else B.FORMAT)
+    return manifest
 
 
-def train_heads(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: Settings, work: Path, say):
-    """Heads on the reference's first layers (train.heads), trained on the reference's scores of the
-    sample (they carried over to later footage better than its answers did: docs/prefix_heads.md).
-    The sample is decoded at each head's size as the heads need it, never all at once and never
-    into the frame cache (184 KB a frame at 320x192). Each head's cost counts its own conversion."""
-    from . import prefix_heads as ph
+def training_data(run: TrainingRun, sample: Sample, parts: SampleSplit, small: dict[int, np.ndarray],
+                  settings: Settings, work: Path, say) -> TrainingData:
+    """What every kind of cheap model trains on (noscope.cheap.base.TrainingData): the sample, its
+    split and small frames, the sample at any other size decoded as it is read (not into the frame
+    cache: 184 KB a frame at 320x192), and what converting to such a size costs a decoding pass."""
+    v, ts = run.video, settings.train
 
-    specs = [config_head(h) for h in settings.train.heads]
-    v = run.video
-    points = {(k, w): ph.PrefixPoint(run.ref_key, k, *ph.prefix_size(v.width, v.height, w)) for k, w, _ in specs}
-    if not specs:
-        return ph.PrefixGrid([], {}, {}, {})
-    if not ph.has_layers(run.reference):
-        say(f"warning: reference {run.reference.name} has no layers to put heads on; training no heads")
-        return ph.PrefixGrid([], {}, {}, {})
-    kinds: dict[int, tuple] = {}
-    for k, w, kind in specs:
-        kinds[k] = tuple(sorted(set(kinds.get(k, ())) | {kind}))
-    frames_at = {p.size: partial(_sample_batches, v, sample.frames, p.size, settings) for p in points.values()}
-    say(f"training {len(specs)} head(s) on the reference's first layers at {', '.join(f'{w}x{h}' for w, h in frames_at)}")
-    grid = ph.train_grid(run.reference, list(points.values()), frames_at, sample.truth, parts, run.objects, work, run.key,
-                         kinds=kinds, seed=run.seed, device=run.reference.device, targets=sample.scores, say=say)
-    for c in grid.candidates:
-        extra = measure_decode_costs(v, run.start, run.end, tuple(c["prefix"]["size"]))[1]
-        c["cost_s"] = grid.costs[c["name"]] = float(grid.costs[c["name"]] + extra)
-        if c["name"] in grid.learnt_from:
-            z, y = grid.learnt_from[c["name"]]
-            c["learnt_from"] = f"models/{c['name']}-learnt.npz"
-            B.save_npz(work / f"{c['name']}-{run.key}-learnt.npz", features=z, targets=y)
-    return grid
+    def conversion_cost(size: tuple[int, int]) -> float:
+        # a frame a model sees is converted to RGB at its size for it alone (the pass reads the luma plane)
+        return measure_decode_costs(v, run.start, run.end, tuple(size))[1]
+
+    return TrainingData(run.objects, sample.truth, sample.scores, parts, small,
+                        partial(_sample_batches, v, sample.frames, settings=settings), conversion_cost,
+                        (v.width, v.height), run.reference, run.ref_key, ts, work, run.key, run.seed,
+                        run.reference.device, say)
 
 
-def config_head(spec: str) -> tuple[int, int, str]:
-    """"L6@320:linear" -> (6, 320, "linear")."""
-    m = HEAD_SPEC.fullmatch(spec.strip())
-    return int(m.group(1)), int(m.group(2)), m.group(3)
-
-
-def _sample_batches(video: Video, frames: np.ndarray, size: tuple[int, int], settings: Settings):
+def _sample_batches(video: Video, frames: np.ndarray, size: tuple[int, int], *, settings: Settings):
     """The sampled frames at `size`, batch after batch in sample order (every one of them: a frame
     lost here would shift every later frame's label)."""
     d = settings.decode
@@ -221,33 +199,33 @@ def _work_dir(out: Path, force: bool) -> Path:
     return work
 
 
-def _manifest(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: Settings, costs: dict,
-              candidates: list[dict], diffs: list[dict], seconds: float) -> dict:
+def _manifest(run: TrainingRun, sample: Sample, parts: SampleSplit, settings: Settings, costs: Costs,
+              candidates: list[Candidate], diffs: list[dict], seconds: float) -> Manifest:
     """bundle.yaml's contents (without format and checksums, which the writer adds)."""
     objects, truth, rs, ls, config = run.objects, sample.truth, settings.reference, settings.labels, settings.as_config()
     each = truth.reshape(len(truth), -1)
     ho = parts.heldout
-    ident = (dict(object=",".join(objects), objects=objects, class_indices=[int(c) for c in run.classes]) if run.multi
-             else dict(object=objects[0], class_index=int(run.classes[0])))
+    ident = (dict(object=",".join(objects), objects=tuple(objects), class_indices=tuple(int(c) for c in run.classes))
+             if run.multi else dict(object=objects[0], class_index=int(run.classes[0])))
     positives = {o: int(each[:, k].sum()) for k, o in enumerate(objects)} if run.multi else int(truth.sum())
     held_pos = {o: int(each[ho, k].sum()) for k, o in enumerate(objects)} if run.multi else int(truth[ho].sum())
     ref, v = run.reference, run.video
-    return dict(
+    return Manifest(
         **ident,
-        reference=dict(name=ref.name, key=run.ref_key, input_size=list(ref.input_size) if ref.input_size else None,
-                       weights=rs.weights, cfg=rs.cfg, names=rs.names, runtime=reference_runtime(ref)),
-        labels=dict(min_score=float(ls.min_score), smooth=int(ls.smooth)),
-        video=dict(path=str(v.path.resolve()), hash=v.hash, fps=v.fps, width=v.width, height=v.height,
-                   segment=[int(run.start), int(run.end)], frames_labelled=int(len(sample.frames)), positives=positives),
+        reference=ReferenceRecord(ref.name, run.ref_key, list(ref.input_size) if ref.input_size else None, rs.weights,
+                                  rs.cfg, rs.names, reference_runtime(ref)),
+        labels=LabelRule(float(ls.min_score), int(ls.smooth)),
+        video=TrainedVideo(str(v.path.resolve()), v.hash, v.fps, v.width, v.height, (int(run.start), int(run.end)),
+                           int(len(sample.frames)), positives),
         seed=run.seed,
         settings_key=run.key,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         train=dict(config["train"], seconds=seconds),
         optimizer=config["optimizer"],
         costs=costs,
-        candidates=candidates,
-        diffs=diffs,
-        heldout=dict(file="heldout.npz", frames=int(ho.sum()), positives=held_pos),
+        candidates=tuple(candidates),
+        diffs=tuple(DiffRecord.from_dict(d) for d in diffs),
+        heldout=HeldoutRecord("heldout.npz", int(ho.sum()), held_pos),
     )
 
 

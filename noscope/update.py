@@ -20,7 +20,7 @@ check's uniform draws, the strata a repair handed to the reference. They sit in 
      difference detectors take, and score them with the current version's models (a linear head:
      its pooled features, run through the reference's first layers);
   4. refit: linear heads from their weights on their kept training features and the new frames,
-     each half (prefix_heads.LinearHeadScorer.refit; a head without kept features on the new frames
+     each half (cheap.heads.LinearHeadModel.refit; a head without kept features on the new frames
      alone); difference detectors on the new frames (the empty scene of the newest negatives; the
      blocked weights where the frames show both answers, else the current ones). Specialized CNNs
      and spatial heads keep their weights; like every model they get new held-out scores, so the
@@ -42,23 +42,22 @@ which a query on one of those videos answers with the reference and never certif
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import bundle as B
 from . import decode_pool, difference
-from .atomic import FolderBusy, hold_folder
+from .atomic import FolderBusy, hold_folder, save_npz
+from .bundle_manifest import Candidate, DiffRecord, HeldoutRecord, HeldoutVideo, Manifest
 from .versions import archive_top, publish, restore_top
 from .errors import NoscopeError
 from .labels import checks_noted, load_cached, object_truth, store_dir
@@ -68,9 +67,9 @@ from .plans import HeldOut, Targets, expected_cost, pass_decided, stage_fraction
 from .prepare import bundle_reference
 from .settings import Settings
 from .simulate import simulate_plan
-from .specialized import roc_auc
+from .cheap.common import roc_auc
 from .split import split
-from .video import Video, decode_workers, open_video
+from .video import Luma, Video, decode_workers, open_video
 
 MIN_HELDOUT = 30  # held-out frames of the newest video below this: nothing to validate a new version on
 MIN_FIT = 20  # frames to fit on below this: nothing to learn
@@ -205,8 +204,8 @@ def made_from(root: Path, inputs: str) -> tuple[int, str] | None:
     """(version, its status and reason) of a kept version made from these inputs, or None."""
     for n in reversed(B.versions(root)):
         try:
-            entry = (yaml.safe_load((root / B.VERSIONS / str(n) / "bundle.yaml").read_text()).get("lineage") or [{}])[-1]
-        except (OSError, yaml.YAMLError, AttributeError):
+            entry = (B.recorded(root / B.VERSIONS / str(n), "lineage") or [{}])[-1]
+        except (NoscopeError, TypeError, KeyError, IndexError):
             continue
         if isinstance(entry, dict) and entry.get("inputs") == inputs:
             status = entry.get("status", "good")
@@ -249,18 +248,17 @@ def collect(parent: B.TrainedBundle, reference, ref_key: str, videos: list, sett
 def not_learnt(parent: B.TrainedBundle, video_hash: str, frames: np.ndarray) -> np.ndarray:
     """The answered frames the bundle has not learnt from: neither its training segment (labelled for
     training, so in the cache too) nor frames a version of it was fitted on."""
-    trained = parent.meta["video"]
-    if video_hash == trained["hash"]:
-        frames = frames[(frames < trained["segment"][0]) | (frames >= trained["segment"][1])]
+    trained = parent.manifest.video
+    if video_hash == trained.hash:
+        frames = frames[(frames < trained.segment[0]) | (frames >= trained.segment[1])]
     return frames[~np.isin(frames, parent.learnt_frames(video_hash))]
 
 
 def answers_of(parent: B.TrainedBundle, video: Video, frames: np.ndarray, cached: dict, first_run: int) -> Answers:
     """One video's answers on `frames`, its runs of consecutive frames numbered from `first_run`."""
-    lab = parent.meta["labels"]
     scores = np.stack([cached[f][0] for f in frames.tolist()]).astype(np.float32)
     runs = first_run + np.r_[0, np.cumsum(np.diff(frames) != 1)]
-    truth = np.stack([object_truth(scores[:, parent.class_index(o)], float(lab["min_score"]), int(lab["smooth"]),
+    truth = np.stack([object_truth(scores[:, parent.class_index(o)], float(parent.min_score), int(parent.smooth),
                                    blocks=runs) for o in parent.objects], axis=1)
     return Answers(video, frames, scores, truth, runs)
 
@@ -307,9 +305,10 @@ def decode_and_score(parent: B.TrainedBundle, reference, answers: list[Answers],
                      quiet: bool) -> Scored:
     """Decode each video's answered frames at every size a model or detector takes (one sequential
     pass a video) and score them with the current version's models (module docstring, step 3)."""
-    dz = int(parent.meta["diffs"][0]["size"]) if parent.meta["diffs"] else int(settings.train.diff_size)
-    models = {c["name"]: parent.model(c["name"], reference.device, reference) for c in parent.meta["candidates"]}
-    sizes = {"diff": (dz, dz), **{f"m:{n}": tuple(m.size) for n, m in models.items()}}
+    dz = int(parent.diffs[0].size) if parent.diffs else int(settings.train.diff_size)
+    models = {c.name: parent.model(c.name, reference.device, reference) for c in parent.candidates}
+    luma = diff_plane(parent) == "luma"  # the plane the current version's detectors compare (a bundle from before: RGB)
+    sizes = {"diff": Luma(dz, dz) if luma else (dz, dz), **{f"m:{n}": tuple(m.size) for n, m in models.items()}}
     classes = [parent.class_index(o) for o in parent.objects]
     parts: list[dict] = []
     d = settings.decode
@@ -320,12 +319,12 @@ def decode_and_score(parent: B.TrainedBundle, reference, answers: list[Answers],
             got["frames"].append(b.indices)
             got["small"].append(b.frames["diff"])
             for n, m in models.items():
-                if hasattr(m, "refit"):  # a linear head: its pooled features, scored
+                if m.can_refit:  # a linear head: its pooled features, scored
                     z = m.features(b.frames[f"m:{n}"])
                     got["features"].setdefault(n, []).append(z)
                     got["scores"][n].append(m.from_features(z))
                 else:
-                    got["scores"][n].append(np.asarray(m.predict(b.frames[f"m:{n}"]), np.float32).reshape(len(b), -1))
+                    got["scores"][n].append(np.asarray(m.score(b.frames[f"m:{n}"]), np.float32).reshape(len(b), -1))
         if not got["frames"]:
             continue  # the video no longer decodes: nothing of it to learn from
         frames = np.concatenate(got["frames"])
@@ -339,7 +338,7 @@ def decode_and_score(parent: B.TrainedBundle, reference, answers: list[Answers],
     join = lambda key, n: np.concatenate([np.concatenate(p[key][n]) for p in parts if p[key].get(n)])  # noqa: E731
     return Scored(frames=cat("frames"), video_of=cat("video"), small=np.concatenate([np.concatenate(p["small"]) for p in parts]),
                   scores={n: join("scores", n) for n in models},
-                  features={n: join("features", n) for n in models if hasattr(models[n], "refit")},
+                  features={n: join("features", n) for n in models if models[n].can_refit},
                   truth=cat("truth"), targets=cat("targets"), runs=cat("runs"))
 
 
@@ -353,14 +352,14 @@ class Fitted:
     scores: dict[str, np.ndarray]  # model -> (H, K) on the held-out frames
     detectors: list[difference.DiffDetector]
     diff_scores: dict[str, dict[int, np.ndarray]]
-    heads: dict = field(default_factory=dict)  # refitted linear heads: name -> LinearHeadScorer
+    heads: dict = field(default_factory=dict)  # refitted models (linear heads): name -> cheap.CheapModel
     refitted_diffs: list[str] = field(default_factory=list)
 
 
 def current(parent: B.TrainedBundle, scored: Scored, skips: list[int]) -> Fitted:
     """The current version on the held-out frames: its models' scores, its detectors' scores."""
     ho = scored.heldout
-    dets = [parent.diff(d["name"]) for d in parent.meta["diffs"]]
+    dets = [parent.diff(d.name) for d in parent.diffs]
     return Fitted({n: s[ho] for n, s in scored.scores.items()}, dets, diff_scores(dets, scored, skips))
 
 
@@ -382,20 +381,26 @@ def refit_detectors(parent: B.TrainedBundle, scored: Scored, settings: Settings)
     fit = scored.fit
     skips = [int(k) for k in settings.optimizer.skips]
     frames, any_yes, runs = scored.small[fit], scored.truth[fit].any(axis=1), scored.runs[fit]
-    grid = next((int(d["grid"]) for d in parent.meta["diffs"] if d["mode"] == "blocked"), int(settings.train.diff_grid))
-    new = {d.name: d for d in difference.fit_detectors(frames, scored.truth[fit], runs, skips=skips, grid=grid)}
+    grid = next((int(d.grid) for d in parent.diffs if d.mode == "blocked"), int(settings.train.diff_grid))
+    new = {d.name: dataclasses.replace(d, plane=diff_plane(parent))
+           for d in difference.fit_detectors(frames, scored.truth[fit], runs, skips=skips, grid=grid)}
     changes = pair_changes(any_yes, runs, skips)
     can = {"prev-global": True, "ref-global": int((~any_yes).sum()) >= MIN_PER_ANSWER,
            "ref-blocked": min(int(any_yes.sum()), int((~any_yes).sum())) >= MIN_PER_ANSWER,
            "prev-blocked": min(int(changes.sum()), int((~changes).sum())) >= MIN_PER_ANSWER}
     out, changed = [], []
-    for d in parent.meta["diffs"]:
-        if can.get(d["name"]) and d["name"] in new:
-            out.append(new[d["name"]])
-            changed.append(d["name"])
+    for d in parent.diffs:
+        if can.get(d.name) and d.name in new:
+            out.append(new[d.name])
+            changed.append(d.name)
         else:
-            out.append(parent.diff(d["name"]))
+            out.append(parent.diff(d.name))
     return out, changed
+
+
+def diff_plane(parent: B.TrainedBundle) -> str:
+    """What the bundle's difference detectors compare: the luma plane, or RGB (a bundle from before)."""
+    return str(parent.diffs[0].params.get("plane", "rgb")) if parent.diffs else "luma"
 
 
 def pair_changes(yes: np.ndarray, runs: np.ndarray, skips: list[int]) -> np.ndarray:
@@ -435,8 +440,8 @@ def aucs(parent: B.TrainedBundle, views: dict[str, HeldOut]) -> dict[str, dict[s
     """object -> model -> held-out AUC (None: that output is never used, NaN: one answer only)."""
     out = {}
     for o, h in views.items():
-        out[o] = {c["name"]: None if parent.multi and c["heldout_aucs"][o] is None
-                  else float(roc_auc(h.model_scores[c["name"]], h.truth)) for c in parent.meta["candidates"]}
+        out[o] = {c.name: None if parent.multi and c.heldout_aucs[o] is None
+                  else float(roc_auc(h.model_scores[c.name], h.truth)) for c in parent.candidates}
     return out
 
 
@@ -591,14 +596,13 @@ def lineage_entry(n: int, parent: B.TrainedBundle, answers: list[Answers], score
                 refitted=dict(heads=sorted(new.heads), diffs=new.refitted_diffs), validation=validation)
 
 
-def first_entry(meta: dict) -> dict:
+def first_entry(m: Manifest) -> dict:
     """The lineage entry of a version as trained (a bundle written before lineage existed)."""
-    v, ho = meta["video"], meta["heldout"]
-    aucs = {c["name"]: c.get("heldout_aucs", c.get("heldout_auc")) for c in meta["candidates"]}
-    return dict(version=int(meta.get("version", 1)), made_by="train", created=meta.get("created"), status="good",
-                videos=[dict(path=v["path"], hash=v["hash"], segment=v["segment"], frames=v.get("frames_labelled"),
-                             positives=v.get("positives"))],
-                validation=dict(heldout_frames=ho["frames"], heldout_positives=ho.get("positives"), aucs=aucs))
+    v, ho = m.video, m.heldout
+    aucs = {c.name: c.heldout_aucs if c.heldout_aucs is not None else c.heldout_auc for c in m.candidates}
+    return dict(version=m.number, made_by="train", created=m.created, status="good",
+                videos=[dict(path=v.path, hash=v.hash, segment=v.segment, frames=v.frames_labelled, positives=v.positives)],
+                validation=dict(heldout_frames=ho.frames, heldout_positives=ho.positives, aucs=aucs))
 
 
 def write_version(root: Path, n: int, parent: B.TrainedBundle, scored: Scored, new: Fitted, views: dict[str, HeldOut],
@@ -609,61 +613,69 @@ def write_version(root: Path, n: int, parent: B.TrainedBundle, scored: Scored, n
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "models").mkdir(parents=True)
     (tmp / "diff").mkdir()
-    meta = {k: copy.deepcopy(v) for k, v in parent.meta.items() if k not in ("files", "format", "noscope_version")}
-    each = aucs(parent, views)
-    for c in meta["candidates"]:
-        name = c["name"]
-        if parent.multi:
-            c["heldout_aucs"] = {o: each[o][name] for o in parent.objects}
-            trusted = [a for a in c["heldout_aucs"].values() if a is not None]
-            c["heldout_auc"] = float(np.min(trusted)) if trusted else float("nan")
-        else:
-            c["heldout_auc"] = float(each[parent.objects[0]][name])
-        if name in new.heads:
-            from .prefix_heads import save_head
-
-            save_head(new.heads[name].model, tmp / c["file"])
-            c["learnt_from"] = c.get("learnt_from") or f"models/{name}-learnt.npz"
-            z, y = thinned(*new.heads[name].learnt_from)
-            B.save_npz(tmp / c["learnt_from"], features=z.astype(np.float16), targets=y.astype(np.float16))
-            c["refit"] = dict(version=n, frames=int(scored.fit.sum()))
-        else:
-            shutil.copyfile(parent.root / c["file"], tmp / c["file"])
-            if c.get("learnt_from"):
-                shutil.copyfile(parent.root / c["learnt_from"], tmp / c["learnt_from"])
-    meta["diffs"] = diff_meta(parent, new.detectors, tmp)
     ho, multi = scored.heldout, parent.multi
     col = (lambda a: a) if multi else (lambda a: a[:, 0])
     frames = scored.frames[ho]
     newest = entry["videos"][-1]
-    meta["heldout"] = dict(file="heldout.npz", frames=int(ho.sum()),
-                           positives={o: int(scored.truth[ho, k].sum()) for k, o in enumerate(parent.objects)} if multi
-                           else int(scored.truth[ho, 0].sum()),
-                           video=dict(path=newest["path"], hash=newest["hash"], segment=[int(frames.min()), int(frames.max()) + 1]))
-    meta.update(version=n, created=entry["created"], learnt="learnt.npz",
-                lineage=list(parent.meta.get("lineage") or [first_entry(parent.meta)]) + [entry])
+    heldout = HeldoutRecord("heldout.npz", int(ho.sum()),
+                            {o: int(scored.truth[ho, k].sum()) for k, o in enumerate(parent.objects)} if multi
+                            else int(scored.truth[ho, 0].sum()),
+                            HeldoutVideo(newest["path"], newest["hash"], (int(frames.min()), int(frames.max()) + 1)))
+    m = parent.manifest
+    m = replace(m, candidates=tuple(version_candidates(n, parent, scored, new, views, tmp)),
+                diffs=tuple(diff_meta(parent, new.detectors, tmp)), heldout=heldout, version=n,
+                created=entry["created"], learnt="learnt.npz", lineage=list(m.lineage or [first_entry(m)]) + [entry])
     arrays = dict(frames=frames, truth=col(scored.truth[ho]), scores=col(scored.targets[ho]).astype(np.float32),
                   blocks=scored.blocks[ho], **{f"model__{k}": col(v).astype(np.float32) for k, v in new.scores.items()},
                   **{f"diff__{d}@{s}": v.astype(np.float32) for d, by in new.diff_scores.items() for s, v in by.items()})
-    B.save_npz(tmp / "heldout.npz", **arrays, **{B.MADE_FOR: np.array(json.dumps(B.made_for(meta)))})
-    B.save_npz(tmp / "learnt.npz", **learnt_record(parent, entry, scored))
-    B.write_manifest(tmp, json.loads(json.dumps(meta)), fmt=int(parent.meta["format"]))
+    save_npz(tmp / "heldout.npz", **arrays, **{B.MADE_FOR: np.array(json.dumps(m.made_for()))})
+    save_npz(tmp / "learnt.npz", **learnt_record(parent, entry, scored))
+    B.write_manifest(tmp, json.loads(json.dumps(m.content())), fmt=int(parent.manifest.format))
     B.load_bundle(tmp)  # what was written reads back whole before it is put in place
     os.replace(tmp, final)
     return final
 
 
-def diff_meta(parent: B.TrainedBundle, dets: list, folder: Path) -> list[dict]:
+def version_candidates(n: int, parent: B.TrainedBundle, scored: Scored, new: Fitted, views: dict[str, HeldOut],
+                       folder: Path) -> list[Candidate]:
+    """bundle.yaml's candidates for version `n`: every model's held-out AUCs on the new held-out
+    frames; a refitted model's file, the features it was fitted on and its refit, written into
+    `folder`; every other model's files copied from the current version."""
+    each = aucs(parent, views)
+    out = []
+    for c in parent.candidates:
+        if parent.multi:
+            per = {o: each[o][c.name] for o in parent.objects}
+            trusted = [a for a in per.values() if a is not None]
+            c = replace(c, heldout_aucs=per, heldout_auc=float(np.min(trusted)) if trusted else float("nan"))
+        else:
+            c = replace(c, heldout_auc=float(each[parent.objects[0]][c.name]))
+        if c.name in new.heads:
+            model = new.heads[c.name]
+            model.save(folder / c.file)
+            c = replace(c, learnt_from=c.learnt_from or f"models/{c.name}-learnt.npz")
+            z, y = thinned(*model.learnt_from)
+            save_npz(folder / c.learnt_from, features=z.astype(np.float16), targets=y.astype(np.float16))
+            c = replace(c, refit=dict(version=n, frames=int(scored.fit.sum())))
+        else:
+            shutil.copyfile(parent.root / c.file, folder / c.file)
+            if c.learnt_from:
+                shutil.copyfile(parent.root / c.learnt_from, folder / c.learnt_from)
+        out.append(c)
+    return out
+
+
+def diff_meta(parent: B.TrainedBundle, dets: list, folder: Path) -> list[DiffRecord]:
     """bundle.yaml's diffs for the version's detectors (their measured costs are the current ones':
     the same computation on the same size), their pictures of the empty scene saved."""
-    old = {d["name"]: d for d in parent.meta["diffs"]}
+    old = {d.name: d for d in parent.diffs}
     out = []
     for d in dets:
-        m = dict(d.to_dict(), cost_s=old[d.name]["cost_s"], size=old[d.name]["size"])
+        entry = dict(d.to_dict(), cost_s=old[d.name].cost_s, size=old[d.name].size)
         if d.reference_image is not None:
-            m["reference_image_file"] = f"diff/{d.name}.npy"
-            difference.save_npy(folder / m["reference_image_file"], d.reference_image)
-        out.append(m)
+            entry["reference_image_file"] = f"diff/{d.name}.npy"
+            difference.save_npy(folder / entry["reference_image_file"], d.reference_image)
+        out.append(DiffRecord.from_dict(entry))
     return out
 
 
@@ -671,8 +683,8 @@ def learnt_record(parent: B.TrainedBundle, entry: dict, scored: Scored) -> dict[
     """learnt.npz: per video (v<hash>) every frame this version and its ancestors were fitted on or
     validated with (the held-out frames choose its thresholds)."""
     out = {}
-    if parent.meta.get("learnt"):
-        out.update(B.load_npz(parent.root, parent.meta["learnt"]))
+    if parent.manifest.learnt:
+        out.update(B.load_npz(parent.root, parent.manifest.learnt))
     for i, v in enumerate(entry["videos"]):
         mine = scored.frames[scored.video_of == i]
         out[f"v{v['hash']}"] = np.union1d(out.get(f"v{v['hash']}", np.zeros(0, np.int64)), mine).astype(np.int64)

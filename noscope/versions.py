@@ -17,8 +17,6 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
 from . import bundle as B
 from .atomic import FolderBusy, hold_folder
 from .errors import NoscopeError
@@ -31,26 +29,26 @@ def archive_top(root: Path, parent: B.TrainedBundle) -> None:
     top = (root / "bundle.yaml").read_bytes()
     same = [k for k in kept if (root / B.VERSIONS / str(k) / "bundle.yaml").read_bytes() == top]
     if same:  # kept already (the newest good version, or the bundle as trained after an update set aside)
-        parent.meta["version"] = same[-1]
+        parent.renumber(same[-1])
         return
     n = 1 if not kept else max(kept) + 1
     tmp = root / B.VERSIONS / f".tmp-{n}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for rel in list(parent.meta["files"]) + ["bundle.yaml"]:
+    for rel in list(parent.manifest.files) + ["bundle.yaml"]:
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, tmp / rel)
-    B.load_manifest(tmp)
+    B.listed_files(tmp)  # the copy reads back, every file matching its checksum
     os.replace(tmp, root / B.VERSIONS / str(n))
     if n != parent.version:
-        parent.meta["version"] = n  # what the update records as its parent
+        parent.renumber(n)  # what the update records as its parent
 
 
 def publish(root: Path, version: Path) -> None:
     """Make `root` a copy of `version`: bundle.yaml goes first (no manifest vouches for a mix of old and
     new files), the version's files are copied, files it does not have are removed, bundle.yaml last."""
-    meta = B.load_manifest(version)
+    files = B.listed_files(version)
     (root / "bundle.yaml").unlink(missing_ok=True)
-    keep = set(meta["files"]) | {"bundle.yaml"}
+    keep = set(files) | {"bundle.yaml"}
     for p in sorted(root.rglob("*"), reverse=True):
         rel = p.relative_to(root)
         if rel.parts[0] in (B.VERSIONS, "work") or p.name.startswith(".") or rel.as_posix() in keep:
@@ -59,7 +57,7 @@ def publish(root: Path, version: Path) -> None:
             p.unlink()
         elif p.is_dir() and not any(p.iterdir()):
             p.rmdir()
-    for rel in meta["files"]:
+    for rel in files:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         B.atomic_write_bytes(root / rel, (version / rel).read_bytes())
     B.atomic_write_bytes(root / "bundle.yaml", (version / "bundle.yaml").read_bytes())
@@ -68,9 +66,8 @@ def publish(root: Path, version: Path) -> None:
 def status_of(path: Path) -> str:
     """"good" or "aside": what a kept version's own lineage entry says (a version as trained: good)."""
     try:
-        meta = yaml.safe_load((path / "bundle.yaml").read_text())
-        return str((meta.get("lineage") or [{}])[-1].get("status", "good"))
-    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        return str((B.recorded(path, "lineage") or [{}])[-1].get("status", "good"))
+    except (NoscopeError, AttributeError, TypeError, KeyError, IndexError):
         return "aside"
 
 

@@ -160,7 +160,7 @@ class WindowRun:
     def settling(self, op) -> Settling:
         column = self.q.bundle.class_index(self.obj)
         return Settling(op.plan.sampling, lambda frames, pictures: self.stream.answer(np.asarray(frames, np.int64), pictures),
-                        self.known, column, float(self.q.bundle.meta["labels"]["min_score"]), tuple(op.plan.settles),
+                        self.known, column, float(self.q.bundle.min_score), tuple(op.plan.settles),
                         bool(op.plan.unanimous), self.used)
 
     def sampled(self, windows: list[int], sampling: Sampling) -> dict:
@@ -218,4 +218,4 @@ class WindowRun:
         column = self.q.bundle.class_index(self.obj)
         scores = {f: float(self.known[f][column]) for f in frames.tolist() if f in self.used}
         return CascadeResult(frames, self.q.video.times_of(frames), result.labels[at], result.decided_by[at], scores,
-                             result.seconds, result.stage_seconds, decoding=result.decoding)
+                             result.seconds, result.stage_seconds, decoding=result.decoding, windows=g.index_of(frames))

@@ -38,8 +38,10 @@ import torch
 
 import harness
 from harness import fmt as _f
-from noscope import prefix_heads as ph
-from noscope import specialized as sp
+from noscope.cheap import cnn as sp
+from noscope.cheap import heads as ph
+from noscope.cheap import prefix as pf
+from noscope.cheap.common import roc_auc
 from noscope.costs import measure_decode_costs, measure_reference_cost
 from noscope.labels import label_frames
 from noscope.reference import load_reference, reference_key
@@ -73,7 +75,7 @@ def judge(scores: np.ndarray, truth: np.ndarray, parts: dict, targets: list[floa
     validation frames (T...), and for comparison on all of the first 60% (T..._0to60: the training
     frames included, so optimistic, but a 9% validation slice often shows one answer only)."""
     va, te = parts["va"], parts["te"]
-    out = dict(auc=_num(sp.roc_auc(scores[te], truth[te])), val_auc=_num(sp.roc_auc(scores[va], truth[va])))
+    out = dict(auc=_num(roc_auc(scores[te], truth[te])), val_auc=_num(roc_auc(scores[va], truth[va])))
     for t in targets:
         for name, fit_on in ((f"T{t:g}", va), (f"T{t:g}_0to60", parts["tr"] | va)):
             c_low, c_high = fit_thresholds(scores[fit_on], truth[fit_on], t)
@@ -98,7 +100,7 @@ def clip_data(clip: str, objects: list[str], ref, key: str, widths: list[int], s
     pos = np.arange(n)
     parts = dict(tr=pos < round(TRAIN_END * n), va=(pos >= round(TRAIN_END * n)) & (pos < round(VAL_END * n)),
                  te=pos >= round(VAL_END * n))
-    sizes = {f"w{w}": ph.prefix_size(video.width, video.height, w) for w in widths}
+    sizes = {f"w{w}": pf.prefix_size(video.width, video.height, w) for w in widths}
     if scratch:
         sizes["s50"] = (50, 50)
     arrays = {k: np.zeros((n, h, w, 3), np.uint8) for k, (w, h) in sizes.items()}
@@ -133,15 +135,15 @@ def study_size(d: dict, objects: list[str], ref, key: str, width: int, layers: l
     size = d["sizes"][f"w{width}"]
     x = d["arrays"][f"w{width}"]
     parts, truth = d["parts"], d["truth"]
-    prefix_all = ph.build_prefix(ref, ph.PrefixPoint(key, max(layers), *size))
+    prefix_all = pf.build_prefix(ref, pf.PrefixPoint(key, max(layers), *size))
     t0 = time.perf_counter()
-    maps = ph.extract(prefix_all, x, taps=layers)
+    maps = pf.extract(prefix_all, x, taps=layers)
     extract_s = (time.perf_counter() - t0) / len(x)
     say(f"  {size[0]}x{size[1]}: prefix to layer {max(layers)} with taps {layers}: {extract_s * 1e3:.1f} ms/frame "
         f"({', '.join(f'L{k} {tuple(m.shape[1:])}' for k, m in maps.items())})")
     rows, ablation = [], []
     for k in layers:
-        prefix = ph.build_prefix(ref, ph.PrefixPoint(key, k, *size))
+        prefix = pf.build_prefix(ref, pf.PrefixPoint(key, k, *size))
         m = {"train": maps[k][parts["tr"]], "val": maps[k][parts["va"]]}
         y = {"train": truth[parts["tr"]], "val": truth[parts["va"]]}
         for head in heads:
@@ -166,7 +168,7 @@ def study_size(d: dict, objects: list[str], ref, key: str, width: int, layers: l
             scores = model.predict_maps(maps[k])
             for j, o in enumerate(objects):
                 ablation.append(dict(object=o, layers=k, size=f"{size[0]}x{size[1]}", width=width, pooling=pooling,
-                                     auc=_num(sp.roc_auc(scores[d["parts"]["te"], j], truth[parts["te"], j]))))
+                                     auc=_num(roc_auc(scores[d["parts"]["te"], j], truth[parts["te"], j]))))
     del maps
     return rows, ablation
 
@@ -319,11 +321,11 @@ def main(argv=None) -> int:
     if args.costs_only:
         vw, vh = (int(v) for v in args.costs_only.lower().split("x"))
         for w in widths:
-            size = ph.prefix_size(vw, vh, w)
+            size = pf.prefix_size(vw, vh, w)
             for k in layers:
-                prefix = ph.build_prefix(ref, ph.PrefixPoint(key, k, *size))
+                prefix = pf.build_prefix(ref, pf.PrefixPoint(key, k, *size))
                 for kind in heads:
-                    head = ph.make_head(kind, ph.extract_channels(prefix), 1)
+                    head = ph.make_head(kind, pf.extract_channels(prefix), 1)
                     costs[(k, size, kind)] = dict(model=ph.PrefixModel(prefix, head, kind).eval())
     for clip, objects in by_clip.items():
         d = clip_data(clip, objects, ref, key, widths, bool(args.scratch), say)

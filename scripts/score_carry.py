@@ -34,7 +34,7 @@ from noscope.planning import choose_plan
 from noscope.plans import Targets
 from noscope.prepare import open_query
 from noscope.settings import Settings
-from noscope.specialized import roc_auc
+from noscope.cheap.common import roc_auc
 from noscope.train import train
 
 SETTINGS = {"interleaved, no augmentation": ["train.split=interleaved", "train.augment=0"],
@@ -45,7 +45,7 @@ SETTINGS = {"interleaved, no augmentation": ["train.split=interleaved", "train.a
 def later_scores(bundle, video, frames: np.ndarray, name: str) -> np.ndarray:
     scorer = bundle.model(name, "cpu")
     x = np.concatenate([b.frames["s"] for b in video.batches({"s": scorer.size}, frames=frames)])
-    return scorer.predict(x)[:, 0]
+    return scorer.score(x)[:, 0]
 
 
 # Long: one table row: train, score the later footage, then each target's first pass.
@@ -59,12 +59,12 @@ def one(clip: str, obj: str, label: str, sets: list[str], targets: list[float]) 
     labels = label_frames(v, q.reference, q.ref_key, np.arange(s, e), quiet=True)
     truth = object_truth(labels.score_of(tb.class_index(obj)), 0.5, 1)
     row = dict(clip=clip, object=obj, setting=label, positives_later=int(truth.sum()), frames_later=len(truth))
-    if tb.meta["candidates"]:
-        best = max(tb.meta["candidates"], key=lambda c: np.nan_to_num(c["heldout_auc"], nan=-1))
-        p_later = later_scores(tb, v, labels.frames, best["name"])
+    if tb.candidates:
+        best = max(tb.candidates, key=lambda c: np.nan_to_num(c.heldout_auc, nan=-1))
+        p_later = later_scores(tb, v, labels.frames, best.name)
         held = tb.heldouts[obj]
-        p_held = held.model_scores[best["name"]]
-        row.update(model=best["name"], heldout_auc=best["heldout_auc"],
+        p_held = held.model_scores[best.name]
+        row.update(model=best.name, heldout_auc=best.heldout_auc,
                    later_auc=roc_auc(p_later, truth) if truth.any() and (~truth).any() else None,
                    heldout_pos_median=float(np.median(p_held[held.truth])) if held.truth.any() else None,
                    later_pos_median=float(np.median(p_later[truth])) if truth.any() else None,

@@ -91,11 +91,11 @@ def check_executor_matches_simulation():
     frames = np.arange(600, 800)
     x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 600, 800)])
     lx = luma_frames(v, 600, 800)  # what the difference detectors see
-    name = tb.meta["candidates"][0]["name"]
-    p = tb.model(name, ref.device).predict(x)[:, 0]
+    name = tb.candidates[0].name
+    p = tb.model(name, ref.device).score(x)[:, 0]
     blocks = np.zeros(len(frames), np.int64)
     ds = difference.diff_scores(tb.diff("prev-global"), lx, blocks, [2])
-    truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.class_index("bus")) >= tb.meta["labels"]["min_score"]
+    truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.class_index("bus")) >= tb.min_score
     plan = ObjectPlan(skip=2, diff="prev-global", diff_threshold=_between(ds[2], 0.3), model=name,
                       c_low=_between(p, 0.3), c_high=_between(p, 0.7), expected_cost=0.0, heldout_fpr=0.0, heldout_fnr=0.0)
     held = HeldOut(truth=truth, blocks=blocks, model_scores={name: p}, diff_scores={"prev-global": {2: ds[2]}},

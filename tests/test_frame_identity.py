@@ -22,6 +22,7 @@ import torch
 from noscope import decode_pool
 from noscope import video as video_mod
 from noscope.bundle import TrainedBundle
+from noscope.bundle_manifest import DiffRecord, LabelRule, Manifest
 from noscope.cascade import PassOptions, run_cascade
 from noscope.framecache import cached_batches
 from noscope.labels import label_frames, store_dir
@@ -131,8 +132,8 @@ def refuse_decoding(monkeypatch):
 def one_object_bundle(root: Path, min_score: float = 0.5) -> TrainedBundle:
     """A bundle whose plan needs only a "prev" difference detector (that never says unchanged) and
     the reference: the cascade then decodes every processed frame and asks the reference about it."""
-    meta = dict(object="car", class_index=0, labels=dict(min_score=min_score),
-                diffs=[dict(name="d", kind="prev", mode="global", grid=1, size=16)])
+    meta = Manifest("car", class_index=0, labels=LabelRule(min_score, 1),
+                    diffs=(DiffRecord.from_dict(dict(name="d", kind="prev", mode="global", grid=1, size=16)),))
     return TrainedBundle(root, meta, None, {})
 
 

@@ -376,15 +376,18 @@ def test_two_queries_into_one_folder_at_once(trained, tmp_path):
 def test_train_says_na_for_an_auc_it_could_not_measure(tmp_path, monkeypatch):
     """Held-out frames of one kind only give every candidate a NaN AUC: "n/a", as every rate
     without frames of its kind is written (it printed "best held-out AUC nan")."""
-    import noscope.train
+    from types import SimpleNamespace
 
-    meta = dict(candidates=[dict(name="c2f16d32s50", heldout_auc=float("nan"))], diffs=[],
-                video=dict(frames_labelled=100), train=dict(seconds=1.0))
+    import noscope.train
+    from noscope.bundle_manifest import Candidate
+
+    meta = SimpleNamespace(candidates=[Candidate("c2f16d32s50", "models/c2f16d32s50.pt", heldout_auc=float("nan"))],
+                           diffs=[], video=SimpleNamespace(frames_labelled=100), train_seconds=1.0)
     monkeypatch.setattr(noscope.train, "train", lambda *a, **k: meta)
     r = run("train", URBAN, "--object", "bus", "--name", tmp_path / "b", "-q")
     assert r.exit_code == 0, r.output
     assert "(held-out AUC n/a)" in r.stdout and "nan" not in r.stdout
-    meta["candidates"] += [dict(name="c4f16d64s50", heldout_auc=0.91)]
+    meta.candidates += [Candidate("c4f16d64s50", "models/c4f16d64s50.pt", heldout_auc=0.91)]
     assert "(best held-out AUC 0.910, c4f16d64s50)" in run("train", URBAN, "--object", "bus", "--name", tmp_path / "b",
                                                            "-q").stdout
 

@@ -151,8 +151,8 @@ def test_executor_matches_the_simulation_for_every_object(multi):
         frames = np.arange(start, end)
         x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, start, end)])
         lx = luma_frames(v, start, end)  # what the difference detectors see
-        name = tb.meta["candidates"][0]["name"]
-        p = tb.model(name, ref.device).predict(x)
+        name = tb.candidates[0].name
+        p = tb.model(name, ref.device).score(x)
         assert p.shape == (len(frames), 2)
         blocks = np.zeros(len(frames), np.int64)
         ds = difference.diff_scores(tb.diff("prev-global"), lx, blocks, [2])
@@ -160,7 +160,7 @@ def test_executor_matches_the_simulation_for_every_object(multi):
         t = _between(ds[2], 0.2)
         plans, held = {}, {}
         for k, (obj, q) in enumerate((("bus", (0.2, 0.5)), ("car", (0.5, 0.8)))):
-            truth = lab.score_of(tb.class_index(obj)) >= tb.meta["labels"]["min_score"]
+            truth = lab.score_of(tb.class_index(obj)) >= tb.min_score
             plans[obj] = ObjectPlan(skip=2, diff="prev-global", diff_threshold=t, model=name,
                                     c_low=_between(p[:, k], q[0]), c_high=_between(p[:, k], q[1]), expected_cost=0.0,
                                     heldout_fpr=0.0, heldout_fnr=0.0)
@@ -201,8 +201,8 @@ def test_single_object_bundles_run_as_before(trained):
         frames = np.arange(450, 500)
         x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 450, 500)])
         lx = luma_frames(v, 450, 500)  # what the difference detectors see
-        name = tb.meta["candidates"][0]["name"]
-        p = tb.model(name, ref.device).predict(x)[:, 0]
+        name = tb.candidates[0].name
+        p = tb.model(name, ref.device).score(x)[:, 0]
         blocks = np.zeros(len(frames), np.int64)
         ds = difference.diff_scores(tb.diff("prev-global"), lx, blocks, [2])
         truth = label_frames(v, ref, key, frames, quiet=True).score_of(tb.class_index("bus")) >= 0.5
@@ -237,8 +237,8 @@ def test_a_repair_that_keeps_skip_and_detector_answers_again_without_decoding(tr
         key = reference_key(ref)
         x = np.concatenate([b.frames["s"] for b in v.batches({"s": (50, 50)}, 450, 500)])
         lx = luma_frames(v, 450, 500)  # what the difference detectors see
-        name = tb.meta["candidates"][0]["name"]
-        p = tb.model(name, ref.device).predict(x)[:, 0]
+        name = tb.candidates[0].name
+        p = tb.model(name, ref.device).score(x)[:, 0]
         ds = difference.diff_scores(tb.diff("prev-global"), lx, np.zeros(len(x), np.int64), [2])
 
         def plan(lo, hi):

@@ -25,7 +25,7 @@ from noscope.plans import (
     stage_fractions,
 )
 from noscope.simulate import HeldOutArrays, layout_of, simulate
-from noscope.specialized import roc_auc
+from noscope.cheap.common import roc_auc
 
 
 def optimize(heldout, costs, targets, **options):

@@ -1,4 +1,4 @@
-"""Heads on the reference's first layers (noscope.prefix_heads), with the real YOLOv3-tiny weights,
+"""Heads on the reference's first layers (noscope.cheap.heads, on noscope.cheap.prefix), with the real YOLOv3-tiny weights,
 on synthetic fixed-camera video: a textured static scene, sensor noise and exposure drift, and a
 small coloured "car" that drives through in some runs of frames."""
 
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from noscope import prefix_heads as ph
-from noscope import specialized as sp
+from noscope.cheap import cnn as sp
+from noscope.cheap import heads as ph
+from noscope.cheap import prefix as pf
+from noscope.cheap.common import roc_auc
 from noscope.errors import NoscopeError
 from noscope.reference import load_reference, reference_key
 from noscope.reference.weights import yolov3_tiny_files
@@ -65,12 +67,12 @@ def data():
 
 @pytest.fixture(scope="module")
 def prefix(ref, key):
-    return ph.build_prefix(ref, ph.PrefixPoint(key, 6, W, H))
+    return pf.build_prefix(ref, pf.PrefixPoint(key, 6, W, H))
 
 
 @pytest.fixture(scope="module")
 def maps(prefix, data):
-    return ph.extract(prefix, data[0])[6]
+    return pf.extract(prefix, data[0])[6]
 
 
 def trained(kind, prefix, maps, data, seed=0):
@@ -84,19 +86,19 @@ def linear(prefix, maps, data):
 
 
 def test_prefix_size_keeps_the_aspect_in_multiples_of_32():
-    assert ph.prefix_size(640, 360, 160) == (160, 96)
-    assert ph.prefix_size(1280, 720, 320) == (320, 192)
-    assert ph.prefix_size(320, 240, 320) == (320, 256)
-    assert ph.prefix_size(768, 576, 160) == (160, 128)
+    assert pf.prefix_size(640, 360, 160) == (160, 96)
+    assert pf.prefix_size(1280, 720, 320) == (320, 192)
+    assert pf.prefix_size(320, 240, 320) == (320, 256)
+    assert pf.prefix_size(768, 576, 160) == (160, 128)
     with pytest.raises(NoscopeError):
-        ph.prefix_size(640, 360, 100)
+        pf.prefix_size(640, 360, 100)
 
 
 def test_the_prefix_is_the_references_own_first_layers(ref, key, prefix):
     """The prefix's output equals the reference net's own layers run on the same input (so the
     head sees what the reference computes), and nothing in it can be trained."""
     x = np.random.default_rng(0).integers(0, 256, (2, H, W, 3), dtype=np.uint8)
-    got = ph.extract(prefix, x, dtype=torch.float32)[6]
+    got = pf.extract(prefix, x, dtype=torch.float32)[6]
     with torch.inference_mode():
         t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
         for layer in ref.net.layers[:6]:
@@ -110,19 +112,19 @@ def test_the_prefix_is_the_references_own_first_layers(ref, key, prefix):
 
 def test_a_prefix_cannot_cross_a_route(ref, key):
     with pytest.raises(NoscopeError, match="plain chain"):
-        ph.build_prefix(ref, ph.PrefixPoint(key, 18, W, H))
+        pf.build_prefix(ref, pf.PrefixPoint(key, 18, W, H))
     with pytest.raises(NoscopeError, match="must be uint8"):
-        ph.extract(ph.build_prefix(ref, ph.PrefixPoint(key, 4, W, H)), np.zeros((1, 32, 32, 3), np.uint8))
+        pf.extract(pf.build_prefix(ref, pf.PrefixPoint(key, 4, W, H)), np.zeros((1, 32, 32, 3), np.uint8))
 
 
 def test_pooling_spec():
-    assert ph.parse_pooling("mean+max+grid2x3") == [("mean", 1, 1), ("max", 1, 1), ("grid", 2, 3)]
+    assert pf.parse_pooling("mean+max+grid2x3") == [("mean", 1, 1), ("max", 1, 1), ("grid", 2, 3)]
     m = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
-    z = ph.pool(m, "mean+max+grid2x3")
-    assert z.shape == (2, 3 * 8) and ph.pooled_size("mean+max+grid2x3", 3) == 24
+    z = pf.pool(m, "mean+max+grid2x3")
+    assert z.shape == (2, 3 * 8) and pf.pooled_size("mean+max+grid2x3", 3) == 24
     assert torch.equal(z[:, 3:6], m.amax(dim=(2, 3)))
     with pytest.raises(NoscopeError):
-        ph.parse_pooling("mean+median")
+        pf.parse_pooling("mean+median")
 
 
 @pytest.mark.parametrize("kind", ["linear", "spatial"])
@@ -133,7 +135,7 @@ def test_a_head_learns_the_objects_on_later_frames(kind, prefix, maps, data, lin
     model, info = linear if kind == "linear" else trained(kind, prefix, maps, data)
     p = model.predict(x[te])
     assert p.shape == (te.sum(), 2) and p.dtype == np.float32 and p.min() >= 0 and p.max() <= 1
-    aucs = [sp.roc_auc(p[:, k], y[te, k]) for k in range(2)]
+    aucs = [roc_auc(p[:, k], y[te, k]) for k in range(2)]
     assert min(aucs) > 0.95, aucs
     assert info["seconds"] < 60 and info["kind"] == kind
     np.testing.assert_allclose(model.predict_maps(maps[te]), p, atol=2e-3)  # maps stored as float16
@@ -145,7 +147,7 @@ def test_a_head_learns_from_the_references_scores(prefix, maps, data):
     soft = np.where(y, 0.8, 0.1) + np.random.default_rng(0).uniform(-0.05, 0.05, y.shape)
     model, info = ph.train_head("linear", prefix, {"train": maps[tr], "val": maps[va]}, {"train": soft[tr], "val": soft[va]})
     p = model.predict_maps(maps[te])
-    assert min(sp.roc_auc(p[:, k], y[te, k]) for k in range(2)) > 0.95
+    assert min(roc_auc(p[:, k], y[te, k]) for k in range(2)) > 0.95
 
 
 def test_bad_labels_are_refused(prefix, maps, data):
@@ -230,39 +232,39 @@ def test_the_grid_trains_scores_times_and_resumes(ref, key, data, tmp_path):
 
     x, y, tr, va, te = data
     parts = SimpleNamespace(train=tr, val=va, heldout=te)
-    points = [ph.PrefixPoint(key, 4, W, H), ph.PrefixPoint(key, 6, W, H)]
+    points = [pf.PrefixPoint(key, 4, W, H), pf.PrefixPoint(key, 6, W, H)]
     say = []
-    grid = ph.train_grid(ref, points, {(W, H): x}, y, parts, ["car", "sign"], tmp_path, "k1", kinds=("linear",), batch_size=16,
+    grid = ph.train_heads(ref, points, {(W, H): x}, y, parts, ["car", "sign"], tmp_path, "k1", kinds=("linear",), batch_size=16,
                          say=say.append)
-    names = [c["name"] for c in grid.candidates]
+    names = [c.name for c in grid.candidates]
     assert names == ["ref-L4-96x64-linear", "ref-L6-96x64-linear"] and len(say) == 2
     c = grid.candidates[1]
-    assert c["prefix"] == dict(reference=key, layers=6, size=[W, H]) and c["cost_s"] > 0
-    assert min(c["heldout_aucs"].values()) == c["heldout_auc"] > 0.95
-    assert grid.heldout_scores[c["name"]].shape == (te.sum(), 2)
+    assert c.spec["prefix"] == dict(reference=key, layers=6, size=[W, H]) and c.cost_s > 0
+    assert min(c.heldout_aucs.values()) == c.heldout_auc > 0.95
+    assert grid.heldout_scores[c.name].shape == (te.sum(), 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{n}-k1.pt" for n in names]
-    again = ph.train_grid(ref, points, {(W, H): x}, y, parts, ["car", "sign"], tmp_path, "k1", kinds=("linear",))
-    assert all(again.candidates[i]["train"] == {"resumed": True} for i in range(2))
+    again = ph.train_heads(ref, points, {(W, H): x}, y, parts, ["car", "sign"], tmp_path, "k1", kinds=("linear",))
+    assert all(again.candidates[i].train == {"resumed": True} for i in range(2))
     assert all(np.array_equal(again.heldout_scores[n], grid.heldout_scores[n]) for n in names)
     # frames in decoded batches; linear heads only keep pooled features (pooled from float32 maps,
     # not float16 ones: the scores move by a few percent, not more)
     batches = lambda: (x[s : s + 50] for s in range(0, len(x), 50))  # noqa: E731
-    one = ph.train_grid(ref, points, {(W, H): batches}, y[:, 0], parts, ["car"], tmp_path / "one", "k2",
+    one = ph.train_heads(ref, points, {(W, H): batches}, y[:, 0], parts, ["car"], tmp_path / "one", "k2",
                         kinds={6: ("linear",)}, batch_size=16)
-    assert [c["name"] for c in one.candidates] == ["ref-L6-96x64-linear"]
+    assert [c.name for c in one.candidates] == ["ref-L6-96x64-linear"]
     p1, p2 = one.heldout_scores["ref-L6-96x64-linear"], grid.heldout_scores["ref-L6-96x64-linear"][:, 0]
     assert np.allclose(p1, p2, rtol=0.05, atol=1e-3)
-    assert one.heldout_scores["ref-L6-96x64-linear"].shape == (te.sum(),) and "heldout_aucs" not in one.candidates[0]
+    assert one.heldout_scores["ref-L6-96x64-linear"].shape == (te.sum(),) and "heldout_aucs" not in one.candidates[0].to_dict()
 
 
 def test_a_torchvision_backbone_gives_a_prefix_too():
     """Random weights (no download): the prefix is the backbone body's first children, fed the
     frames scaled by the model's own mean and std."""
     tv = load_reference("fasterrcnn_mobilenet_v3_large_fpn", device="cpu", random_weights=True)
-    point = ph.PrefixPoint(reference_key(tv), 4, W, H)
-    prefix = ph.build_prefix(tv, point)
+    point = pf.PrefixPoint(reference_key(tv), 4, W, H)
+    prefix = pf.build_prefix(tv, point)
     x = np.random.default_rng(1).integers(0, 256, (2, H, W, 3), dtype=np.uint8)
-    got = ph.extract(prefix, x, dtype=torch.float32)[4]
+    got = pf.extract(prefix, x, dtype=torch.float32)[4]
     t = tv.model.transform
     with torch.inference_mode():
         ref = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - torch.tensor(t.image_mean).view(1, 3, 1, 1)) \
@@ -271,4 +273,4 @@ def test_a_torchvision_backbone_gives_a_prefix_too():
             ref = layer(ref)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(NoscopeError, match="stages"):
-        ph.build_prefix(tv, ph.PrefixPoint(point.reference, 99, W, H))
+        pf.build_prefix(tv, pf.PrefixPoint(point.reference, 99, W, H))

@@ -272,7 +272,7 @@ class _RunsCode:
 
 def test_pickled_code_in_model_is_refused(bundle_copy, tmp_path):
     from noscope.bundle import load_bundle
-    from noscope.specialized import load_model
+    from noscope.cheap.cnn import load_model
 
     meta = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
     assert meta["candidates"], "the fixture bundle should hold specialized models"
@@ -388,7 +388,8 @@ def _as_if_trained(bundle: Path, change, arrays_change=None) -> dict:
     """A bundle as if training had made it so: bundle.yaml changed, heldout.npz (its arrays changed
     too, and its record of what it was made for) rewritten to agree, checksums redone. Issue 20:
     editing bundle.yaml alone makes a bundle that is refused."""
-    from noscope.bundle import MADE_FOR, made_for
+    from noscope.bundle import MADE_FOR
+    from noscope.bundle_manifest import made_for
 
     meta = _rewrite(bundle, change)
     with np.load(bundle / "heldout.npz") as z:

@@ -24,7 +24,7 @@ import yaml
 from noscope import bundle as B
 from noscope.bundle import load_bundle
 from noscope.errors import NoscopeError
-from noscope.specialized import load_model
+from noscope.cheap.cnn import load_model
 from noscope.video import open_video
 
 from .conftest import ROOT, URBAN, moving_square_frames, share_detector_files, write_video
@@ -217,14 +217,14 @@ def reseal(root: Path) -> None:
 
 
 def load_everything(root: Path) -> None:
-    from noscope.prefix_heads import read_head_meta
+    from noscope.cheap.heads import read_head_meta
 
     tb = load_bundle(root)
-    for c in tb.meta["candidates"]:
-        if c.get("kind") == "prefix_head":
-            read_head_meta(B.inside(root, c["file"]))
+    for c in tb.candidates:
+        if c.kind == "prefix_head":
+            read_head_meta(B.inside(root, c.file))
         else:
-            load_model(B.inside(root, c["file"]), device="cpu")
+            load_model(B.inside(root, c.file), device="cpu")
 
 
 def test_fuzz_bundle(bundle_copy, tmp_path):

@@ -308,16 +308,16 @@ MANY_PARAMS = {
     "noscope.decode_pool.batches": 10, "noscope.difference._blocked": 7, "noscope.difference.fit_and_score": 7,
     "noscope.evaluate._report": 10,
     "noscope.framecache.cached_batches": 10, "noscope.labels.label_frames": 9, "noscope.labels.labelled_sample": 9,
-    "noscope.optimizer._offer_for": 7, "noscope.optimizer.optimize": 11, "noscope.prefix_heads._fit_logistic": 7,
-    "noscope.prefix_heads._fit_spatial": 7, "noscope.prefix_heads._refit_weighted": 7,
-    "noscope.prefix_heads.train_grid": 16, "noscope.prefix_heads.train_head": 7, "noscope.prepare.open_query": 10,
+    "noscope.optimizer._offer_for": 7, "noscope.optimizer.optimize": 11, "noscope.cheap.heads._fit_logistic": 7,
+    "noscope.cheap.heads._fit_spatial": 7, "noscope.cheap.heads._refit_weighted": 7,
+    "noscope.cheap.heads.train_heads": 16, "noscope.cheap.heads.train_head": 7, "noscope.prepare.open_query": 10,
     "noscope.prepare.resolve_bundle": 9, "noscope.query.query_video": 15,
     "noscope.reference.darknet.DarknetReference.__init__": 9, "noscope.reference.darknet.YoloLayer.boxes_at": 7,
     "noscope.reference.load_reference": 9, "noscope.reference.torchvision_ref.TorchvisionReference.__init__": 7,
     "noscope.reference.yolo_post._nms": 8, "noscope.results._write_pass": 10,
-    "noscope.results.write_results": 10, "noscope.specialized._Fit.make": 10, "noscope.specialized._trained": 8,
-    "noscope.specialized._training_inputs": 8, "noscope.specialized.train_candidate": 15,
-    "noscope.specialized.train_grid": 11, "noscope.split.split": 8, "noscope.train._manifest": 8,
+    "noscope.results.write_results": 10, "noscope.cheap.cnn._Fit.make": 10, "noscope.cheap.cnn._trained": 8,
+    "noscope.cheap.cnn._training_inputs": 8, "noscope.cheap.cnn.train_candidate": 15,
+    "noscope.cheap.cnn.train_grid": 11, "noscope.split.split": 8, "noscope.train._manifest": 8, "noscope.train.training_data": 7,
     "noscope.train.decode_sample": 7, "noscope.train.train": 9, "noscope.update.collect": 8,
     "noscope.update.lineage_entry": 7, "noscope.update.refit_validate_write": 8, "noscope.update.update_bundle": 7,
     "noscope.update.write_version": 7, "noscope.video.Video.batches": 8
@@ -338,3 +338,40 @@ def test_no_function_takes_more_than_a_few_parameters_beyond_the_known_ones():
     assert not grown, f"more parameters than when the rule came: {grown}"
     gone = sorted(set(MANY_PARAMS) - set(over))
     assert not gone, f"no longer over the limit, take them out of MANY_PARAMS: {gone}"
+
+
+# bundle.yaml's dict is read in noscope.bundle and noscope.bundle_manifest (bundle*.py) only: everything
+# else uses the typed manifest (bundle_manifest.Manifest, TrainedBundle's fields).
+MANIFEST_READERS = ("noscope.bundle", "noscope.bundle_manifest")
+NOT_THE_MANIFEST = {"noscope.reference.torchvision_ref": "weights.meta['categories']"}  # torchvision's weights' own
+
+
+def manifest_reads(source: str) -> list[str]:
+    """Where a dict called `meta` (a name, or an attribute `.meta`) is indexed or read with .get()."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript):
+            target = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            target = node.func.value
+        else:
+            continue
+        if (isinstance(target, ast.Name) and target.id == "meta") or (isinstance(target, ast.Attribute)
+                                                                       and target.attr == "meta"):
+            out.append((node.lineno, f"line {node.lineno}: {ast.unparse(node)}"))
+    return [text for _, text in sorted(out)]
+
+
+def test_only_the_bundle_modules_read_the_manifest_dict():
+    sources = {m: PACKAGE.parent / Path(*m.split(".")) for m in modules() if m not in MANIFEST_READERS}
+    sources = {m: (p / "__init__.py" if p.is_dir() else p.with_suffix(".py")) for m, p in sources.items()}
+    sources.update({f"scripts/{p.name}": p for p in sorted((PACKAGE.parent / "scripts").glob("*.py"))})
+    bad = [f"{m} {line}" for m, p in sources.items() for line in manifest_reads(p.read_text())
+           if not line.endswith(f": {NOT_THE_MANIFEST.get(m)}")]
+    assert not bad, bad
+
+
+def test_the_manifest_check_finds_dict_reads():
+    snippet = ("a = meta['labels']\nb = bundle.meta['video']['hash']\nc = meta.get('learnt')\nd = q.bundle.meta.get('x')\n"
+               "e = metadata['x']\nf = cfg.get('meta')\ng = bundle.manifest.labels.min_score\n")
+    assert [r.split(":")[0] for r in manifest_reads(snippet)] == ["line 1", "line 2", "line 3", "line 4"]

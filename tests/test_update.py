@@ -369,16 +369,16 @@ def test_a_head_on_the_references_layers_learns_the_new_answers(trained, tmp_pat
     r = run("train", "--update", bundle, URBAN, "--start", "520f", "--end", "640f")
     assert r.exit_code == 0, r.output
     v1, v2 = load_bundle(bundle / "versions" / "1"), load_bundle(bundle / "versions" / "2")
-    (head,) = [c for c in v2.meta["candidates"] if c.get("kind") == "prefix_head" and c["head"] == "linear"]
-    step = v2.meta["lineage"][-1]
-    assert head["refit"]["version"] == 2 and head["refit"]["frames"] == step["learnt_frames"] > 0
-    old = np.load(bundle / "versions" / "1" / head["learnt_from"])["features"]
-    new = np.load(bundle / "versions" / "2" / head["learnt_from"])["features"]
+    (head,) = [c for c in v2.candidates if c.kind == "prefix_head" and c.spec["head"] == "linear"]
+    step = v2.manifest.lineage[-1]
+    assert head.refit["version"] == 2 and head.refit["frames"] == step["learnt_frames"] > 0
+    old = np.load(bundle / "versions" / "1" / head.learnt_from)["features"]
+    new = np.load(bundle / "versions" / "2" / head.learnt_from)["features"]
     assert len(new) == len(old) + step["learnt_frames"]
     from noscope.prepare import open_reference
 
     ref, _ = open_reference(default_settings().reference)
-    a, b = v1.model(head["name"], "cpu", ref), v2.model(head["name"], "cpu", ref)
+    a, b = v1.model(head.name, "cpu", ref), v2.model(head.name, "cpu", ref)
     z = new[-5:].astype(np.float32)
     assert not np.allclose(a.from_features(z), b.from_features(z))
-    assert step["refitted"]["heads"] == [head["name"]]
+    assert step["refitted"]["heads"] == [head.name]

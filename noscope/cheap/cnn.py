@@ -1,11 +1,11 @@
-"""Specialized models: tiny CNNs trained to mimic the reference detector on one video.
+"""The small CNN kind of cheap model ("cnn"): tiny CNNs trained to mimic the reference detector on one video.
 
 NoScope's key idea: for one fixed camera and one object class, a few-layer CNN on 50x50
 frames reproduces the expensive reference detector's per-frame answer most of the time, at
 a tiny fraction of the cost. A grid of such candidates is trained, and the optimizer keeps
 whichever gives the cheapest cascade at the target accuracy.
 
-    from noscope import specialized as sp
+    from noscope.cheap import cnn as sp
 
     m = sp.mean_frame(x_train)                                  # float32 (50, 50, 3)
     arch = sp.Arch.parse("c2f32d128s50")
@@ -15,6 +15,7 @@ whichever gives the cheapest cascade at the target accuracy.
     cost = sp.measure_cost(model, arch.size)                    # seconds per frame
     sp.save_model(model, arch, m, "bundle/specialized.pt")
     model, arch, m = sp.load_model("bundle/specialized.pt")
+    scorer = sp.CNNModel(model, arch, m, "cpu")                 # the cheap-model interface (noscope.cheap.base)
 
 Frames are always uint8 RGB (N, S, S, 3) as the video decoder produces them; the conversion
 to the network's float input happens on the device (see `to_input`), so only bytes cross
@@ -23,6 +24,8 @@ under fp16 autocast (training under bf16), on CPU everything is plain float32.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import copy
 import math
@@ -36,8 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import atomic
-from .errors import NoscopeError
+from .. import atomic
+from ..bundle_manifest import Candidate
+from ..errors import NoscopeError
+from .base import CheapModel, KindGrid, LoadContext, Mismatch, TrainingData
+from .common import heldout_aucs, lacking_objects, median_seconds, plain, resolve_device, roc_auc
 
 # Pixel deviations from the mean frame are divided by this: a car against the road is a
 # deviation of tens to a hundred grey levels, so inputs land roughly in [-2, 2].
@@ -173,13 +179,6 @@ class SpecializedCNN(nn.Module):
 # --------------------------------------------------------------------------- helpers
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None -> CUDA when present, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -247,24 +246,6 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     if not np.all(np.isfinite(y)) or y.min(initial=0) < 0 or y.max(initial=0) > 1:
         raise NoscopeError(f"{what} labels must be booleans or scores in [0, 1]")
     return y
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half); labels >= 0.5 are positive. NaN if one class."""
-    scores = np.asarray(scores, dtype=np.float64)
-    pos = np.asarray(labels, dtype=np.float64) >= 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    # Mann-Whitney U from average ranks, which handles tied scores exactly.
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 # --------------------------------------------------------------------------- training
@@ -491,92 +472,6 @@ def augment_frames(frames_u8: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     return x.clamp(0, 255).permute(0, 2, 3, 1)
 
 
-# --------------------------------------------------------------------------- the grid, for a bundle
-
-MIN_EXAMPLES_PER_CLASS = 10  # fewer training frames of one answer: no CNN, cascade uses skip/diff/reference
-
-
-@dataclass
-class GridResult:
-    """What training the grid left for the bundle: one entry per candidate trained."""
-
-    candidates: list[dict]  # bundle.yaml's candidates (name, file, size, cost_s, heldout_auc, train...)
-    heldout_scores: dict[str, np.ndarray]  # name -> scores on the held-out frames
-    costs: dict[str, float]  # name -> seconds per frame
-
-
-def train_grid(archs: list[Arch], small: dict[int, np.ndarray], truth: np.ndarray, parts, objects: list[str],
-               work: Path, key: str, train, seed: int, device, say) -> GridResult:
-    """Train (or resume from `work`) every candidate of the grid on the training frames, score
-    it on the held-out frames, time it. `parts` (split.SampleSplit) has the masks train, val, heldout;
-    `train` is the training settings (settings.TrainSettings). An object with too few
-    training frames of one answer gets no trusted output (several objects: the others still do;
-    one object: no CNN at all, the cascade uses skip, difference detectors and the reference)."""
-    lacking = _lacking(truth.reshape(len(truth), -1)[parts.train], objects)
-    multi = len(objects) > 1
-    if len(lacking) == len(objects):
-        say(f"warning: too few {lacking[objects[0]]} training frames{' of any object' if multi else ''} for a "
-            f"specialized model; the cascade will use frame skip, difference detectors and the reference only")
-        archs = []
-    for o, kind in lacking.items():
-        # Several objects: the model is still trained for the others; this object's output is
-        # never trusted (no held-out AUC), so the reference answers it wherever the model runs.
-        if archs:
-            say(f"warning: too few {kind} training frames of {o}; its model output will not be used")
-    out = GridResult([], {}, {})
-    for i, arch in enumerate(archs):
-        x = small[arch.size]
-        model, mean, info = _trained(arch, x, truth, parts, work / f"{arch.name}-{key}.pt", train, seed, device)
-        p = predict_scores(model, x[parts.heldout], mean, device=device)
-        cost = measure_cost(model, arch.size, device=device)
-        out.heldout_scores[arch.name], out.costs[arch.name] = p, cost
-        each = truth.reshape(len(truth), -1)[parts.heldout]
-        aucs = {o: None if o in lacking else float(roc_auc(pk, tk)) for o, pk, tk in zip(objects, p.reshape(len(p), -1).T, each.T)}
-        # Several objects: the worst-learnt trusted output's (the guard is applied per object).
-        auc = float(np.min([a for a in aucs.values() if a is not None]))  # NaN (one class held out) stays NaN
-        per = f" ({', '.join(f'{o} ' + ('unused' if a is None else f'{a:.3f}') for o, a in aucs.items())})" if multi else ""
-        say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}{per}, {cost * 1e6:.1f} us/frame")
-        cand = dict(name=arch.name, file=f"models/{arch.name}.pt", size=arch.size, cost_s=float(cost),
-                    heldout_auc=float(auc), train={k: _plain(v) for k, v in info.items()})
-        if multi:
-            cand["heldout_aucs"] = aucs  # None: too few training examples, never offered for that object
-        out.candidates.append(cand)
-    return out
-
-
-def _lacking(train_truth: np.ndarray, objects: list[str]) -> dict[str, str]:
-    """object -> "negative" | "positive": too few training frames of that answer for a CNN."""
-    out = {}
-    for k, o in enumerate(objects):
-        n_neg = int((~train_truth[:, k]).sum())
-        if n_neg < MIN_EXAMPLES_PER_CLASS or int(train_truth[:, k].sum()) < MIN_EXAMPLES_PER_CLASS:
-            out[o] = "negative" if n_neg < MIN_EXAMPLES_PER_CLASS else "positive"
-    return out
-
-
-def _trained(arch, x, truth, parts, path: Path, train, seed: int, device):
-    """(model, mean frame, info): the one saved at `path` by an interrupted run, or a new one saved there."""
-    if path.is_file():
-        model, _, mean = load_model(path, device=device)
-        return model, mean, {"resumed": True}
-    mean = mean_frame(x[parts.train])
-    model, info = train_candidate(
-        arch, x[parts.train], truth[parts.train], x[parts.val], truth[parts.val], mean, epochs=train.epochs,
-        batch_size=train.batch_size, lr=train.lr, patience=train.patience, augment=train.augment, seed=seed,
-        device=device,
-    )
-    save_model(model, arch, mean, path)
-    return model, mean, info
-
-
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
 # --------------------------------------------------------------------------- inference
 
 
@@ -609,26 +504,6 @@ def predict_scores(
     return out
 
 
-@dataclass
-class Scorer:
-    """A trained specialized model ready to answer frames: what the cascade calls per batch."""
-
-    model: SpecializedCNN
-    arch: Arch
-    mean: np.ndarray
-    device: object
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the frames it takes."""
-        return self.arch.size, self.arch.size
-
-    def predict(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float32 (N, outputs): one score column per object."""
-        p = predict_scores(self.model, frames, self.mean, device=self.device)
-        return p.reshape(len(p), -1)
-
-
 def measure_cost(
     model: SpecializedCNN,
     size: int,
@@ -658,19 +533,6 @@ def measure_cost(
             torch.cuda.synchronize(dev)
 
     return median_seconds(once, repeats) / bs
-
-
-def median_seconds(once, repeats: int) -> float:
-    """Median wall seconds of `once()` over `repeats` calls, after two warm-up calls (cuDNN autotuning,
-    allocator, lazy init)."""
-    for _ in range(2):
-        once()
-    times = []
-    for _ in range(max(1, repeats)):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 # --------------------------------------------------------------------------- bundles
@@ -763,3 +625,115 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
     except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as e:
         raise _damaged(path, e) from None
     return _prepare_model(model, dev).eval(), arch, mean
+
+
+# --------------------------------------------------------------------------- the kind
+
+
+class CNNModel(CheapModel):
+    """A trained small CNN as a cheap model (noscope.cheap.base): square frames in, one score per
+    object out. It keeps no features and cannot be refitted: a query's check moves its thresholds,
+    an update gives it new held-out scores."""
+
+    kind = "cnn"
+
+    def __init__(self, model: SpecializedCNN, arch: Arch, mean: np.ndarray, device, name: str | None = None):
+        self.model, self.arch, self.mean, self.device = model, arch, mean, device
+        self.name = self.base = name or arch.name
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.arch.size, self.arch.size
+
+    def score(self, frames: np.ndarray) -> np.ndarray:
+        p = predict_scores(self.model, frames, self.mean, device=self.device)
+        return p.reshape(len(p), -1)
+
+    def measure_cost(self) -> float:
+        return measure_cost(self.model, self.arch.size, device=self.device)
+
+    def save(self, path: Path) -> None:
+        save_model(self.model, self.arch, self.mean, path)
+
+    @classmethod
+    def sizes(cls, settings) -> list[int]:
+        return sorted({a.size for a in resolve_grid(settings.grid)})
+
+    @classmethod
+    def train_grid(cls, data: TrainingData) -> KindGrid:
+        """Train (or resume from data.work) every CNN of train.grid on the training frames, score it on
+        the held-out frames, time it. An object with too few training frames of one answer gets no
+        trusted output (several objects: the others still do; one object: no CNN at all, the cascade
+        uses skip, difference detectors and the reference)."""
+        grid = train_grid(resolve_grid(data.settings.grid), data.small, data.truth, data.parts, data.objects, data.work,
+                          data.key, data.settings, data.seed, data.device, data.say)
+        # a CNN's frames are converted to RGB at its size for it alone (the pass reads the luma plane)
+        for i, c in enumerate(grid.candidates):
+            z = int(c.spec["size"])
+            cost = grid.costs[c.name] = float(grid.costs[c.name] + data.conversion_cost((z, z)))
+            grid.candidates[i] = dataclasses.replace(c, cost_s=cost)
+        return grid
+
+    @classmethod
+    def check(cls, path: Path, candidate: Candidate, outputs: int) -> None:
+        _check_arch(*model_arch(path), candidate, outputs)
+
+    @classmethod
+    def load(cls, path: Path, candidate: Candidate, ctx: LoadContext) -> "CNNModel":
+        model, arch, mean = load_model(path, device=ctx.device)
+        _check_arch(arch, model.outputs, candidate, ctx.outputs)
+        return cls(model, arch, mean, ctx.device, candidate.name)
+
+
+def _check_arch(arch: Arch, outputs: int, candidate: Candidate, want: int) -> None:
+    """The file's architecture is the one the candidate's name says, with one output per object."""
+    if arch.name != candidate.name or arch.size != int(candidate.spec["size"]) or outputs != want:
+        raise Mismatch(f"holds a {arch.name} model with {outputs} output(s), not the {candidate.name} with {want}")
+
+
+def train_grid(archs: list[Arch], small: dict[int, np.ndarray], truth: np.ndarray, parts, objects: list[str],
+               work: Path, key: str, train, seed: int, device, say) -> KindGrid:
+    """Train (or resume from `work`) every candidate of the grid on the training frames, score it on
+    the held-out frames, time it (CNNModel.train_grid). `parts` (split.SampleSplit) has the masks
+    train, val, heldout; `train` is the training settings (settings.TrainSettings)."""
+    lacking = lacking_objects(truth.reshape(len(truth), -1)[parts.train], objects)
+    multi = len(objects) > 1
+    if len(lacking) == len(objects):
+        say(f"warning: too few {lacking[objects[0]]} training frames{' of any object' if multi else ''} for a "
+            f"specialized model; the cascade will use frame skip, difference detectors and the reference only")
+        archs = []
+    for o, kind in lacking.items():
+        # Several objects: the model is still trained for the others; this object's output is
+        # never trusted (no held-out AUC), so the reference answers it wherever the model runs.
+        if archs:
+            say(f"warning: too few {kind} training frames of {o}; its model output will not be used")
+    out = KindGrid()
+    for i, arch in enumerate(archs):
+        x = small[arch.size]
+        model, mean, info = _trained(arch, x, truth, parts, work / f"{arch.name}-{key}.pt", train, seed, device)
+        p = predict_scores(model, x[parts.heldout], mean, device=device)
+        cost = measure_cost(model, arch.size, device=device)
+        out.heldout_scores[arch.name], out.costs[arch.name] = p, cost
+        # Several objects: the worst-learnt trusted output's (the guard is applied per object).
+        auc, aucs = heldout_aucs(p, truth.reshape(len(truth), -1)[parts.heldout], objects, lacking)
+        per = f" ({', '.join(f'{o} ' + ('unused' if a is None else f'{a:.3f}') for o, a in aucs.items())})" if multi else ""
+        say(f"[{i + 1}/{len(archs)}] {arch.name}: held-out AUC {auc:.3f}{per}, {cost * 1e6:.1f} us/frame")
+        out.candidates.append(Candidate(arch.name, f"models/{arch.name}.pt", spec=dict(size=arch.size), cost_s=float(cost),
+                                        heldout_auc=float(auc), train={k: plain(v) for k, v in info.items()},
+                                        heldout_aucs=aucs if multi else None))  # None: never offered for that object
+    return out
+
+
+def _trained(arch, x, truth, parts, path: Path, train, seed: int, device):
+    """(model, mean frame, info): the one saved at `path` by an interrupted run, or a new one saved there."""
+    if path.is_file():
+        model, _, mean = load_model(path, device=device)
+        return model, mean, {"resumed": True}
+    mean = mean_frame(x[parts.train])
+    model, info = train_candidate(
+        arch, x[parts.train], truth[parts.train], x[parts.val], truth[parts.val], mean, epochs=train.epochs,
+        batch_size=train.batch_size, lr=train.lr, patience=train.patience, augment=train.augment, seed=seed,
+        device=device,
+    )
+    save_model(model, arch, mean, path)
+    return model, mean, info

@@ -1,5 +1,5 @@
-"""Cheap models on the reference's own first layers: a frozen prefix of the reference detector
-and a small trained head on its feature map.
+"""The head kind of cheap model ("prefix_head"): a small trained head on the feature map of the
+reference's own first layers (its frozen prefix, noscope.cheap.prefix).
 
 Specialized CNNs trained from scratch on a minute of footage often do not carry over to later
 footage (issue 19: forward held-out AUC 0.31-0.85 on several clips). The reference's first layers
@@ -7,16 +7,17 @@ already tell edges, textures and object parts apart on any footage; a head train
 far fewer free weights and keeps ranking later frames well. Such a model is identified by its
 prefix point (which reference, how many of its first layers, what input size) and its head.
 
-    from noscope import prefix_heads as ph
+    from noscope.cheap import heads as ph, prefix as pf
 
-    point = ph.PrefixPoint(ref_key, 6, *ph.prefix_size(640, 360, 320))   # layers[:6] at 320x192
-    prefix = ph.build_prefix(ref, point)                       # frozen, eval, CPU channels-last
-    maps = ph.extract(prefix, frames_u8)[6]                    # frames uint8 (N, 192, 320, 3)
+    point = pf.PrefixPoint(ref_key, 6, *pf.prefix_size(640, 360, 320))   # layers[:6] at 320x192
+    prefix = pf.build_prefix(ref, point)                       # frozen, eval, CPU channels-last
+    maps = pf.extract(prefix, frames_u8)[6]                    # frames uint8 (N, 192, 320, 3)
     model, info = ph.train_head("linear", prefix, {"train": maps[tr], "val": maps[va]},
                                 {"train": truth[tr], "val": truth[va]}, seed=0)
     scores = model.predict(frames_u8)                          # float32 (N, K) in [0, 1]
     ph.save_head(model, "bundle/models/L6-320x192-linear.pt")
     model = ph.load_head("bundle/models/L6-320x192-linear.pt", ref, ref_key)
+    head = ph.scorer(model, "ref-L6-320x192-linear")           # the cheap-model interface (noscope.cheap.base)
 
 Heads: "linear" (logistic regression on pooled features: per channel mean, max and a coarse grid
 of means; standardised, L2-regularised, class-balanced, one output per object, early stopping per
@@ -36,10 +37,10 @@ import copy
 import hashlib
 import json
 import math
-import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,208 +48,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import atomic
-from .errors import NoscopeError
-from .specialized import median_seconds, resolve_device
+from .. import atomic
+from ..atomic import save_npz
+from ..bundle_manifest import Candidate
+from ..errors import NoscopeError
+from .base import CheapModel, KindGrid, LoadContext, Mismatch, TrainingData
+from .common import heldout_aucs, lacking_objects, median_seconds
+from .prefix import (DEFAULT_POOLING, Prefix, PrefixPoint, build_prefix, check_frames, extract, extract_channels,
+                     has_layers, pool, pooled_size, prefix_size)
 
 FORMAT = "noscope-prefix-head-v1"
 HEAD_KINDS = ("linear", "spatial")
-DEFAULT_POOLING = "mean+max+grid2x3"
-_POOL_RE = re.compile(r"mean|max|grid(\d+)x(\d+)")
-
-
-# --------------------------------------------------------------------------- prefix points
-
-
-def prefix_size(video_width: int, video_height: int, width: int) -> tuple[int, int]:
-    """(w, h) for a prefix input `width` pixels wide keeping the video's aspect ratio, both
-    multiples of 32 (what the reference's strides need): 640x360 -> 160x96 or 320x192,
-    320x240 -> 160x128 or 320x256."""
-    if width <= 0 or width % 32:
-        raise NoscopeError(f"prefix width must be a positive multiple of 32, got {width}")
-    if video_width <= 0 or video_height <= 0:
-        raise NoscopeError(f"video size must be positive, got {video_width}x{video_height}")
-    h = max(32, int(math.floor(width * video_height / video_width / 32 + 0.5)) * 32)
-    return int(width), h
-
-
-@dataclass(frozen=True)
-class PrefixPoint:
-    """Which reference (its key, e.g. "yolov3-tiny-416x416-3bcd6b39"), how many of its first
-    layers (Darknet: modules of the cfg, in order; torchvision: children of the backbone's body),
-    and the input size (width, height) the frames come in at."""
-
-    reference: str
-    layers: int
-    width: int
-    height: int
-
-    def __post_init__(self) -> None:
-        if self.layers < 1 or self.width <= 0 or self.height <= 0 or self.width % 32 or self.height % 32:
-            raise NoscopeError(f"bad prefix point {self.name}: layers >= 1 and a size in multiples of 32 needed")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.width, self.height
-
-    @property
-    def name(self) -> str:
-        """e.g. "L6-320x192" (the reference is recorded beside it, not in it)."""
-        return f"L{self.layers}-{self.width}x{self.height}"
-
-
-# --------------------------------------------------------------------------- the frozen prefix
-
-
-class Prefix(nn.Module):
-    """The reference's first layers, frozen: uint8 RGB frames (N, H, W, 3) -> feature maps.
-
-    The input is scaled as the reference scales it (Darknet: /255; torchvision: /255, then its
-    transform's mean and std; the resize is the decoder's). forward(x, taps) returns the output
-    after each of the `taps` first layers (a list, in the order given), running the layers once."""
-
-    def __init__(self, point: PrefixPoint, layers: list[nn.Module], mean: list[float] | None, std: list[float] | None):
-        super().__init__()
-        self.point = point
-        self.body = nn.ModuleList(layers)
-        m = torch.tensor(mean if mean is not None else [0.0, 0.0, 0.0]).view(1, 3, 1, 1)
-        s = torch.tensor(std if std is not None else [1.0, 1.0, 1.0]).view(1, 3, 1, 1)
-        # x/255 then (x - m)/s == (x - 255 m) / (255 s): one subtract and one multiply
-        self.register_buffer("shift", m * 255.0, persistent=False)
-        self.register_buffer("scale", 1.0 / (s * 255.0), persistent=False)
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, frames_u8: torch.Tensor, taps: list[int] | None = None) -> list[torch.Tensor]:
-        taps = [len(self.body)] if taps is None else list(taps)
-        if not taps or min(taps) < 1 or max(taps) > len(self.body):
-            raise NoscopeError(f"prefix taps must be in 1..{len(self.body)}, got {taps}")
-        x = frames_u8.permute(0, 3, 1, 2).float()
-        x = ((x - self.shift) * self.scale).contiguous(memory_format=torch.channels_last)
-        out: dict[int, torch.Tensor] = {}
-        for i, layer in enumerate(self.body[: max(taps)], 1):
-            x = layer(x)
-            if i in taps:
-                out[i] = x
-        return [out[t] for t in taps]
-
-    def train(self, mode: bool = True) -> "Prefix":
-        return super().train(False)  # frozen: batch norms (torchvision) stay in inference mode
-
-
-def has_layers(reference) -> bool:
-    """Whether a prefix can be taken from this reference (a Darknet network, a torchvision backbone)."""
-    net = getattr(reference, "net", None)
-    return (net is not None and hasattr(net, "layers")) or \
-        getattr(getattr(getattr(reference, "model", None), "backbone", None), "body", None) is not None
-
-
-def build_prefix(reference, point: PrefixPoint, device=None) -> Prefix:
-    """The first `point.layers` layers of `reference`, copied, frozen, float32, channels-last.
-
-    Darknet references: cfg modules in order; only plain layers (convolutional, maxpool, upsample)
-    may be in a prefix (yolov3-tiny: up to 16). torchvision detectors with a `backbone.body`
-    (R-CNNs, RetinaNet, FCOS): the body's children (ResNet: conv1, bn1, relu, maxpool, layer1..4),
-    with the model's own normalisation."""
-    dev = resolve_device(device) if device is not None else torch.device("cpu")
-    net = getattr(reference, "net", None)
-    if net is not None and hasattr(net, "layers"):
-        layers, mean, std = _darknet_layers(net, point.layers), None, None
-    elif getattr(getattr(getattr(reference, "model", None), "backbone", None), "body", None) is not None:
-        layers, mean, std = _torchvision_layers(reference.model, point.layers)
-    else:
-        raise NoscopeError(f"reference {getattr(reference, 'name', reference)!r} has no layers a prefix can be taken from")
-    prefix = Prefix(point, [copy.deepcopy(m) for m in layers], mean, std)
-    return prefix.to(dev, torch.float32).to(memory_format=torch.channels_last).eval()
-
-
-def _darknet_layers(net, k: int) -> list[nn.Module]:
-    from .reference.darknet import ConvLayer, MaxPoolLayer, UpsampleLayer
-
-    if k > len(net.layers):
-        raise NoscopeError(f"the reference has {len(net.layers)} layers; a prefix of {k} is not possible")
-    for i, m in enumerate(net.layers[:k]):
-        if not isinstance(m, (ConvLayer, MaxPoolLayer, UpsampleLayer)):
-            raise NoscopeError(f"a prefix of {k} layers would include layer {i} ({type(m).__name__}): a prefix is a "
-                               f"plain chain of convolutional, maxpool and upsample layers; use at most {i} layers")
-    return list(net.layers[:k])
-
-
-def _torchvision_layers(model, k: int) -> tuple[list[nn.Module], list[float], list[float]]:
-    body = list(model.backbone.body.children())
-    if k > len(body):
-        raise NoscopeError(f"the reference's backbone has {len(body)} stages; a prefix of {k} is not possible")
-    t = model.transform
-    return body[:k], [float(v) for v in t.image_mean], [float(v) for v in t.image_std]
-
-
-def extract(prefix: Prefix, frames_u8, taps: list[int] | None = None, batch_size: int = 64,
-            dtype: torch.dtype = torch.float16, pooled: dict[int, str] | None = None) -> dict[int, torch.Tensor]:
-    """Feature maps of uint8 RGB frames at the prefix size, after each of `taps` first layers
-    (default: all of the prefix): {tap: CPU tensor (N, C, h, w)} stored as `dtype` (float16 halves
-    the memory; heads compute in float32). The prefix runs once per frame for all taps.
-
-    frames_u8: an array (N, H, W, 3), or an iterable of such batches in sample order (decoded
-    batches: the frames need not all be held at the prefix size). pooled {tap: spec}: keep only
-    the pooled features (float32 (N, D), see `pool`) of those taps, which is all a linear head
-    needs (a few KB per frame instead of up to 250 KB)."""
-    taps = sorted(set(taps or [len(prefix.body)]))
-    pooled = pooled or {}
-    dev = next(iter(prefix.buffers())).device
-    out: dict[int, list[torch.Tensor]] = {t: [] for t in taps}
-    chunks = (frames_u8[s : s + batch_size] for s in range(0, len(frames_u8), batch_size)) \
-        if isinstance(frames_u8, np.ndarray) else frames_u8
-    with torch.inference_mode():
-        for chunk in chunks:
-            chunk = check_frames(chunk, prefix.point)
-            for s in range(0, len(chunk), batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(chunk[s : s + batch_size])).to(dev)
-                for t, m in zip(taps, prefix(batch, taps)):
-                    out[t].append(pool(m, pooled[t]).cpu() if t in pooled else m.to("cpu", dtype).contiguous())
-    return {t: torch.cat(v) if v else torch.zeros(0) for t, v in out.items()}
-
-
-def check_frames(frames_u8: np.ndarray, point: PrefixPoint) -> np.ndarray:
-    frames_u8 = np.asarray(frames_u8)
-    want = (point.height, point.width, 3)
-    if frames_u8.dtype != np.uint8 or frames_u8.ndim != 4 or frames_u8.shape[1:] != want:
-        raise NoscopeError(f"frames for prefix {point.name} must be uint8 (N, {want[0]}, {want[1]}, 3) RGB, "
-                           f"got {frames_u8.dtype} {frames_u8.shape}")
-    return frames_u8
-
-
-# --------------------------------------------------------------------------- pooling
-
-
-def parse_pooling(spec: str) -> list[tuple[str, int, int]]:
-    """"mean+max+grid2x3" -> [("mean", 1, 1), ("max", 1, 1), ("grid", 2, 3)]."""
-    parts = []
-    for p in str(spec).lower().split("+"):
-        m = _POOL_RE.fullmatch(p.strip())
-        if not m or (m.group(1) and not (1 <= int(m.group(1)) <= 8 and 1 <= int(m.group(2)) <= 8)):
-            raise NoscopeError(f"cannot read pooling {spec!r}: use mean, max, gridRxC (R, C in 1..8), joined by +")
-        parts.append(("grid", int(m.group(1)), int(m.group(2))) if m.group(1) else (m.group(0), 1, 1))
-    return parts
-
-
-def pooled_size(spec: str, channels: int) -> int:
-    return channels * sum(r * c for _, r, c in parse_pooling(spec))
-
-
-def pool(maps: torch.Tensor, spec: str) -> torch.Tensor:
-    """(N, C, h, w) -> float32 (N, D): per channel the global mean, global max and/or the means
-    of a coarse RxC grid of cells (the camera is fixed: where something is matters)."""
-    x = maps.float()
-    out = []
-    for kind, r, c in parse_pooling(spec):
-        if kind == "mean":
-            out.append(x.mean(dim=(2, 3)))
-        elif kind == "max":
-            out.append(x.amax(dim=(2, 3)))
-        else:
-            out.append(F.adaptive_avg_pool2d(x, (r, c)).flatten(1))
-    return torch.cat(out, 1)
 
 
 # --------------------------------------------------------------------------- heads
@@ -567,29 +377,67 @@ def measure_cost(model: PrefixModel, batch_size: int = 64, repeats: int = 5, hea
         return median_seconds(once, repeats) / batch_size
 
 
-# --------------------------------------------------------------------------- in a cascade
+# --------------------------------------------------------------------------- the kind
 
 
-class HeadScorer:
-    """A head on the reference's first layers as the cascade runs it: frames at its prefix size in,
-    one score per object out (what noscope.cascade calls a model)."""
+class HeadModel(CheapModel):
+    """A head on the reference's first layers as a cheap model (noscope.cheap.base): frames at its
+    prefix size in, one score per object out. Loading one needs the reference, whose layers it runs."""
+
+    kind = "prefix_head"
 
     def __init__(self, model: PrefixModel, base: str):
-        self.model, self.base = model, base  # base: the bundle candidate whose features it scores
+        self.model, self.name, self.base = model, base, base  # base: the bundle candidate whose features it scores
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) of the frames it takes."""
         return self.model.point.size
 
-    def predict(self, frames: np.ndarray) -> np.ndarray:
+    def score(self, frames: np.ndarray) -> np.ndarray:
         return self.model.predict(frames)
 
+    def measure_cost(self) -> float:
+        return measure_cost(self.model)
 
-class LinearHeadScorer(HeadScorer):
+    def save(self, path: Path) -> None:
+        save_head(self.model, path)
+
+    @classmethod
+    def train_grid(cls, data: TrainingData) -> KindGrid:
+        return train_grid(data)
+
+    @classmethod
+    def check(cls, path: Path, candidate: Candidate, outputs: int) -> None:
+        """The file is a head at the candidate's prefix point, of its kind, with one output per
+        object. (That it was trained on the layers of the reference the query runs is checked when it
+        is loaded onto them: load_head.)"""
+        p = candidate.spec["prefix"]
+        want = dict(layers=int(p["layers"]), size=[int(x) for x in p["size"]], kind=candidate.spec["head"], outputs=outputs)
+        info = read_head_meta(path)
+        got = {k: info.get(k) for k in want}
+        if got != want:
+            raise Mismatch(f"holds a head {got}, not the {candidate.name} ({want})")
+
+    @classmethod
+    def load(cls, path: Path, candidate: Candidate, ctx: LoadContext) -> "HeadModel":
+        if ctx.reference is None:
+            raise NoscopeError(f"model {candidate.name} of bundle {ctx.root} runs on the reference's layers: load the "
+                               "reference first")
+        cls.check(path, candidate, ctx.outputs)
+        model = load_head(path, ctx.reference, ctx.ref_key, ctx.device)
+        learnt = None
+        if candidate.learnt_from:
+            z = ctx.read_arrays(candidate.learnt_from)
+            learnt = (z["features"].astype(np.float32), z["targets"].astype(np.float32))
+        return scorer(model, candidate.name, learnt)
+
+
+class LinearHeadModel(HeadModel):
     """A linear head also gives the pooled features it scores, scores them, and can be refitted on
-    more frames (noscope.refit): a pass keeps every frame's features, so a refitted head answers
-    the whole video again without decoding it."""
+    more frames (noscope.refit, noscope.update): a pass keeps every frame's features, so a refitted
+    head answers the whole video again without decoding it."""
+
+    keeps_features = True
 
     def __init__(self, model: PrefixModel, base: str, learnt_from: tuple[np.ndarray, np.ndarray] | None):
         super().__init__(model, base)
@@ -611,10 +459,15 @@ class LinearHeadScorer(HeadScorer):
         with torch.inference_mode():
             return torch.sigmoid(self.model.head.forward_pooled(torch.from_numpy(np.asarray(z, np.float32)))).numpy()
 
-    def refit(self, z: np.ndarray, targets: np.ndarray, seed: int = 0) -> "LinearHeadScorer":
-        """This head fitted again on its training frames plus `z` (pooled features of more frames,
-        with `targets` (N, K) in [0, 1]), each set weighing half (a few hundred frames of tonight
-        count as much as the training minutes), from the current weights."""
+    @property
+    def can_refit(self) -> bool:
+        return True
+
+    def refit(self, features: np.ndarray, targets: np.ndarray, seed: int = 0) -> "LinearHeadModel":
+        """This head fitted again on its training frames plus `features` (pooled features of more
+        frames, with `targets` (N, K) in [0, 1]), each set weighing half (a few hundred frames of
+        tonight count as much as the training minutes), from the current weights."""
+        z = features
         base_z, base_y = self.learnt_from if self.learnt_from is not None else (z[:0], targets[:0])
         x = np.concatenate([np.asarray(base_z, np.float32), np.asarray(z, np.float32)])
         y = np.concatenate([np.asarray(base_y, np.float32), np.asarray(targets, np.float32)])
@@ -624,7 +477,7 @@ class LinearHeadScorer(HeadScorer):
             torch.manual_seed(seed)
             _refit_weighted(head, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w.astype(np.float32)))
         model = PrefixModel(self.model.prefix, head.eval(), self.model.kind).eval()
-        return LinearHeadScorer(model, self.base, (x, y))
+        return LinearHeadModel(model, self.base, (x, y))
 
 
 def _refit_weighted(head: LinearHead, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float = 1.0,
@@ -644,16 +497,16 @@ def _refit_weighted(head: LinearHead, z: torch.Tensor, y: torch.Tensor, w: torch
         opt.step()
 
 
-def scorer(model: PrefixModel, base: str, learnt_from=None) -> HeadScorer:
-    """The cascade's view of a head: linear heads also give features and refit."""
-    return LinearHeadScorer(model, base, learnt_from) if model.kind == "linear" else HeadScorer(model, base)
+def scorer(model: PrefixModel, base: str, learnt_from=None) -> HeadModel:
+    """A head as a cheap model: linear heads also give features and refit."""
+    return LinearHeadModel(model, base, learnt_from) if model.kind == "linear" else HeadModel(model, base)
 
 
 # --------------------------------------------------------------------------- files
 
 
-def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+def _digest(info: dict, state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
     for k in sorted(state):
         t = state[k]
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -661,7 +514,8 @@ def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _meta(model: PrefixModel) -> dict:
+def _file_info(model: PrefixModel) -> dict:
+    """What a head file says of its head: the prefix point and the head's settings."""
     p = model.point
     head = model.head
     return dict(reference=p.reference, layers=p.layers, size=[p.width, p.height], kind=model.kind,
@@ -672,17 +526,17 @@ def _meta(model: PrefixModel) -> dict:
 def save_head(model: PrefixModel, path: str | Path) -> None:
     """Write the head's weights and the prefix point to `path`, atomically: tensors, strings and
     numbers only (weights-only loading), with a digest over both. The prefix is not saved."""
-    meta = _meta(model)
+    info = _file_info(model)
     state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.head.state_dict().items()}
-    payload = dict(format=FORMAT, meta=json.dumps(meta, sort_keys=True), state_dict=state, digest=_digest(meta, state))
+    payload = dict(format=FORMAT, meta=json.dumps(info, sort_keys=True), state_dict=state, digest=_digest(info, state))
     atomic.atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
 def read_head_meta(path: str | Path) -> dict:
     """A head file's prefix point and head settings (reference, layers, size, kind, outputs, ...),
     checked against its digest, without building anything."""
-    meta, _ = _read(Path(path))
-    return meta
+    info, _ = _read(Path(path))
+    return info
 
 
 def _read(path: Path) -> tuple[dict, dict]:
@@ -696,40 +550,32 @@ def _read(path: Path) -> tuple[dict, dict]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise NoscopeError(f"{path} is not a noscope prefix head (format {FORMAT} expected)")
     try:
-        meta, state = json.loads(payload["meta"]), payload["state_dict"]
-        if not isinstance(meta, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        info, state = json.loads(payload["meta"]), payload["state_dict"]
+        if not isinstance(info, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError("unexpected contents")
-        if payload["digest"] != _digest(meta, state):
+        if payload["digest"] != _digest(info, state):
             raise ValueError("its digest does not match its contents")
     except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
         raise NoscopeError(f"{path} is a damaged prefix head: {str(e)[:200]}") from None
-    return meta, state
+    return info, state
 
 
 def load_head(path: str | Path, reference, ref_key: str, device=None) -> PrefixModel:
     """A head written by `save_head`, on a prefix rebuilt from `reference`, whose key must be the
     one recorded in the file (another reference's layers would feed the head other features)."""
     path = Path(path)
-    meta, state = _read(path)
-    if meta.get("reference") != ref_key:
-        raise NoscopeError(f"{path} was trained on the layers of reference {meta.get('reference')!r}, not {ref_key!r}")
+    info, state = _read(path)
+    if info.get("reference") != ref_key:
+        raise NoscopeError(f"{path} was trained on the layers of reference {info.get('reference')!r}, not {ref_key!r}")
     try:
-        point = PrefixPoint(str(ref_key), int(meta["layers"]), *(int(v) for v in meta["size"]))
+        point = PrefixPoint(str(ref_key), int(info["layers"]), *(int(v) for v in info["size"]))
         prefix = build_prefix(reference, point, device)
         channels = int(extract_channels(prefix))
-        head = make_head(meta["kind"], channels, int(meta["outputs"]), meta.get("pooling") or DEFAULT_POOLING)
+        head = make_head(info["kind"], channels, int(info["outputs"]), info.get("pooling") or DEFAULT_POOLING)
         head.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise NoscopeError(f"{path} does not fit the reference's layers: {str(e).splitlines()[0][:200]}") from None
-    return PrefixModel(prefix, head.to(next(iter(prefix.buffers())).device), meta["kind"]).eval()
-
-
-def extract_channels(prefix: Prefix) -> int:
-    """Channels of the prefix's output (one tiny forward pass)."""
-    w, h = prefix.point.size
-    with torch.inference_mode():
-        dev = next(iter(prefix.buffers())).device
-        return int(prefix(torch.zeros(1, h, w, 3, dtype=torch.uint8, device=dev))[0].shape[1])
+    return PrefixModel(prefix, head.to(next(iter(prefix.buffers())).device), info["kind"]).eval()
 
 
 # --------------------------------------------------------------------------- the grid, for a bundle
@@ -755,10 +601,10 @@ def default_points(ref_key: str, video_width: int, video_height: int, layers=tup
 
 @dataclass
 class PrefixGrid:
-    """What training heads left for a bundle, shaped like specialized.GridResult: bundle.yaml
-    candidates, held-out scores ((N,) for one object, (N, K) for several) and seconds per frame."""
+    """What training heads left for a bundle (KindGrid, and more): bundle.yaml candidates, held-out
+    scores ((N,) for one object, (N, K) for several), seconds per frame, and the models."""
 
-    candidates: list[dict]
+    candidates: list[Candidate]
     heldout_scores: dict[str, np.ndarray]
     costs: dict[str, float]
     models: dict[str, PrefixModel]
@@ -767,11 +613,50 @@ class PrefixGrid:
     learnt_from: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
-# Long: the loop over sizes, taps and head kinds, with resuming and the per-object held-out AUCs.
-def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, int], np.ndarray], truth: np.ndarray,
-               parts, objects: list[str], work: Path, key: str, kinds=DEFAULT_KINDS, seed: int = 0, device=None,
-               batch_size: int = 64, fit: HeadFit | None = None, pooling: str = DEFAULT_POOLING,
-               targets: np.ndarray | None = None, say=lambda msg: None) -> PrefixGrid:
+def train_grid(data: TrainingData) -> KindGrid:
+    """Heads on the reference's first layers (train.heads, e.g. "L6@320:linear"), trained on the
+    reference's scores of the sample (they carried over to later footage better than its answers
+    did: docs/prefix_heads.md). The sample is decoded at each head's size as the heads need it,
+    never all at once (184 KB a frame at 320x192). Each head's cost counts its own conversion."""
+    specs = [config_head(h) for h in data.settings.heads]
+    w, h = data.video_size
+    points = {(k, width): PrefixPoint(data.ref_key, k, *prefix_size(w, h, width)) for k, width, _ in specs}
+    if not specs:
+        return KindGrid()
+    if not has_layers(data.reference):
+        data.say(f"warning: reference {data.reference.name} has no layers to put heads on; training no heads")
+        return KindGrid()
+    kinds: dict[int, tuple] = {}
+    for k, _, kind in specs:
+        kinds[k] = tuple(sorted(set(kinds.get(k, ())) | {kind}))
+    frames_at = {p.size: partial(data.batches_at, p.size) for p in points.values()}
+    data.say(f"training {len(specs)} head(s) on the reference's first layers at "
+             f"{', '.join(f'{a}x{b}' for a, b in frames_at)}")
+    grid = train_heads(data.reference, list(points.values()), frames_at, data.truth, data.parts, data.objects, data.work,
+                       data.key, kinds=kinds, seed=data.seed, device=data.device, targets=data.scores, say=data.say)
+    out = KindGrid([], grid.heldout_scores, grid.costs)
+    for c in grid.candidates:
+        cost = grid.costs[c.name] = float(grid.costs[c.name] + data.conversion_cost(tuple(c.spec["prefix"]["size"])))
+        learnt_from = None
+        if c.name in grid.learnt_from:
+            z, y = grid.learnt_from[c.name]
+            learnt_from = f"models/{c.name}-learnt.npz"
+            save_npz(data.work / f"{c.name}-{data.key}-learnt.npz", features=z, targets=y)
+        out.candidates.append(replace(c, cost_s=cost, learnt_from=learnt_from))
+    return out
+
+
+def config_head(spec: str) -> tuple[int, int, str]:
+    """"L6@320:linear" (a train.heads entry, checked by noscope.config) -> (6, 320, "linear")."""
+    point, kind = spec.strip().split(":")
+    layers, width = point[1:].split("@")
+    return int(layers), int(width), kind
+
+
+def train_heads(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, int], np.ndarray], truth: np.ndarray,
+                parts, objects: list[str], work: Path, key: str, kinds=DEFAULT_KINDS, seed: int = 0, device=None,
+                batch_size: int = 64, fit: HeadFit | None = None, pooling: str = DEFAULT_POOLING,
+                targets: np.ndarray | None = None, say=lambda msg: None) -> PrefixGrid:
     """Train a head of every kind at every prefix point on the training frames (early stopping on
     the validation frames), score the held-out frames, time each; a finished head is saved in
     `work` as `<name>-<key>.pt` and reused by a resumed run.
@@ -783,14 +668,11 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
     (None: truth; the sample's reference scores, clipped to [0, 1], to learn those); parts: masks
     train, val, heldout (split.SampleSplit); kinds: the head kinds trained at every point, or {layers: kinds} per
     prefix length (DEFAULT_KINDS). Points of one size share one
-    run of the prefix (taps). An object with fewer than specialized.MIN_EXAMPLES_PER_CLASS training
+    run of the prefix (taps). An object with fewer than common.MIN_EXAMPLES_PER_CLASS training
     frames of one answer gets heldout_aucs None (never offered for it)."""
-    from .specialized import MIN_EXAMPLES_PER_CLASS, roc_auc
-
     each = truth.reshape(len(truth), -1).astype(bool)
     learn = each if targets is None else np.clip(np.asarray(targets, np.float32).reshape(each.shape), 0, 1)
-    lacking = {o for k, o in enumerate(objects)
-               if min(int(each[parts.train, k].sum()), int((~each[parts.train, k]).sum())) < MIN_EXAMPLES_PER_CLASS}
+    lacking = set(lacking_objects(each[parts.train], objects))
     out = PrefixGrid([], {}, {}, {})
     kinds_of = (lambda p: tuple(kinds.get(p.layers, ()))) if isinstance(kinds, dict) else (lambda p: tuple(kinds))
     by_size: dict[tuple[int, int], list[PrefixPoint]] = {}
@@ -815,18 +697,13 @@ def train_grid(reference, points: list[PrefixPoint], frames_at: dict[tuple[int, 
                     save_head(model, path)
                 scores = model.predict_maps(maps[p.layers][parts.heldout])
                 cost = measure_cost(model, batch_size=batch_size)
-                aucs = {o: None if o in lacking else float(roc_auc(scores[:, k], each[parts.heldout, k]))
-                        for k, o in enumerate(objects)}
-                trusted = [a for a in aucs.values() if a is not None]
-                auc = float(np.min(trusted)) if trusted else float("nan")
+                auc, aucs = heldout_aucs(scores, each[parts.heldout], objects, lacking)
                 say(f"{name}: held-out AUC {auc:.3f}, {cost * 1e3:.2f} ms/frame")
-                cand = dict(name=name, file=f"models/{name}.pt", kind="prefix_head", head=kind,
-                            prefix=dict(reference=p.reference, layers=p.layers, size=[p.width, p.height]),
-                            cost_s=float(cost), heldout_auc=auc,
-                            train={k: v for k, v in info.items() if isinstance(v, (int, float, str, list, type(None)))})
-                if len(objects) > 1:
-                    cand["heldout_aucs"] = aucs
-                out.candidates.append(cand)
+                out.candidates.append(Candidate(
+                    name, f"models/{name}.pt", kind=HeadModel.kind,
+                    spec=dict(head=kind, prefix=dict(reference=p.reference, layers=p.layers, size=[p.width, p.height])),
+                    cost_s=float(cost), heldout_auc=auc, heldout_aucs=aucs if len(objects) > 1 else None,
+                    train={k: v for k, v in info.items() if isinstance(v, (int, float, str, list, type(None)))}))
                 out.heldout_scores[name] = scores if len(objects) > 1 else scores[:, 0]
                 out.costs[name], out.models[name] = float(cost), model
                 if kind == "linear":
