@@ -302,7 +302,7 @@ def test_the_parameter_checks_find_what_they_look_for():
 # of their options is a parameter.
 MANY_PARAMS = {
     "noscope.batch.run_batch": 9, "noscope.bundle.write_bundle": 8, "noscope.cascade._results": 8,
-    "noscope.cascade.cheap_pass": 10, "noscope.cascade.reference_pass": 9, "noscope.cascade.run_cascade": 14,
+    "noscope.cascade.run_cascade": 14,
     "noscope.check_stats.certification_sizes": 8, "noscope.check_stats.verdict": 7, "noscope.cli._query_batch": 11,
     "noscope.cli.setup": 7, "noscope.decode_pool._start_worker": 7,
     "noscope.decode_pool.batches": 10, "noscope.difference._blocked": 7, "noscope.difference.fit_and_score": 7,
