@@ -45,6 +45,7 @@ class WindowResult:
     decided_by: np.ndarray  # str: "cheap", "sampled" or "reference" (exact)
     reference_scores: dict  # window -> 1.0 / 0.0 where its answer is exact (the reference's own)
     calls: np.ndarray  # reference calls each window took
+    score: np.ndarray  # each window's cheap score (NaN: none): what a repair moves the window thresholds past
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)
     first_fractions: dict | None = None
@@ -122,12 +123,14 @@ class WindowRun:
             if cheap is None:
                 return self.first_pass(plan)
             out = WindowPass(self.grid, np.zeros(self.grid.count, bool), np.full(self.grid.count, "", dtype=object),
-                             np.zeros(self.grid.count, np.int64), cheap, self.known, self.last.decoded)
+                             np.zeros(self.grid.count, np.int64), cheap, np.full(self.grid.count, np.nan), self.known,
+                             self.last.decoded)
             answered = np.flatnonzero(self.last.stage != "")
             how = self.settling(op)
-            for w, a in cheap_decisions(cheap, self.grid, answered, how.unanimous).items():
-                if a in how.settles:
-                    out.labels[w], out.stage[w] = a, "cheap"
+            settled, score = cheap_decisions(cheap, self.grid, answered, op.plan)
+            out.score[answered] = score[answered]
+            for w, a in settled.items():
+                out.labels[w], out.stage[w] = a, "cheap"
             rest = [w for w in answered.tolist() if out.stage[w] == ""]
             for w, (a, calls, exact) in self.sampled(rest, how.sampling).items():
                 out.labels[w], out.calls[w], out.stage[w] = a, calls, "reference" if exact else "sampled"
@@ -159,9 +162,8 @@ class WindowRun:
 
     def settling(self, op) -> Settling:
         column = self.q.bundle.class_index(self.obj)
-        return Settling(op.plan.sampling, lambda frames, pictures: self.stream.answer(np.asarray(frames, np.int64), pictures),
-                        self.known, column, float(self.q.bundle.min_score), tuple(op.plan.settles),
-                        bool(op.plan.unanimous), self.used)
+        return Settling(op.plan, lambda frames, pictures: self.stream.answer(np.asarray(frames, np.int64), pictures),
+                        self.known, column, float(self.q.bundle.min_score), self.used)
 
     def sampled(self, windows: list[int], sampling: Sampling) -> dict:
         """window -> (answer, calls, exact) by `sampling`: from the answers in hand where they suffice,
@@ -204,7 +206,8 @@ class WindowRun:
     def result(self, p: WindowPass) -> WindowResult:
         answered = np.flatnonzero(p.stage != "")
         exact = {int(w): 1.0 if p.labels[w] else 0.0 for w in answered.tolist() if p.stage[w] == "reference"}
-        return WindowResult(answered, p.labels[answered].copy(), p.stage[answered].astype(str), exact, p.calls[answered].copy())
+        return WindowResult(answered, p.labels[answered].copy(), p.stage[answered].astype(str), exact, p.calls[answered].copy(),
+                            p.score[answered].copy())
 
     def frame_answers(self, result: WindowResult) -> CascadeResult:
         """Every answered frame of the segment carrying its window's answer (and that window's stage),

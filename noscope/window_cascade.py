@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cascade import COPY, EMPTY, NO, REF, YES, CheapAnswers, PassOptions, Stages, batch_states
+from .cascade import COPY, EMPTY, REF, CheapAnswers, PassOptions, Stages, batch_states
 from .video import KEEP_PICTURES
-from .windows import Sampling, WindowGrid, cheap_answer
+from .window_simulate import cheap_answer, window_scores
+from .windows import Sampling, WindowGrid
 
 WINDOW_STAGES = ("cheap", "sampled", "reference")
 
@@ -39,6 +40,7 @@ class WindowPass:
     stage: np.ndarray  # str per window: one of WINDOW_STAGES ("" where no frame of it decoded)
     calls: np.ndarray  # int per window: reference calls its answer took
     cheap: CheapAnswers  # the cheap stages' answers on the processed frames (scores kept for re-deciding)
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float per window: its cheap score (NaN: none)
     asked: dict = field(default_factory=dict)  # frame -> the reference's class scores
     decoded: set = field(default_factory=set)  # frames of the segment that decoded
     seconds: float = 0.0
@@ -111,50 +113,51 @@ class Sampler:
             seen[0 if float(how.known[f][how.column]) >= how.min_score else 1] += 1
 
 
-def cheap_decisions(cheap: CheapAnswers, grid: WindowGrid, windows: np.ndarray, unanimous: bool = False) -> dict:
-    """window -> True / False where its processed frames' cheap answers settle it (windows.cheap_answer;
-    copies take the previous processed frame's answer), for `windows` whose processed frames are all in `cheap`."""
-    state = resolved(cheap.state[:, 0])
-    w_of = grid.index_of(cheap.processed)
-    at = np.isin(w_of, windows)
-    w_of, state = w_of[at], state[at]
-    n = np.bincount(w_of, minlength=grid.count)
-    yes = np.bincount(w_of, weights=state == YES, minlength=grid.count)
-    no = np.bincount(w_of, weights=state == NO, minlength=grid.count)
-    sure = cheap_answer(yes[windows], no[windows], n[windows], grid.share, unanimous)
-    return {int(w): bool(a) for w, a in zip(windows.tolist(), sure.tolist()) if a >= 0}
+def cheap_decisions(cheap: CheapAnswers, grid: WindowGrid, windows: np.ndarray, plan) -> tuple[dict, np.ndarray]:
+    """(window -> True / False where its score settles it by `plan`'s window thresholds, with an answer
+    the plan lets the cheap stages give; every window's score), for `windows` whose processed frames
+    are all in `cheap` (window_simulate: a frame's score is the model's, 0 for the empty scene, the
+    previous processed frame's for a frame unchanged since)."""
+    score = window_scores(frame_scores(cheap), np.ones(len(cheap.processed), bool), grid.index_of(cheap.processed),
+                          grid.count)
+    sure = cheap_answer(score[windows], plan)
+    return {int(w): bool(a) for w, a in zip(windows.tolist(), sure.tolist()) if a >= 0}, score
 
 
-def resolved(state: np.ndarray) -> np.ndarray:
-    """Each processed frame's own cheap answer: a copy takes the one before it (NO before any),
-    the empty scene is NO, REF stays undecided."""
+def frame_scores(cheap: CheapAnswers) -> np.ndarray:
+    """Each processed frame's cheap score: the model's where it ran, 0 where the empty-scene detector
+    found the scene empty, the previous processed frame's where nothing changed since; NaN elsewhere."""
+    state, own = cheap.state[:, 0], cheap.pscore[:, 0].astype(float)
+    own = np.where(state == EMPTY, 0.0, own)
     idx = np.arange(len(state))
     src = np.maximum.accumulate(np.where(state != COPY, idx, -1)) if len(state) else idx
-    out = np.where(src >= 0, state[np.maximum(src, 0)], NO).astype(np.int8)
-    out[out == EMPTY] = NO
-    return out
+    return np.where(src >= 0, own[np.maximum(src, 0)], np.nan)
 
 
 @dataclass
 class Settling:
-    """What settling windows needs besides the windows: the plan's sampling, the reference (`ask`),
-    the answers known, the object's column of the reference's scores and the score that is a yes."""
+    """What settling windows needs besides the windows: the plan (its window thresholds, sampling and
+    the answers its cheap stages may give), the reference (`ask`), the answers known, the object's
+    column of the reference's scores and the score that is a yes."""
 
-    sampling: Sampling
+    plan: object  # window_plans.WindowPlan
     ask: object  # frames, pictures -> (N, classes) scores
     known: dict
     column: int
     min_score: float
-    settles: tuple = (False, True)  # the answers the cheap stages may settle a window with
-    unanimous: bool = False  # ... only where every processed frame agrees
     used: set = field(default_factory=set)  # frames whose reference answer settled a window
+
+    @property
+    def sampling(self) -> Sampling:
+        return self.plan.sampling
 
 
 def settle(out: WindowPass, windows: np.ndarray, pictures: Pictures, how: Settling, size) -> None:
     """Settle whole `windows`: cheaply where the cheap answers decide (with an answer the plan lets
     them give), else by the reference's sampling (their pictures in `pictures`)."""
     grid = out.grid
-    cheap = {w: a for w, a in cheap_decisions(out.cheap, grid, windows, how.unanimous).items() if a in how.settles}
+    cheap, score = cheap_decisions(out.cheap, grid, windows, how.plan)
+    out.score[windows] = score[windows]
     for w, answer in cheap.items():
         out.labels[w], out.stage[w] = answer, "cheap"
     rest = [w for w in windows.tolist() if w not in cheap]
@@ -175,7 +178,7 @@ def window_pass(video, stages: Stages, grid: WindowGrid, how: Settling, opts: Pa
                          np.full(len(processed), np.nan, np.float32), [], None,
                          {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}, stages.shape)
     out = WindowPass(grid, np.zeros(grid.count, bool), np.full(grid.count, "", dtype=object), np.zeros(grid.count, np.int64),
-                     cheap, how.known)
+                     cheap, np.full(grid.count, np.nan), how.known)
     pictures, prev_last, got, next_w = Pictures(), [None], np.zeros(len(processed), bool), 0
     d = opts.decode
     diff = stages.sizes.get("diff")  # made for the processed frames alone

@@ -2,22 +2,22 @@
 targets on the held-out windows.
 
     plan = optimize_windows({"car": heldout}, costs, Targets(0.05, 0.05), WindowQuestion(30, 0.5), settings.optimizer)
-    plan.shared.plan.sampling, plan.shared.plan.frame.skip, plan.expected_cost       # window_plans.WindowedPlan
+    plan.shared.plan.sampling, plan.shared.plan.w_high, plan.expected_cost       # window_plans.WindowedPlan
 
-Candidates: the per-frame optimizer's cascades (noscope.optimizer) at the window targets and at
-looser frame targets (a window forgives what a frame does not: a frame wrong here and there, an
-answer a few frames late), with their model's thresholds at other quantiles of its scores, plus no
-cheap stage at all; the cheap stages settling a window where its processed frames decide it, or
-only where they all agree; each with every reference sampling in SAMPLINGS (and the exact one:
-every window's own answer, decided) that answers the held-out windows within the targets on its
-own. Each candidate is simulated on
-the held-out windows (noscope.window_simulate), cut at OFFSETS phases so that a few held-out minutes
-give more windows to judge by; the window FPR and FNR averaged over the phases must meet the
-targets. Cost per frame (seconds, `Costs`): every frame decoded; processed frames converted and
-passed to the difference detector; the model on the frames it runs on; the reference, with its
-conversion, on every frame it answers. Among the plans within `cost_slack` of the cheapest, the
-best-backed wins (upper bounds on both window rates at `confidence`, one window per independent
-piece of evidence); the exact plan is the fallback, and a cascade must save `min_saving` of its cost.
+Candidates: the cheap stages of the per-frame optimizer's cascades (noscope.optimizer) at the window
+targets and looser frame targets, each model at each frame skip, and no cheap stage at all; each
+with every reference sampling of SAMPLINGS (and the exact one: every window's own answer, decided)
+that answers the held-out windows within the targets on its own (the windows it gets on video are
+whichever the cheap stages leave, and a repair can leave it many more). For each, the window
+thresholds (w_low, w_high) on the windows' scores (noscope.window_simulate) are fitted as a model's
+per-frame thresholds are (optimizer.model_thresholds: the lowest w_low and the highest w_high whose
+errors meet the targets, the sampling answering the windows between them), on the held-out frames
+cut into windows at OFFSETS phases, so that a few held-out minutes give more windows to judge by.
+Cost per frame (seconds, `Costs`): every frame decoded; processed frames' luma plane and the
+difference detector; the model (its own conversion included) on the frames it runs on; the
+reference, with its conversion, on every frame it answers. Among the plans within `cost_slack` of
+the cheapest, the best-backed wins (upper bounds on both window rates at `confidence`, a window for
+a piece of evidence); the exact plan is the fallback, and a cascade must save `min_saving` of its cost.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import math
 import numpy as np
 
 from .bounds import rate_upper
-from .optimizer import optimize
+from .metrics import rates
+from .optimizer import model_thresholds, optimize
 from .plans import Cascade, Costs, HeldOut, Targets, cost_of
 from .simulate import HeldOutArrays
 from .window_plans import WindowedPlan, WindowObjectPlan, WindowPlan
@@ -52,31 +53,53 @@ def samplings(size: int) -> list[Sampling]:
 
 
 def frame_cascades(heldout: HeldOut, costs: Costs, targets: Targets, models, search) -> list[Cascade]:
-    """The per-frame optimizer's cascades at the window targets and looser ones, each one with a model
-    also with its thresholds at other quantiles of the model's held-out scores (a window's answer
-    takes several frames' cheap answers: thresholds no frame target would pick can settle it), and no
-    cheap stage at all."""
-    found = [Cascade(1)]
+    """The cheap stages (skip, difference detector, model) of the per-frame optimizer's cascades at
+    the window targets and looser ones, every model at every skip, and none at all."""
+    found = {Cascade(1)}
     levels = sorted({min(0.45, targets.fpr * m) for m in FRAME_TARGETS} | set(LOOSE_TARGETS))
+    skips = tuple(int(s) for s in search.skips)
     for t in levels:
-        plan = optimize({"o": heldout}, costs, Targets(t, t), skips=tuple(int(s) for s in search.skips),
-                        models={"o": list(models)}, min_saving=0.0, confidence=float(search.confidence))
-        c = plan.shared.cascade
-        for variant in [c] + threshold_variants(c, heldout):
-            if variant not in found:
-                found.append(variant)
-    return found
+        c = optimize({"o": heldout}, costs, Targets(t, t), skips=skips, models={"o": list(models)}, min_saving=0.0,
+                     confidence=float(search.confidence)).shared.cascade
+        found.add(dataclasses.replace(c, c_low=None, c_high=None))
+    found |= {Cascade(s, model=m) for s in skips for m in models}
+    return sorted(found, key=lambda c: (c.skip, c.diff or "", c.diff_threshold or 0.0, c.model or ""))
 
 
-QUANTILES = (0.05, 0.2, 0.4, 0.6, 0.8, 0.95)  # of a model's held-out scores, as window thresholds
+class WindowFit:
+    """Window FPR / FNR when the windows with a score answer `labels` and the others what the
+    reference's sampling answers (`said`), against the reference's windows (`truth`): what
+    optimizer.model_thresholds searches over."""
+
+    def __init__(self, truth: np.ndarray, said: np.ndarray, scored: np.ndarray):
+        self.truth, self.said, self.scored = truth, said, scored
+
+    def __call__(self, labels: np.ndarray) -> tuple[float, float]:
+        out = self.said.copy()
+        out[self.scored] = labels
+        return rates(out, self.truth)
 
 
-def threshold_variants(c: Cascade, heldout: HeldOut) -> list[Cascade]:
-    """`c` with its model's thresholds at pairs of QUANTILES of the model's held-out scores (c_low <= c_high)."""
-    if c.model is None:
-        return []
-    q = np.unique(np.quantile(np.asarray(heldout.model_scores[c.model], float), QUANTILES))
-    return [dataclasses.replace(c, c_low=float(lo), c_high=float(hi)) for lo in q for hi in q if lo <= hi]
+def fitted(frame: Cascade, sampling: Sampling, arrays: HeldOutArrays, question: WindowQuestion,
+           targets: Targets) -> WindowPlan | None:
+    """The plan with window thresholds fitted to the held-out windows (module docstring), or None
+    where even the sampling on every window misses the targets."""
+    plan = WindowPlan(frame, sampling, question.size, question.share)
+    phases = [simulate_windows(plan, arrays, k * question.size // OFFSETS) for k in range(OFFSETS)]
+    score = np.concatenate([a.score for a in phases])
+    said, truth = np.concatenate([a.labels for a in phases]), np.concatenate([a.truth for a in phases])
+    scored = np.isfinite(score)
+    if not scored.any():
+        return plan if _meets(rates(said, truth), targets) else None
+    found = model_thresholds(WindowFit(truth, said, scored), said[scored], score[scored], targets)
+    if found is None:
+        return None
+    lo, hi, _ = found
+    return dataclasses.replace(plan, w_low=None if lo == -math.inf else lo, w_high=None if hi == math.inf else hi)
+
+
+def _meets(r: tuple[float, float], targets: Targets) -> bool:
+    return r[0] <= targets.fpr and r[1] <= targets.fnr
 
 
 def judged(plan: WindowPlan, arrays: HeldOutArrays, costs: Costs) -> dict:
@@ -89,24 +112,23 @@ def judged(plan: WindowPlan, arrays: HeldOutArrays, costs: Costs) -> dict:
     calls = float(np.mean([a.calls.sum() for a in phases]))
     f = plan.frame
     cheap_part = 0.0
-    if f.diff is not None or f.model is not None:
+    if not plan.reference_only:
         cheap_part = first.processed / arrays.n * (costs.convert + (cost_of(costs.diff, f.diff, "difference detector")
                                                                     if f.diff is not None else 0.0))
-    if f.model is not None:
-        cheap_part += first.reached / arrays.n * cost_of(costs.model, f.model, "specialized model")
+        if f.model is not None:
+            cheap_part += first.reached / arrays.n * cost_of(costs.model, f.model, "specialized model")
     cost = costs.decode + cheap_part + calls / arrays.n * (costs.reference + costs.convert)
     return dict(fpr=_mean(fpr), fnr=_mean(fnr), cost=cost, calls=calls / max(len(first.labels), 1),
                 cheap=float(np.mean(first.stage == CHEAP)) if len(first.labels) else 0.0, windows=len(first.labels),
-                neg=int((~first.truth).sum()), pos=int(first.truth.sum()),
-                wrong_yes=int((first.labels & ~first.truth).sum()), wrong_no=int((~first.labels & first.truth).sum()))
+                neg=int((~first.truth).sum()), pos=int(first.truth.sum()))
 
 
 def _rate(wrong: np.ndarray, kind: np.ndarray) -> float | None:
     return float(wrong.sum() / kind.sum()) if kind.any() else None
 
 
-def _mean(rates: list) -> float | None:
-    seen = [r for r in rates if r is not None]
+def _mean(values: list) -> float | None:
+    seen = [r for r in values if r is not None]
     return float(np.mean(seen)) if seen else None
 
 
@@ -127,18 +149,19 @@ def optimize_windows(heldouts: dict[str, HeldOut], costs: Costs, targets: Target
     the one object of `heldouts` (object -> its held-out frames); `search`: the optimizer settings
     (skips, min_saving, confidence, cost_slack); `models`: the names offered (default: all)."""
     ((obj, heldout),) = heldouts.items()
-    size, share = question.size, question.share
+    size = question.size
     arrays = HeldOutArrays(heldout)
     models = list(heldout.model_scores) if models is None else list(models)
-    exact = WindowPlan(Cascade(1), Sampling(0, size), size, share)
+    exact = WindowPlan(Cascade(1), Sampling(0, size), size, question.share)
     offers = [(judged(exact, arrays, costs), exact)]
     limit = (1.0 - float(search.min_saving)) * offers[0][0]["cost"]
-    # a sampling must answer the held-out windows within the targets on its own: the windows it gets
-    # on video are whichever the cheap stages leave, and a repair can leave it many more
-    able = [s for s in samplings(size) if meets(judged(WindowPlan(Cascade(1), s, size, share), arrays, costs), targets)]
+    able = [s for s in samplings(size)
+            if meets(judged(WindowPlan(Cascade(1), s, size, question.share), arrays, costs), targets)]
     for c in frame_cascades(heldout, costs, targets, models, search):
-        for s, unanimous in ((s, u) for s in able for u in ((False, True) if c.model or c.diff else (False,))):
-            plan = WindowPlan(c, s, size, share, unanimous=unanimous)
+        for s in able:
+            plan = fitted(c, s, arrays, question, targets)
+            if plan is None or plan.reference_only and c != Cascade(1):
+                continue
             fig = judged(plan, arrays, costs)
             if meets(fig, targets) and fig["cost"] <= limit:
                 offers.append((fig, plan))

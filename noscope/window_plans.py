@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .plans import Cascade, as_cascade, rate_text
+from .plans import Cascade, as_cascade, high, low, rate_text
 from .windows import Sampling
 
 
@@ -25,18 +25,18 @@ class WindowPlan:
     """A cascade answering windows: the per-frame cheap stages, then the reference on a few frames
     of the windows they leave open."""
 
-    frame: Cascade  # skip, difference detector, model and its thresholds (the per-frame cascade's)
+    frame: Cascade  # skip, difference detector and model (the per-frame cascade's; its thresholds unused)
     sampling: Sampling
     size: int  # frames per window
     share: float  # share of positive frames that makes a window "yes"
     settles: tuple = (False, True)  # the answers the cheap stages may settle a window with (a repair narrows it)
-    unanimous: bool = False  # the cheap stages settle a window only where every processed frame agrees
+    w_low: float | None = None  # a window scoring below this is "no" (None: never)
+    w_high: float | None = None  # above this "yes" (None: never)
 
     @property
     def reference_only(self) -> bool:
-        """No cheap stage: every window goes to the reference (its sampling says how many frames)."""
-        f = self.frame
-        return f.skip == 1 and f.diff is None and f.model is None
+        """No cheap answer: every window goes to the reference (its sampling says how many frames)."""
+        return self.w_low is None and self.w_high is None
 
 
 @dataclass
@@ -75,7 +75,8 @@ class WindowObjectPlan:
         return dict(unit="windows", window_frames=int(self.plan.size), share=float(self.plan.share), skip=int(f.skip),
                     diff=f.diff, diff_threshold=_num(f.diff_threshold), model=f.model, c_low=_num(f.c_low),
                     c_high=_num(f.c_high), sampling=dict(lead=int(s.lead), most=int(s.most)),
-                    settles=["yes" if a else "no" for a in self.plan.settles], unanimous=bool(self.plan.unanimous),
+                    settles=["yes" if a else "no" for a in self.plan.settles], w_low=_num(self.plan.w_low),
+                    w_high=_num(self.plan.w_high),
                     expected_cost=float(self.expected_cost), heldout_fpr=_num(self.heldout_fpr),
                     heldout_fnr=_num(self.heldout_fnr), fractions={k: float(v) for k, v in self.fractions.items()},
                     calls_per_window=float(self.calls_per_window), heldout_windows=int(self.windows),
@@ -86,7 +87,7 @@ class WindowObjectPlan:
     def from_dict(cls, d: dict) -> "WindowObjectPlan":
         plan = WindowPlan(as_cascade(d), Sampling(int(d["sampling"]["lead"]), int(d["sampling"]["most"])),
                           int(d["window_frames"]), float(d["share"]),
-                          tuple(a == "yes" for a in d.get("settles", ["no", "yes"])), bool(d.get("unanimous", False)))
+                          tuple(a == "yes" for a in d.get("settles", ["no", "yes"])), d.get("w_low"), d.get("w_high"))
         return cls(plan, float(d["expected_cost"]), d.get("heldout_fpr"), d.get("heldout_fnr"), dict(d.get("fractions", {})),
                    float(d.get("calls_per_window", 0.0)), int(d.get("heldout_windows", 0)), float(d.get("bound_fpr", 1.0)),
                    float(d.get("bound_fnr", 1.0)), float(d.get("confidence", 0.95)))
@@ -99,9 +100,9 @@ class WindowObjectPlan:
         if f.diff is not None:
             parts.append(f"diff {f.diff!r} < {f.diff_threshold:.4g}")
         if f.model is not None:
-            parts.append(f"model {f.model!r}")
+            parts.append(f"model {f.model!r} (mean score)")
         cheap = " -> ".join(parts) or "no cheap stage"
-        cheap += " (every processed frame agreeing)" if self.plan.unanimous else ""
+        cheap += f" (window score < {low(self.plan.w_low):.3g}: no, > {high(self.plan.w_high):.3g}: yes)"
         return (f"windows of {self.plan.size} frames ({self.plan.share:.0%} positive = yes): {cheap} settles "
                 f"{self.fractions.get('cheap', 0):.1%} of windows, {self.plan.sampling.describe()} on the rest "
                 f"({self.calls_per_window:.2g} a window); {self.expected_cost * 1e3:.3g} ms/frame; held-out windows "

@@ -90,19 +90,6 @@ class WindowQuestion:
     share: float = DEFAULT_SHARE
 
 
-def cheap_answer(yes, no, n, share: float, unanimous: bool = False):
-    """A window's answer from its `n` processed frames' cheap answers (`yes` and `no` of them, the rest
-    undecided): where they decide it by the share rule whatever the others say (windows.decided over
-    the processed frames), or, `unanimous`, only where every one of them says the same. int8 arrays
-    (1 yes, 0 no, -1 the reference samples it); no processed frame: -1."""
-    yes, no, n = np.asarray(yes), np.asarray(no), np.asarray(n)
-    if unanimous:
-        out = np.where(yes == n, 1, np.where(no == n, 0, -1)).astype(np.int8)
-    else:
-        out = np.asarray(decided(yes, no, np.maximum(n, 1), share), np.int8).reshape(np.shape(yes))
-    return np.where(n > 0, out, -1).astype(np.int8)
-
-
 class WindowGrid:
     """The windows of [start, end): consecutive runs of `size` frames from `start`, the last one
     shorter where the segment ends inside it."""

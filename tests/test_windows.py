@@ -78,11 +78,38 @@ def test_exact_sampling_answers_every_window_as_the_reference_does():
 
 
 def test_a_sure_model_settles_windows_without_the_reference():
+    """The window's score is its processed frames' mean model score; past the window thresholds the
+    cheap stages answer it, between them the reference samples it."""
     truth = np.repeat([False, True, False], [60, 60, 60])
     scores = np.where(truth, 0.9, 0.1)
     arrays = arrays_of(truth, scores)
-    out = simulate_windows(WindowPlan(Cascade(5, None, None, "m", 0.3, 0.7), Sampling(3, 8), 30, 0.5), arrays)
+    sure = WindowPlan(Cascade(5, model="m"), Sampling(3, 8), 30, 0.5, w_low=0.3, w_high=0.7)
+    out = simulate_windows(sure, arrays)
     assert (out.stage == CHEAP).all() and out.calls.sum() == 0 and (out.labels == out.truth).all()
-    assert out.processed == 36 and out.reached == 36
-    unsure = simulate_windows(WindowPlan(Cascade(5, None, None, "m", 0.05, 0.95), Sampling(1, 1), 30, 0.5), arrays)
+    assert out.processed == 36 and out.reached == 36 and np.allclose(out.score, [0.1, 0.1, 0.9, 0.9, 0.1, 0.1])
+    unsure = simulate_windows(WindowPlan(Cascade(5, model="m"), Sampling(1, 1), 30, 0.5, w_low=0.05, w_high=0.95), arrays)
     assert (unsure.stage == SAMPLED).all() and unsure.calls.sum() == 6
+    no_yes = simulate_windows(WindowPlan(Cascade(5, model="m"), Sampling(1, 1), 30, 0.5, (False,), 0.3, 0.7), arrays)
+    assert (no_yes.stage[out.truth] == SAMPLED).all() and (no_yes.stage[~out.truth] == CHEAP).all()
+
+
+def test_the_window_optimizer_fits_thresholds_on_window_scores():
+    """A model whose frames' scores hover (0.8 on the object's frames, the reference saying yes on 4
+    in 5 of them): per frame it settles nothing, per window its mean score settles every window."""
+    from types import SimpleNamespace
+
+    from noscope.plans import Costs, Targets
+    from noscope.window_optimizer import optimize_windows
+    from noscope.windows import WindowQuestion
+
+    rng = np.random.default_rng(0)
+    there = np.repeat(np.tile([False, True], 6), 100)
+    truth = there & (rng.random(len(there)) < 0.8)
+    scores = np.where(there, 0.8, 0.05) + rng.normal(0, 0.05, len(there))
+    heldout = HeldOut(truth=truth, blocks=np.zeros(len(truth), np.int64), model_scores={"m": scores}, diff_scores={},
+                      diff_kinds={})
+    costs = Costs(decode=3e-4, convert=5e-5, diff={}, model={"m": 1e-3}, reference=3e-2)
+    search = SimpleNamespace(skips=[1, 2, 5], min_saving=0.2, confidence=0.95, cost_slack=0.1)
+    plan = optimize_windows({"x": heldout}, costs, Targets(0.05, 0.05), WindowQuestion(10, 0.5), search).shared
+    assert plan.plan.frame.model == "m" and plan.fractions["cheap"] > 0.95
+    assert 0.05 < plan.plan.w_low <= plan.plan.w_high < 0.8
