@@ -107,7 +107,8 @@ class QueryRun:
 
     def answer_again(self, plan: Plan) -> dict:
         """The cascade's answers to a repaired plan, from the latest pass's cheap answers where the
-        plan keeps its skip and difference detector (noscope.cascade.restate), else decoding again."""
+        plan keeps its skip and difference detector (noscope.cascade.restate, decoding only the frames a
+        repaired threshold newly sends to the model), else decoding again."""
         with self.timed("check_reruns"):
             return self._cascade(plan)
 

@@ -177,6 +177,10 @@ def record(job: Job, status: str, summary: dict | None = None, seconds: float | 
                seconds=None if seconds is None else round(seconds, 3), error=error,
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if summary is not None:
+        rec["unit"] = s.get("unit", "frames")  # what `verified` counts: frames, or windows of rec["window"]
+        if s.get("window"):
+            rec["window"] = s["window"]
+            rec["windows"], rec["positive_windows"] = s.get("windows"), s.get("positive_windows")
         rec["verified"] = verified_record(s)
         rec["trained_on"] = s.get("trained_on")  # the bundle's video: this one, or another the user chose
         rec["model_version"] = s.get("model_version", 1)  # which version of the bundle answered (train --update)

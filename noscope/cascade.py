@@ -119,6 +119,8 @@ def run_cascade(video: Video, bundle: TrainedBundle, plan: Plan, reference, ref_
     cheap = restate(previous, stages) if previous is not None else None
     if cheap is None:
         cheap = cheap_pass(video, stages, span, opts, bundle)
+    elif len(cheap.unscored):
+        score_unscored(video, stages, cheap, opts)
     scores = reference_pass(video, bundle, stages, cheap, (reference, ref_key), opts)
     return _results(video, bundle, stages, cheap, scores, start, end, time.perf_counter() - t0)
 
@@ -184,6 +186,16 @@ class CheapAnswers:
     passes: list = field(default_factory=list)  # the decoding passes (video.DecodePass) these answers ran
     answered: dict = field(default_factory=dict)  # frame -> the reference's class scores, asked in the pass
     pending: list = field(default_factory=list)  # (frames, pictures) waiting for a reference batch to fill
+    unscored: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows the model must still score
+
+    def settle(self, rows: np.ndarray, every: np.ndarray, stages: "Stages") -> None:
+        """Rows the model scored (`every`: its every output): each object's state by its thresholds."""
+        p = every[:, stages.cols]
+        sub = np.full(p.shape, REF, np.int8)
+        sub[p < stages.c_low] = NO
+        sub[p > stages.c_high] = YES
+        self.state[rows] = sub
+        self.pscore[rows] = p
 
     def found(self, decoding: DecodePass) -> None:
         """Take on what a decoding pass of these answers found: the frames it lost, and where it
@@ -279,18 +291,20 @@ def flush_pending(out: CheapAnswers, opts: PassOptions) -> None:
 
 
 def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
-    """The cheap answers of a pass with `stages`, from an earlier pass's, without decoding: when skip
-    and difference detector (and threshold) are the same, the same frames reach the model, so only
-    its thresholds, or its head (a model refitted on this video's reference answers, from the kept
-    features), decide anew. None when that cannot be done."""
+    """The cheap answers of a pass with `stages`, from an earlier pass's, without decoding the frames
+    it scored: when skip and difference detector are the same, the detector's kept scores meet the
+    (maybe repaired) threshold again, and the model's thresholds, or its head (a model refitted on
+    this video's reference answers, from the kept features), decide anew. Frames a lower threshold
+    now lets through to the model, which it never saw, are left in `unscored` (the caller decodes
+    just those). None when that cannot be done."""
     skip, diff, threshold, model, base = stages.shape
-    if previous.shape[:3] != (skip, diff, threshold) or (model is None) != (previous.shape[3] is None):
+    if previous.shape[:2] != (skip, diff) or (model is None) != (previous.shape[3] is None):
         return None
     ran = np.isfinite(previous.pscore[:, 0]) if previous.pscore.shape[1] else np.zeros(len(previous.processed), bool)
     if model is None:
         scores = None
     elif model == previous.shape[3] and previous.scores is not None:
-        scores = previous.scores
+        scores = previous.scores.copy()
     elif base == previous.shape[4] and previous.features is not None:
         scores = np.full(previous.scores.shape if previous.scores is not None else (len(previous.processed), 1), np.nan,
                          np.float32)
@@ -298,19 +312,41 @@ def restate(previous: CheapAnswers, stages: Stages) -> CheapAnswers | None:
     else:
         return None
     t = time.perf_counter()
+    features = None if previous.features is None else previous.features.copy()  # the caller may add rows
     out = CheapAnswers(previous.processed, previous.state.copy(), np.full((len(previous.processed), len(stages.objects)),
                        np.nan, np.float32), previous.dscore, list(previous.lost), previous.stopped_at,
                        {"decode": 0.0, "diff": 0.0, "model": 0.0, "reference": 0.0}, stages.shape, scores,
-                       previous.features, previous.stop_time)
-    if scores is not None and ran.any():
-        p = scores[ran][:, stages.cols]
-        sub = np.full(p.shape, REF, np.int8)
-        sub[p < stages.c_low] = NO
-        sub[p > stages.c_high] = YES
-        out.state[ran] = sub
-        out.pscore[ran] = p
+                       features, previous.stop_time)
+    through = np.ones(len(out.processed), bool)
+    if stages.det is not None:
+        through = ~(previous.dscore < stages.threshold)  # NaN compares False: changed
+        out.state[~through] = COPY if stages.det.kind == "prev" else EMPTY
+    out.state[through] = REF
+    if scores is not None:
+        out.settle(np.flatnonzero(ran & through), scores[ran & through], stages)
+        out.unscored = np.flatnonzero(through & ~ran)
     out.stage_t["model"] = time.perf_counter() - t
     return out
+
+
+def score_unscored(video: Video, stages: Stages, cheap: CheapAnswers, opts: PassOptions) -> None:
+    """The model on the frames `restate` left unscored, decoded in one sequential pass that
+    converts only them, their states settled by the model's thresholds."""
+    rows = cheap.unscored
+    t_dec = time.perf_counter()
+    decoding = decode_pool.batches(video, {"pictures": KEEP_PICTURES}, frames=cheap.processed[rows],
+                                   batch_size=opts.batch_size, prefetch=opts.decode.prefetch)
+    with decoding:
+        for batch in decoding:
+            cheap.stage_t["decode"] += time.perf_counter() - t_dec
+            t = time.perf_counter()
+            at = np.searchsorted(cheap.processed, batch.indices)
+            every = _model_scores(stages.model, batch.rgb(np.arange(len(batch)), stages.model.size), at, cheap)
+            cheap.settle(at, every, stages)
+            cheap.stage_t["model"] += time.perf_counter() - t
+            t_dec = time.perf_counter()
+    cheap.found(decoding)
+    cheap.unscored = np.zeros(0, np.int64)
 
 
 def batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev_last: list) -> np.ndarray:

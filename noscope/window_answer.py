@@ -120,7 +120,7 @@ class WindowRun:
             op, q = plan.shared, self.q
             stages = Stages.of(q.bundle, {self.obj: op.plan.frame}, q.reference)
             cheap = restate(self.last.cheap, stages)
-            if cheap is None:
+            if cheap is None or len(cheap.unscored):  # frames the model never saw: a new pass
                 return self.first_pass(plan)
             out = WindowPass(self.grid, np.zeros(self.grid.count, bool), np.full(self.grid.count, "", dtype=object),
                              np.zeros(self.grid.count, np.int64), cheap, np.full(self.grid.count, np.nan), self.known,

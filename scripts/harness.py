@@ -383,14 +383,34 @@ def same_pictures(looped: Path, original: Path, first: int) -> dict[int, int]:
     return {i: seen[pic] for i, pic in pictures(open_video(looped), 0) if pic in seen}
 
 
-def decode_only(video, start: int = 0, end: int | None = None, workers: int = 1, size: int = 50) -> tuple[int, float]:
+def looped_pictures(src: Path, at: float | str, night: Loop, work: Path) -> dict[int, int]:
+    """`same_pictures` of a long `stream_loop` night (made with the same `src` and `at`), without
+    decoding the night: its loops are the same packets, so each middle loop decodes to the pictures
+    the second loop of a four-loop copy does (the same frames before it), the first two and the last
+    as that copy's own. Checked, not assumed: where the copy's second and third loops do not map
+    alike, frame for frame, the night itself is decoded (`same_pictures`)."""
+    if night.loops <= 4:
+        return same_pictures(night.path, src, night.first)
+    short = stream_loop(src, work / f"four-loops{night.path.suffix}", at=at, loops=4)
+    m, n = same_pictures(short.path, src, short.first), short.length
+    if short.length != night.length or any(m.get(n + j) != m.get(2 * n + j) for j in range(n)):
+        return same_pictures(night.path, src, night.first)
+    out = {}
+    for k in range(night.loops):
+        like = 0 if k == 0 else 1 if k < night.loops - 1 else 3  # the last loop decodes as the copy's last
+        out.update({k * n + j: m[like * n + j] for j in range(n) if like * n + j in m})
+    return out
+
+
+def decode_only(video, start: int = 0, end: int | None = None, workers: int = 1, size: int | None = 50) -> tuple[int, float]:
     """Decode frames [start, end) of `video` (a noscope Video) as a pass does, resized to size x size
-    by `workers` processes, with nothing else: no prefetch thread, no model. -> (frames, seconds)."""
+    by `workers` processes (size None: decoded and nothing else, not even a picture made), with
+    nothing else: no prefetch thread, no model. -> (frames, seconds)."""
     from noscope import decode_pool
 
+    sizes = {} if size is None else {"s": (size, size)}
     t = time.perf_counter()
-    n = sum(len(b) for b in decode_pool.batches(video, {"s": (size, size)}, start, end, batch_size=256, prefetch=0,
-                                                workers=workers))
+    n = sum(len(b) for b in decode_pool.batches(video, sizes, start, end, batch_size=256, prefetch=0, workers=workers))
     return n, time.perf_counter() - t
 
 

@@ -12,6 +12,8 @@
 #                    video plus runs.jsonl, one line per video per run
 #   NIGHTLY_LOG      log file (default OUT_DIR/nightly.log), appended to
 #   NIGHTLY_NOSCOPE  the command (default: noscope), e.g. "/opt/noscope/.venv/bin/noscope"
+#   NIGHTLY_WINDOW   answer per window of time, e.g. 1s (query --window: "was the object there in each
+#                    second?"; the targets are then shares of windows); unset: per frame
 #   NIGHTLY_ARGS     extra query flags, e.g. "--target-fpr 0.01 --executor ray"
 #   NIGHTLY_UPDATE   1: after the query, update BUNDLE from the reference answers this run's videos
 #                    collected (noscope train --update BUNDLE VIDEO_DIR): a new version, which becomes
@@ -53,6 +55,7 @@ log=${NIGHTLY_LOG:-$out/nightly.log}
 read -r -a noscope <<<"${NIGHTLY_NOSCOPE:-noscope}"
 read -r -a extra <<<"${NIGHTLY_ARGS:-}"
 read -r -a update_extra <<<"${NIGHTLY_UPDATE_ARGS:-}"
+if [[ -n ${NIGHTLY_WINDOW:-} ]]; then extra+=(--window "$NIGHTLY_WINDOW"); fi
 # The update validates at the targets the query answered at (NIGHTLY_UPDATE_ARGS can still say otherwise).
 targets=()
 for ((i = 0; i < ${#extra[@]}; i++)); do

@@ -29,23 +29,60 @@ def trained(path, root, *sets):
 
 
 def test_a_query_whose_check_repairs_decodes_each_frame_once(drift_video, tmp_path):
-    """The check finds misses and repairs (a model threshold or a refit: no new frames to process),
+    """The check finds misses and repairs the model (its threshold, a refit: no new frame to process),
     and the whole answer decodes the segment in one pass: summary.json says one pass and how many
-    frames it decoded, never more than the video has."""
+    frames it decoded, never more than the video has. (No frame skip or difference detector here: a
+    repair of those sends new frames to the model, whose pictures no pass kept: the next test.)"""
     from noscope.query import query_video
 
     path, _ = drift_video
-    bundle = trained(path, tmp_path / "bundle")
-    summary = query_video(path, default_settings(), Targets(0.05, 0.05), model=str(bundle), out=tmp_path / "q",
-                          start=f"{HALF}f", plot=False, quiet=True)
+    bundle = without_difference_detectors(trained(path, tmp_path / "bundle", "optimizer.skips=[1]"))
+    summary = query_video(path, default_settings("optimizer.skips=[1]"), Targets(0.05, 0.05), model=str(bundle),
+                          out=tmp_path / "q", start=f"{HALF}f", plot=False, quiet=True)
     v = summary["verified"]
     assert v["escalated"] and v["escalations"], "the scene must make the check repair, or this test checks nothing"
+    assert all(e.startswith("model") for e in v["escalations"]), v["escalations"]
     d = summary["decoding"]
     assert d["passes"] == 1 and d["each"][0]["step"] == "first pass", d
     assert 0 < d["frames"] <= N  # each frame of the file decoded at most once (a counted file decodes from its start)
     saved = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert saved["decoding"] == d
-    assert d["each"][0]["converted"] < 2 * (N - HALF)  # RGB only for the frames the reference and the check needed
+
+
+def test_a_repair_that_sends_new_frames_to_the_model_decodes_the_segment_once_more(drift_video, tmp_path):
+    """A repaired frame skip or difference threshold sends frames to the model that the first pass
+    settled without it: their pictures are decoded again, in one sequential pass over the segment per
+    answer, and no more (a model-only repair of the same round adds none)."""
+    from noscope.query import query_video
+
+    path, _ = drift_video
+    summary = query_video(path, default_settings(), Targets(0.05, 0.05), model=str(trained(path, tmp_path / "b")),
+                          out=tmp_path / "q", start=f"{HALF}f", plot=False, quiet=True)
+    esc = summary["verified"]["escalations"]
+    new_frames = [e for e in esc if e.startswith(("frame skip", "difference detector"))]
+    assert new_frames, ("the scene must repair the skip or the difference detector, or this test checks nothing", esc)
+    d = summary["decoding"]
+    assert 1 < d["passes"] <= 1 + len(new_frames), d
+    assert [x["step"] for x in d["each"]] == ["first pass"] + ["answer again"] * (d["passes"] - 1), d
+    assert all(x["decoded"] <= N for x in d["each"]), d  # once each (a counted file decodes from its start)
+    # RGB only for the frames the model (those the difference detector let through) and the reference saw
+    assert d["each"][0]["converted"] < 2 * (N - HALF), d
+
+
+def without_difference_detectors(root):
+    """The bundle at `root` with no difference detector to offer (as if none had been fitted), and
+    a reference as dear as a real detector (the test's own costs next to nothing: without a
+    difference detector the optimizer would ask it everything)."""
+    from noscope.bundle import save_npz, write_manifest
+
+    meta = yaml.safe_load((root / "bundle.yaml").read_text())
+    meta["diffs"] = []
+    meta["costs"]["reference"] = 100 * float(meta["costs"]["reference"])
+    z = dict(np.load(root / "heldout.npz"))
+    save_npz(root / "heldout.npz", **{k: v for k, v in z.items() if not k.startswith("diff__")})
+    shutil.rmtree(root / "diff", ignore_errors=True)
+    write_manifest(root, {k: v for k, v in meta.items() if k not in ("files", "format", "noscope_version")}, meta["format"])
+    return root
 
 
 def rgb_detectors(root, video) -> None:
@@ -94,8 +131,9 @@ def test_a_bundle_from_before_the_luma_plane_keeps_working_and_the_luma_path_is_
     rgb = tmp_path / "rgb"
     shutil.copytree(luma, rgb)
     rgb_detectors(rgb, path)
-    assert {d.plane for d in (load_bundle(rgb).diff(x["name"]) for x in load_bundle(rgb).meta["diffs"])} == {"rgb"}
-    assert {d.plane for d in (load_bundle(luma).diff(x["name"]) for x in load_bundle(luma).meta["diffs"])} == {"luma"}
+    for root, plane in ((rgb, "rgb"), (luma, "luma")):
+        b = load_bundle(root)
+        assert {b.diff(d.name).plane for d in b.diffs} == {plane}
     ref = SaturatedSquares()
     lab = label_frames(open_video(path), ref, reference_key(ref), np.arange(HALF, N), use_cache=False, quiet=True)
     truth = dict(zip(lab.frames.tolist(), (lab.scores[:, 0] >= 0.5).tolist()))

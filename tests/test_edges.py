@@ -99,8 +99,9 @@ def test_nightly_update_step(tmp_path):
     folder = tmp_path / "night"
     folder.mkdir()
     rc, log = nightly(tmp_path, folder, tmp_path / "out", NIGHTLY_ARGS="--target-fpr 0.05 --target-fnr=0.02",
-                      UPDATE_LINE="updated X: version 2 from 100 answered frames of 1 video(s) is now X")
+                      NIGHTLY_WINDOW="1s", UPDATE_LINE="updated X: version 2 from 100 answered frames of 1 video(s) is now X")
     assert rc == 0 and "update: updated X: version 2" in log, log
+    assert "--target-fnr=0.02 --window 1s" in log.split("start:")[1].splitlines()[0], log  # the night asked per second
     # judged at the targets the night answered at
     assert "--set query.target_fpr=0.05 --set query.target_fnr=0.02" in log.split("update: updated X")[1].splitlines()[0]
     rc, log = nightly(tmp_path, folder, tmp_path / "out2", UPDATE_RC="1", UPDATE_LINE="bundle X is corrupt")

@@ -247,10 +247,13 @@ def test_vfr_times_are_presentation_times(tmp_path, monkeypatch, ext):
     (iv,) = json.loads((tmp_path / "out" / "intervals.json").read_text())
     assert (iv["start_frame"], iv["end_frame"]) == (102, 300)
     assert abs(iv["start_s"] - truth[102]) < 1e-3 and abs(iv["end_s"] - (truth[299] + 1 / v.fps)) < 1e-3
-    v = open_video(path, "pyav")  # a fresh one: times come from the frame cache
-    refuse_decoding(monkeypatch)  # a second query reads frames and times from the caches
-    again = run_car(v, tb, plan(3), ref, 0, v.frame_count)
+    again = run_car(open_video(path, "pyav"), tb, plan(3), ref, 0, v.frame_count)  # a query decodes (once) again
     assert np.array_equal(again.frames, result.frames) and np.array_equal(again.times, result.times)
+    list(cached_batches(open_video(path, "pyav"), {"s": (16, 16)}))  # small RGB frames, as a label pass keeps them
+    v = open_video(path, "pyav")  # a fresh one: those frames and their times come from the frame cache
+    refuse_decoding(monkeypatch)
+    got = list(cached_batches(v, {"s": (16, 16)}))
+    assert np.abs(np.concatenate([b.times for b in got]) - truth).max() < 1e-3 and sum(len(b.indices) for b in got) == 300
 
 
 def test_intervals_use_recorded_times():

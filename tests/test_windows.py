@@ -113,3 +113,84 @@ def test_the_window_optimizer_fits_thresholds_on_window_scores():
     plan = optimize_windows({"x": heldout}, costs, Targets(0.05, 0.05), WindowQuestion(10, 0.5), search).shared
     assert plan.plan.frame.model == "m" and plan.fractions["cheap"] > 0.95
     assert 0.05 < plan.plan.w_low <= plan.plan.w_high < 0.8
+
+
+class WindowChecked:
+    """A windowed query's run as the check sees it (noscope.check.Run): windows are the units, a
+    drawn window's answer comes from `truth` (the reference on it until its answer is certain), and
+    nothing is repaired (the check's bounds are what is simulated)."""
+
+    min_score = 0.5
+
+    def __init__(self, truth: np.ndarray, order):
+        self.truth, self.order = truth, order
+        self.drawn: set[int] = set()
+
+    def ask_reference(self, windows):
+        self.drawn |= {int(w) for w in windows}
+        return {int(w): {"x": float(self.truth[w])} for w in windows}
+
+    def answer_again(self, plan):
+        raise AssertionError("nothing is repaired here")
+
+    def repair(self, plans, evidence, targets, skips):
+        return plans, []
+
+    def refit(self, model, seen):
+        return None
+
+    def timed(self, part):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def simulated_night(rng, windows: int = 1800):
+    """Per-frame answers of a hovering reference cut into 1 s windows (30 frames, "yes" at half): a
+    window's truth, and a cheap answer that is wrong on some windows, more often where the window's
+    share of positive frames is near half."""
+    share = np.clip(rng.beta(0.6, 0.6, windows) + rng.normal(0, 0.05, windows), 0, 1)
+    frames = rng.random((windows, 30)) < share[:, None]
+    truth = frames.sum(axis=1) >= 15
+    near = np.abs(frames.mean(axis=1) - 0.5) < 0.15
+    wrong = rng.random(windows) < np.where(near, rng.uniform(0.05, 0.4), rng.uniform(0.0, 0.04))
+    return truth, truth ^ wrong
+
+
+def final_rates(truth, said, drawn: set):
+    """The true window FPR / FNR of the final answers (a drawn window takes its own answer)."""
+    final = said.copy()
+    idx = np.fromiter(drawn, np.int64, len(drawn)) if drawn else np.zeros(0, np.int64)
+    final[idx] = truth[idx]
+    return np.mean(final[~truth]), np.mean(~final[truth])
+
+
+def test_the_windowed_check_bounds_cover_the_true_window_rates():
+    """Over simulated nights of windows, the check's upper bounds on the final answers' window FPR and
+    FNR hold together in at least 95% of nights (they are exact: hypergeometric, windows drawn
+    uniformly within the cheap answers' strata); a bound with no margin (the estimate) does not."""
+    from noscope.check import check_and_repair
+    from noscope.check_stats import DrawOrder
+    from noscope.plans import Targets
+    from noscope.settings import CheckSettings
+    from noscope.window_answer import WindowResult
+    from noscope.window_plans import WindowedPlan, WindowObjectPlan, WindowPlan
+
+    rng = np.random.default_rng(7)
+    plan = WindowPlan(Cascade(1), Sampling(3, 8), 30, 0.5)
+    windowed = WindowedPlan({"x": WindowObjectPlan(plan, 0.0, 0.0, 0.0)}, 0.0, {})
+    covered = naive = 0
+    nights = 300
+    for _ in range(nights):
+        truth, said = simulated_night(rng)
+        n = len(truth)
+        result = WindowResult(np.arange(n), said, np.full(n, "cheap"), {}, np.zeros(n, np.int64), np.full(n, 0.5))
+        run = WindowChecked(truth, DrawOrder(0, n, rng))
+        _, reports = check_and_repair(run, {"x": result}, windowed, Targets(0.5, 0.5),
+                                      CheckSettings(per_stratum=50, rounds=1, confidence=0.95))
+        r = reports["x"]
+        fpr, fnr = final_rates(truth, said, run.drawn)
+        covered += fpr <= r["fpr"]["high"] + 1e-12 and fnr <= r["fnr"]["high"] + 1e-12
+        naive += fpr <= r["fpr"]["estimate"] + 1e-12 and fnr <= r["fnr"]["estimate"] + 1e-12
+    assert covered >= 0.95 * nights, covered
+    assert naive < 0.8 * nights, naive  # the same check without its margin would fail

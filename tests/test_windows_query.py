@@ -160,3 +160,17 @@ def test_a_bad_window_is_one_line(bad, tmp_path):
     r = run("query", tmp_path / "none.mp4", "--model", "x", "--window", bad)
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("noscope: error: --window"), r.output
+
+
+def test_a_batch_asked_per_window_says_so_in_runs_jsonl(flicker, tmp_path, monkeypatch):
+    """A nightly batch (a folder of videos) asked per window: each runs.jsonl line says the question."""
+    monkeypatch.setattr(noscope.reference, "load_reference", lambda *a, **k: FlickeringSquares())
+    video, bundle = flicker
+    (tmp_path / "night").mkdir()
+    (tmp_path / "night" / "cam.avi").symlink_to(video)
+    r = run("query", tmp_path / "night", "--model", bundle, "--start", f"{TRAIN}f", "--end", f"{TRAIN + 400}f",
+            "--window", "2s", "--out", tmp_path / "out", "--no-plot", "-q", *FAST)
+    assert r.exit_code == 0, r.output
+    (rec,) = [json.loads(x) for x in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
+    assert rec["status"] == "done" and rec["unit"] == "windows" and rec["window"]["frames"] == 20, rec
+    assert rec["windows"] == 20 and "fpr" in rec["verified"], rec
