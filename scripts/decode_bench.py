@@ -36,6 +36,7 @@ def side(name: str, src: Path | None, work: Path, night: harness.Loop, clip: Pat
          sets: list[str]) -> dict:
     """Train (or reuse) this side's bundle, then query the night: the row's figures."""
     env = harness.workspace(work / name)
+    harness.forget(night.path)  # a new video to this side, on a second run of the bench too
     bundle = work / name / "models" / f"decode-{clip.stem}-{obj}"
     harness.cli("train", clip, "--object", obj, "--end", harness.CUT, "--name", bundle, "-q", *sets, env=env, src=src)
     out = work / name / "night"
