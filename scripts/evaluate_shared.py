@@ -181,16 +181,25 @@ def _verified(rate: dict | None) -> str:
 def _plan(c: dict) -> str:
     if c["reference_only"]:
         return "reference only"
-    return ", ".join([f"skip {c['skip']}"] + [c[k] for k in ("diff", "model") if c[k]])
+    lattice = [f"{c['sampling']['most']} reference frames a window at most"] if c.get("sampling") else []
+    return ", ".join([f"skip {c['skip']}"] + [c[k] for k in ("diff", "model") if c[k]] + lattice)
+
+
+def shares(fr: dict) -> str:
+    """The stages' shares of frames (per frame) or of windows (per window: cheap / sampled / reference)."""
+    keys = ("cheap", "sampled", "reference") if "cheap" in fr else ("skip", "diff", "model", "reference")
+    return " / ".join(f"{fr.get(k, 0.0):.2f}" for k in keys)
 
 
 def table(rows: list[dict]) -> str:
+    stages = "cheap / sampled / reference windows" if rows[0].get("unit") == "windows" else "skip / diff / model / reference"
     head = ("| clip | object | T | frames (pos) | frame FPR | frame FNR | window FPR | window FNR | first pass FPR / FNR "
             "| verified FPR est [bound] | verified FNR est [bound] | met | escalation | speed-up | without verification "
-            "| verification share | skip / diff / model / reference | reference calls | plan |")
+            f"| verification share | {stages} | reference calls | plan |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        v, f, w, fp, fr = r["verified"], r["frames"], r["windows"], r["first_pass"]["frames"], r["fractions"]
+        v, f, w, fr = r["verified"], r["frames"], r["windows"], r["fractions"]
+        fp = r["first_pass"] if r.get("unit") == "windows" else r["first_pass"]["frames"]
         esc = "; ".join(v.get("escalations") or []) + ("; reference on cheap " + "+".join(v["reference_answered"])
                                                        if v.get("reference_answered") else "")
         share = r["verify_seconds"] / r["cascade_seconds"] if r["cascade_seconds"] else 0.0
@@ -199,8 +208,7 @@ def table(rows: list[dict]) -> str:
             f"| {fmt(f['fpr'])} | {fmt(f['fnr'])} | {fmt(w['fpr'])} | {fmt(w['fnr'])} | {fmt(fp['fpr'])} / {fmt(fp['fnr'])} "
             f"| {_verified(v['fpr'])} | {_verified(v['fnr'])} | {v['met']} | {esc or 'no'} | {r['speedup']:.1f}x "
             f"| {r['speedup_without_verify']:.1f}x | {share:.0%} "
-            f"| {fr['skip']:.2f} / {fr['diff']:.2f} / {fr['model']:.2f} / {fr['reference']:.2f} "
-            f"| {r['reference_calls']} | {_plan(r['cascade'])} |")
+            f"| {shares(fr)} | {r['reference_calls']} | {_plan(r['cascade'])} |")
     return "\n".join(lines)
 
 
@@ -239,7 +247,8 @@ def acceptance(rows: list[dict]) -> list[str]:
 def night_table(rows: list[dict]) -> str:
     unit = "window" if rows[0]["night"]["unit"] == "windows" else "frame"
     head = (f"| clip | object | T | looped frames ({unit}s, positive) | {unit} FPR | {unit} FNR | frame FPR / FNR | met "
-            f"| repairs | first pass settled without the reference | final: skip / diff / model / reference "
+            f"| repairs | first pass settled without the reference | final: "
+            f"{'cheap / sampled / reference' if unit == 'window' else 'skip / diff / model / reference'} "
             f"| reference calls | check share of time | query s | reference s (projected) | speed-up | decoding alone caps at |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -251,7 +260,7 @@ def night_table(rows: list[dict]) -> str:
             f"| {Path(r['clip']).stem} | {r['object']} | {r['target']} | {n['frames']} ({count}; {n['loops']}x, "
             f"{n['seconds_of_video'] / 60:.0f} min) | {fmt(n['fpr'])} | {fmt(n['fnr'])} "
             f"| {fmt(n['per_frame']['fpr'])} / {fmt(n['per_frame']['fnr'])} | {n['met']} | {repairs} "
-            f"| {1 - first['reference']:.2f} | {fr['skip']:.2f} / {fr['diff']:.2f} / {fr['model']:.2f} / {fr['reference']:.2f} "
+            f"| {1 - first['reference']:.2f} | {shares(fr)} "
             f"| {n['reference_calls']} | {sec.get('verify', 0.0) / n['wall_seconds']:.0%} | {n['wall_seconds']:.1f} "
             f"| {n['reference_seconds_projected']:.0f} | {n['speedup']:.1f}x | {n['decode_cap']:.1f}x |")
     return "\n".join(lines)
