@@ -48,7 +48,23 @@ def answer(q: Query, plan: Plan, targets: Targets, settings: Settings, *, quiet:
     return QueryRun(q, settings, quiet=quiet).answer(plan, targets)
 
 
-class QueryRun:
+class CheckClock:
+    """The seconds a run's check spends, per part (summary.json's stage_seconds)."""
+
+    def __init__(self):
+        self.clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
+
+    @contextmanager
+    def timed(self, part: str):
+        """Counts the seconds of a `with` block as `part` of the check's time."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.clock[part] += time.perf_counter() - t
+
+
+class QueryRun(CheckClock):
     """One query's run over its segment: what its first pass and its check share, and what the check
     asks of it (noscope.check.Run). It holds the reference's answers so far (frame -> class scores,
     every call of this run), the latest pass's cheap answers (a repair that keeps skip and difference
@@ -68,7 +84,7 @@ class QueryRun:
         size = tuple(q.reference.input_size or (q.video.width, q.video.height))
         held = max(RESERVE * settings.check.per_stratum, RESERVE_BYTES // (size[0] * size[1] * 3))
         self.reserve = Keep(set(self.order.reserve(held).tolist()), size)
-        self.clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
+        super().__init__()
         self.min_score = float(q.bundle.min_score)
         self.cheap: CheapAnswers | None = None  # the latest pass's cheap answers
         self.objects: list[str] = []  # the objects of the plan answered
@@ -170,11 +186,3 @@ class QueryRun:
         got = self.ask_reference(fitted)
         return {o: apply_known(r, {f: s[o] for f, s in got.items()}, self.min_score) for o, r in results.items()}
 
-    @contextmanager
-    def timed(self, part: str):
-        """Counts the seconds of a `with` block as `part` of the check's time."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.clock[part] += time.perf_counter() - t

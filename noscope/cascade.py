@@ -191,10 +191,7 @@ class CheapAnswers:
     def settle(self, rows: np.ndarray, every: np.ndarray, stages: "Stages") -> None:
         """Rows the model scored (`every`: its every output): each object's state by its thresholds."""
         p = every[:, stages.cols]
-        sub = np.full(p.shape, REF, np.int8)
-        sub[p < stages.c_low] = NO
-        sub[p > stages.c_high] = YES
-        self.state[rows] = sub
+        self.state[rows] = model_states(p, stages)
         self.pscore[rows] = p
 
     def found(self, decoding: DecodePass) -> None:
@@ -349,6 +346,15 @@ def score_unscored(video: Video, stages: Stages, cheap: CheapAnswers, opts: Pass
     cheap.unscored = np.zeros(0, np.int64)
 
 
+def model_states(p: np.ndarray, stages: Stages) -> np.ndarray:
+    """Each object's state from the model's scores `p` (frames, objects): no below its c_low, yes
+    above its c_high, else the reference."""
+    sub = np.full(p.shape, REF, np.int8)
+    sub[p < stages.c_low] = NO
+    sub[p > stages.c_high] = YES
+    return sub
+
+
 def batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev_last: list) -> np.ndarray:
     """One batch through the difference detector and the CNN: each frame's state per object;
     the stages' scores go into `out` at rows `at`."""
@@ -376,10 +382,7 @@ def batch_states(stages: Stages, batch, at: np.ndarray, out: CheapAnswers, prev_
         frames = batch.frames["model"][rows] if "model" in batch.frames else batch.rgb(rows, stages.model.size)
         every = _model_scores(stages.model, frames, at[todo], out)
         p = every[:, stages.cols]
-        sub = np.full(p.shape, REF, np.int8)
-        sub[p < stages.c_low] = NO
-        sub[p > stages.c_high] = YES
-        st[todo] = sub
+        st[todo] = model_states(p, stages)
         out.pscore[at[todo]] = p
         out.stage_t["model"] += time.perf_counter() - t
     return st

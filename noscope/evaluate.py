@@ -55,15 +55,22 @@ def defined(rate: float, kind: np.ndarray) -> float | None:
     return float(rate) if bool(kind.any()) else None
 
 
-def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False) -> dict[str, dict]:
-    """object -> report: the query's answers (after its check and any repair) and its first pass,
-    against the reference on every frame of the segment, and both runs' speed."""
+def reference_on_every_frame(q: Query, quiet: bool):
+    """The reference's answers on every frame of the segment, asked afresh (the run being timed
+    against them), and the seconds they took; a segment with no frame to compare is an error."""
     t0 = time.perf_counter()
     labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
                           desc="reference")
     t_ref = time.perf_counter() - t0
     if not len(labels.frames):
         nothing_to_compare(q, labels.decoding.stopped_at if labels.decoding is not None else None)
+    return labels, t_ref
+
+
+def evaluate(q: Query, targets: Targets, settings: Settings, quiet: bool = False) -> dict[str, dict]:
+    """object -> report: the query's answers (after its check and any repair) and its first pass,
+    against the reference on every frame of the segment, and both runs' speed."""
+    labels, t_ref = reference_on_every_frame(q, quiet)
     plan = choose_plan(q.bundle, targets, q.objects, settings.optimizer)
     run = QueryRun(q, settings, use_label_cache=False, frame_cache=False, quiet=quiet)
     results, reports = run.answer(plan, targets)
@@ -80,12 +87,7 @@ def evaluate_windows(q: Query, targets: Targets, settings: Settings, question: W
     reference's windows (the share rule over every frame of each), the frames carrying those answers
     against the reference per frame, side by side; the first pass's too; speed as `evaluate`."""
     (obj,) = q.objects
-    t0 = time.perf_counter()
-    labels = label_frames(q.video, q.reference, q.ref_key, np.arange(q.start, q.end), refresh=True, quiet=quiet,
-                          desc="reference")
-    t_ref = time.perf_counter() - t0
-    if not len(labels.frames):
-        nothing_to_compare(q, labels.decoding.stopped_at if labels.decoding is not None else None)
+    labels, t_ref = reference_on_every_frame(q, quiet)
     plan = choose_window_plan(q.bundle, targets, obj, settings.optimizer, question)
     run = WindowRun(q, settings, question, use_label_cache=False, quiet=quiet)
     run.spec = str(settings.query.window)

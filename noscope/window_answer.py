@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import time
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .answer import CheckClock
 from .cascade import CascadeResult, PassOptions, Stages, restate
 from .check import check_and_repair
 from .check_stats import DrawOrder
@@ -56,7 +56,7 @@ class WindowResult:
         return {s: float(np.sum(self.decided_by == s)) / n for s in ("cheap", "sampled", "reference")}
 
 
-class WindowRun:
+class WindowRun(CheckClock):
     """One windowed query's run over its segment: what its pass and its check share (the reference's
     answers so far, frame by frame; the latest pass; the clock), and what the check asks of it
     (noscope.check.Run). One object."""
@@ -75,7 +75,7 @@ class WindowRun:
         self.order = DrawOrder(0, self.grid.count, rng)  # the check's draws of windows, fixed before the pass
         self.stream = ReferenceStream(q.video, q.reference, q.ref_key, (q.start, q.end), use_label_cache)
         self.known: dict = dict(self.stream.cached)  # frame -> the reference's class scores
-        self.clock = {"check_reference": 0.0, "check_reruns": 0.0, "check_repairs": 0.0}
+        super().__init__()
         self.passes: list[dict] = []
         self.last: WindowPass | None = None
         self.plan: WindowedPlan | None = None
@@ -149,14 +149,6 @@ class WindowRun:
 
     def refit(self, model: str, seen: dict):
         return None  # a windowed query does not refit models on the video (yet)
-
-    @contextmanager
-    def timed(self, part: str):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.clock[part] += time.perf_counter() - t
 
     # -- the windows' reference answers
 
