@@ -88,16 +88,24 @@ def flicker(tmp_path_factory):
     return video, root / "sq"
 
 
+# Costs measured on a 2-core machine, fixed so the plan does not follow the noise of this run's
+# timings (with the models measured three times cheaper, the windowed plan made 2,976 reference calls
+# to the per-frame 3,799: a plan choice the check repairs at that cost; see the issue's note).
+COSTS = {"decode": 2.8e-05, "convert": 1.1e-05,
+         "diff": {"prev-global": 7.3e-06, "prev-blocked": 9.1e-06, "ref-global": 7.2e-06, "ref-blocked": 8.7e-06},
+         "model": {"c2f16d32s50": 5.5e-04, "c2f32d64s50": 7.8e-04, "c4f16d64s50": 5.7e-04}}
+
+
 def as_a_real_detector(root) -> None:
     """The bundle's cost of the reference set to a real detector's (30 ms a frame, YOLOv3-tiny on 2
     cores), ten times a small CNN's: the test reference answers in microseconds, which no plan would
-    ever save on."""
+    ever save on; the cheap stages' costs fixed (COSTS)."""
     import yaml
 
     from noscope.bundle import write_manifest
 
     meta = yaml.safe_load((root / "bundle.yaml").read_text())
-    meta["costs"]["reference"] = 0.03
+    meta["costs"] = dict(COSTS, reference=0.03)
     write_manifest(root, {k: v for k, v in meta.items() if k not in ("files", "format", "noscope_version")}, meta["format"])
 
 
