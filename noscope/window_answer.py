@@ -32,7 +32,7 @@ from .settings import Settings
 from .video import KEEP_PICTURES
 from .window_cascade import Pictures, Sampler, Settling, WindowPass, cheap_decisions, window_pass
 from .window_plans import WindowedPlan
-from .window_repair import repair_windows
+from .window_repair import Replay, repair_windows
 from .windows import Sampling, WindowGrid, WindowQuestion
 
 
@@ -145,7 +145,19 @@ class WindowRun(CheckClock):
         return {w: {self.obj: 1.0 if a else 0.0} for w, (a, _, exact) in got.items() if exact}
 
     def repair(self, plans: dict, evidence: dict, targets, skips) -> tuple[dict, list[str]]:
-        return repair_windows(plans, evidence, targets)
+        truth = {int(w): float(s) >= 0.5 for w, s in evidence[self.obj].result.reference_scores.items()}
+        return repair_windows(plans, evidence, targets, Replay(truth, self.spread_answers, self.grid.share))
+
+    def spread_answers(self, w: int) -> tuple:
+        """(window w's size, the reference's answers on its frames in spread order, as far as known)."""
+        how = self.settling(self.plan.shared)
+        order = Sampler(self.grid, how, self.last.decoded if self.last is not None else None).order(w)
+        known = []
+        for f in order.tolist():
+            if f not in self.known:
+                break
+            known.append(float(self.known[f][how.column]) >= how.min_score)
+        return (len(order), *known)
 
     def refit(self, model: str, seen: dict):
         return None  # a windowed query does not refit models on the video (yet)

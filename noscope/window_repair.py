@@ -3,29 +3,39 @@
     plans, actions = repair_windows(plans, evidence, targets)     # evidence: check_repair.Evidence per object
 
 Only the stage that answered the wrong windows drawn changes, by the least that removes them: a
-window the reference's sampling answered wrong -> the reference samples more frames of every
-window (the next sampling of window_optimizer.samplings, up to every frame until the window's
-answer is certain); a window the cheap stages settled wrong -> the window threshold of that answer
-moves past the score of every such window the reference has shown wrong on this video (a "yes"
-needs a higher score, a "no" a lower one; those windows go to the sampling), and where no score is
-left between, the cheap stages stop giving that answer. Both move answers towards the reference's
-own, so a repair can only lower the errors; the check then answers again from what the pass kept
-and checks again on fresh windows (noscope.check).
+window the cheap stages settled wrong -> the window threshold of that answer moves past the score
+of every such window the reference has shown wrong on this video (a "yes" needs a higher score, a
+"no" a lower one; those windows go to the sampling), and where no score is left between, the cheap
+stages stop giving that answer; a window the reference's sampling answered wrong, or windows newly
+sent to it -> the sampling becomes the cheapest more thorough one of window_optimizer.samplings
+(up to every frame until the window's answer is certain) that answers the windows whose exact
+answer this video has shown within half the targets (`Replay`: the check learnt those answers
+frame by frame in the sampling's own order, so any sampling's answer on them is known without a
+call). Choosing from this video's evidence, not one step at a time, spares the rounds and the
+passes a scene whose reference hovers would take to climb the ladder. Both move answers towards
+the reference's own, so a repair can only lower the errors; the check then answers again from
+what the pass kept and checks again on fresh windows (noscope.check).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from .check_repair import SIDES
 from .window_optimizer import samplings
+from .windows import Sampling
 
 
-def repair_windows(plans: dict, evidence: dict, targets) -> tuple[dict, list[str]]:
-    """(plans with the stages that made the wrong windows seen repaired, what was done)."""
+HALF = 0.5  # a sampling is chosen to replay within this share of the targets: the check's next draw has room
+
+
+def repair_windows(plans: dict, evidence: dict, targets, replay: "Replay | None" = None) -> tuple[dict, list[str]]:
+    """(plans with the stages that made the wrong windows seen repaired, what was done); `replay`
+    (where given) scores a sampling on the windows whose exact answer is known."""
     new, actions = {}, []
     for obj, op in plans.items():
         ev = evidence.get(obj)
@@ -36,8 +46,8 @@ def repair_windows(plans: dict, evidence: dict, targets) -> tuple[dict, list[str
             if ev.wrong_stages[SIDES[r]]["cheap"]:
                 plan, what = past_wrong(plan, ev.result, SIDES[r])
                 said += [what] if what else []
-        if stages["sampled"]:
-            plan, what = more_sampling(plan, stages["sampled"])
+        if stages["sampled"] or (said and replay is not None):
+            plan, what = more_sampling(plan, stages["sampled"], replay, targets)
             said += [what] if what else []
         new[obj] = op.with_plan(plan)
         actions += said
@@ -66,13 +76,87 @@ def past_wrong(plan, result, answer: bool):
             f"window threshold {name} {old:.4g} -> {new:.4g} ({int(wrong.sum())} wrong \"{word}\" windows)")
 
 
-def more_sampling(plan, wrong: int):
-    """The plan with the next more thorough sampling (None said when it already asks every frame)."""
+def more_sampling(plan, wrong: int, replay: "Replay | None" = None, targets=None):
+    """The plan with a more thorough sampling: the cheapest that `replay` finds within HALF the
+    targets on the windows it knows (without `replay`, or where none is, the next one, or every
+    frame); the plan unchanged where the sampling already answers them so (windows newly sent to it)
+    or asks every frame (None said)."""
     ladder = samplings(plan.size)
     now = plan.sampling
     later = [s for s in ladder if (s.most > now.most) or (s.lead == 0 and now.lead != 0)]
+    if replay is not None:
+        if not wrong and replay(now).within(targets, HALF):
+            return plan, None
+        fit = [s for s in later if replay(s).within(targets, HALF)]
+        later = fit[:1] or later[-1:]
     if not later:
         return plan, None
     nxt = later[0]
-    return dataclasses.replace(plan, sampling=nxt), (f"reference sampling {now.describe()} -> {nxt.describe()} "
-                                                     f"({wrong} wrong windows)")
+    why = f"{wrong} wrong windows" if wrong else "windows newly sent to the reference"
+    if replay is not None:
+        why += f"; on the {replay(nxt).windows} windows whose answer is known: {replay(nxt).describe()}"
+    return dataclasses.replace(plan, sampling=nxt), f"reference sampling {now.describe()} -> {nxt.describe()} ({why})"
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A sampling's answers on the windows whose exact answer is known: wrong "yes" among the "no"
+    windows, wrong "no" among the "yes" windows, and the calls it took."""
+
+    fp: int
+    neg: int
+    fn: int
+    pos: int
+    calls: int
+
+    @property
+    def windows(self) -> int:
+        return self.neg + self.pos
+
+    def within(self, targets, share: float) -> bool:
+        return self.fp <= share * targets.fpr * self.neg and self.fn <= share * targets.fnr * self.pos
+
+    def describe(self) -> str:
+        return (f"{self.fp} of {self.neg} \"no\" and {self.fn} of {self.pos} \"yes\" windows answered wrong, "
+                f"{self.calls / max(self.windows, 1):.1f} reference frames a window")
+
+
+class Replay:
+    """Any sampling's answers on the windows whose exact answer is known (`truth`: window -> bool),
+    read from the reference's answers on their frames (`answers(window)`: the window's frames'
+    answers in spread order as far as they are known)."""
+
+    def __init__(self, truth: dict, answers, share: float):
+        self.truth, self.share = truth, share
+        self.seen = {w: answers(w) for w in truth}
+        self.memo: dict = {}
+
+    def __call__(self, sampling: Sampling) -> Replayed:
+        if sampling not in self.memo:
+            self.memo[sampling] = self.replayed(sampling)
+        return self.memo[sampling]
+
+    def replayed(self, sampling: Sampling) -> Replayed:
+        fp = neg = fn = pos = calls = 0
+        for w, truth in self.truth.items():
+            got = replay_one(sampling, self.seen[w], self.share)
+            if got is None:
+                continue  # its frames were not all asked far enough: says nothing of this sampling
+            answer, n = got
+            calls += n
+            neg, pos = neg + (not truth), pos + truth
+            fp, fn = fp + (answer and not truth), fn + (truth and not answer)
+        return Replayed(fp, neg, fn, pos, calls)
+
+
+def replay_one(sampling: Sampling, answers: tuple, share: float) -> tuple[bool, int] | None:
+    """(answer, calls) of `sampling` on one window whose known frame answers, in spread order, are
+    `answers` (`answers[0]`: the window's size), or None where it would ask a frame not known."""
+    size, seen = answers[0], answers[1:]
+    pos = neg = 0
+    for i, a in enumerate(seen):
+        pos, neg = pos + bool(a), neg + (not a)
+        stop = sampling.stop(pos, neg, size, share)
+        if stop is not None:
+            return stop[0], i + 1
+    return None
