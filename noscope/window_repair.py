@@ -77,25 +77,37 @@ def past_wrong(plan, result, answer: bool):
 
 
 def more_sampling(plan, wrong: int, replay: "Replay | None" = None, targets=None):
-    """The plan with a more thorough sampling: the cheapest that `replay` finds within HALF the
-    targets on the windows it knows (without `replay`, or where none is, the next one, or every
-    frame); the plan unchanged where the sampling already answers them so (windows newly sent to it)
-    or asks every frame (None said)."""
-    ladder = samplings(plan.size)
-    now = plan.sampling
-    later = [s for s in ladder if (s.most > now.most) or (s.lead == 0 and now.lead != 0)]
-    if replay is not None:
+    """The plan with a more thorough sampling: of `candidates` asking more frames than the sampling
+    now, the one `replay` finds cheapest among those within HALF the targets on the windows it knows
+    (every frame where none is; without `replay` or known windows, the next step of the ladder); the
+    plan unchanged where the sampling now already answers them so and none was seen wrong (windows
+    newly sent to it), or where it asks every frame (None said)."""
+    now, size = plan.sampling, plan.size
+    if replay is None or not replay(now).windows:
+        later = [s for s in samplings(size) if (s.most > now.most) or (s.lead == 0 and now.lead != 0)]
+        nxt, why = (later[0] if later else None), f"{wrong} wrong windows"
+    else:
         if not wrong and replay(now).within(targets, HALF):
             return plan, None
-        fit = [s for s in later if replay(s).within(targets, HALF)]
-        later = fit[:1] or later[-1:]
-    if not later:
+        fit = [s for s in candidates(size) if replay(s).calls > replay(now).calls and replay(s).within(targets, HALF)]
+        nxt = min(fit, key=lambda s: (replay(s).calls, s.most)) if fit else Sampling(0, size)
+        why = (f"{wrong} wrong windows" if wrong else "windows newly sent to the reference") + \
+            f"; on the {replay(nxt).windows} windows whose answer is known: {replay(nxt).describe()}"
+    if nxt is None or nxt == now:
         return plan, None
-    nxt = later[0]
-    why = f"{wrong} wrong windows" if wrong else "windows newly sent to the reference"
-    if replay is not None:
-        why += f"; on the {replay(nxt).windows} windows whose answer is known: {replay(nxt).describe()}"
     return dataclasses.replace(plan, sampling=nxt), f"reference sampling {now.describe()} -> {nxt.describe()} ({why})"
+
+
+def candidates(size: int) -> list[Sampling]:
+    """The samplings a repair chooses among for windows of `size` frames: the optimizer's ladder and
+    finer ones (a lead from 2 to 9, at most 3 ... every frame), the exact one last."""
+    finer = [Sampling(lead, min(most, size)) for lead in range(2, 10) for most in (3, 5, 8, 13, 20, size)
+             if lead <= min(most, size) < size or most == size]
+    out = []
+    for s in samplings(size)[:-1] + finer:
+        if s not in out:
+            out.append(s)
+    return out + [Sampling(0, size)]
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,42 @@ def test_the_windowed_check_bounds_cover_the_true_window_rates():
         naive += fpr <= r["fpr"]["estimate"] + 1e-12 and fnr <= r["fnr"]["estimate"] + 1e-12
     assert covered >= 0.95 * nights, covered
     assert naive < 0.8 * nights, naive  # the same check without its margin would fail
+
+
+def test_a_sampling_repair_jumps_to_what_the_known_windows_show_is_enough():
+    """Hovering windows (30% and 70% positive frames): one or two frames a window err often; the repair
+    replays every sampling on the windows whose exact answer is known and takes the cheapest that
+    answers them within half the targets, however many steps of the ladder that is."""
+    from noscope.plans import Targets
+    from noscope.window_repair import Replay, more_sampling, replay_one
+
+    rng = np.random.default_rng(3)
+    size, grid = 25, WindowGrid(0, 25 * 200, 25)
+    share = rng.choice([0.05, 0.3, 0.7, 0.95], size=grid.count)
+    frames = rng.random(grid.frames) < np.repeat(share, size)
+    truth = grid.truth(frames)
+    exact = Sampling(0, size)
+    seen = {}
+    for w in range(grid.count):  # what the check's exact truth asks: spread order until certain
+        ans = frames[grid.spread(w)]
+        _, calls, _ = exact.run(ans, 0.5)
+        seen[w] = (size, *ans[:calls].tolist())
+    replay = Replay({w: bool(truth[w]) for w in range(grid.count)}, seen.__getitem__, 0.5)
+    assert replay(exact).fp == replay(exact).fn == 0  # the truth replays itself
+    assert replay_one(Sampling(0, size), (size, True, False), 0.5) is None  # not known far enough
+    plan = WindowPlan(Cascade(1), Sampling(1, 1), size, 0.5)
+    targets = Targets(0.05, 0.05)
+    assert not replay(plan.sampling).within(targets, 0.5)
+    new, said = more_sampling(plan, 7, replay, targets)
+    chosen = new.sampling
+    assert replay(chosen).within(targets, 0.5) and "wrong windows" in said
+    # the cheapest such: every sampling replayed cheaper misses
+    from noscope.window_repair import candidates
+    cheaper = [s for s in candidates(size) if replay(s).calls < replay(chosen).calls]
+    assert all(not replay(s).within(targets, 0.5) for s in cheaper) and len(cheaper) >= 3
+    # on the windows themselves the chosen sampling is within the targets, and far cheaper than every frame
+    wrong = [a != t for w, t in enumerate(truth) for a in [chosen.run(frames[grid.spread(w)], 0.5)[0]]]
+    assert np.mean(wrong) <= 0.05 and replay(chosen).calls < 0.7 * replay(exact).calls
+    # nothing seen wrong and the sampling already good enough: unchanged
+    same, said = more_sampling(new, 0, replay, targets)
+    assert same is new and said is None
