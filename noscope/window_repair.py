@@ -31,6 +31,7 @@ from .windows import Sampling
 
 
 HALF = 0.5  # a sampling is chosen to replay within this share of the targets: the check's next draw has room
+FEW = 0.1  # a cheap answer left settling under this share of the windows saves less than a further round would cost
 
 
 def repair_windows(plans: dict, evidence: dict, targets, replay: "Replay | None" = None) -> tuple[dict, list[str]]:
@@ -57,7 +58,8 @@ def repair_windows(plans: dict, evidence: dict, targets, replay: "Replay | None"
 def past_wrong(plan, result, answer: bool):
     """`plan` with its window threshold for `answer` moved past every window the cheap stages gave
     that answer and the reference has shown wrong (`result.reference_scores`); the answer given up
-    where that leaves no threshold."""
+    where that leaves no threshold, or leaves it settling under FEW of the windows (a further wrong
+    one would cost a round and a pass over the sampled windows for little saved)."""
     known = np.array([w in result.reference_scores for w in result.frames.tolist()], bool)
     truth = np.array([result.reference_scores.get(w, 0.0) >= 0.5 for w in result.frames.tolist()], bool)
     wrong = known & (result.decided_by == "cheap") & (result.labels == answer) & (truth != answer)
@@ -69,27 +71,30 @@ def past_wrong(plan, result, answer: bool):
     new = float(scores.max()) if answer else float(scores.min())
     new = max(old, new) if answer else min(old, new)
     word = "yes" if answer else "no"
-    if (answer and new >= 1.0) or (not answer and new <= 0.0):
+    left = (result.decided_by == "cheap") & (result.labels == answer) & np.isfinite(result.score) & \
+        ((result.score > new) if answer else (result.score < new))
+    if (answer and new >= 1.0) or (not answer and new <= 0.0) or left.sum() < FEW * len(result.frames):
         return (dataclasses.replace(plan, settles=tuple(a for a in plan.settles if a != answer)),
-                f"the cheap stages no longer answer windows \"{word}\" ({int(wrong.sum())} wrong windows)")
+                f"the cheap stages no longer answer windows \"{word}\" ({int(wrong.sum())} wrong windows; "
+                f"past them it would settle {int(left.sum())} of {len(result.frames)})")
     return (dataclasses.replace(plan, **{name: new}),
             f"window threshold {name} {old:.4g} -> {new:.4g} ({int(wrong.sum())} wrong \"{word}\" windows)")
 
 
 def more_sampling(plan, wrong: int, replay: "Replay | None" = None, targets=None):
-    """The plan with a more thorough sampling: of `candidates` asking more frames than the sampling
-    now, the one `replay` finds cheapest among those within HALF the targets on the windows it knows
-    (every frame where none is; without `replay` or known windows, the next step of the ladder); the
-    plan unchanged where the sampling now already answers them so and none was seen wrong (windows
-    newly sent to it), or where it asks every frame (None said)."""
+    """The plan with the sampling `replay` finds cheapest among `candidates` within HALF the targets
+    on the windows it knows: where sampled windows were seen wrong, of those asking more frames than
+    the sampling now (every frame where none is); where none was (windows newly sent to it), of all
+    of them and the one now. Without `replay` or known windows, the next step of the ladder. The plan
+    unchanged (None said) where that is the sampling now."""
     now, size = plan.sampling, plan.size
     if replay is None or not replay(now).windows:
         later = [s for s in samplings(size) if (s.most > now.most) or (s.lead == 0 and now.lead != 0)]
         nxt, why = (later[0] if later else None), f"{wrong} wrong windows"
     else:
-        if not wrong and replay(now).within(targets, HALF):
-            return plan, None
-        fit = [s for s in candidates(size) if replay(s).calls > replay(now).calls and replay(s).within(targets, HALF)]
+        # seen wrong: a more thorough one; else (windows newly sent to it) whichever is cheapest
+        fit = [s for s in candidates(size) + [now] if replay(s).within(targets, HALF)
+               and (not wrong or replay(s).calls > replay(now).calls)]
         nxt = min(fit, key=lambda s: (replay(s).calls, s.most)) if fit else Sampling(0, size)
         why = (f"{wrong} wrong windows" if wrong else "windows newly sent to the reference") + \
             f"; on the {replay(nxt).windows} windows whose answer is known: {replay(nxt).describe()}"

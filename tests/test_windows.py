@@ -233,3 +233,21 @@ def test_a_sampling_repair_jumps_to_what_the_known_windows_show_is_enough():
     # nothing seen wrong and the sampling already good enough: unchanged
     same, said = more_sampling(new, 0, replay, targets)
     assert same is new and said is None
+
+
+def test_a_cheap_answer_left_settling_few_windows_is_given_up():
+    """Wrong "yes" windows scoring near the top: moving w_high past them would leave the cheap stages
+    settling a handful of windows, so the repair stops them answering "yes" at all."""
+    from types import SimpleNamespace
+
+    from noscope.window_repair import past_wrong
+
+    score = np.linspace(0.5, 1.0, 100)
+    result = SimpleNamespace(frames=np.arange(100), labels=np.ones(100, bool), decided_by=np.array(["cheap"] * 100),
+                             score=score, reference_scores={90: 0.0, 10: 1.0})
+    plan = WindowPlan(Cascade(1), Sampling(3, 8), 25, 0.5, w_low=0.2, w_high=0.4)
+    new, said = past_wrong(plan, result, True)
+    assert new.settles == (False,) and "no longer answer" in said and "9 of 100" in said
+    result.reference_scores = {30: 0.0}
+    new, said = past_wrong(plan, result, True)  # past window 30 it still settles 69: the threshold moves
+    assert new.settles == (False, True) and new.w_high == pytest.approx(score[30]) and "w_high" in said
