@@ -292,3 +292,25 @@ def test_a_report_without_out_only_prints(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     harness.Report(None).write("hello", [1])
     assert capsys.readouterr().out.endswith("hello\n") and not list(tmp_path.iterdir())
+
+
+def test_window_floor_samples_each_window_alone_against_its_own_answer():
+    """scripts/window_floor.py: a window sampled at its middle frame alone errs where the window
+    hovers and the middle frame disagrees with its majority; every frame never errs."""
+    spec = importlib.util.spec_from_file_location("window_floor", SCRIPTS / "window_floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    from noscope.windows import Sampling, WindowGrid
+
+    grid = WindowGrid(100, 130, 10)
+    truth = np.zeros(30, bool)
+    truth[:10] = True  # window 0: all positive
+    truth[10:13] = True  # window 1: 3 of 10, its middle frame (5th) negative: "no" either way
+    truth[20:26] = True
+    truth[25] = False  # window 2: 5 of 10 (a "yes" at half), its middle frame (25) negative
+    answer, share = floor.window_answers(truth, grid)
+    assert answer.tolist() == [True, False, True] and share.tolist() == [1.0, 0.3, 0.5]
+    one = floor.sampled(Sampling(1, 1), truth, grid, answer)
+    assert one == dict(calls=1.0, fpr=0.0, fnr=0.5)
+    every = floor.sampled(Sampling(0, 10), truth, grid, answer)
+    assert every["fpr"] == every["fnr"] == 0.0 and 1.0 < every["calls"] <= 10
