@@ -34,8 +34,9 @@ frame over that is the most any pass over the night could gain, the night's deco
 table's window FPR / FNR are then the final answers' window errors against the reference's windows
 (the share rule over every frame of each window), beside the per-frame errors of the frames carrying
 those answers, and the acceptance checks (targets, bounds) are judged in windows. A night's windows
-are judged on the frames whose original is known (by picture), each window by the share rule over
-those.
+are judged where every frame of them has a known original (by picture), by the share rule over
+those: a window holding a loop's seam (frames decoded against the previous loop's pictures, or
+not decoded) is left out.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class Nights:
         fpr, fnr, n_pos = harness.error_rates(labels, expect)
         per_frame = dict(fpr=fpr, fnr=fnr, positives=n_pos)
         if self.window:
-            fpr, fnr, n_pos = window_errors(out, frames, expect, int(all_frames.max()) + 1)
+            fpr, fnr, n_pos = window_errors(out, frames, expect, all_frames)
         reference_s = len(all_frames) / rep["reference_fps"]
         v = summary["verified"]
         return dict(frames=len(all_frames), compared=len(frames), loops=night.looped.loops, positives=n_pos, fpr=fpr,
@@ -150,17 +151,21 @@ def run_case(clip: str, obj: str, targets: list[float], extra: list[str], nights
     return rows
 
 
-def window_errors(out: Path, frames: np.ndarray, expect: np.ndarray, end: int) -> tuple:
-    """(FPR, FNR, positive windows) of a windowed query's windows.csv against the reference's windows: the
-    share rule over the frames of each window whose original is known (`frames`, `expect`)."""
+def window_errors(out: Path, frames: np.ndarray, expect: np.ndarray, answered: np.ndarray) -> tuple:
+    """(FPR, FNR, positive windows) of a windowed query's windows.csv against the reference's windows:
+    the share rule over each window's frames, judged only where every frame the query answered in it
+    has a known original (`frames`, `expect`): a window holding a loop's seam (pictures decoded
+    against the previous loop's, no original) is the reference's on frames the truth does not have."""
     from noscope.windows import WindowGrid
 
     summary = json.loads((out / "summary.json").read_text())
     rows = np.loadtxt(out / "windows.csv", delimiter=",", skiprows=1, usecols=(0, 5), dtype=np.int64, ndmin=2)
     first = int(np.loadtxt(out / "windows.csv", delimiter=",", skiprows=1, usecols=1, dtype=np.int64, ndmin=1)[0])
-    grid = WindowGrid(first, end, summary["window"]["frames"], summary["window"]["share"])
+    grid = WindowGrid(first, int(answered.max()) + 1, summary["window"]["frames"], summary["window"]["share"])
     truth = grid.truth(expect, frames)
-    judged = np.isin(rows[:, 0], np.unique(grid.index_of(frames)))
+    whole = np.bincount(grid.index_of(frames), minlength=grid.count) == \
+        np.bincount(grid.index_of(answered[answered >= first]), minlength=grid.count)
+    judged = whole[rows[:, 0]] & np.isin(rows[:, 0], np.unique(grid.index_of(frames)))
     return harness.error_rates(rows[judged, 1].astype(bool), truth[rows[judged, 0]])
 
 

@@ -314,3 +314,23 @@ def test_window_floor_samples_each_window_alone_against_its_own_answer():
     assert one == dict(calls=1.0, fpr=0.0, fnr=0.5)
     every = floor.sampled(Sampling(0, 10), truth, grid, answer)
     assert every["fpr"] == every["fnr"] == 0.0 and 1.0 < every["calls"] <= 10
+
+
+def test_a_nights_window_holding_a_loop_seam_is_not_judged(tmp_path):
+    """scripts/evaluate_shared.py: a window with a frame of no known original (a loop's seam) is
+    the reference's answer on frames the truth lacks, so it is left out, not counted wrong."""
+    spec = importlib.util.spec_from_file_location("evaluate_shared", SCRIPTS / "evaluate_shared.py")
+    shared = importlib.util.module_from_spec(spec)
+    sys.modules["evaluate_shared"] = shared  # its dataclasses look their module up by name
+    spec.loader.exec_module(shared)
+    (tmp_path / "summary.json").write_text(json.dumps({"window": {"frames": 4, "share": 0.5}}))
+    (tmp_path / "windows.csv").write_text("window,first_frame,last_frame,start_s,end_s,answer\n"
+                                          "0,0,3,0,0,1\n1,4,7,0,0,1\n2,8,11,0,0,0\n")
+    frames = np.array([0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11])  # frame 7: a seam
+    expect = np.array([1, 1, 1, 1, 0, 0, 1, 0, 0, 0, 0], bool)  # window 1 on its known frames: 1 of 3, "no"
+    assert shared.window_errors(tmp_path, frames, expect, np.arange(12)) == (0.0, 0.0, 1)
+    frames2, expect2 = np.r_[frames[:7], 7, frames[7:]], np.r_[expect[:7], False, expect[7:]]
+    expect2[6] = False  # every frame known: window 1 (0 of 4) a "no" the query answered "yes", counted
+    expect2[8] = expect2[9] = True  # window 2: 2 of 4 positive, a "yes" the query answered "no"
+    fpr, fnr, pos = shared.window_errors(tmp_path, frames2, expect2, np.arange(12))
+    assert (fpr, fnr, pos) == (1.0, 0.5, 2)
