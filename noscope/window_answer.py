@@ -146,13 +146,13 @@ class WindowRun(CheckClock):
 
     def repair(self, plans: dict, evidence: dict, targets, skips) -> tuple[dict, list[str]]:
         truth = {int(w): float(s) >= 0.5 for w, s in evidence[self.obj].result.reference_scores.items()}
-        return repair_windows(plans, evidence, targets, Replay(truth, self.spread_answers, self.grid.share))
+        sampler = Sampler(self.grid, self.settling(self.plan.shared), self.last.decoded if self.last is not None else None)
+        return repair_windows(plans, evidence, targets,
+                              Replay(truth, lambda w: self.spread_answers(sampler, w), self.grid.share))
 
-    def spread_answers(self, w: int) -> tuple:
+    def spread_answers(self, sampler: Sampler, w: int) -> tuple:
         """(window w's size, the reference's answers on its frames in spread order, as far as known)."""
-        how = self.settling(self.plan.shared)
-        order = Sampler(self.grid, how, self.last.decoded if self.last is not None else None).order(w)
-        known = []
+        order, how, known = sampler.order(w), sampler.how, []
         for f in order.tolist():
             if f not in self.known:
                 break

@@ -6,12 +6,13 @@ Only the stage that answered the wrong windows drawn changes, by the least that 
 window the cheap stages settled wrong -> the window threshold of that answer moves past the score
 of every such window the reference has shown wrong on this video (a "yes" needs a higher score, a
 "no" a lower one; those windows go to the sampling), and where no score is left between, the cheap
-stages stop giving that answer; a window the reference's sampling answered wrong, or windows newly
-sent to it -> the sampling becomes the cheapest more thorough one of window_optimizer.samplings
-(up to every frame until the window's answer is certain) that answers the windows whose exact
-answer this video has shown within half the targets (`Replay`: the check learnt those answers
-frame by frame in the sampling's own order, so any sampling's answer on them is known without a
-call). Choosing from this video's evidence, not one step at a time, spares the rounds and the
+stages stop giving that answer (also where they would settle under a tenth of the windows past
+them); a window the reference's sampling answered wrong, or windows newly sent to it -> the
+sampling becomes the one with the fewest calls, of window_optimizer.samplings and finer leads
+(`candidates`, up to every frame until the window's answer is certain), that answers the windows
+whose exact answer this video has shown within half the targets, and asks more frames than the
+one now where sampled windows were wrong (`Replay`: the check learnt those answers frame by frame
+in the sampling's own order, so any sampling's answer on them is known without a call). Choosing from this video's evidence, not one step at a time, spares the rounds and the
 passes a scene whose reference hovers would take to climb the ladder. Both move answers towards
 the reference's own, so a repair can only lower the errors; the check then answers again from
 what the pass kept and checks again on fresh windows (noscope.check).
@@ -169,11 +170,5 @@ class Replay:
 def replay_one(sampling: Sampling, answers: tuple, share: float) -> tuple[bool, int] | None:
     """(answer, calls) of `sampling` on one window whose known frame answers, in spread order, are
     `answers` (`answers[0]`: the window's size), or None where it would ask a frame not known."""
-    size, seen = answers[0], answers[1:]
-    pos = neg = 0
-    for i, a in enumerate(seen):
-        pos, neg = pos + bool(a), neg + (not a)
-        stop = sampling.stop(pos, neg, size, share)
-        if stop is not None:
-            return stop[0], i + 1
-    return None
+    got = sampling.run(answers[1:], share, answers[0])
+    return None if got is None else got[:2]

@@ -153,16 +153,20 @@ class Sampling:
         if self.lead < 0 or self.most < 1:
             raise UsageError(f"a window's reference sampling needs lead >= 0 and most >= 1, got {self.lead}, {self.most}")
 
-    def run(self, answers: np.ndarray, share: float) -> tuple[bool, int, bool]:
+    def run(self, answers, share: float, size: int | None = None) -> tuple[bool, int, bool] | None:
         """(answer, frames asked, exact) for one window whose frames' reference answers, in
-        spread order, are `answers` (only a prefix is read). `exact`: the answer is certain."""
-        size = len(answers)
+        spread order, are `answers` (only a prefix is read). `exact`: the answer is certain.
+        With `size`, `answers` may be only the known start of a window of that many frames: None
+        where the sampling would ask past it."""
+        size = len(answers) if size is None else size
         pos = neg = 0
-        for i in range(size):
+        for i in range(len(answers)):
             pos, neg = pos + bool(answers[i]), neg + (not answers[i])
             done = self.stop(pos, neg, size, share)
             if done is not None:
                 return done[0], i + 1, done[1]
+        if len(answers) < size:
+            return None
         return bool(pos >= need(size, share)), size, True
 
     def stop(self, pos: int, neg: int, size: int, share: float) -> tuple[bool, bool] | None:

@@ -42,8 +42,7 @@ def sampled(sampling, truth: np.ndarray, grid: WindowGrid, said: np.ndarray) -> 
     for w in range(grid.count):
         got[w], n, _ = sampling.run(truth[grid.spread(w) - grid.start], grid.share)
         calls += n
-    fpr = float((got & ~said).sum() / (~said).sum()) if (~said).any() else None
-    fnr = float((~got & said).sum() / said.sum()) if said.any() else None
+    fpr, fnr, _ = harness.error_rates(got, said)
     return dict(calls=calls / max(grid.count, 1), fpr=fpr, fnr=fnr)
 
 
